@@ -1,0 +1,18 @@
+"""Run every notebook in nbs/ with nbdev's in-process runner: their asserts are tests.
+
+Cells flagged `#| slow` or `#| gpu` are skipped (settings.ini `tst_flags`); set VTOM_TEST_FLAGS=slow to run them.
+"""
+import os
+from pathlib import Path
+
+import nbdev.test as nbtest  # imported as a module so pytest does not collect nbdev's `test_nb`
+import pytest
+
+NBS = sorted((Path(__file__).resolve().parents[1] / "nbs").glob("[0-9]*.ipynb"))
+FORCE = [f for f in os.environ.get("VTOM_TEST_FLAGS", "").split(",") if f]
+
+
+@pytest.mark.parametrize("notebook", NBS, ids=[p.stem for p in NBS])
+def test_notebook(notebook: Path):
+    ok, seconds = nbtest.test_nb(notebook, skip_flags=["slow", "gpu"], force_flags=FORCE, showerr=True)
+    assert ok, f"{notebook.name} failed (the traceback is printed above); open it in Jupyter to debug"
