@@ -1,0 +1,162 @@
+"""vtom.batch: papermill pipelines on throwaway notebooks (failure + resume), parameter checks, the shipped presets."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from vtom import batch
+from vtom.batch import (PRESETS, PIPELINES, PipelineError, Stage, StageFailed, check_pipeline, notebook_parameters,
+                        prepare_notebook, resolve_parameters, run_pipeline)
+
+VTOM = Path(sys.executable).parent / "vtom"
+
+
+def _notebook(path: Path, params: str, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    first = nbformat.v4.new_code_cell(params)
+    first.metadata["tags"] = ["parameters"]
+    nb.cells = [first] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.fixture
+def toy(tmp_path):
+    "Two stage notebooks: `make` counts its runs, plots and writes numbers; `check` fails until a flag file exists."
+    d = tmp_path / "nbs"
+    d.mkdir()
+    make = _notebook(d / "01_make.ipynb", "n = 5  # how many numbers (it's small)\nout: str = 'numbers.txt'\ncounter = 'count.txt'",
+                     "open(counter, 'a').write('x')\nxs = list(range(n))\nopen(out, 'w').write(' '.join(map(str, xs)))",
+                     "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\nfrom IPython.display import Image, display\n"
+                     "plt.plot(xs); plt.savefig('p.png'); display(Image('p.png'))",
+                     "import numpy as np\nmetrics = {'n': n, 'total': np.int64(sum(xs))}",
+                     "#| gpu\nraise RuntimeError('gpu cells are left out on CPU presets')")
+    check = _notebook(d / "02_check.ipynb", "numbers = 'numbers.txt'\nflag = None",
+                      "import os\nassert flag is None or os.path.exists(flag), f'{flag} is missing'",
+                      "values = [int(v) for v in open(numbers).read().split()]\nsummary = {'mean': sum(values) / len(values)}")
+    stages = [Stage("make", str(make), parameters={"out": "{work}/numbers.txt", "counter": "{work}/count.txt"}, metrics={"last": "xs[-1]"}),
+              Stage("check", str(check), parameters={"numbers": "{work}/numbers.txt", "flag": str(tmp_path / "flag")},
+                    metrics={"mean": "summary['mean']", "broken": "summary['nope']"})]
+    return tmp_path, stages
+
+
+def test_pipeline_fails_then_resumes(toy):
+    tmp, stages = toy
+    run = tmp / "run"
+    with pytest.raises(StageFailed, match=r"stage 'check' failed .*flag is missing"):
+        run_pipeline(stages, run, parameters={"n": 4}, progress=False)
+    state = json.loads((run / "state.json").read_text())
+    assert state["stages"]["make"]["status"] == "done" and state["stages"]["check"]["status"] == "failed"
+    failed_nb = nbformat.read(run / "notebooks" / "02_check.ipynb", as_version=4)
+    assert any(o.get("output_type") == "error" for c in failed_nb.cells for o in c.get("outputs", []))
+    report = (run / "report.md").read_text()
+    assert "**failed**" in report and "Stage `check` failed" in report and "AssertionError" in report
+    assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
+
+    (tmp / "flag").write_text("ok")
+    metrics = run_pipeline(stages, run, parameters={"n": 4}, progress=False)
+    assert (run / "work" / "count.txt").read_text() == "x", "the finished stage ran again"
+    assert metrics["status"] == "finished"
+    assert metrics["stages"] == {"make": {"n": 4, "total": 6, "last": 3}, "check": {"mean": 1.5, "broken": None}}
+    assert set(metrics["timings_s"]) == {"make", "check"}
+    assert [p.name for p in (run / "figures").iterdir()] == ["01_make_1.png"]
+    assert (run / "figures" / "01_make_1.png").read_bytes()[:4] == b"\x89PNG"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["stages"][0]["parameters"] == {"n": 4, "out": str(run / "work" / "numbers.txt"), "counter": str(run / "work" / "count.txt")}
+    env = json.loads((run / "environment.json").read_text())
+    assert "git_commit" in env and env["versions"]["papermill"]
+    report = (run / "report.md").read_text()
+    assert "**finished**" in report and "| total | 6 |" in report and "![make: 01_make_1](figures/01_make_1.png)" in report
+
+    # a changed parameter reruns that stage and everything after it; --from reruns from a stage
+    run_pipeline(stages, run, parameters={"n": 2}, progress=False)
+    assert (run / "work" / "count.txt").read_text() == "xx"
+    m = run_pipeline(stages, run, parameters={"n": 2}, from_stage="check", progress=False)
+    assert (run / "work" / "count.txt").read_text() == "xx" and m["stages"]["check"]["mean"] == 0.5
+
+
+def test_parameter_names_are_checked(toy):
+    tmp, stages = toy
+    with pytest.raises(PipelineError, match=r"stage 'check': notebook 02_check.ipynb has no parameter 'nope'"):
+        resolve_parameters(stages, tmp / "run", overrides={"check.nope": 1})
+    with pytest.raises(PipelineError, match=r"'typo' is declared by none"):
+        resolve_parameters(stages, tmp / "run", overrides={"typo": 1})
+    with pytest.raises(PipelineError, match=r"no stage 'nostage'"):
+        resolve_parameters(stages, tmp / "run", overrides={"nostage.n": 1})
+    # a common parameter goes only to the stages declaring it
+    got = resolve_parameters(stages, tmp / "run", overrides={"n": 9})
+    assert got["make"]["n"] == 9 and "n" not in got["check"]
+
+
+def test_notebook_parameters_parsed_without_running(toy):
+    tmp, stages = toy
+    params = notebook_parameters(stages[0].notebook)
+    assert list(params) == ["n", "out", "counter"]
+    assert params["n"]["default"] == 5 and params["n"]["help"] == "how many numbers (it's small)"
+    assert params["out"]["default"] == "numbers.txt"
+
+
+def test_prepare_notebook_leaves_out_cells(tmp_path):
+    path = _notebook(tmp_path / "x.ipynb", "a = 1", "#| slow\nheavy()", "#| eval: false\nnever()", "#| gpu\ncuda()",
+                     "from nbdev import nbdev_export\nnbdev_export" + "()", "b = 2")
+    nb, skipped = prepare_notebook(nbformat.read(path, as_version=4), tmp_path / "m.json", {"b": "b"}, skip_flags=("gpu",))
+    assert skipped == [2, 3, 4]
+    assert nb.cells[1].source == "#| slow\nheavy()" and nb.cells[2].cell_type == "markdown"
+    assert nb.cells[-1].metadata["tags"] == ["vtom-collect"]
+    nbformat.validate(nb)
+
+
+def test_collect_metrics_converts_arrays_and_tensors(tmp_path):
+    ns = {"metrics": {"a": np.float64(0.25), "t": torch.tensor([1.0, 2.0]), "nan": float("nan")}, "x": torch.tensor(3)}
+    got = batch._collect_metrics(ns, {"x": "x", "bad": "undefined_name"}, str(tmp_path / "m.json"))
+    assert got == {"a": 0.25, "t": [1.0, 2.0], "nan": "nan", "x": 3, "bad": None}
+    assert json.loads((tmp_path / "m.json").read_text()) == got
+
+
+def test_cli_runs_a_notebook_and_reports_failure(toy):
+    tmp, stages = toy
+    out = tmp / "cli-run"
+    res = subprocess.run([VTOM, "run", stages[0].notebook, "-p", "n", "3", "-p", "out", str(tmp / "nums.txt"),
+                          "-p", "counter", str(tmp / "c.txt"), "--out", str(out), "-q"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "metrics.json").read_text())["stages"]["make"] == {"n": 3, "total": 3}
+    res = subprocess.run([VTOM, "run", stages[1].notebook, "-p", "numbers", str(tmp / "nums.txt"), "-p", "flag", "/nonexistent",
+                          "--out", str(tmp / "cli-fail"), "-q"], capture_output=True, text=True)
+    assert res.returncode == 1 and "stage 'check' failed" in res.stderr and "resume" in res.stderr
+    res = subprocess.run([VTOM, "run", stages[1].notebook, "-p", "nope", "1", "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 2 and "'nope' is declared by none" in res.stdout and "numbers, flag" in res.stdout
+
+
+def test_shipped_presets_only_name_parameters_the_notebooks_have():
+    "Fails loudly when a stage notebook renames or drops a parameter a preset or pipeline sets."
+    assert {"cpu-demo", "gpu-siq2"} <= set(PRESETS)
+    for name, preset in PRESETS.items():
+        problems = check_pipeline(PIPELINES[preset.pipeline], preset)
+        errors = [p["message"] for p in problems if p["level"] == "error"]
+        assert not errors, f"preset {name}: " + "\n".join(errors)
+
+
+def test_cpu_demo_dry_run_is_clean_offline():
+    res = subprocess.run([VTOM, "run", "cpu-demo", "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "OK, ready to run" in res.stdout
+
+
+def test_gpu_siq2_dry_run_lists_what_is_missing(tmp_path):
+    "Offline, without the data: only `missing` problems (data, weights), each saying how to get it; no errors."
+    res = subprocess.run([VTOM, "run", "gpu-siq2", "-p", "siq2_dir", str(tmp_path / "siq2"), "--dry-run"],
+                         capture_output=True, text=True)
+    assert res.returncode in (0, 1), res.stdout + res.stderr
+    assert "error" not in res.stdout.split("dry run:")[0].replace("errors", ""), res.stdout
+    if res.returncode == 1: assert "missing" in res.stdout and "siq2" in res.stdout
+
+
+def test_list():
+    res = subprocess.run([VTOM, "run", "--list"], capture_output=True, text=True, check=True)
+    assert "cpu-demo" in res.stdout and "gpu-siq2" in res.stdout

@@ -1,0 +1,85 @@
+"""Unit tests for vtom.locate: metrics on hand-made cases, the window rule, leave-one-out state safety, the head."""
+import numpy as np
+import pytest
+import torch
+
+from vtom.core import VtomError
+from vtom.locate import (HashingQueryEncoder, MomentExample, centre_window, feature_change_scores, frame_bounds, hit_at_k,
+                         loo_importance, moment_metrics, prior_window, scores_to_window, temporal_iou, train_moment_head,
+                         head_scores)
+
+
+def test_iou_hand_cases():
+    assert temporal_iou([0, 10], [5, 15]) == pytest.approx(1 / 3)
+    assert temporal_iou([0, 10], [10, 20]) == 0.0           # touching windows do not overlap
+    assert temporal_iou([1, 3], [0, 4]) == pytest.approx(0.5)
+    assert temporal_iou([0, 0], [0, 1]) == 0.0
+    with pytest.raises(VtomError): temporal_iou([[0, 1], [0, 2]], [[0, 1]])
+    with pytest.raises(VtomError): temporal_iou([0, 1, 2], [0, 1])
+
+
+def test_moment_metrics_exact():
+    preds = [[0, 10], [0, 2], [2, 4], [0, 1], [0, 7]]
+    gts = [[5, 15], [0, 4], [2, 4], [5, 6], [0, 10]]        # IoUs 1/3, 1/2, 1, 0, 0.7
+    m = moment_metrics(preds, gts)
+    assert m["R1@0.3"] == pytest.approx(4 / 5) and m["R1@0.5"] == pytest.approx(3 / 5)
+    assert m["R1@0.7"] == pytest.approx(2 / 5)              # IoU exactly 0.7 counts
+    assert m["mIoU"] == pytest.approx((1 / 3 + 0.5 + 1 + 0 + 0.7) / 5) and m["n"] == 5
+    assert np.isnan(moment_metrics([], [])["mIoU"])
+
+
+def test_hit_at_k():
+    ts = np.arange(5) + 0.5
+    s = [5, 4, 3, 2, 1]
+    assert not hit_at_k(s, ts, [2, 5], k=2) and hit_at_k(s, ts, [2, 5], k=3)
+    assert hit_at_k(s, ts, [0.5, 0.5], k=1)                 # inclusive bounds
+
+
+def test_scores_to_window_rules():
+    ts = np.arange(8) * 2 + 1.0                             # 8 frames, one per 2 s, 16 s video
+    assert np.allclose(frame_bounds(ts, 16)[:, 1] - frame_bounds(ts, 16)[:, 0], 2)
+    s = np.zeros(8); s[2:5] = 1
+    assert scores_to_window(s, ts, 16) == (4.0, 10.0)
+    assert scores_to_window(s, ts, 16, rule="fixed", width=4) == (4.0, 8.0)
+    with pytest.raises(VtomError): scores_to_window(s[:3], ts, 16)
+    with pytest.raises(VtomError): scores_to_window(s, ts, 16, rule="nope")
+    with pytest.raises(VtomError): scores_to_window(np.full(8, np.nan), ts, 16)
+
+
+def test_baselines():
+    assert centre_window(20, 5) == (7.5, 12.5)
+    f = prior_window([[1, 2], [3, 6]], [10, 20])
+    assert f(100) == pytest.approx((12.5, 25.0))
+
+
+def test_loo_restores_state_and_batches_consistently():
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(4, 1)
+    feats = torch.randn(10 + 3, 4)
+    state = {k: v.clone() for k, v in proj.state_dict().items()}
+    params = [id(p) for p in proj.parameters()]
+    before = feats.clone()
+    fn = lambda b: torch.tanh(proj(b[:, :10])).sum((1, 2))
+    a = loo_importance(fn, feats, 10, batch_size=3)
+    b = loo_importance(fn, feats, 10, batch_size=100)
+    assert np.allclose(a, b, atol=1e-6) and a.shape == (10,)
+    assert torch.equal(feats, before)
+    assert all(torch.equal(v, proj.state_dict()[k]) for k, v in state.items())
+    assert params == [id(p) for p in proj.parameters()]
+    with pytest.raises(VtomError): loo_importance(fn, feats, 10, mode="drop")
+
+
+def test_change_scores_and_head_learn_a_step():
+    x = torch.zeros(12, 3); x[6:, 0] = 5
+    assert feature_change_scores(x, smooth=1).argmax() == 6
+    rng = np.random.default_rng(0)
+    exs = []
+    for i in range(40):
+        f = torch.from_numpy(rng.normal(0, 0.2, (12, 3))).float()
+        a = int(rng.integers(0, 8)); f[a:a + 3, 1] += 3
+        exs.append(MomentExample(f"q{i}", f"v{i}", "when?", f, np.arange(12) + 0.5, 12.0, (float(a), float(a + 3))))
+    enc = HashingQueryEncoder(8)
+    head, log = train_moment_head(exs[:30], enc, steps=80, seed=0)
+    preds = [scores_to_window(s, e.timestamps, e.duration, threshold=0.5) for s, e in zip(head_scores(head, exs[30:], enc), exs[30:])]
+    assert moment_metrics(preds, [e.window for e in exs[30:]])["R1@0.5"] >= 0.8
+    assert log[-1]["loss"] < log[0]["loss"]

@@ -1,0 +1,93 @@
+"""Unit tests of vtom.model that are awkward in a notebook: error paths, batching edge cases, and the real embedded LM."""
+import pytest
+import torch
+
+from vtom.core import VtomError
+from vtom.model import (IGNORE_INDEX, VID_PATCH_TOKEN, VIDEO_TOKEN, ModelLoadError, VideoLLM, VideoLLMConfig, build_prompt,
+                        load_llm, pad_batch, tiny_llm, tokenize_conversation)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    lm, tok = load_llm("tiny", device="cpu")
+    cfg = VideoLLMConfig(lm_name="tiny", vision_hidden_size=16, num_frames=3, num_spatial_tokens=4)
+    return VideoLLM(cfg, lm, tok)
+
+
+def test_config_validates_and_round_trips():
+    cfg = VideoLLMConfig(projector_type="mlp2", template="vicuna_v1_1")
+    assert VideoLLMConfig.from_dict(cfg.to_dict()) == cfg and cfg.num_video_tokens == 356
+    with pytest.raises(VtomError): VideoLLMConfig(projector_type="qformer")
+    with pytest.raises(VtomError): VideoLLMConfig(template="alpaca")
+
+
+def test_batch_generation_matches_single_items(tiny):
+    feats = torch.randn(2, tiny.num_video_tokens, 16)
+    questions = ["Why is the woman in the red coat surprised?", "Hi"]
+    batch = tiny.prepare_inputs(questions, feats)
+    together = tiny.generate(**batch, max_new_tokens=5, min_new_tokens=5)
+    for i, q in enumerate(questions):
+        alone = tiny.generate(**tiny.prepare_inputs([q], feats[i:i + 1]), max_new_tokens=5, min_new_tokens=5)
+        assert torch.equal(together[i], alone[0])
+
+
+def test_features_for_video_rows_only(tiny):
+    feats = torch.randn(1, tiny.num_video_tokens, 16)
+    full = torch.cat([feats, torch.zeros_like(feats)])
+    a = tiny.prepare_inputs(["With video", "Without"], full, has_video=[True, False])
+    b = dict(a, video_features=feats)  # one entry per video row is accepted too
+    with torch.no_grad(): assert torch.equal(tiny(**a).logits, tiny(**b).logits)
+    assert (a["input_ids"][1] == tiny.token_ids[VID_PATCH_TOKEN]).sum() == 0
+
+
+def test_clear_errors(tiny):
+    tok = tiny.tokenizer
+    ids = tok(f"look {VIDEO_TOKEN}", return_tensors="pt")["input_ids"]
+    with pytest.raises(VtomError, match="unexpanded"): tiny(ids)
+    batch = tiny.prepare_inputs(["q"], torch.randn(1, tiny.num_video_tokens, 16))
+    with pytest.raises(VtomError, match="no video_features"): tiny(batch["input_ids"])
+    with pytest.raises(VtomError, match="num_video_tokens"): tiny(**dict(batch, video_features=torch.randn(1, 5, 16)))
+    with pytest.raises(VtomError, match="wide"): tiny(**dict(batch, video_features=torch.randn(1, tiny.num_video_tokens, 8)))
+    conv = [{"role": "user", "content": "a " * 20 + VIDEO_TOKEN}, {"role": "assistant", "content": "b"}]
+    first_patch = tokenize_conversation(tok, conv, "chat", 40)["input_ids"].tolist().index(tiny.token_ids[VID_PATCH_TOKEN])
+    with pytest.raises(VtomError, match="max_length"): tokenize_conversation(tok, conv, "chat", 40, max_length=first_patch + 5)
+    assert len(tokenize_conversation(tok, conv, "chat", 40, max_length=first_patch - 1)["input_ids"]) == first_patch - 1
+    with pytest.raises(VtomError): build_prompt([{"role": "assistant", "content": "x"}], "vicuna_v1_1")
+    with pytest.raises(VtomError, match="template"): build_prompt([{"role": "user", "content": "x"}], "chat")
+    with pytest.raises(ModelLoadError, match="does not exist"): load_llm("./no/such/dir")
+
+
+def test_frozen_rows_and_mlp2_and_checkpointing():
+    lm, tok = tiny_llm()
+    cfg = VideoLLMConfig(vision_hidden_size=16, num_frames=3, num_spatial_tokens=4, projector_type="mlp2", tune_video_embeddings=False)
+    model = VideoLLM(cfg, lm, tok)
+    model.gradient_checkpointing_enable()
+    model.train()
+    item = tokenize_conversation(tok, [{"role": "user", "content": "<video> why?"}, {"role": "assistant", "content": "because"}], "chat", 7)
+    batch = pad_batch([dict(item, video_features=torch.randn(7, 16))], tok.pad_token_id)
+    model(**batch).loss.backward()
+    assert set(model.trainable_parameters()) == {"projector.0.weight", "projector.0.bias", "projector.2.weight", "projector.2.bias"}
+    assert model.projector[0].weight.grad.abs().sum() > 0 and model.video_embeddings.grad is None
+    assert all(p.grad is None for p in lm.parameters())
+
+
+def test_labels_with_a_llama_style_sep_template(tiny):
+    tok = tiny.tokenizer
+    conv = [{"from": "human", "value": "Who hid the ball?\n<video>"}, {"from": "gpt", "value": "Sally did."}]
+    enc = tokenize_conversation(tok, conv, "vicuna_v1_1", 7)
+    kept = enc["labels"][enc["labels"] != IGNORE_INDEX]
+    assert tok.decode(kept).strip() == "Sally did." + tok.eos_token
+    assert (enc["input_ids"] == tiny.token_ids[VID_PATCH_TOKEN]).sum() == 7
+
+
+def test_embedded_smollm2_offline():
+    "The real embedded LM: loads without network, answers a text-only question, and runs a forward with video tokens."
+    lm, tok = load_llm("embedded", device="cpu")
+    model = VideoLLM(VideoLLMConfig(vision_hidden_size=32, num_frames=4, num_spatial_tokens=8), lm, tok)
+    reply = model.answer("What is the capital of France? Answer in one word.", max_new_tokens=8)
+    assert "paris" in reply.lower(), reply
+    batch = model.prepare_inputs(["What is happening?"], torch.randn(1, 12, 32))
+    with torch.no_grad(): out = model(**batch)
+    assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.logits).all()
+    assert model.generate(**batch, max_new_tokens=4, min_new_tokens=4).shape == (1, 4)
