@@ -1,5 +1,6 @@
 """vtom.batch: papermill pipelines on throwaway notebooks (failure + resume), parameter checks, the shipped presets."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,13 +82,25 @@ def test_pipeline_fails_then_resumes(toy):
     assert (run / "work" / "count.txt").read_text() == "xx" and m["stages"]["check"]["mean"] == 0.5
 
 
+def test_preset_flags_per_stage_and_command_stages(tmp_path):
+    nb = _notebook(tmp_path / "slowish.ipynb", "marker = 'm.txt'", "#| slow\nopen(marker, 'w').write('slow cell ran')")
+    stages = [Stage("a", str(nb), parameters={"marker": "{work}/a.txt"}), Stage("b", str(nb), parameters={"marker": "{work}/b.txt"}),
+              Stage("count", command=("python", "-c", "import json; print(json.dumps({'n': {n}, 'seen': '{work}'}))"), parameters={"n": 1})]
+    preset = batch.Preset("p", "none", "test preset", parameters={"n": 2}, skip_flags=("gpu", "slow"), stage_skip_flags={"b": ("gpu",)})
+    m = run_pipeline(stages, tmp_path / "run", preset=preset, progress=False)
+    assert not (tmp_path / "run" / "work" / "a.txt").exists() and (tmp_path / "run" / "work" / "b.txt").exists()
+    assert m["stages"]["count"] == {"n": 2, "seen": str(tmp_path / "run" / "work")}
+    assert (tmp_path / "run" / "logs" / "03_count.log").is_file()
+    assert "03_count.log" in (tmp_path / "run" / "report.md").read_text()
+
+
 def test_parameter_names_are_checked(toy):
     tmp, stages = toy
     with pytest.raises(PipelineError, match=r"stage 'check': notebook 02_check.ipynb has no parameter 'nope'"):
         resolve_parameters(stages, tmp / "run", overrides={"check.nope": 1})
     with pytest.raises(PipelineError, match=r"'typo' is declared by none"):
         resolve_parameters(stages, tmp / "run", overrides={"typo": 1})
-    with pytest.raises(PipelineError, match=r"no stage 'nostage'"):
+    with pytest.raises(PipelineError, match=r"stage 'nostage', which is not in the pipeline"):
         resolve_parameters(stages, tmp / "run", overrides={"nostage.n": 1})
     # a common parameter goes only to the stages declaring it
     got = resolve_parameters(stages, tmp / "run", overrides={"n": 9})
@@ -115,8 +128,9 @@ def test_prepare_notebook_leaves_out_cells(tmp_path):
 def test_collect_metrics_converts_arrays_and_tensors(tmp_path):
     ns = {"metrics": {"a": np.float64(0.25), "t": torch.tensor([1.0, 2.0]), "nan": float("nan")}, "x": torch.tensor(3)}
     got = batch._collect_metrics(ns, {"x": "x", "bad": "undefined_name"}, str(tmp_path / "m.json"))
-    assert got == {"a": 0.25, "t": [1.0, 2.0], "nan": "nan", "x": 3, "bad": None}
     assert json.loads((tmp_path / "m.json").read_text()) == got
+    assert got.pop("_resources")["cpu_s"] > 0
+    assert got == {"a": 0.25, "t": [1.0, 2.0], "nan": "nan", "x": 3, "bad": None}
 
 
 def test_cli_runs_a_notebook_and_reports_failure(toy):
@@ -152,11 +166,38 @@ def test_gpu_siq2_dry_run_lists_what_is_missing(tmp_path):
     "Offline, without the data: only `missing` problems (data, weights), each saying how to get it; no errors."
     res = subprocess.run([VTOM, "run", "gpu-siq2", "-p", "siq2_dir", str(tmp_path / "siq2"), "--dry-run"],
                          capture_output=True, text=True)
-    assert res.returncode in (0, 1), res.stdout + res.stderr
-    assert "error" not in res.stdout.split("dry run:")[0].replace("errors", ""), res.stdout
-    if res.returncode == 1: assert "missing" in res.stdout and "siq2" in res.stdout
+    assert res.returncode == 1, res.stdout + res.stderr
+    body = res.stdout.split("dry run:")[0]
+    assert "  error" not in body and "missing [data, siq2-features" in body and "] siq2_dir = " in body
+    assert "hf download openai/clip-vit-large-patch14" in body
+    assert "how to fix: Social-IQ 2.0 is downloaded by the user" in body
+
+
+def test_gpu_siq2_dry_run_passes_when_everything_is_there(tmp_path):
+    "The same preset with the data and (stand-in) model folders present: ready to run, nothing loaded."
+    siq2 = tmp_path / "siq2"
+    (siq2 / "qa").mkdir(parents=True)
+    (siq2 / "video").mkdir()
+    for split in ("train", "val", "test"): (siq2 / "qa" / f"qa_{split}.json").write_text("")
+    for name in ("clip", "lm"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    res = subprocess.run([VTOM, "run", "gpu-siq2", "-p", "siq2_dir", str(siq2), "-p", "vision", f"hf:{tmp_path / 'clip'}",
+                          "-p", "llm", str(tmp_path / "lm"), "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 0 and "OK, ready to run" in res.stdout, res.stdout + res.stderr
 
 
 def test_list():
     res = subprocess.run([VTOM, "run", "--list"], capture_output=True, text=True, check=True)
     assert "cpu-demo" in res.stdout and "gpu-siq2" in res.stdout
+
+
+def test_run_folder_lock(tmp_path):
+    stages = [Stage("hello", command=("python", "-c", "print('{\"ok\": 1}')"))]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text(str(os.getppid()))  # a live process holds the folder
+    with pytest.raises(PipelineError, match="Another `vtom run`"):
+        run_pipeline(stages, tmp_path / "run", progress=False)
+    (tmp_path / "run" / ".lock").write_text("999999999")  # a dead one: the stale lock is taken over
+    assert run_pipeline(stages, tmp_path / "run", progress=False)["stages"]["hello"] == {"ok": 1}
+    assert not (tmp_path / "run" / ".lock").exists()

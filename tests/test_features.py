@@ -169,3 +169,13 @@ def test_ranks_split_without_overlap(videos, tmp_path):
         s = extract_to_store(vids, tmp_path / "out", tower, num_frames=4, rank=r, world_size=3, progress=False)
         done.append(s["done"])
     assert done == [2, 1, 1] and FeatureStore(tmp_path / "out").ids() == [video_id_of(v) for v in vids]
+
+
+def test_window_and_crop(tiny_tower, videos):
+    _, tower = tiny_tower
+    feats, meta = extract_video_features(videos / "clip_3.mp4", tower, num_frames=6, window=(0.5, 1.5))
+    assert meta["frames"] == 6 and all(0.5 - 1e-6 <= t <= 1.5 + 1e-6 for t in meta["timestamps"]) and feats.shape == (6 + 16, 48)
+    square = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    torch.testing.assert_close(preprocess_frames(square, 32, mode="crop"), preprocess_frames(square, 32))  # nothing to resize
+    wide = np.random.default_rng(4).integers(0, 256, (2, 32, 64, 3), dtype=np.uint8)
+    torch.testing.assert_close(preprocess_frames(wide, 32, mode="crop"), preprocess_frames(wide[:, :, 16:48], 32))  # centre crop

@@ -83,3 +83,42 @@ def test_change_scores_and_head_learn_a_step():
     preds = [scores_to_window(s, e.timestamps, e.duration, threshold=0.5) for s, e in zip(head_scores(head, exs[30:], enc), exs[30:])]
     assert moment_metrics(preds, [e.window for e in exs[30:]])["R1@0.5"] >= 0.8
     assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_load_moments_errors(tmp_path):
+    from vtom.data import DataFormatError
+    from vtom.locate import load_moments
+    f = tmp_path / "moments_test.jsonl"
+    f.write_text('{"qid": "a", "vid_name": "v", "query": "when?", "window": [1, 2]}\n{"qid": "b", "vid_name": "v", "query": "q", "window": [3, 1]}\n')
+    with pytest.raises(DataFormatError, match=r"moments_test.jsonl:2"): load_moments(f)
+    f.write_text('{"qid": "a", "vid_name": "v", "window": [1, 2]}\n')
+    with pytest.raises(DataFormatError, match="query"): load_moments(f)
+
+
+def test_rows_by_handles_partial_methods():
+    from vtom.locate import retrieval_table, rows_by
+    exs = [MomentExample(f"q{i}", "v", "when?", torch.zeros(4, 2), np.arange(4) + 0.5, 4.0, (1.0, 2.0), "fb",
+                         extra={"mtype": "move" if i % 2 else "hide"}) for i in range(4)]
+    methods = {"all": {"windows": [(1.0, 2.0)] * 4},
+               "some": {"index": [1, 2], "windows": [(1.0, 2.0), (3.0, 4.0)], "scores": [np.array([0, 1, 0, 0.])] * 2}}
+    rows = {(r["mtype"], r["method"]): r for r in rows_by(exs, methods)}
+    assert rows[("move", "all")]["n"] == 2 and rows[("move", "some")]["n"] == 1 and rows[("move", "some")]["R1@0.5"] == 1.0
+    assert rows[("hide", "some")]["n"] == 1 and rows[("hide", "some")]["R1@0.5"] == 0.0
+    assert {r["n"] for r in retrieval_table(exs, methods) if r["family"] == "all"} == {4, 2}
+
+
+def test_frame_facts_and_pairs():
+    from vtom.data import MCQuestion
+    from vtom.locate import frame_facts, paired_questions
+    ev = {"layout": {"containers": [{"name": "red box", "x": 150}, {"name": "blue jar", "x": 20}]},
+          "frames": {"t": [0, 1, 2, 3], "location": ["red box", "held:B", "blue jar", "blue jar"], "visible": [False, True, True, False],
+                     "present_A": [True, True, False, True], "sees_scene_A": [True, False, False, True],
+                     "belief_false_A": [False, False, True, True]}}
+    f = frame_facts(ev, [0.0, 1.4, 2.1])                    # nearest event frames 0, 1, 2
+    assert f["object_slot"] == ["slot1", "held", "slot0"]   # slots ordered by x: blue jar (x=20) is slot0
+    assert f["object_slot_when_visible"] == [None, "held", "slot0"] and f["A_belief_false"] == [False, False, True]
+    assert frame_facts(ev, [2.6])["object_slot_when_visible"] == [None]
+    exs = [MomentExample("m0", "v", "q", torch.zeros(2, 2), np.arange(2.), 2.0, (0, 1), extra={"mtype": "belief_false"}),
+           MomentExample("m1", "v", "q", torch.zeros(2, 2), np.arange(2.), 2.0, (0, 1), extra={"mtype": "nothing"})]
+    qs = [MCQuestion("b", "where will A look?", ["x", "y", "z", "w"], "v", answer_idx=0, qtype="belief")]
+    assert set(paired_questions(exs, qs)) == {"m0"}

@@ -91,3 +91,17 @@ def test_embedded_smollm2_offline():
     with torch.no_grad(): out = model(**batch)
     assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.logits).all()
     assert model.generate(**batch, max_new_tokens=4, min_new_tokens=4).shape == (1, 4)
+
+
+def test_text_only_batch_keeps_projector_in_graph(tiny):
+    "DDP needs every trainable parameter in the graph: a text-only training batch gives the projector a zero gradient."
+    tok = tiny.tokenizer
+    item = tokenize_conversation(tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "chat", None)
+    batch = pad_batch([item], tok.pad_token_id)
+    tiny.train()
+    try:
+        tiny.zero_grad()
+        tiny(**batch).loss.backward()
+        assert tiny.projector.weight.grad is not None and tiny.projector.weight.grad.abs().sum() == 0
+    finally:
+        tiny.eval(); tiny.zero_grad()

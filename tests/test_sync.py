@@ -11,14 +11,14 @@ BIN = Path(sys.executable).parent
 
 def _copy_project(tmp_path: Path) -> Path:
     for name in ("nbs", "vtom"):
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "kernel-ipc-*"))
     for name in ("settings.ini", "setup.py", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
 
 def _differences(a: Path, b: Path) -> list[str]:
-    cmp = filecmp.dircmp(a, b, ignore=["__pycache__", ".ipynb_checkpoints"])
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__", ".ipynb_checkpoints"] + [p.name for p in a.glob("kernel-ipc-*")])
     out = [f"{a.name}/{n}" for n in cmp.diff_files + cmp.left_only + cmp.right_only]
     return out + [d for sub in cmp.common_dirs for d in _differences(a / sub, b / sub)]
 

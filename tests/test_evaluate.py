@@ -1,0 +1,153 @@
+"""Plain pytest checks of vtom.evaluate and the multiple-choice loaders (fixtures, tiny models, round trips)."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vtom.data import DataFormatError, load_siq1, load_siq2, load_tinysocial
+from vtom.evaluate import (EvalError, EvalSetup, answer_logprobs, bootstrap_ci, encode_choices, eval_main,
+                           evaluate_questions, mode_prompt, option_continuation, parse_choice, score_choices,
+                           summarize, transform_features, write_submission)
+
+FIX = Path(__file__).resolve().parents[1] / "data" / "fixtures"
+SIQ2 = FIX / "siq2"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from vtom.model import tiny_llm
+    torch.manual_seed(0)
+    lm, tok = tiny_llm()
+    return lm.eval(), tok
+
+
+def test_malformed_lines_name_the_line(tmp_path):
+    good = (SIQ2 / "qa/qa_val.json").read_text().splitlines()[0]
+    bad = tmp_path / "qa.json"
+    bad.write_text(good + "\n" + good[:40] + "\n")
+    with pytest.raises(DataFormatError, match=r"qa.json:2: not valid JSON"):
+        load_siq2(bad)
+    bad.write_text(good.replace('"answer_idx": 0', '"answer_idx": 9') + "\n")
+    with pytest.raises(DataFormatError, match=r"qa.json:1: answer_idx must be 0-3"):
+        load_siq2(bad)
+
+
+def test_siq1_four_way_balanced_and_tinysocial():
+    qs = load_siq1(FIX / "siq1/qa", FIX / "siq1/folds.json")
+    assert len(qs) == 12
+    for k in range(0, 12, 4):  # the four items of one question put the correct answer at each position once
+        assert sorted(q.answer_idx for q in qs[k:k + 4]) == [0, 1, 2, 3]
+    ts = load_tinysocial(FIX / "tinysocial/qa.jsonl")
+    assert [q.answer_idx for q in ts] == [0, 1, 1]
+
+
+def test_known_answer_from_logits():
+    labels = torch.tensor([[-100, 1, 2], [-100, 3, 4]])
+    logits = torch.zeros(2, 3, 8)
+    logits[1, 0, 3] = logits[1, 1, 4] = 30.0
+    total, count = answer_logprobs(logits, labels)
+    assert count.tolist() == [2, 2] and int(total.argmax()) == 1
+    assert math.isclose(total[0].item(), -2 * math.log(8), rel_tol=1e-6)
+
+
+def test_a_model_that_prefers_one_continuation_picks_it(tiny):
+    """Bias the tiny LM's output layer towards the tokens of one option: scoring must pick that option."""
+    lm, tok = tiny
+    q = load_siq2(SIQ2 / "qa/qa_val.json")[0]
+    enc = encode_choices(tok, mode_prompt(q, "text"), [option_continuation(q, i) for i in range(4)])
+    target = 2
+    special = {t for t in enc[target]["labels"] if t != -100} - {t for i in range(4) if i != target for t in enc[i]["labels"]}
+    bias = torch.zeros(lm.config.vocab_size)
+    bias[list(special)] = 50.0
+    head = lm.get_output_embeddings()
+    lm.set_output_embeddings(_Biased(head, bias))
+    try:
+        s = score_choices(lm, enc, tok.pad_token_id)
+    finally:
+        lm.set_output_embeddings(head)
+    assert int(np.argmax(s["mean"])) == target and int(np.argmax(s["sum"])) == target
+
+
+class _Biased(torch.nn.Module):
+    def __init__(self, head, bias):
+        super().__init__()
+        self.head, self.bias = head, bias
+
+    def forward(self, x):
+        return self.head(x) + self.bias
+
+
+def test_deterministic_and_padding_invariant(tiny):
+    lm, tok = tiny
+    val = load_siq2(SIQ2 / "qa/qa_val.json")
+    setup = EvalSetup(lm, tok)
+    a = evaluate_questions(setup, val, "text", progress=False)
+    b = evaluate_questions(setup, val, "text", progress=False)
+    assert a == b and len(a["records"]) == len(val)
+    enc = encode_choices(tok, mode_prompt(val[0], "answer-only"), [option_continuation(val[0], i) for i in range(4)])
+    batch = score_choices(lm, enc, tok.pad_token_id)["sum"]
+    alone = [score_choices(lm, [e], tok.pad_token_id)["sum"][0] for e in enc]
+    assert np.allclose(batch, alone, atol=1e-4)
+
+
+def test_video_modes_skip_missing_features(tiny):
+    from vtom.model import VideoLLM, VideoLLMConfig
+    lm, tok = tiny
+    feats = {"vidA": torch.cat([torch.randn(5, 8), torch.zeros(3, 8), torch.randn(2, 8)])}
+    vllm = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=8, num_frames=8, num_spatial_tokens=2), lm, tok).eval()
+    setup = EvalSetup(vllm, vllm.tokenizer, "chat", feats, num_frames=8)
+    val = load_siq2(SIQ2 / "qa/qa_val.json")
+    res = {m: evaluate_questions(setup, val, m, progress=False) for m in ("video", "shuffled", "blank")}
+    n_a = sum(q.video_id == "vidA" for q in val)
+    assert all(len(r["records"]) == n_a and len(r["skipped"]) == len(val) - n_a for r in res.values())
+    assert res["video"]["records"][0]["scores_sum"] != res["shuffled"]["records"][0]["scores_sum"]
+    m = summarize(res["video"])
+    assert m["n"] == n_a and m["skipped"] == len(val) - n_a
+    with pytest.raises(EvalError):
+        evaluate_questions(EvalSetup(lm, tok), val, "video", progress=False)
+
+
+def test_shuffle_keeps_padding_and_rows():
+    f = torch.cat([torch.arange(1, 5).float()[:, None].repeat(1, 2), torch.zeros(2, 2), torch.ones(3, 2) * 7])
+    s = transform_features(f, "shuffled", 6, key="v")
+    assert not torch.equal(s[:4], f[:4]) and sorted(s[:4, 0].tolist()) == [1, 2, 3, 4] and torch.equal(s[4:], f[4:])
+
+
+def test_parse_choice():
+    opts = ["red box", "blue box", "green box", "basket"]
+    assert parse_choice("B", opts) == 1 and parse_choice("(D)", opts) == 3 and parse_choice("It is in the basket", opts) == 3
+    assert parse_choice("I don't know", opts) is None
+
+
+def test_bootstrap_ci_covers_mean():
+    x = np.r_[np.ones(60), np.zeros(40)]
+    lo, hi = bootstrap_ci(x)
+    assert lo < 0.6 < hi and bootstrap_ci(x) == (lo, hi)
+
+
+def test_submission_round_trip(tmp_path):
+    src = SIQ2 / "qa/qa_test.json"
+    qs = load_siq2(src)
+    out = write_submission(src, {q.qid: (i * 3) % 4 for i, q in enumerate(qs)}, tmp_path / "sub.json")
+    orig, new = src.read_text().splitlines(), out.read_text().splitlines()
+    for i, (o, n) in enumerate(zip(orig, new)):
+        assert n == o[:-1] + f', "answer_idx": {(i * 3) % 4}}}'
+    assert [json.loads(n)["answer_idx"] for n in new] == [(i * 3) % 4 for i in range(len(orig))]
+    with pytest.raises(EvalError, match="no prediction"):
+        write_submission(src, {}, tmp_path / "x.json")
+
+
+def test_cli_writes_metrics_and_submission(tmp_path):
+    out = tmp_path / "m.json"
+    assert eval_main(["siq2", "--qa", str(SIQ2 / "qa/qa_val.json"), "--split-file", str(SIQ2 / "original_split.json"),
+                      "--mode", "answer-only", "--llm", "tiny", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads(out.read_text())
+    assert {"accuracy", "n", "skipped", "ci95", "by_subset", "by_qword", "mode", "llm"} <= set(m) and m["n"] == 8
+    assert out.with_suffix(".png").is_file()
+    with pytest.raises(EvalError, match="is empty"):
+        eval_main(["siq2", "--qa", str(SIQ2 / "qa/qa_val.json"), "--mode", "video", "--llm", "tiny", "--features", str(tmp_path)])
+    with pytest.raises(EvalError, match="--features DIR"):
+        eval_main(["siq2", "--qa", str(SIQ2 / "qa/qa_val.json"), "--mode", "blank", "--llm", "tiny"])
