@@ -36,7 +36,7 @@ def toy(tmp_path):
                      "open(counter, 'a').write('x')\nxs = list(range(n))\nopen(out, 'w').write(' '.join(map(str, xs)))",
                      "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\nfrom IPython.display import Image, display\n"
                      "plt.plot(xs); plt.savefig('p.png'); display(Image('p.png'))",
-                     "import numpy as np\nmetrics = {'n': n, 'total': np.int64(sum(xs))}",
+                     "import numpy as np\nvtom_metrics = {'n': n, 'total': np.int64(sum(xs))}",
                      "#| gpu\nraise RuntimeError('gpu cells are left out on CPU presets')")
     check = _notebook(d / "02_check.ipynb", "numbers = 'numbers.txt'\nflag = None",
                       "import os\nassert flag is None or os.path.exists(flag), f'{flag} is missing'",
@@ -126,7 +126,7 @@ def test_prepare_notebook_leaves_out_cells(tmp_path):
 
 
 def test_collect_metrics_converts_arrays_and_tensors(tmp_path):
-    ns = {"metrics": {"a": np.float64(0.25), "t": torch.tensor([1.0, 2.0]), "nan": float("nan")}, "x": torch.tensor(3)}
+    ns = {"vtom_metrics": {"a": np.float64(0.25), "t": torch.tensor([1.0, 2.0]), "nan": float("nan")}, "x": torch.tensor(3)}
     got = batch._collect_metrics(ns, {"x": "x", "bad": "undefined_name"}, str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text()) == got
     assert got.pop("_resources")["cpu_s"] > 0
@@ -201,3 +201,23 @@ def test_run_folder_lock(tmp_path):
     (tmp_path / "run" / ".lock").write_text("999999999")  # a dead one: the stale lock is taken over
     assert run_pipeline(stages, tmp_path / "run", progress=False)["stages"]["hello"] == {"ok": 1}
     assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_resume_follows_depends_and_cleans_stale_outputs(tmp_path):
+    "Only stages downstream of a changed stage run again; a stale stage's `clean` outputs are deleted first."
+    def append(name):  # a command stage that appends one character to {work}/NAME and reports the file's length
+        code = f"import json, pathlib; p = pathlib.Path('{{work}}/{name}'); p.write_text((p.read_text() if p.exists() else '') + 'x'); print(json.dumps({{'len': len(p.read_text()), 'v': {{v}}}}))"
+        return ("python", "-c", code)
+    stages = [Stage("a", command=append("a"), parameters={"v": 1}, depends=()),
+              Stage("b", command=append("b"), parameters={"v": 1}, depends=(), clean=("{work}/b",)),
+              Stage("c", command=append("c"), parameters={"v": 1}, depends=("b",))]
+    run = tmp_path / "run"
+    run_pipeline(stages, run, progress=False)
+    m = run_pipeline(stages, run, parameters={"a.v": 2}, progress=False)      # a changed: only a runs
+    assert [m["stages"][n]["len"] for n in "abc"] == [2, 1, 1]
+    m = run_pipeline(stages, run, parameters={"a.v": 2, "b.v": 2}, progress=False)  # b changed: b (cleaned) and c run
+    assert [m["stages"][n]["len"] for n in "abc"] == [2, 1, 2] and m["stages"]["b"]["v"] == 2
+    with pytest.raises(PipelineError, match="not inside the run folder"):
+        batch.clean_outputs(Stage("x", command=("true",), clean=(str(tmp_path),)), {}, run)
+    bad = [Stage("a", command=("true",), depends=("z",))]
+    assert any("depends on 'z'" in p["message"] for p in check_pipeline(bad))

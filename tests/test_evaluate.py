@@ -9,7 +9,7 @@ import torch
 
 from vtom.data import DataFormatError, load_siq1, load_siq2, load_tinysocial
 from vtom.evaluate import (EvalError, EvalSetup, answer_logprobs, bootstrap_ci, encode_choices, eval_main,
-                           evaluate_questions, mode_prompt, option_continuation, parse_choice, score_choices,
+                           evaluate_question, evaluate_questions, mode_prompt, option_continuation, parse_choice, score_choices,
                            summarize, transform_features, write_submission)
 
 FIX = Path(__file__).resolve().parents[1] / "data" / "fixtures"
@@ -151,3 +151,36 @@ def test_cli_writes_metrics_and_submission(tmp_path):
         eval_main(["siq2", "--qa", str(SIQ2 / "qa/qa_val.json"), "--mode", "video", "--llm", "tiny", "--features", str(tmp_path)])
     with pytest.raises(EvalError, match="--features DIR"):
         eval_main(["siq2", "--qa", str(SIQ2 / "qa/qa_val.json"), "--mode", "blank", "--llm", "tiny"])
+
+
+def test_generate_mode_parses_the_letter(tiny):
+    """A tiny LM made to say 'C' and stop answers C in the generative mode."""
+    lm, tok = tiny
+    val = load_siq2(SIQ2 / "qa/qa_val.json")[:2]
+    head = lm.get_output_embeddings()
+    says_c = _Script(head, [tok.convert_tokens_to_ids("C"), tok.eos_token_id], lm.config.vocab_size)
+    lm.set_output_embeddings(says_c)
+    recs = []
+    try:
+        for q in val:
+            says_c.calls = 0
+            recs.append(evaluate_question(EvalSetup(lm, tok), q, "text", scoring="generate"))
+    finally:
+        lm.set_output_embeddings(head)
+    assert [r["pred"] for r in recs] == [2, 2] and recs[0]["generated"].strip() == "C"
+    assert summarize({"records": recs, "skipped": [], "failed": [], "mode": "text", "scoring": "generate"})["unparsed"] == 0
+
+
+class _Script(torch.nn.Module):
+    "An output layer that forces token script[0] on its first call, then script[1] (reset `calls` per question)."
+    def __init__(self, head, script, vocab):
+        super().__init__()
+        self.head, self.script, self.vocab, self.calls = head, script, vocab, 0
+
+    def forward(self, x):
+        out = self.head(x)
+        tok = self.script[min(self.calls, 1)]
+        self.calls += 1
+        bias = torch.zeros(self.vocab)
+        bias[tok] = 100.0
+        return out + bias
