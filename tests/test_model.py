@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vtom.core import VtomError
-from vtom.model import (IGNORE_INDEX, VID_PATCH_TOKEN, VIDEO_TOKEN, ModelLoadError, VideoLLM, VideoLLMConfig, build_prompt,
+from vtom.model import (IGNORE_INDEX, VID_PATCH_TOKEN, VIDEO_TOKEN, ModelLoadError, VideoLLM, VideoLLMConfig, add_video_tokens, build_prompt,
                         load_llm, pad_batch, tiny_llm, tokenize_conversation)
 
 
@@ -105,3 +105,14 @@ def test_text_only_batch_keeps_projector_in_graph(tiny):
         assert tiny.projector.weight.grad is not None and tiny.projector.weight.grad.abs().sum() == 0
     finally:
         tiny.eval(); tiny.zero_grad()
+
+
+def test_add_video_tokens_is_idempotent_and_never_rebuilds_the_vocabulary(monkeypatch):
+    _, tok = load_llm("tiny", device="cpu")
+    ids, n = add_video_tokens(tok), len(tok)
+    def no_full_vocab(self): raise AssertionError("get_vocab() rebuilds the whole vocabulary; tokenising must not call it")
+    monkeypatch.setattr(type(tok), "get_vocab", no_full_vocab)
+    assert add_video_tokens(tok) == ids and len(tok) == n and len(set(ids.values())) == 4
+    enc = tokenize_conversation(tok, [{"role": "user", "content": f"{VIDEO_TOKEN} hi"}, {"role": "assistant", "content": "ok"}],
+                                "vicuna_v1_1", num_video_tokens=3)
+    assert (enc["input_ids"] == ids[VID_PATCH_TOKEN]).sum() == 3

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from vtom.core import VtomError
 from vtom.model import IGNORE_INDEX, VideoLLM, load_llm
 from vtom.train import (ConversationDataset, StopAtStep, TrainConfig, TrainDataError, VideoCollator, bench_train_main,
-                        load_records, load_trained, train, train_main)
+                        load_records, train, train_main)
 
 T, P, D = 8, 4, 32
 
@@ -133,7 +133,7 @@ def test_lora_adapters_are_saved_resumed_and_loaded(tmp_path):
     cfg = base_config(tmp_path, lora=True, lora_r=4, max_steps=2, save_steps=1, learning_rate=5e-2)
     out = train(cfg, output_dir=str(tmp_path / "lora"))
     assert (out / "lora" / "adapter_model.safetensors").is_file() and (out / "checkpoint-1" / "lora").is_dir()
-    m = load_trained(out, device="cpu")
+    m = VideoLLM.from_pretrained(out, device="cpu")
     lora = {n: p for n, p in m.lm.named_parameters() if "lora_B" in n}
     assert lora and any(p.abs().sum() > 0 for p in lora.values())  # lora_B starts at zero: it trained and was loaded
     with pytest.raises(VtomError, match="--lora"):

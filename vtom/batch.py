@@ -723,10 +723,10 @@ PRESETS["cpu-demo"] = Preset(
     "a random-weight ViT-B/32 (no CLIP weights offline) and the embedded SmolLM2-135M-Instruct",
     parameters={"device": "cpu", "llm": "embedded"},
     stages={"decode": {"video": "bikes", "num_frames": 100},
-            "synth": {"num_videos": 24, "seed": 0},
+            "synth": {"num_videos": 60, "seed": 0},
             "features": {"VISION": "random:ViT-B-32", "VIDEO": "carphone", "NUM_FRAMES": 32, "DEVICE": "cpu"},
             "synth-features": {"vision": "random:ViT-B-32", "num_frames": 16},
-            "train": {"demo_steps": 24, "demo_batch_size": 2},
+            "train": {"demo_steps": 80, "demo_batch_size": 4},
             "locate": {"vision": "random:ViT-B-32", "num_frames": 16},
             "chat": {"vision": "random:ViT-B-32", "num_frames": 16}},
     skip_flags=("gpu", "slow"), stage_skip_flags={"train": ("gpu",)})

@@ -23,6 +23,8 @@ from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, gi
                        seed_everything, write_json)
 from .data import (LETTERS, DataFormatError, MCQuestion, format_mc_prompt, load_siq2, question_word, split_available,
                        unique_qids)
+from .features import FeatureStore
+from .model import VideoLLM, VideoLLMConfig, load_llm, tokenize_conversation
 
 # %% auto #0
 __all__ = ['MODES', 'VIDEO_MODES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError', 'check_mode', 'mode_prompt', 'option_continuation',
@@ -55,51 +57,15 @@ def option_continuation(q: MCQuestion, i: int) -> str:
     return f"{LETTERS[i]}. {q.options[i]}"
 
 # %% ../nbs/06_eval.ipynb #04dc2298
-def _model_api():
-    "vtom.model when it is importable (its templates and `<video>` expansion), else None."
-    try:
-        from vtom import model as m
-        return m if hasattr(m, "tokenize_conversation") else None
-    except ImportError: return None
-
-def _chat_ids(tokenizer, user: str, answer: str | None) -> tuple[list[int], list[int]]:
-    "Fallback tokenisation with the tokenizer's chat template: (prompt ids, answer ids incl. end of turn)."
-    msgs = [{"role": "user", "content": user}]
-    prompt = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
-    if isinstance(prompt, dict) or hasattr(prompt, "input_ids"): prompt = prompt["input_ids"]
-    ans = [] if answer is None else tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return list(prompt), ans
-
-class _CachedVocab:
-    "A tokenizer proxy whose `get_vocab()` is computed once (it rebuilds a 49k-entry dict per call otherwise)."
-    def __init__(self, tok):
-        self._tok, self._vocab = tok, None
-    def get_vocab(self):
-        if self._vocab is None: self._vocab = self._tok.get_vocab()
-        return self._vocab
-    def add_tokens(self, *a, **k):
-        self._vocab = None
-        return self._tok.add_tokens(*a, **k)
-    def __call__(self, *a, **k): return self._tok(*a, **k)
-    def __getattr__(self, name): return getattr(self._tok, name)
-    def __len__(self): return len(self._tok)
-
 def encode_choices(tokenizer, user: str, answers: Sequence[str], template: str = "chat",
                    num_video_tokens: int = 0, max_length: int | None = None) -> list[dict]:
     "Token ids and labels (answer tokens only) of `user` followed by each answer, as the model was trained."
-    api = _model_api()
-    if api is not None and not isinstance(tokenizer, _CachedVocab): tokenizer = _CachedVocab(tokenizer)
     out = []
     for answer in answers:
-        if api is not None:
-            turns = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-            enc = api.tokenize_conversation(tokenizer, turns, template=template, num_video_tokens=num_video_tokens,
-                                            max_length=max_length)
-            ids, labels = [int(x) for x in enc["input_ids"]], [int(x) for x in enc["labels"]]
-        else:
-            if num_video_tokens: raise EvalError("Video modes need vtom.model (the VideoLLM and its <video> expansion).")
-            prompt, ans = _chat_ids(tokenizer, user, answer)
-            ids, labels = prompt + ans, [-100] * len(prompt) + ans
+        turns = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        enc = tokenize_conversation(tokenizer, turns, template=template, num_video_tokens=num_video_tokens or None,
+                                    max_length=max_length)
+        ids, labels = [int(x) for x in enc["input_ids"]], [int(x) for x in enc["labels"]]
         if all(l == -100 for l in labels): raise EvalError(f"The answer {answer!r} was cut off by max_length={max_length}.")
         out.append({"input_ids": ids, "labels": labels})
     return out
@@ -364,8 +330,6 @@ def _feature_store(path: str | Path | None):
     if path is None: return None
     path = Path(path)
     if not path.is_dir(): raise EvalError(f"--features {path}: not a directory; pass the feature store written by `vtom features`.")
-    try: from vtom.features import FeatureStore
-    except ImportError as e: raise EvalError(f"--features needs vtom.features ({e}).") from e
     return FeatureStore(path)
 
 def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str | Path | None = None,
@@ -377,20 +341,17 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
     dev = get_device(device)
     info = {"llm": llm, "checkpoint": str(checkpoint) if checkpoint else None, "vision": vision, "device": str(dev)}
     store = _feature_store(features)
-    try: from vtom import model as vm
-    except ImportError: vm = None
     if checkpoint is not None or mode in VIDEO_MODES:
-        if vm is None or not hasattr(vm, "VideoLLM"): raise EvalError("Video modes and --checkpoint need vtom.model (VideoLLM).")
-        lm, tok = vm.load_llm(llm, device=dev, dtype=dtype)
+        lm, tok = load_llm(llm, device=dev, dtype=dtype)
         if checkpoint is not None:
-            model = vm.VideoLLM.from_pretrained(checkpoint, lm=lm, tokenizer=tok)
+            model = VideoLLM.from_pretrained(checkpoint, lm=lm, tokenizer=tok)
         else:
             log.warning("No --checkpoint: the video projector is UNTRAINED (random); video-mode numbers only test the plumbing.")
             nf = num_frames or 100
             rows, dim = _feature_shape(store)
-            cfg = vm.VideoLLMConfig(lm_name=llm, vision_name=vision or "unknown", vision_hidden_size=dim, num_frames=nf,
+            cfg = VideoLLMConfig(lm_name=llm, vision_name=vision or "unknown", vision_hidden_size=dim, num_frames=nf,
                                     num_spatial_tokens=rows - nf, template=template or "chat")
-            model = vm.VideoLLM(cfg, lm, tok)
+            model = VideoLLM(cfg, lm, tok)
         model.to(dev).eval()
         cfg = model.config
         tok = model.tokenizer
@@ -398,8 +359,7 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
         num_frames = num_frames or cfg.num_frames
         info.update(vision=vision or cfg.vision_name, projector_trained=checkpoint is not None)
     else:
-        if vm is not None and hasattr(vm, "load_llm"): model, tok = vm.load_llm(llm, device=dev, dtype=dtype)
-        else: model, tok = _load_plain_lm(llm, dev, get_dtype(dev, dtype))
+        model, tok = load_llm(llm, device=dev, dtype=dtype)
         model.eval()
         template = template or "chat"
     info["template"] = template
@@ -412,20 +372,6 @@ def _feature_shape(store) -> tuple[int, int]:
     if not ids: raise EvalError(f"The feature store {getattr(store, 'folder', '')} is empty; run `vtom features` first.")
     rows, dim = torch.as_tensor(store[ids[0]]).shape
     return int(rows), int(dim)
-
-def _load_plain_lm(llm: str, device, dtype):
-    "Fallback loader (when vtom.model is absent): 'embedded', a local directory, or a cached hub name."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from vtom.core import embedded_llm_path
-    path = embedded_llm_path() if llm in ("embedded", "smollm2") else llm
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    except OSError as e:
-        raise EvalError(f"Cannot load the language model {llm!r} offline ({e}). Pass --llm embedded, a local model "
-                        "directory, or download the model first (huggingface-cli download NAME).") from None
-    if tok.pad_token_id is None: tok.pad_token = tok.eos_token
-    return model, tok
 
 # %% ../nbs/06_eval.ipynb #eeba9ce9
 def load_benchmark(name: str, qa: str | Path, split_file: str | Path | None = None, **kw) -> list[MCQuestion]:

@@ -19,16 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import VtomError, get_logger, seed_everything, write_json
+from .evaluate import EvalSetup, bootstrap_ci, evaluate_questions
 
 # %% auto #0
 __all__ = ['MOMENT_FIELDS', 'PROBE_FACTS', 'MOMENT_QUESTION', 'MC_MODES', 'temporal_iou', 'moment_metrics', 'hit_at_k',
            'frame_bounds', 'scores_to_window', 'centre_window', 'random_window', 'prior_window', 'HashingQueryEncoder',
            'LMQueryEncoder', 'MomentExample', 'temporal_tokens', 'feature_change_scores', 'MomentHead',
            'train_moment_head', 'head_scores', 'loo_importance', 'plot_relevance', 'answer_loglik_fn',
-           'thumbnail_tower', 'linear_probe', 'load_moments', 'moment_examples', 'bootstrap_ci', 'method_windows',
-           'retrieval_table', 'markdown_table', 'frame_facts', 'probe_data', 'probe_table', 'synth_features',
-           'split_videos', 'rows_by', 'paired_questions', 'loo_moment_scores', 'option_logliks', 'mc_predictions',
-           'mc_table', 'goal_report', 'goal_verdicts', 'report_markdown', 'locate_main']
+           'thumbnail_tower', 'linear_probe', 'load_moments', 'moment_examples', 'method_windows', 'retrieval_table',
+           'markdown_table', 'frame_facts', 'probe_data', 'probe_table', 'synth_features', 'split_videos', 'rows_by',
+           'paired_questions', 'loo_moment_scores', 'mc_predictions', 'mc_table', 'goal_report', 'goal_verdicts',
+           'report_markdown', 'locate_main']
 
 # %% ../nbs/08_locate.ipynb #c327fc59
 def _windows(x: Any, name: str) -> np.ndarray:
@@ -412,13 +413,6 @@ def moment_examples(moments: Sequence[dict], store: Any) -> tuple[list[MomentExa
     return out, skipped
 
 # %% ../nbs/08_locate.ipynb #2c566cfe
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    "Percentile bootstrap interval of the mean of `values`."
-    v = np.asarray(values, float)
-    if len(v) == 0: return float("nan"), float("nan")
-    means = v[np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))].mean(1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
 def method_windows(examples: Sequence[MomentExample], train: Sequence[MomentExample], head: MomentHead | None = None,
                    encoder: Callable | None = None, loo: dict[str, np.ndarray] | None = None, seed: int = 0) -> dict[str, dict]:
     "Windows (and per-frame scores) of the baselines, feature change, the head and (given, by qid) leave-one-out scores."
@@ -580,47 +574,17 @@ def loo_moment_scores(model: nn.Module, examples: Sequence[MomentExample], pairs
 # %% ../nbs/08_locate.ipynb #14865e19
 MC_MODES = ("video", "text", "shuffled", "blank")
 
-@torch.no_grad()
-def option_logliks(model: nn.Module, q: Any, features: torch.Tensor | None = None) -> np.ndarray:
-    "Summed log-likelihood of each option's answer (`'B. the red box'`) in one padded forward; no video when `features` is None."
-    from vtom.data import LETTERS, format_mc_prompt
-    from vtom.model import IGNORE_INDEX, pad_batch, tokenize_conversation
-    n = None if features is None else features.shape[-2]
-    prompt = format_mc_prompt(q, with_video=features is not None)
-    items = [tokenize_conversation(model.tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"{LETTERS[i]}. {o}"}],
-                                   model.config.template, n, None) for i, o in enumerate(q.options)]
-    b = pad_batch(items, model.tokenizer.pad_token_id, "right")
-    ids, labels = b["input_ids"].to(model.device), b["labels"].to(model.device)
-    feats = None if features is None else features.reshape(1, n, -1).expand(len(items), -1, -1)
-    logits = model(input_ids=ids, attention_mask=b["attention_mask"].to(model.device), video_features=feats).logits[:, :-1].float()
-    keep = labels[:, 1:] != IGNORE_INDEX
-    logp = torch.log_softmax(logits, -1).gather(-1, labels[:, 1:].masked_fill(~keep, 0)[..., None]).squeeze(-1)
-    return (logp * keep).sum(1).cpu().numpy()
-
-@torch.no_grad()
 def mc_predictions(model: nn.Module, questions: Sequence[Any], store: Any, mode: str = "video", seed: int = 0,
                    progress: bool = False) -> list[dict]:
-    "Per question: predicted option (highest summed answer log-likelihood), correctness, qtype and family, under `mode`."
-    from tqdm.auto import tqdm
-    from vtom.data import LETTERS
+    "Per question with features: predicted option (highest summed answer log-likelihood), correctness, qtype and family."
     from vtom.features import FeatureStore
     if mode not in MC_MODES: raise VtomError(f"mode must be one of {MC_MODES}, not {mode!r}.")
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    out = []
-    for k, q in enumerate(tqdm(questions, desc=f"mc {mode}", disable=not progress)):
-        if q.video_id not in store: continue
-        feats = None
-        if mode != "text":
-            feats = store[q.video_id].float()
-            n_real = int(store.meta(q.video_id).get("frames") or model.config.num_frames)
-            if mode == "shuffled":
-                perm = torch.randperm(n_real, generator=torch.Generator().manual_seed(seed * 100003 + k))
-                feats = torch.cat([feats[:n_real][perm], feats[n_real:]])
-            elif mode == "blank": feats = torch.zeros_like(feats)
-            feats = feats[None].to(model.device, next(model.projector.parameters()).dtype)
-        pred = int(np.argmax(option_logliks(model, q, feats)))
-        out.append({"qid": q.qid, "pred": pred, "correct": pred == q.answer_idx, "qtype": q.qtype, "family": q.subset, "mode": mode})
-    return out
+    setup = EvalSetup(model, model.tokenizer, model.config.template, store, model.config.num_frames)
+    res = evaluate_questions(setup, list(questions), mode, scoring="sum", seed=seed, progress=progress)
+    if res["failed"]: raise VtomError(f"{len(res['failed'])} questions could not be scored, e.g. {res['failed'][0]}")
+    return [{"qid": r["qid"], "pred": r["pred"], "correct": r["correct"], "qtype": r["qtype"], "family": r["subset"], "mode": mode}
+            for r in res["records"]]
 
 def mc_table(preds: Sequence[dict], by: str = "qtype") -> list[dict]:
     "Accuracy with a 95% bootstrap interval per mode and group (plus 'all')."
@@ -641,7 +605,8 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
                 progress: bool = False) -> dict:
     "Probes, moment retrieval and (per tower in `mc_towers`) projector training + MC evaluation on a synthetic benchmark."
     from vtom.data import load_siq2
-    from vtom.train import load_trained, train
+    from vtom.model import VideoLLM
+    from vtom.train import train
     log = get_logger("vtom.locate")
     synth_dir, out = Path(synth_dir), Path(out)
     towers = towers or {"random CLIP": "random:ViT-B-32", "thumbnail": "thumbnail:14"}
@@ -669,7 +634,7 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
         head, hlog = train_moment_head(tr, enc, steps=head_steps, seed=seed)
         loo = None
         if (k in mc_towers or k in loo_towers) and train_steps == 0:   # plumbing check: an untrained projector
-            from vtom.model import VideoLLM, VideoLLMConfig, load_llm
+            from vtom.model import VideoLLMConfig, load_llm
             lm, tok = load_llm(llm, device=device)
             shape = tuple(tr[0].features.shape)
             model = VideoLLM(VideoLLMConfig(lm_name=llm, vision_name=towers[k], vision_hidden_size=shape[1], num_frames=num_frames,
@@ -684,7 +649,7 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
                               save_steps=max(train_steps, 1), logging_steps=max(1, train_steps // 20)))
             metrics = json.loads((Path(ckpt) / "train_metrics.json").read_text())
             report["training"][k] = {kk: metrics.get(kk) for kk in ("eval_loss_before", "eval_loss_after", "train_records", "global_step")}
-            model = load_trained(ckpt, device=device).eval()
+            model = VideoLLM.from_pretrained(ckpt, device=device).eval()
         if k in mc_towers or k in loo_towers:
             if k in mc_towers:
                 for mode in MC_MODES:

@@ -21,7 +21,7 @@ from .core import (EMBEDDED_LLM_NAME, VtomError, atomic_path, embedded_llm_path,
 # %% auto #0
 __all__ = ['LLM_ALIASES', 'PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES',
            'VIDEO_TOKEN', 'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX',
-           'CONFIG_NAME', 'WEIGHTS_NAME', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation',
+           'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation',
            'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns',
            'add_video_tokens', 'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch', 'build_projector',
            'VideoLLM', 'position_ids_from_mask']
@@ -137,7 +137,7 @@ class VideoLLMConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "VideoLLMConfig":
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"vtom_type", "video_tokens", "num_video_tokens"}
+        unknown = set(d) - known - {"vtom_type", "video_tokens", "num_video_tokens", "lora"}
         if unknown: get_logger().warning(f"VideoLLMConfig: ignoring unknown keys {sorted(unknown)}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -185,7 +185,8 @@ IGNORE_INDEX = -100
 
 def add_video_tokens(tokenizer) -> dict[str, int]:
     "Add the four video tokens to `tokenizer` as special tokens (idempotent); returns token -> id."
-    missing = [t for t in VIDEO_TOKENS if t not in tokenizer.get_vocab()]
+    added = tokenizer.get_added_vocab()  # small; get_vocab() rebuilds the whole vocabulary (~30 ms) on every call
+    missing = [t for t in VIDEO_TOKENS if t not in added and tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
     if missing: tokenizer.add_tokens(missing, special_tokens=True)
     return {t: tokenizer.convert_tokens_to_ids(t) for t in VIDEO_TOKENS}
 
@@ -286,7 +287,7 @@ def build_projector(kind: str, in_features: int, out_features: int) -> nn.Module
     raise VtomError(f"Unknown projector type {kind!r}; use one of {PROJECTOR_TYPES}.")
 
 # %% ../nbs/03_model.ipynb #a8288939
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "projector.safetensors"
+CONFIG_NAME, WEIGHTS_NAME, LORA_DIR = "config.json", "projector.safetensors", "lora"  # lora/: peft adapters of `vtom train --lora`
 
 class VideoLLM(nn.Module):
     "A frozen causal LM + a trainable projector for video tokens + 4 video-token embedding rows."
@@ -472,7 +473,7 @@ def load_weights(self: VideoLLM, path: str | Path) -> "VideoLLM":
 @patch(cls_method=True)
 def from_pretrained(cls: VideoLLM, path: str | Path, lm=None, tokenizer=None, device: str | torch.device = "auto",
                     dtype: str | torch.dtype = "auto", lm_name: str | None = None) -> "VideoLLM":
-    "Rebuild a saved model: loads the LM named in `config.json` (or `lm_name`, or the given `lm`/`tokenizer`)."
+    "Rebuild a saved model: the LM named in `config.json` (or `lm_name`, or the given `lm`/`tokenizer`) + its LoRA adapters if any."
     import json
     path = Path(path)
     if not (path / CONFIG_NAME).is_file():
@@ -483,7 +484,11 @@ def from_pretrained(cls: VideoLLM, path: str | Path, lm=None, tokenizer=None, de
     elif tokenizer is None:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(lm.name_or_path)
-    return cls(config, lm, tokenizer).load_weights(path)
+    model = cls(config, lm, tokenizer).load_weights(path)
+    if (path / LORA_DIR).is_dir():
+        from peft import PeftModel
+        model.lm = PeftModel.from_pretrained(model.lm, str(path / LORA_DIR)).eval()
+    return model
 
 # %% ../nbs/03_model.ipynb #5e691ee0
 VIDEO_CHATGPT_LM = "mmaaz60/LLaVA-7B-Lightening-v1-1"

@@ -25,13 +25,14 @@ from torch.utils.data import Dataset
 from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, has_package, package_versions, runs_dir,
                        seed_everything, write_json)
 from .data import DataFormatError, convert_videoinstruct, load_siq2, mc_to_conversation, read_jsonl
+from .model import LORA_DIR
 
 # %% auto #0
-__all__ = ['PRESETS', 'LORA_DIR', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset', 'VideoCollator',
-           'TrainConfig', 'world_size', 'resolve_config', 'load_config_file', 'add_lora', 'save_trained',
-           'load_trainable', 'load_trained', 'VideoTrainer', 'LossLogger', 'KeepBeforeEval', 'write_history',
-           'read_history', 'build_model', 'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history',
-           'train_parser', 'config_from_argv', 'train_main', 'bench_train', 'bench_train_main']
+__all__ = ['PRESETS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset', 'VideoCollator', 'TrainConfig',
+           'world_size', 'resolve_config', 'load_config_file', 'add_lora', 'save_trained', 'load_trainable',
+           'VideoTrainer', 'LossLogger', 'KeepBeforeEval', 'write_history', 'read_history', 'build_model',
+           'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history', 'train_parser',
+           'config_from_argv', 'train_main', 'bench_train', 'bench_train_main']
 
 # %% ../nbs/04_train.ipynb #56a840d8
 class TrainDataError(DataFormatError):
@@ -240,8 +241,6 @@ def load_config_file(path: str | Path) -> dict:
     return data
 
 # %% ../nbs/04_train.ipynb #a0bf9408
-LORA_DIR = "lora"
-
 def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str | Sequence[str] = "q_proj,k_proj,v_proj,o_proj"):
     "Wrap `model.lm` with peft LoRA adapters (trainable) on the `targets` linear layers; returns the model."
     from peft import LoraConfig, get_peft_model
@@ -276,15 +275,6 @@ def load_trainable(model, path: str | Path):
         res = set_peft_model_state_dict(model.lm, load_file(str(lora / "adapter_model.safetensors")))
         if getattr(res, "unexpected_keys", None): raise VtomError(f"{lora}: adapters do not fit this model ({res.unexpected_keys[:3]}).")
     elif lora.is_dir(): raise VtomError(f"{path} holds LoRA adapters; resume it with --lora.")
-    return model
-
-def load_trained(path: str | Path, lm=None, tokenizer=None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
-    "`VideoLLM.from_pretrained` plus the LoRA adapters of a `vtom train --lora` run (for chat and evaluation)."
-    from vtom.model import VideoLLM
-    model = VideoLLM.from_pretrained(path, lm=lm, tokenizer=tokenizer, device=device, dtype=dtype)
-    if (Path(path) / LORA_DIR).is_dir():
-        from peft import PeftModel
-        model.lm = PeftModel.from_pretrained(model.lm, str(Path(path) / LORA_DIR)).eval()
     return model
 
 # %% ../nbs/04_train.ipynb #b980c1ac
