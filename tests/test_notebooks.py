@@ -16,3 +16,16 @@ FORCE = [f for f in os.environ.get("VTOM_TEST_FLAGS", "").split(",") if f]
 def test_notebook(notebook: Path):
     ok, seconds = nbtest.test_nb(notebook, skip_flags=["slow", "gpu"], force_flags=FORCE, showerr=True)
     assert ok, f"{notebook.name} failed (the traceback is printed above); open it in Jupyter to debug"
+
+
+@pytest.mark.parametrize("notebook", NBS, ids=[p.stem for p in NBS])
+def test_parameters_cell_parses_for_papermill(notebook: Path, caplog):
+    "papermill must read every parameter (name, type, default) of the `parameters` cell, or `-p` overrides go unchecked."
+    import json
+    from papermill.translators import PythonTranslator
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) <= 1, f"{notebook.name} has {len(cells)} cells tagged `parameters`"
+    if not cells: return
+    with caplog.at_level("WARNING", logger="papermill"):
+        params = PythonTranslator.inspect({"source": "".join(cells[0]["source"])})
+    assert params and not caplog.records, f"{notebook.name}: {[r.getMessage() for r in caplog.records]}"
