@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, package_versions,
+from .core import (VtomError, atomic_path, get_device, get_logger, git_commit, package_versions,
                        seed_everything, write_json)
 from .data import (LETTERS, DataFormatError, MCQuestion, format_mc_prompt, load_siq2, question_word, split_available,
                        unique_qids)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import VtomError, get_logger, seed_everything, write_json
-from .evaluate import EvalSetup, bootstrap_ci, evaluate_questions
+from .evaluate import EvalSetup, answer_logprobs, bootstrap_ci, evaluate_questions
 
 # %% auto #0
 __all__ = ['MOMENT_FIELDS', 'PROBE_FACTS', 'MOMENT_QUESTION', 'MC_MODES', 'temporal_iou', 'moment_metrics', 'hit_at_k',
@@ -317,7 +317,7 @@ def plot_relevance(timestamps: Sequence[float], scores: dict[str, Sequence[float
 def answer_loglik_fn(model: nn.Module, question: Any, answer: str | None = None, with_video: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     "A `score_fn(features (B, N, D)) -> (B,)` giving the log-likelihood of `answer` (default: the correct option) to `question`."
     from vtom.data import MCQuestion, format_mc_answer, format_mc_prompt
-    from vtom.model import IGNORE_INDEX, VIDEO_TOKEN, tokenize_conversation
+    from vtom.model import VIDEO_TOKEN, tokenize_conversation
     if isinstance(question, MCQuestion): prompt = format_mc_prompt(question, with_video=with_video)
     else: prompt = f"{VIDEO_TOKEN}\n{question}" if with_video else question
     answer = answer if answer is not None else format_mc_answer(question)
@@ -331,10 +331,8 @@ def answer_loglik_fn(model: nn.Module, question: Any, answer: str | None = None,
         enc, b = cache[n], len(features) if features is not None else 1
         ids = enc["input_ids"].unsqueeze(0).expand(b, -1).to(model.device)
         labels = enc["labels"].unsqueeze(0).expand(b, -1).to(model.device)
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), video_features=features if with_video else None).logits[:, :-1].float()
-        keep = labels[:, 1:] != IGNORE_INDEX           # answer tokens (video tokens lie outside the LM's vocabulary)
-        logp = torch.log_softmax(logits, -1).gather(-1, labels[:, 1:].masked_fill(~keep, 0)[..., None]).squeeze(-1)
-        return (logp * keep).sum(1).cpu()
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), video_features=features if with_video else None).logits
+        return answer_logprobs(logits, labels)[0]   # summed over the answer tokens, the rule of vtom.evaluate
     return score
 
 # %% ../nbs/08_locate.ipynb #d6833006
