@@ -750,6 +750,8 @@ def check_model(name: Any) -> str | None:
         except VtomError as e: return str(e)
     if name.startswith("random:") or name.startswith("open_clip:"):
         return None if has_package("open_clip") else f"{name} needs open_clip: `pip install open_clip_torch`."
+    from vtom.features import TOWERS
+    if name.partition(":")[0] in set(TOWERS) - {"hf"}: return None  # other registered towers report missing weights when built
     repo = name[3:] if name.startswith("hf:") else name
     local = Path(repo).expanduser()
     if local.exists(): return None if (local / "config.json").is_file() or local.is_file() else f"{local} has no config.json: not a model folder."

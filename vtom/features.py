@@ -12,7 +12,7 @@ import os
 import pickle
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from .core import VtomError, atomic_path, get_device, get_dtype, get_logger
 
 # %% auto #0
-__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'MANIFEST', 'FAILURES', 'VIDEO_SUFFIXES', 'VisionTower',
-           'load_vision_tower', 'tiny_hf_clip', 'preprocess_frames', 'reference_preprocess', 'pool_features',
-           'video_id_of', 'encode_frames', 'features_from_clip', 'extract_video_features', 'save_features', 'read_meta',
-           'load_features', 'FeatureStore', 'list_videos', 'dist_info', 'extract_to_store', 'features_main',
-           'bench_features_main']
+__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'MANIFEST', 'FAILURES', 'VIDEO_SUFFIXES',
+           'VisionTower', 'register_tower', 'list_towers', 'load_vision_tower', 'tiny_hf_clip', 'preprocess_frames',
+           'reference_preprocess', 'pool_features', 'video_id_of', 'encode_frames', 'features_from_clip',
+           'extract_video_features', 'save_features', 'read_meta', 'load_features', 'FeatureStore', 'list_videos',
+           'dist_info', 'extract_to_store', 'features_main', 'bench_features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -121,23 +121,37 @@ def _load_open_clip(arch: str, pretrained: str | None, device: torch.device, dty
     return _OpenClipTower(name, visual, size, patch, width, pcfg.get("mean", OPENAI_CLIP_MEAN),
                           pcfg.get("std", OPENAI_CLIP_STD), device, dtype)
 
+# %% ../nbs/02_features.ipynb #c557f391
+TOWERS: dict[str, tuple[Callable[[str, torch.device, torch.dtype, str], VisionTower], str]] = {}
+
+def register_tower(kind: str, builder: Callable[[str, torch.device, torch.dtype, str], VisionTower], example: str) -> None:
+    "Register `builder(ref, device, dtype, name)` for tower names `kind:REF`; `example` is shown in help and errors."
+    TOWERS[kind] = (builder, example)
+
+def list_towers() -> list[str]:
+    "One example name per registered tower kind."
+    return [example for _, example in TOWERS.values()]
+
+def _open_clip_pretrained(ref: str, device: torch.device, dtype: torch.dtype, name: str) -> VisionTower:
+    arch, _, pretrained = ref.partition(":")
+    if not pretrained:
+        raise VtomError(f"{name!r} names no pretrained weights; use open_clip:ARCH:PRETRAINED (e.g. open_clip:ViT-L-14:openai) or random:{arch}.")
+    return _load_open_clip(arch, pretrained, device, dtype, name)
+
+register_tower("hf", _load_hf, "hf:openai/clip-vit-large-patch14")
+register_tower("open_clip", _open_clip_pretrained, "open_clip:ViT-L-14:openai")
+register_tower("random", lambda ref, device, dtype, name: _load_open_clip(ref, None, device, dtype, name), "random:ViT-B-32")
+
 def load_vision_tower(name: str = "random:ViT-B-32", device: str | torch.device = "auto",
                       dtype: str | torch.dtype = "auto") -> VisionTower:
-    "Load a frozen tower by name: `hf:ID_OR_DIR`, `open_clip:ARCH:PRETRAINED` or `random:ARCH` (auto: fp32 on CPU, fp16 on GPU)."
+    "Load a frozen tower by registered name (`list_towers()`), e.g. `hf:ID_OR_DIR` or `random:ARCH` (auto: fp32 on CPU, fp16 on GPU)."
+    kind, _, ref = name.partition(":")
+    if kind not in TOWERS or not ref:
+        raise VtomError(f"Unknown vision tower {name!r}; use one of {', '.join(list_towers())} (or hf:LOCAL_DIR).")
     device = get_device(device)
     # frozen inference: fp16 on GPUs (as the reference; 3 more mantissa bits than bf16, and the store keeps fp16), fp32 on CPU
     dtype = torch.float16 if dtype in (None, "auto") and device.type == "cuda" else get_dtype(device, dtype)
-    kind, _, ref = name.partition(":")
-    if kind == "hf" and ref: return _load_hf(ref, device, dtype, name)
-    if kind == "open_clip" and ref:
-        arch, _, pretrained = ref.partition(":")
-        return _load_open_clip(arch, pretrained or None, device, dtype, name) if pretrained else \
-            _raise(f"{name!r} names no pretrained weights; use open_clip:ARCH:PRETRAINED (e.g. open_clip:ViT-L-14:openai) or random:{arch}.")
-    if kind == "random" and ref: return _load_open_clip(ref, None, device, dtype, name)
-    raise VtomError(f"Unknown vision tower {name!r}; use hf:openai/clip-vit-large-patch14, hf:LOCAL_DIR, "
-                    "open_clip:ARCH:PRETRAINED or random:ARCH (e.g. random:ViT-B-32).")
-
-def _raise(msg: str): raise VtomError(msg)
+    return TOWERS[kind][0](ref, device, dtype, name)
 
 # %% ../nbs/02_features.ipynb #16143a64
 def tiny_hf_clip(folder: str | Path, image_size: int = 32, patch_size: int = 8, hidden_size: int = 48, layers: int = 3,
