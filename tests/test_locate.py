@@ -107,18 +107,15 @@ def test_rows_by_handles_partial_methods():
     assert {r["n"] for r in retrieval_table(exs, methods) if r["family"] == "all"} == {4, 2}
 
 
-def test_frame_facts_and_pairs():
+def test_paired_questions():
     from vtom.data import MCQuestion
-    from vtom.locate import frame_facts, paired_questions
-    ev = {"layout": {"containers": [{"name": "red box", "x": 150}, {"name": "blue jar", "x": 20}]},
-          "frames": {"t": [0, 1, 2, 3], "location": ["red box", "held:B", "blue jar", "blue jar"], "visible": [False, True, True, False],
-                     "present_A": [True, True, False, True], "sees_scene_A": [True, False, False, True],
-                     "belief_false_A": [False, False, True, True]}}
-    f = frame_facts(ev, [0.0, 1.4, 2.1])                    # nearest event frames 0, 1, 2
-    assert f["object_slot"] == ["slot1", "held", "slot0"]   # slots ordered by x: blue jar (x=20) is slot0
-    assert f["object_slot_when_visible"] == [None, "held", "slot0"] and f["A_belief_false"] == [False, False, True]
-    assert frame_facts(ev, [2.6])["object_slot_when_visible"] == [None]
+    from vtom.locate import paired_questions
     exs = [MomentExample("m0", "v", "q", torch.zeros(2, 2), np.arange(2.), 2.0, (0, 1), extra={"mtype": "belief_false"}),
            MomentExample("m1", "v", "q", torch.zeros(2, 2), np.arange(2.), 2.0, (0, 1), extra={"mtype": "nothing"})]
     qs = [MCQuestion("b", "where will A look?", ["x", "y", "z", "w"], "v", answer_idx=0, qtype="belief")]
     assert set(paired_questions(exs, qs)) == {"m0"}
+
+
+def test_locate_does_not_hold_the_experiment():
+    import vtom.locate as loc
+    assert not any(hasattr(loc, n) for n in ("goal_report", "goal_verdicts", "report_markdown", "synth_features", "thumbnail_tower"))

@@ -695,8 +695,8 @@ PIPELINES["tom"] = [
           metrics={"train": "{k: dm[k] for k in ('eval_loss_before', 'eval_loss_after', 'global_step')}",
                    "first_losses": "[round(x, 4) for x in hist[:5]]", "last_losses": "[round(x, 4) for x in hist[-5:]]"}),
     *eval_stages("synth", "{work}/synth/qa_test.json", "{work}/features", "{work}/train/run", depends=("synth", "synth-features", "train")),
-    Stage("locate", "08_locate", parameters={"synth_dir": "{work}/synth"}, models=("vision",), depends=("synth",),
-          description="moment retrieval of belief changes: R1@IoU and mIoU against baselines"),
+    Stage("goal", "08b_experiments", parameters={"synth_dir": "{work}/synth"}, models=("vision",), depends=("synth",),
+          description="the goal report: probes, moment retrieval of belief changes against baselines, paired verdicts"),
     Stage("chat", "05_infer", parameters={"checkpoint": "{work}/train/run"}, models=("vision", "llm"), depends=("train",),
           description="a chat about a video with the trained projector"),
 ]
@@ -727,7 +727,7 @@ PRESETS["cpu-demo"] = Preset(
             "features": {"vision": "random:ViT-B-32", "video": "carphone", "num_frames": 32},
             "synth-features": {"vision": "random:ViT-B-32", "num_frames": 16},
             "train": {"demo_steps": 80, "demo_batch_size": 4},
-            "locate": {"vision": "random:ViT-B-32", "num_frames": 16},
+            "goal": {"vision": "random:ViT-B-32", "num_frames": 16},
             "chat": {"vision": "random:ViT-B-32", "num_frames": 16}},
     skip_flags=("gpu", "slow"), stage_skip_flags={"train": ("gpu",)})
 

@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "chat": ("vtom.infer", "chat_main", "Ask a question about a video and stream the answer."),
     "eval": ("vtom.evaluate", "eval_main", "Judge-free multiple-choice evaluation (Social-IQ 2.0, synthetic ToM) with baselines."),
     "synth": ("vtom.synth", "synth_main", "Generate the synthetic false-belief video benchmark."),
-    "locate": ("vtom.locate", "locate_main", "Moment retrieval of mental-state changes and the synthetic benchmark's goal report."),
+    "goal": ("vtom.experiments", "goal_main", "The synthetic benchmark's goal report: probes, moment retrieval, multiple choice, verdicts."),
+    "locate": ("vtom.experiments", "goal_main", "The old name of `vtom goal` (the goal report on a `vtom synth` folder)."),
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),
 }

@@ -22,10 +22,10 @@ from .core import VtomError, atomic_path, get_device, get_dtype, get_logger
 
 # %% auto #0
 __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'MANIFEST', 'FAILURES', 'VIDEO_SUFFIXES',
-           'VisionTower', 'register_tower', 'list_towers', 'load_vision_tower', 'tiny_hf_clip', 'preprocess_frames',
-           'reference_preprocess', 'pool_features', 'video_id_of', 'encode_frames', 'features_from_clip',
-           'extract_video_features', 'save_features', 'read_meta', 'load_features', 'FeatureStore', 'list_videos',
-           'dist_info', 'extract_to_store', 'features_main', 'bench_features_main']
+           'VisionTower', 'register_tower', 'list_towers', 'load_vision_tower', 'tiny_hf_clip', 'thumbnail_tower',
+           'preprocess_frames', 'reference_preprocess', 'pool_features', 'video_id_of', 'encode_frames',
+           'features_from_clip', 'extract_video_features', 'save_features', 'read_meta', 'load_features',
+           'FeatureStore', 'list_videos', 'dist_info', 'extract_to_store', 'features_main', 'bench_features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -164,6 +164,28 @@ def tiny_hf_clip(folder: str | Path, image_size: int = 32, patch_size: int = 8, 
         torch.manual_seed(seed)
         CLIPVisionModel(cfg).save_pretrained(folder)
     return Path(folder)
+
+# %% ../nbs/02_features.ipynb #c81bf579
+class _ThumbnailTower(VisionTower):
+    def _tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        rgb = F.avg_pool2d(pixels.float(), self.patch_size).flatten(2).transpose(1, 2)   # [B, P, 3] mean colour per patch
+        P = rgb.shape[1]
+        eye = torch.eye(P, device=rgb.device, dtype=rgb.dtype)
+        return (eye[None, :, :, None] * rgb[:, :, None, :]).reshape(len(rgb), P, P * 3) * P  # mean over P = thumbnail
+
+def thumbnail_tower(grid: int = 14, image_size: int = 224, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> VisionTower:
+    "A `VisionTower` whose patch token is one-hot(position) x the patch's mean RGB: the mean over patches is a `grid x grid` thumbnail."
+    if grid < 1 or image_size % grid:
+        raise VtomError(f"thumbnail:{grid}: the grid must divide the image size {image_size} (e.g. thumbnail:14 or thumbnail:7).")
+    return _ThumbnailTower(f"thumbnail:{grid}", torch.nn.Identity(), image_size, image_size // grid, grid * grid * 3,
+                           device=get_device(device), dtype=dtype)
+
+def _load_thumbnail(ref: str, device: torch.device, dtype: torch.dtype, name: str) -> VisionTower:
+    if not ref.isdigit(): raise VtomError(f"{name!r}: write thumbnail:GRID with a whole number, e.g. thumbnail:14.")
+    return thumbnail_tower(int(ref), device=device, dtype=dtype)
+
+register_tower("thumbnail", _load_thumbnail, "thumbnail:14")
 
 # %% ../nbs/02_features.ipynb #39cc6b41
 def preprocess_frames(frames: np.ndarray | torch.Tensor, image_size: int = 224, mean: Sequence[float] = OPENAI_CLIP_MEAN,
