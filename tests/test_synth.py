@@ -25,8 +25,8 @@ def test_scenarios_keep_their_promise(family):
             st, X, Y = sc.state, sc.marks["X"], sc.marks["Y"]
             assert 10 <= sc.duration <= 30
             assert st["location"][-1] == Y and st["belief_B"][-1] == Y
-            unseen_move = family == "false_belief" or (family == "second_order" and variant in ("away", "lookaway"))
-            assert st["belief_A"][-1] == (X if unseen_move or family == "no_move" else Y)
+            unseen_move = family in ("false_belief", "two_moves") or (family == "second_order" and variant in ("away", "lookaway"))
+            assert st["belief_A"][-1] == (sc.marks.get("M", X) if unseen_move or family == "no_move" else Y)
             false = [i for i, f in enumerate(st["belief_false_A"]) if f]
             if unseen_move:
                 t0 = sc.marks["move"][0]
@@ -58,8 +58,8 @@ def test_split_counts_and_disjoint_seeds():
     plans = {sp: synth.plan_split(0, sp, 50) for sp in ("train", "val", "test")}
     seeds = [p["seed"] for ps in plans.values() for p in ps]
     assert len(set(seeds)) == len(seeds)
-    fams = [p["family"] for p in plans["train"][:48]]
-    assert all(abs(fams.count(f) - 12) <= 1 for f in synth.FAMILIES)
+    fams = [p["family"] for p in plans["train"][:50]]
+    assert all(abs(fams.count(f) - 10) <= 1 for f in synth.FAMILIES)
     # growing a split does not change its first videos' seeds
     assert [p["seed"] for p in synth.plan_split(0, "train", 10)] == [p["seed"] for p in plans["train"][:10]]
 
@@ -127,11 +127,23 @@ def test_text_only_shortcut_is_at_chance():
     assert np.abs(pos - 0.25).max() < 0.01
 
 
+def test_no_heuristic_passes_the_belief_questions():
+    rows = [r for sp in ("train", "test") for r in synth.scenario_rows(2, sp, 100)]
+    h = synth.heuristic_accuracies(rows)["belief"]
+    assert h["n"]["all"] == 200 and set(h["n"]) == {"all", *synth.FAMILIES}
+    assert 0.45 <= h["reality"]["all"] <= 0.55 and 0.45 <= h["first container"]["all"] <= 0.55
+    assert h["longest option"]["all"] < 0.32
+    # per family the heuristics say what each family is: an object tracker is right on true belief and wrong on two moves
+    assert h["reality"]["true_belief"] == 1.0 and h["reality"]["two_moves"] == 0.0 and h["first container"]["two_moves"] == 0.0
+
+
 def test_cli(tmp_path, capsys):
     from vtom.cli import main
     assert main(["synth", str(tmp_path / "d"), "--num-videos", "2", "--seed", "1", "--splits", "train=1,test=1", "--no-contact-sheet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["made"] == 2 and (tmp_path / "d" / "qa_test.json").is_file()
+    assert set(out["heuristics"]["belief"]) == set(synth.HEURISTICS)
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["heuristics"]["belief"]["n"]["all"] == 2
     assert main(["synth", str(tmp_path / "e"), "--size", "99"]) == 2
     assert "--size" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "e"), "--splits", "train:1"]) == 2

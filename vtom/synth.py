@@ -22,20 +22,21 @@ from .core import VtomError, atomic_path, get_logger, write_json
 
 # %% auto #0
 __all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'DEAL', 'QTYPES', 'NAMES', 'AGENT_SHAPES', 'AGENT_COLOURS',
-           'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'PERCEPTION_OPTIONS', 'DEFAULT_SPLITS', 'make_layout',
-           'Scenario', 'make_scenario', 'scenario_questions', 'scenario_moments', 'render_frames', 'plot_scenario',
-           'encode_mp4', 'scenario_record', 'generate_video', 'video_seed', 'plan_split', 'assemble_questions',
-           'assemble_moments', 'balance_table', 'dataset_card', 'text_only_baselines', 'scenario_rows', 'contact_sheet',
-           'generate_dataset', 'synth_main']
+           'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'PERCEPTION_OPTIONS', 'DEFAULT_SPLITS', 'HEURISTICS',
+           'make_layout', 'Scenario', 'make_scenario', 'scenario_questions', 'scenario_moments', 'render_frames',
+           'plot_scenario', 'encode_mp4', 'scenario_record', 'generate_video', 'video_seed', 'plan_split',
+           'assemble_questions', 'assemble_moments', 'balance_table', 'dataset_card', 'heuristic_accuracies',
+           'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset', 'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
-GENERATOR_VERSION = "vtom-synth 1.0"
-FAMILIES = ("false_belief", "true_belief", "no_move", "second_order")
+GENERATOR_VERSION = "vtom-synth 1.1"
+FAMILIES = ("false_belief", "true_belief", "no_move", "second_order", "two_moves")
 VARIANTS: dict[str, tuple[str, ...]] = {
     "false_belief": ("away", "lookaway"),
     "true_belief": ("watch", "window"),
     "no_move": ("away", "lookaway"),
     "second_order": ("watch", "lookaway", "away", "window_secret", "window_noticed"),
+    "two_moves": ("away", "lookaway"),
 }
 # the order in which `plan_split` deals variants: the two window peeks share one slot of the second-order cycle, so
 # the four perception answers (watching, looking away, outside, at the window) are equally common
@@ -240,6 +241,9 @@ def _script(rng: np.random.Generator, L: dict, family: str, variant: str,
         if rng.random() < 0.5: s.leave("A"); s.wait(0.3, 1.0); s.enter("A")
         else: s.gaze_to("A", "away", "turn_away"); s.wait(1.0, 2.0); s.gaze_to("A", "scene", "turn_back")
         marks["decoy"] = (a0, s.t); s.wait(0.3, 1.0)
+    if family == "two_moves":                            # the first move happens in A's view
+        marks["move1"], marks["M"] = _move(s, x, y), y
+        s.wait()
     a0 = s.t
     if away == "away": s.leave("A")
     elif away == "lookaway": s.gaze_to("A", "away", "turn_away")
@@ -252,6 +256,9 @@ def _script(rng: np.random.Generator, L: dict, family: str, variant: str,
         s.walk("B", L["home"]["B"], kind="walk_home")
         marks["visit"] = (m0, s.t)
         marks["Y"] = x
+    elif family == "two_moves":                          # ... the second one out of it, to a third container
+        z = str(rng.choice([n for n in names if n not in (x, y)]))
+        marks["move"], marks["Y"] = _move(s, y, z), z
     else:
         marks["move"] = _move(s, x, y, noticed=variant == "window_noticed")
     s.wait()
@@ -365,7 +372,7 @@ def scenario_questions(sc: Scenario) -> list[dict]:
           dict(qtype="belief", q=f"When {A} wants the {obj} at the end, where will {A} look for it first?",
                answer=the(st["belief_A"][-1]))]
     for q in qs: q["options"] = [the(c) for c in conts]
-    if "move" in sc.marks:
+    if "move" in sc.marks and "move1" not in sc.marks:   # with two moves "while B moved it" would be ambiguous
         opts = [o.format(A=A) for o in PERCEPTION_OPTIONS.values()]
         ans = PERCEPTION_OPTIONS[_perception_answer(st, *sc.marks["move"])].format(A=A)
         qs.append(dict(qtype="perception", q=f"Where was {A} while {B} moved the {obj}?", answer=ans, options=opts))
@@ -393,8 +400,12 @@ def scenario_moments(sc: Scenario) -> list[dict]:
     A, B, obj = L["agents"]["A"]["name"], L["agents"]["B"]["name"], L["object"]["name"]
     r3 = lambda w: [round(float(w[0]), 3), round(min(float(w[1]), sc.duration), 3)]
     ms = [dict(mtype="hide", query=f"When does {A} put the {obj} into a container?", window=r3(sc.marks["put"]))]
-    if "move" in sc.marks:
+    if "move1" in sc.marks:
+        ms.append(dict(mtype="move", query=f"When does {B} first move the {obj}?", window=r3(sc.marks["move1"])))
+        ms.append(dict(mtype="move", query=f"When does {B} move the {obj} a second time?", window=r3(sc.marks["move"])))
+    elif "move" in sc.marks:
         ms.append(dict(mtype="move", query=f"When does {B} move the {obj}?", window=r3(sc.marks["move"])))
+    if "move" in sc.marks:
         if any(st["belief_false_A"]):
             ms.append(dict(mtype="belief_false", query=f"When does {A}'s belief about the {obj} become false?",
                            window=r3(sc.marks["move"])))
@@ -650,7 +661,7 @@ def balance_table(rows: list[dict]) -> dict:
 
 def dataset_card(summary: dict) -> str:
     "The markdown dataset card (`README.md`) of a generated dataset."
-    lines = [f"# vtom synthetic false-belief video benchmark", "",
+    lines = ["# vtom synthetic false-belief video benchmark", "",
              f"Generated by `{summary['generator']}` (`vtom synth`) with seed {summary['seed']}, {summary['fps']} fps, "
              f"{summary['size']}x{summary['size']} px. Every answer and moment is read off a per-frame simulation of who is "
              "present, who attends, where the object is and what each agent believes (see `events/{vid}.json`).", "",
@@ -669,6 +680,12 @@ def dataset_card(summary: dict) -> str:
             lines.append(f"- {qt}: " + ", ".join(f"{c} {a:.2f}/{b:.2f}" for c, (a, b) in e["colour_correct_vs_option_share"].items()))
     if "perception" in summary["balance"]:
         lines.append("- perception answers: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["balance"]["perception"]["answer_share"].items()))
+    if summary.get("heuristics"):
+        lines += ["", "## Heuristics that need no theory of mind (all splits)", "",
+                  "Accuracy of answering with the object's final place (`reality`), its first container and the longest option:", "",
+                  "| qtype | n | " + " | ".join(HEURISTICS) + " |", "|---" * (2 + len(HEURISTICS)) + "|"]
+        for qt, e in summary["heuristics"].items():
+            lines.append(f"| {qt} | {e['n']['all']} | " + " | ".join(f"{e[h]['all']:.3f}" if h in e else "" for h in HEURISTICS) + " |")
     if summary.get("text_only_test"):
         lines += ["", "Text-only baselines trained on train, accuracy on test (chance 0.25; 95% interval clustered by video):", ""]
         lines += [f"- {k}: {v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] (n={v['n']})" for k, v in summary["text_only_test"].items()]
@@ -676,20 +693,34 @@ def dataset_card(summary: dict) -> str:
     if summary.get("failures"): lines += ["", "## Failures", ""] + [f"- {f['vid']}: {f['error']}" for f in summary["failures"]]
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/07_synth.ipynb #bd1e1a80
-def _cluster_ci(correct: list[bool], groups: list[str]) -> list[float]:
-    "95% interval of a mean accuracy with a video-clustered (sandwich) standard error: questions of one video are not independent."
-    y, n = np.asarray(correct, float), len(correct)
-    if not n: return [0.0, 1.0]
-    acc, sums = y.mean(), {}
-    for g, v in zip(groups, y): sums[g] = sums.get(g, 0.0) + v - acc
-    se = math.sqrt(sum(v * v for v in sums.values())) / n
-    return [round(float(max(acc - 1.96 * se, 0.0)), 4), round(float(min(acc + 1.96 * se, 1.0)), 4)]
+# %% ../nbs/07_synth.ipynb #d3ba8654
+HEURISTICS = ("reality", "first container", "longest option")
 
+def heuristic_accuracies(rows: list[dict]) -> dict:
+    "Per question type, overall and per family: accuracy of answering the final place (`reality`), the first container or the longest option."
+    first = {r["vid_name"]: r["ans_corr"] for r in rows if r["qtype"] == "memory"}
+    final = {r["vid_name"]: r["ans_corr"] for r in rows if r["qtype"] == "reality"}
+    pick = {"reality": lambda r: final.get(r["vid_name"]), "first container": lambda r: first.get(r["vid_name"]),
+            "longest option": lambda r: max((r[f"a{i}"] for i in range(4)), key=len)}
+    out = {}
+    for qt in QTYPES:
+        rs = [r for r in rows if r["qtype"] == qt]
+        if not rs: continue
+        e: dict[str, Any] = {"n": {"all": len(rs), **{f: sum(r["family"] == f for r in rs) for f in sorted({r["family"] for r in rs})}}}
+        for h in HEURISTICS:
+            if h != "longest option" and qt == "perception": continue   # its options are not containers
+            ok = np.array([pick[h](r) == r["ans_corr"] for r in rs])
+            fam = np.array([r["family"] for r in rs])
+            e[h] = {"all": round(float(ok.mean()), 3), **{f: round(float(ok[fam == f].mean()), 3) for f in e["n"] if f != "all"}}
+        out[qt] = e
+    return out
+
+# %% ../nbs/07_synth.ipynb #bd1e1a80
 def text_only_baselines(train: list[dict], test: list[dict]) -> dict:
     """Accuracy on `test` of three text-only baselines trained on `train` (95% intervals clustered by video):
     the majority answer position, the majority answer text (names masked), and a bag-of-words option scorer."""
     import collections
+    from vtom.evaluate import bootstrap_ci
     def mask(r: dict, text: str) -> str:  # agent names out, so "Anna was outside" and "Ben was outside" count together
         for w in r["q"].replace("?", "").replace("'s", "").split():
             if w in NAMES: text = text.replace(w, "X")
@@ -707,7 +738,7 @@ def text_only_baselines(train: list[dict], test: list[dict]) -> dict:
                        ("majority_answer", lambda r: int(np.argmax([texts[(r["qtype"], mask(r, r[f"a{i}"]))] for i in range(4)]))),
                        ("bag_of_words", lambda r: int(np.argmax([score(r, i) for i in range(4)])))):
         ok = [pred(r) == r["answer_idx"] for r in test]
-        res[name] = {"accuracy": round(float(np.mean(ok)) if ok else 0.0, 4), "ci95": _cluster_ci(ok, [r["vid_name"] for r in test]),
+        res[name] = {"accuracy": round(float(np.mean(ok)) if ok else 0.0, 4), "ci95": [round(v, 4) for v in bootstrap_ci(ok, clusters=[r["vid_name"] for r in test])] if ok else [0.0, 1.0],
                      "n": len(test)}
     return res
 
@@ -806,6 +837,7 @@ def generate_dataset(out: str | Path, num_videos: int = 20, seed: int = 0, split
         summary["splits"][sp] = {"videos": len(recs), "questions": len(rows), "moments": len(moms),
                                  "families": {f: sum(r["family"] == f for r in recs) for f in families}}
     summary["balance"] = balance_table(all_rows)
+    summary["heuristics"] = heuristic_accuracies(all_rows)
     tr, te = by_split.get("train"), by_split.get("test")
     if tr and te: summary["text_only_test"] = text_only_baselines(tr, te)
     if sheet and records:
@@ -847,5 +879,6 @@ def synth_main(argv: list[str] | None = None) -> int:
     fams = tuple(f.strip() for f in a.families.split(",") if f.strip())
     s = generate_dataset(a.out, a.num_videos, a.seed, splits, a.fps, a.size, fams, a.overwrite, sheet=not a.no_contact_sheet,
                          workers=a.workers)
-    print(json.dumps({k: s[k] for k in ("made", "skipped", "seconds", "splits")} | {"failures": len(s["failures"]), "out": str(a.out)}))
+    heur = {qt: {h: e[h]["all"] for h in HEURISTICS if h in e} for qt, e in s["heuristics"].items()}
+    print(json.dumps({k: s[k] for k in ("made", "skipped", "seconds", "splits")} | {"heuristics": heur, "failures": len(s["failures"]), "out": str(a.out)}))
     return 1 if s["failures"] else 0
