@@ -107,13 +107,35 @@ def test_rows_by_handles_partial_methods():
     assert {r["n"] for r in retrieval_table(exs, methods) if r["family"] == "all"} == {4, 2}
 
 
-def test_paired_questions():
+def test_never_is_scored_separately():
+    from vtom.locate import method_windows, retrieval_table
+    mk = lambda q, w, v: MomentExample(q, v, "when does A start to believe something false?", torch.zeros(4, 2), np.arange(4) + 0.5, 4.0, w,
+                                       "f", extra={"mtype": "belief_false"})
+    exs = [mk("a", None, "v0"), mk("b", None, "v1"), mk("c", (1.0, 2.0), "v2")]
+    rows = {r["method"]: r for r in retrieval_table(exs, {"never": {"windows": [None] * 3}, "right": {"windows": [None, None, (1.0, 2.0)]},
+                                                          "always a window": {"windows": [(1.0, 2.0)] * 3}}, by_family=False)}
+    assert rows["never"]["never acc"] == pytest.approx(2 / 3) and rows["never"]["R1@0.5"] == 0.0 and rows["never"]["n"] == 1
+    assert rows["right"]["never acc"] == 1.0 and rows["right"]["R1@0.5"] == 1.0 and rows["right"]["n never"] == 2
+    assert rows["always a window"]["never acc"] == pytest.approx(1 / 3) and rows["always a window"]["R1@0.5"] == 1.0
+    # the query-type prior answers "never" for a type whose training answers mostly were
+    train = [mk(f"t{i}", None if i < 3 else (0.0, 1.0), f"w{i}") for i in range(4)]
+    assert method_windows(exs, train)["query-type prior"]["windows"] == [None, None, None]
+    assert (exs[0].labels() == 0).all()
+
+
+def test_loo_is_paired_with_the_evidence_window(tmp_path):
     from vtom.data import MCQuestion
-    from vtom.locate import paired_questions
-    exs = [MomentExample("m0", "v", "q", torch.zeros(2, 2), np.arange(2.), 2.0, (0, 1), extra={"mtype": "belief_false"}),
-           MomentExample("m1", "v", "q", torch.zeros(2, 2), np.arange(2.), 2.0, (0, 1), extra={"mtype": "nothing"})]
-    qs = [MCQuestion("b", "where will A look?", ["x", "y", "z", "w"], "v", answer_idx=0, qtype="belief")]
-    assert set(paired_questions(exs, qs)) == {"m0"}
+    from vtom.features import FeatureStore, save_features
+    from vtom.locate import evidence_examples
+    save_features(tmp_path / "v.safetensors", torch.randn(6 + 2, 4), {"frames": 6, "timestamps": [0.5, 1.5, 2.5, 3.5, 4.5, 5.5], "duration": 6.0})
+    qs = [MCQuestion("v_q2", "Where will A look?", ["x", "y", "z", "w"], "v", answer_idx=1, subset="true_belief", qtype="belief",
+                     raw={"evidence": [3.0, 4.5]}),
+          MCQuestion("v_q1", "Where is it?", ["x", "y", "z", "w"], "v", answer_idx=1, qtype="reality", raw={"evidence": [3.0, 4.5]})]
+    exs, pairs = evidence_examples(qs, FeatureStore(tmp_path))
+    assert [e.qid for e in exs] == ["v_q2"] and exs[0].window == (3.0, 4.5) and pairs == {"v_q2": qs[0]}
+    assert exs[0].query == "Where will A look?" and exs[0].extra["mtype"] == "evidence:belief"
+    with pytest.raises(VtomError, match="evidence"): evidence_examples([MCQuestion("q", "?", ["a"] * 4, "v", answer_idx=0, qtype="belief")],
+                                                                     FeatureStore(tmp_path))
 
 
 def test_locate_does_not_hold_the_experiment():

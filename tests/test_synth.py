@@ -36,7 +36,9 @@ def test_scenarios_keep_their_promise(family):
             if family == "second_order":
                 assert st["B_thinks_A_believes"][-1] == (Y if variant in ("watch", "window_noticed") else X)
             for q in synth.scenario_questions(sc): assert q["answer"] in q["options"] and len(q["options"]) == 4
-            for m in synth.scenario_moments(sc): assert 0 <= m["window"][0] < m["window"][1] <= sc.duration
+            for m in synth.scenario_moments(sc): assert m["window"] is None or 0 <= m["window"][0] < m["window"][1] <= sc.duration
+            never = next(m for m in synth.scenario_moments(sc) if m["mtype"] == "belief_false")["window"] is None
+            assert never == (not false)             # "when does A start to believe something false?" -> "never" iff A saw every move
 
 
 def test_scenario_and_frames_are_deterministic():
@@ -78,7 +80,7 @@ def test_dataset_files(dataset):
         for l in (out / f"moments_{sp}.jsonl").read_text().splitlines():
             m = json.loads(l)
             assert {"qid", "vid_name", "query", "window", "duration", "family"} <= set(m)
-            assert 0 <= m["window"][0] < m["window"][1] <= m["duration"]
+            assert (m["window"] is None and m["mtype"] == "belief_false") or 0 <= m["window"][0] < m["window"][1] <= m["duration"]
     card = (out / "README.md").read_text()
     assert synth.GENERATOR_VERSION in card and "contact_sheet.png" in card and (out / "contact_sheet.png").is_file()
 
@@ -102,7 +104,12 @@ def test_resume_and_determinism(dataset, tmp_path):
                                    workers=2)
     assert fresh["made"] == 8 and {p.name: p.read_bytes() for p in tmp_path.glob("qa_*.json")} == before
     vid = sorted((out / "videos").glob("*.mp4"))[0].name
-    assert (tmp_path / "videos" / vid).read_bytes() == (out / "videos" / vid).read_bytes()  # parallel = serial, byte for byte
+    av = pytest.importorskip("av")
+    def decode(path):
+        with av.open(str(path)) as c: return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    # parallel = serial, frame for frame (x264's bitstream, not its pixels, can differ between a worker process and the parent)
+    assert np.array_equal(decode(tmp_path / "videos" / vid), decode(out / "videos" / vid))
+    assert (tmp_path / "events" / vid.replace(".mp4", ".json")).read_bytes() == (out / "events" / vid.replace(".mp4", ".json")).read_bytes()
     other = synth.generate_dataset(tmp_path / "other", num_videos=8, seed=4, splits={"train": 4, "val": 2, "test": 2}, progress=False, sheet=False)
     assert (tmp_path / "other" / "qa_train.json").read_bytes() != before["qa_train.json"]
 
@@ -135,6 +142,17 @@ def test_no_heuristic_passes_the_belief_questions():
     assert h["longest option"]["all"] < 0.32
     # per family the heuristics say what each family is: an object tracker is right on true belief and wrong on two moves
     assert h["reality"]["true_belief"] == 1.0 and h["reality"]["two_moves"] == 0.0 and h["first container"]["two_moves"] == 0.0
+
+
+def test_evidence_window_is_the_event_that_settled_the_answer():
+    r = lambda w: [round(v, 3) for v in w]
+    for family, settled_by in (("false_belief", "put"), ("true_belief", "move"), ("no_move", "put"), ("two_moves", "move1")):
+        sc = synth.make_scenario(4, family)
+        ev = {q["qtype"]: q["evidence"] for q in synth.scenario_questions(sc)}
+        assert ev["belief"] == r(sc.marks[settled_by]) and ev["memory"] == r(sc.marks["put"])
+        assert ev["reality"] == r(sc.marks.get("move", sc.marks["put"]))
+    rows = synth.scenario_rows(0, "test", 10)
+    assert all(len(row["evidence"]) == 2 for row in rows)
 
 
 def test_cli(tmp_path, capsys):

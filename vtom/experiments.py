@@ -18,7 +18,7 @@ from torch import nn
 from .core import VtomError, get_logger, write_json
 from .evaluate import EvalSetup, bootstrap_ci, evaluate_questions
 from .locate import (HashingQueryEncoder, _threads, load_moments, loo_moment_scores, markdown_table, method_windows,
-                         moment_examples, paired_questions, retrieval_table, rows_by, temporal_tokens, train_moment_head)
+                         evidence_examples, moment_examples, retrieval_table, rows_by, temporal_tokens, train_moment_head)
 
 # %% auto #0
 __all__ = ['PROBE_FACTS', 'MC_MODES', 'linear_probe', 'frame_facts', 'probe_data', 'probe_table', 'synth_features',
@@ -142,7 +142,7 @@ def mc_table(preds: Sequence[dict], by: str = "qtype") -> list[dict]:
 def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] | None = None, num_frames: int = 32,
                 llm: str = "embedded", train_steps: int = 150, train_batch: int = 8, learning_rate: float = 1e-3,
                 head_steps: int = 300, mc_towers: Sequence[str] = ("random CLIP",), loo_towers: Sequence[str] = ("random CLIP",),
-                loo_limit: int | None = None, loo_mtypes: Sequence[str] | None = None, mc_qtypes: Sequence[str] | None = None,
+                loo_limit: int | None = None, loo_qtypes: Sequence[str] | None = ("belief",), mc_qtypes: Sequence[str] | None = None,
                 mc_splits: Sequence[str] = ("test",), held_out_loss: bool = True, device: str = "cpu", seed: int = 0,
                 progress: bool = False) -> dict:
     "Probes, moment retrieval and (per tower in `mc_towers`) projector training + MC evaluation on a synthetic benchmark."
@@ -154,7 +154,7 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
     towers = towers or {"random CLIP": "random:ViT-B-32", "thumbnail": "thumbnail:14"}
     report: dict[str, Any] = {"synth_dir": str(synth_dir), "towers": towers, "num_frames": num_frames, "llm": llm,
                               "train_steps": train_steps, "train_batch": train_batch, "learning_rate": learning_rate,
-                              "head_steps": head_steps, "seed": seed, "loo_limit": loo_limit, "loo_mtypes": loo_mtypes,
+                              "head_steps": head_steps, "seed": seed, "loo_limit": loo_limit, "loo_qtypes": loo_qtypes,
                               "mc_qtypes": mc_qtypes, "mc_splits": list(mc_splits), "held_out_loss": held_out_loss, "seconds": {}}
     tick = time.time
     t = tick(); stores = {k: synth_features(synth_dir, name, num_frames, device=device, progress=progress) for k, name in towers.items()}
@@ -164,17 +164,16 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
     t = tick(); report["probes"] = [r for k, s in stores.items() for r in probe_table(s, synth_dir, ids["train"], ids["test"], k)]
     report["seconds"]["probes"] = round(tick() - t, 1)
     moments = {sp: load_moments(synth_dir / f"moments_{sp}.jsonl") for sp in ("train", "test")}
-    questions = load_siq2(synth_dir / "qa_test.json", source="synth")
+    questions = {sp: load_siq2(synth_dir / f"qa_{sp}.json", source="synth") for sp in ("train", "test")}
     mc_questions = [q for sp in mc_splits for q in load_siq2(synth_dir / f"qa_{sp}.json", source="synth")
                     if mc_qtypes is None or q.qtype in mc_qtypes]
-    report["retrieval"], report["retrieval_by_mtype"], report["mc"], report["training"] = [], [], [], {}
+    report["retrieval"], report["retrieval_by_mtype"], report["evidence"], report["mc"], report["training"] = [], [], [], [], {}
     for k, store in stores.items():
         t = tick()
         tr, _ = moment_examples(moments["train"], store)
         te, skipped = moment_examples(moments["test"], store)
         enc = HashingQueryEncoder(256)
         head, hlog = train_moment_head(tr, enc, steps=head_steps, seed=seed)
-        loo = None
         if (k in mc_towers or k in loo_towers) and train_steps == 0:   # plumbing check: an untrained projector
             from vtom.model import VideoLLMConfig, load_llm
             lm, tok = load_llm(llm, device=device)
@@ -199,11 +198,13 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
                     report["mc"] += [{"features": k, **r} for r in mc_table(preds, "qtype")]
                     report["mc"] += [{"features": k, **r} for r in mc_table(preds, "family") if r["family"] != "all"]
             if k in loo_towers:
-                pairs = paired_questions(te, questions)
-                sel = [e for e in te if e.qid in pairs and (loo_mtypes is None or e.extra.get("mtype") in loo_mtypes)][:loo_limit]
-                loo = loo_moment_scores(model, sel, pairs, progress=progress)
+                ev_tr, _ = evidence_examples(questions["train"], store, loo_qtypes)
+                ev_te, pairs = evidence_examples(questions["test"], store, loo_qtypes)
+                sel = ev_te[:loo_limit]   # leave-one-out on the answer, scored against the window of its evidence
+                ev_methods = method_windows(sel, ev_tr, loo=loo_moment_scores(model, sel, pairs, progress=progress), seed=seed)
+                report["evidence"] += [{"features": k, **r} for r in retrieval_table(sel, ev_methods)]
             del model
-        methods = method_windows(te, tr, head, enc, loo, seed=seed)
+        methods = method_windows(te, tr, head, enc, seed=seed)
         report["retrieval"] += [{"features": k, **r} for r in retrieval_table(te, methods)]
         report["retrieval_by_mtype"] += [{"features": k, **r} for r in rows_by(te, methods)]
         report["seconds"][f"retrieval+mc {k}"] = round(tick() - t, 1)
@@ -246,9 +247,11 @@ def report_markdown(report: dict) -> str:
              markdown_table(report["probes"], ["features", "fact", "accuracy", "majority", "gain", "train_accuracy", "n_train", "n_test"]),
              "\n## Moment retrieval (test split)\n",
              markdown_table([r for r in report["retrieval"] if r["family"] == "all"],
-                            ["features", "method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "hit@1", "R1@0.5 CI"]),
+                            ["features", "method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "hit@1", "R1@0.5 CI", "n never", "never acc", "never acc CI"]),
              "\n### By moment type\n",
-             markdown_table(report["retrieval_by_mtype"], ["features", "mtype", "method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R1@0.5 CI"]),
+             markdown_table(report["retrieval_by_mtype"], ["features", "mtype", "method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R1@0.5 CI", "n never", "never acc"]),
+             "\n### Leave-one-out against the evidence window of the question's answer\n",
+             markdown_table([r for r in report["evidence"] if r["family"] == "all"], ["features", "method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "hit@1", "R1@0.5 CI"]),
              "\n### By family\n",
              markdown_table([r for r in report["retrieval"] if r["family"] != "all"],
                             ["features", "family", "method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "R1@0.5 CI"])]
@@ -277,7 +280,7 @@ def goal_main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-steps", type=int, default=300)
     p.add_argument("--mc-qtypes", default="belief", help="comma-separated question types to evaluate ('all' for every type)")
     p.add_argument("--mc-splits", default="val,test")
-    p.add_argument("--loo-mtypes", default="belief_false", help="moment types for leave-one-out ('all' for every type)")
+    p.add_argument("--loo-qtypes", default="belief", help="question types for leave-one-out, scored against each answer's evidence window ('all' for every type)")
     p.add_argument("--loo-limit", type=int, default=None)
     p.add_argument("--no-held-out-loss", action="store_true", help="skip the val-split loss before/after projector training")
     p.add_argument("--device", default="auto")
@@ -290,7 +293,7 @@ def goal_main(argv: list[str] | None = None) -> int:
     split = lambda s: None if s == "all" else tuple(x for x in s.split(",") if x)
     rep = goal_report(a.synth_dir, a.out, towers, num_frames=a.num_frames, llm=a.llm, train_steps=a.train_steps,
                       train_batch=a.train_batch, learning_rate=a.learning_rate, head_steps=a.head_steps, mc_towers=(first,),
-                      loo_towers=(first,), loo_limit=a.loo_limit, loo_mtypes=split(a.loo_mtypes), mc_qtypes=split(a.mc_qtypes),
+                      loo_towers=(first,), loo_limit=a.loo_limit, loo_qtypes=split(a.loo_qtypes), mc_qtypes=split(a.mc_qtypes),
                       mc_splits=split(a.mc_splits) or ("test",), held_out_loss=not a.no_held_out_loss,
                       device=str(get_device(a.device)), seed=a.seed, progress=True)
     print(json.dumps(rep["goals"], default=str))

@@ -20,11 +20,11 @@ from .core import VtomError, seed_everything
 from .evaluate import answer_logprobs, bootstrap_ci
 
 # %% auto #0
-__all__ = ['MOMENT_FIELDS', 'MOMENT_QUESTION', 'temporal_iou', 'moment_metrics', 'hit_at_k', 'frame_bounds', 'scores_to_window',
-           'centre_window', 'random_window', 'prior_window', 'HashingQueryEncoder', 'MomentExample', 'temporal_tokens',
+__all__ = ['MOMENT_FIELDS', 'temporal_iou', 'moment_metrics', 'hit_at_k', 'frame_bounds', 'scores_to_window', 'centre_window',
+           'random_window', 'prior_window', 'HashingQueryEncoder', 'MomentExample', 'temporal_tokens',
            'feature_change_scores', 'MomentHead', 'train_moment_head', 'head_scores', 'loo_importance',
-           'plot_relevance', 'answer_loglik_fn', 'load_moments', 'moment_examples', 'method_windows', 'retrieval_table',
-           'markdown_table', 'rows_by', 'paired_questions', 'loo_moment_scores']
+           'plot_relevance', 'answer_loglik_fn', 'load_moments', 'moment_examples', 'evidence_examples',
+           'method_windows', 'retrieval_table', 'markdown_table', 'rows_by', 'loo_moment_scores']
 
 # %% ../nbs/08_locate.ipynb #c327fc59
 def _windows(x: Any, name: str) -> np.ndarray:
@@ -133,7 +133,7 @@ class HashingQueryEncoder:
 # %% ../nbs/08_locate.ipynb #c5d15d5b
 @dataclass
 class MomentExample:
-    "One moment query: real temporal tokens `frames` (T x D), their `timestamps` (s), the video `duration` and the true `window`."
+    "One moment query: real temporal tokens `frames` (T x D), their `timestamps` (s), the video `duration` and the true `window` (None: never)."
     qid: str
     video_id: str
     query: str
@@ -146,8 +146,9 @@ class MomentExample:
     extra: dict = field(default_factory=dict, repr=False)
 
     def labels(self) -> np.ndarray:
-        "Per-frame targets: 1 where the frame's time is inside the window (the nearest frame when none is)."
+        "Per-frame targets: 1 where the frame's time is inside the window (the nearest frame when none is); all 0 for 'never'."
         t = np.asarray(self.timestamps, float)
+        if self.window is None: return np.zeros(len(t), np.float32)
         y = ((t >= self.window[0]) & (t <= self.window[1])).astype(np.float32)
         if not y.any(): y[np.argmin(np.abs(t - (self.window[0] + self.window[1]) / 2))] = 1
         return y
@@ -214,9 +215,8 @@ def _batch(examples: Sequence[MomentExample], encoder: Callable, device: str | t
 def train_moment_head(train: Sequence[MomentExample], encoder: Callable, steps: int = 300, batch_size: int = 16,
                       lr: float = 3e-3, weight_decay: float = 1e-2, hidden: int = 64, seed: int = 0,
                       device: str | torch.device = "cpu", log_every: int = 50) -> tuple[MomentHead, list[dict]]:
-    "Train a `MomentHead` on examples with windows (per-frame BCE, positives up-weighted); returns the head and a loss log."
-    train = [e for e in train if e.window is not None]
-    if not train: raise VtomError("train_moment_head: no training examples with a true window.")
+    "Train a `MomentHead` (per-frame BCE, positives up-weighted; 'never' examples are all-negative); returns the head and a loss log."
+    if not any(e.window is not None for e in train): raise VtomError("train_moment_head: no training examples with a true window.")
     with _threads(1 if str(device) == "cpu" else torch.get_num_threads()):
         return _train_head(train, encoder, steps, batch_size, lr, weight_decay, hidden, seed, device, log_every)
 
@@ -287,7 +287,7 @@ def plot_relevance(timestamps: Sequence[float], scores: dict[str, Sequence[float
     for k, (name, s) in enumerate(scores.items()):
         s = np.asarray(s, float); s = (s - s.min()) / (np.ptp(s) or 1)
         ax.plot(t, s, marker=".", color=colours[k % len(colours)], label=name)
-        if preds and name in preds:
+        if preds and preds.get(name) is not None:   # no bar for a 'never' answer
             ax.plot(list(preds[name]), [-0.08 - 0.06 * k] * 2, color=colours[k % len(colours)], lw=4, solid_capstyle="butt")
     ax.set_xlim(0, duration); ax.set_ylim(-0.1 - 0.06 * len(scores), 1.05)
     ax.set_xlabel("time (s)"); ax.set_ylabel("relevance (rescaled)")
@@ -329,8 +329,8 @@ def load_moments(path: str | Path) -> list[dict]:
         missing = [k for k in MOMENT_FIELDS if k not in r]
         if missing: raise DataFormatError(f"{path}:{n}: missing field(s) {', '.join(missing)}; moment records have {', '.join(MOMENT_FIELDS)}.")
         w = r["window"]
-        if not (isinstance(w, (list, tuple)) and len(w) == 2 and all(isinstance(v, (int, float)) for v in w) and w[0] <= w[1]):
-            raise DataFormatError(f"{path}:{n}: window must be [start, end] seconds with start <= end, got {w!r}.")
+        if w is not None and not (isinstance(w, (list, tuple)) and len(w) == 2 and all(isinstance(v, (int, float)) for v in w) and w[0] <= w[1]):
+            raise DataFormatError(f"{path}:{n}: window must be [start, end] seconds with start <= end, or null for 'never'; got {w!r}.")
         out.append(r)
     return out
 
@@ -349,16 +349,28 @@ def moment_examples(moments: Sequence[dict], store: Any) -> tuple[list[MomentExa
         feats, meta = cache[vid]
         T = int(meta["frames"])
         out.append(MomentExample(r["qid"], vid, r["query"], temporal_tokens(feats, T), np.asarray(meta["timestamps"], float),
-                                 float(r.get("duration") or meta["duration"]), tuple(map(float, r["window"])), r.get("family"),
+                                 float(r.get("duration") or meta["duration"]), None if r["window"] is None else tuple(map(float, r["window"])), r.get("family"),
                                  feats, {k: v for k, v in r.items() if k not in MOMENT_FIELDS}))
     return out, skipped
+
+def evidence_examples(questions: Sequence[Any], store: Any, qtypes: Sequence[str] | None = ("belief",)) -> tuple[list[MomentExample], dict[str, Any]]:
+    "Questions with an `evidence` window (`vtom synth` question files) as moment examples -> (examples, qid -> question for leave-one-out)."
+    rows = [{"qid": q.qid, "vid_name": q.video_id, "query": q.question, "window": q.raw["evidence"], "family": q.subset,
+             "mtype": f"evidence:{q.qtype}"} for q in questions
+            if (qtypes is None or q.qtype in qtypes) and q.answer_idx is not None and q.raw.get("evidence") is not None]
+    if not rows: raise VtomError("evidence_examples: no question has an `evidence` window; regenerate the data with `vtom synth` (generator 1.2 or later).")
+    examples, _ = moment_examples(rows, store)
+    by_qid = {q.qid: q for q in questions}
+    return examples, {e.qid: by_qid[e.qid] for e in examples}
 
 # %% ../nbs/08_locate.ipynb #2c566cfe
 def method_windows(examples: Sequence[MomentExample], train: Sequence[MomentExample], head: MomentHead | None = None,
                    encoder: Callable | None = None, loo: dict[str, np.ndarray] | None = None, seed: int = 0) -> dict[str, dict]:
-    "Windows (and per-frame scores) of the baselines, feature change, the head and (given, by qid) leave-one-out scores."
-    width = float(np.mean([e.window[1] - e.window[0] for e in train]))
-    prior = prior_window([e.window for e in train], [e.duration for e in train])
+    "Windows (None: 'never') and per-frame scores of the baselines, feature change, the head and (given, by qid) leave-one-out."
+    timed = [e for e in train if e.window is not None]
+    if not timed: raise VtomError("method_windows: no training example has a window.")
+    width = float(np.mean([e.window[1] - e.window[0] for e in timed]))
+    prior = prior_window([e.window for e in timed], [e.duration for e in timed])
     rng = np.random.default_rng(seed)
     out: dict[str, dict] = {
         "whole video": {"windows": [(0.0, e.duration) for e in examples]},
@@ -366,16 +378,19 @@ def method_windows(examples: Sequence[MomentExample], train: Sequence[MomentExam
         "random": {"windows": [random_window(e.duration, width, rng) for e in examples]},
         "train prior": {"windows": [prior(e.duration) for e in examples]}}
     kinds = {e.extra.get("mtype") for e in train} - {None}
-    if kinds:   # the text-only prior: the mean training window of the same query type (needs no video at all)
-        priors = {k: prior_window([e.window for e in train if e.extra.get("mtype") == k],
-                                  [e.duration for e in train if e.extra.get("mtype") == k]) for k in kinds}
-        out["query-type prior"] = {"windows": [priors.get(e.extra.get("mtype"), prior)(e.duration) for e in examples]}
+    if kinds:   # the text-only prior: per query type, "never" if most training answers were, else the mean training window
+        priors = {k: prior_window([e.window for e in timed if e.extra.get("mtype") == k], [e.duration for e in timed if e.extra.get("mtype") == k])
+                  for k in kinds if any(e.extra.get("mtype") == k for e in timed)}
+        never = {k for k in kinds if np.mean([e.window is None for e in train if e.extra.get("mtype") == k]) > 0.5}
+        out["query-type prior"] = {"windows": [None if e.extra.get("mtype") in never else priors.get(e.extra.get("mtype"), prior)(e.duration)
+                                               for e in examples]}
     ch = [feature_change_scores(e.frames) for e in examples]
     out["feature change"] = {"scores": ch, "windows": [scores_to_window(s, e.timestamps, e.duration, rule="fixed", width=width)
                                                         for s, e in zip(ch, examples)]}
-    if head is not None:
+    if head is not None:   # the head says "never" when no frame reaches probability 0.5
         hs = head_scores(head, examples, encoder)
-        out["head"] = {"scores": hs, "windows": [scores_to_window(s, e.timestamps, e.duration, threshold=0.5) for s, e in zip(hs, examples)]}
+        out["head"] = {"scores": hs, "windows": [scores_to_window(s, e.timestamps, e.duration, threshold=0.5) if s.max() >= 0.5 else None
+                                                 for s, e in zip(hs, examples)]}
     if loo:
         keep = [i for i, e in enumerate(examples) if e.qid in loo]
         ls = [loo[examples[i].qid] for i in keep]
@@ -383,8 +398,14 @@ def method_windows(examples: Sequence[MomentExample], train: Sequence[MomentExam
             scores_to_window(s, examples[i].timestamps, examples[i].duration, rule="fixed", width=width) for s, i in zip(ls, keep)]}
     return out
 
-def retrieval_table(examples: Sequence[MomentExample], methods: dict[str, dict], by_family: bool = True) -> list[dict]:
-    "Rows of R1@0.3/0.5/0.7, mIoU, hit@1 (methods with scores) and the R1@0.5 bootstrap CI, per method and family."
+def _ious(preds: Sequence, gts: Sequence) -> np.ndarray:
+    "IoU per (predicted, true) window pair; a predicted 'never' (None) scores 0."
+    return np.array([0.0 if p is None else float(temporal_iou(np.asarray(p, float), np.asarray(g, float))) for p, g in zip(preds, gts)])
+
+def retrieval_table(examples: Sequence[MomentExample], methods: dict[str, dict], by_family: bool = True,
+                    thresholds: Sequence[float] = (0.3, 0.5, 0.7)) -> list[dict]:
+    """Per method and family: R1@IoU, mIoU, hit@1 (methods with scores) and a video-clustered 95% CI of R1@0.5 over the queries
+    with a true window; and, where "never" is a possible answer, the accuracy of the never/window decision (`never acc`)."""
     rows = []
     for name, m in methods.items():
         index = m.get("index", list(range(len(examples))))
@@ -392,12 +413,19 @@ def retrieval_table(examples: Sequence[MomentExample], methods: dict[str, dict],
         if by_family:
             for j, i in enumerate(index): groups.setdefault(examples[i].family or "?", []).append(j)
         for fam, js in groups.items():
-            preds = [m["windows"][j] for j in js]; gts = [examples[index[j]].window for j in js]
-            row = {"method": name, "family": fam, **moment_metrics(preds, gts)}
-            iou = np.atleast_1d(temporal_iou(np.reshape(preds, (-1, 2)), np.reshape(gts, (-1, 2)))) if js else np.array([])
-            row["R1@0.5 CI"] = bootstrap_ci(iou >= 0.5 - 1e-9)
-            if "scores" in m:
-                row["hit@1"] = float(np.mean([hit_at_k(m["scores"][j], examples[index[j]].timestamps, examples[index[j]].window, 1) for j in js]))
+            timed = [j for j in js if examples[index[j]].window is not None]
+            kinds = {examples[index[j]].extra.get("mtype") for j in js if examples[index[j]].window is None}
+            can_be_never = [j for j in js if examples[index[j]].extra.get("mtype") in kinds]
+            iou = _ious([m["windows"][j] for j in timed], [examples[index[j]].window for j in timed])
+            row = {"method": name, "family": fam, **{f"R1@{t}": float((iou >= t - 1e-9).mean()) if len(iou) else float("nan") for t in thresholds},
+                   "mIoU": float(iou.mean()) if len(iou) else float("nan"), "n": len(timed),
+                   "R1@0.5 CI": bootstrap_ci(iou >= 0.5 - 1e-9, clusters=[examples[index[j]].video_id for j in timed])}
+            if can_be_never:
+                ok = [(m["windows"][j] is None) == (examples[index[j]].window is None) for j in can_be_never]
+                row |= {"never acc": float(np.mean(ok)), "n never": sum(examples[index[j]].window is None for j in can_be_never),
+                        "never acc CI": bootstrap_ci(ok, clusters=[examples[index[j]].video_id for j in can_be_never])}
+            if "scores" in m and timed:
+                row["hit@1"] = float(np.mean([hit_at_k(m["scores"][j], examples[index[j]].timestamps, examples[index[j]].window, 1) for j in timed]))
             rows.append(row)
     return rows
 
@@ -428,20 +456,9 @@ def rows_by(examples: Sequence[MomentExample], methods: dict[str, dict], key: st
     return out
 
 # %% ../nbs/08_locate.ipynb #d45cdf58
-MOMENT_QUESTION = {"belief_false": "belief", "move": "reality", "hide": "memory", "unseen": "perception"}
-
-def paired_questions(examples: Sequence[MomentExample], questions: Sequence[Any]) -> dict[str, Any]:
-    "Moment qid -> the `MCQuestion` of the same video whose type `MOMENT_QUESTION` pairs with the moment's type."
-    by = {(q.video_id, q.qtype): q for q in questions}
-    out = {}
-    for e in examples:
-        q = by.get((e.video_id, MOMENT_QUESTION.get(e.extra.get("mtype"), "")))
-        if q is not None and q.answer_idx is not None: out[e.qid] = q
-    return out
-
 def loo_moment_scores(model: nn.Module, examples: Sequence[MomentExample], pairs: dict[str, Any], mode: str = "mean",
                       batch_size: int = 16, progress: bool = False) -> dict[str, np.ndarray]:
-    "Leave-one-out importance over the real frames of each example that has a paired question (moment qid -> scores)."
+    "Leave-one-out importance over the real frames of each example that has a question in `pairs` (example qid -> scores)."
     from tqdm.auto import tqdm
     out = {}
     for e in tqdm([e for e in examples if e.qid in pairs], desc="leave-one-out", disable=not progress):

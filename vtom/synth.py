@@ -29,7 +29,7 @@ __all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'DEAL', 'QTYPES', 'NAMES
            'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset', 'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
-GENERATOR_VERSION = "vtom-synth 1.1"
+GENERATOR_VERSION = "vtom-synth 1.2"
 FAMILIES = ("false_belief", "true_belief", "no_move", "second_order", "two_moves")
 VARIANTS: dict[str, tuple[str, ...]] = {
     "false_belief": ("away", "lookaway"),
@@ -361,24 +361,43 @@ def _perception_answer(st: dict, t0: float, t1: float) -> str:
         cats.append("window" if m == "window" else "away" if m == "absent" else "watch" if g == "scene" else "lookaway")
     return max(set(cats), key=cats.count)
 
+def _events(sc: Scenario) -> list[tuple[float, float]]:
+    "The windows in which the object changes place: A's put and B's move(s)."
+    return [tuple(sc.marks[k]) for k in ("put", "move1", "move") if k in sc.marks]
+
+def _event_at(sc: Scenario, t: float) -> tuple[float, float]:
+    "The put or move window that contains time `t` (one frame of slack), else the nearest one."
+    slack = 1 / sc.fps + 1e-9
+    return min(_events(sc), key=lambda w: 0.0 if w[0] - slack <= t <= w[1] + slack else min(abs(t - w[0]), abs(t - w[1])))
+
+def _evidence(sc: Scenario, values: list) -> tuple[float, float]:
+    "The event window in which a per-frame value (a location or a belief) took its final value for good: the answer's evidence."
+    i = len(values) - 1
+    while i > 0 and values[i - 1] == values[-1]: i -= 1
+    return _event_at(sc, sc.state["t"][i])
+
 def scenario_questions(sc: Scenario) -> list[dict]:
-    "Unordered questions of a scenario: qtype, question, correct answer and the option set (positions not yet fixed)."
+    "Unordered questions of a scenario: qtype, question, correct answer, the option set (positions not yet fixed) and the evidence window."
     L, st = sc.layout, sc.state
     A, B, obj = L["agents"]["A"]["name"], L["agents"]["B"]["name"], L["object"]["name"]
     conts = [c["name"] for c in L["containers"]]
     the = lambda c: f"the {c}"
-    qs = [dict(qtype="memory", q=f"Where did {A} put the {obj} at the beginning?", answer=the(sc.marks["X"])),
-          dict(qtype="reality", q=f"Where is the {obj} at the end of the video?", answer=the(st["location"][-1])),
+    r3 = lambda w: [round(float(w[0]), 3), round(min(float(w[1]), sc.duration), 3)]
+    qs = [dict(qtype="memory", q=f"Where did {A} put the {obj} at the beginning?", answer=the(sc.marks["X"]), evidence=r3(sc.marks["put"])),
+          dict(qtype="reality", q=f"Where is the {obj} at the end of the video?", answer=the(st["location"][-1]),
+               evidence=r3(_evidence(sc, st["location"]))),
           dict(qtype="belief", q=f"When {A} wants the {obj} at the end, where will {A} look for it first?",
-               answer=the(st["belief_A"][-1]))]
+               answer=the(st["belief_A"][-1]), evidence=r3(_evidence(sc, st["belief_A"])))]
     for q in qs: q["options"] = [the(c) for c in conts]
     if "move" in sc.marks and "move1" not in sc.marks:   # with two moves "while B moved it" would be ambiguous
         opts = [o.format(A=A) for o in PERCEPTION_OPTIONS.values()]
         ans = PERCEPTION_OPTIONS[_perception_answer(st, *sc.marks["move"])].format(A=A)
-        qs.append(dict(qtype="perception", q=f"Where was {A} while {B} moved the {obj}?", answer=ans, options=opts))
+        qs.append(dict(qtype="perception", q=f"Where was {A} while {B} moved the {obj}?", answer=ans, options=opts,
+                       evidence=r3(sc.marks["move"])))
     if sc.family == "second_order":
         qs.append(dict(qtype="second_order", q=f"Where does {B} think {A} will look for the {obj}?",
-                       answer=the(st["B_thinks_A_believes"][-1]), options=[the(c) for c in conts]))
+                       answer=the(st["B_thinks_A_believes"][-1]), options=[the(c) for c in conts],
+                       evidence=r3(_evidence(sc, st["B_thinks_A_believes"]))))
     for q in qs:
         if q["answer"] not in q["options"]:
             raise VtomError(f"Generator bug in {sc.vid}: answer {q['answer']!r} is not an option of {q['qtype']}.")
@@ -405,10 +424,9 @@ def scenario_moments(sc: Scenario) -> list[dict]:
         ms.append(dict(mtype="move", query=f"When does {B} move the {obj} a second time?", window=r3(sc.marks["move"])))
     elif "move" in sc.marks:
         ms.append(dict(mtype="move", query=f"When does {B} move the {obj}?", window=r3(sc.marks["move"])))
-    if "move" in sc.marks:
-        if any(st["belief_false_A"]):
-            ms.append(dict(mtype="belief_false", query=f"When does {A}'s belief about the {obj} become false?",
-                           window=r3(sc.marks["move"])))
+    false = [t for t, f in zip(st["t"], st["belief_false_A"]) if f]   # asked of every video: "never" when A saw every move
+    ms.append(dict(mtype="belief_false", query=f"When does {A} start to believe something false about where the {obj} is?",
+                   window=r3(_event_at(sc, false[0])) if false else None))
     run = _longest_run([not v for v in st["sees_scene_A"]])
     if run and (run[1] - run[0] + 1) / sc.fps >= 1.0:
         ms.append(dict(mtype="unseen", query=f"When can {A} not see what happens in the room?",
@@ -626,7 +644,7 @@ def assemble_questions(records: list[dict], seed: int, split: str) -> list[dict]
                    "ans_corr": q["answer"], "answer_idx": p,
                    "idx_types": ["corr" if i == p else "distractor" for i in range(4)]}
             row.update({f"a{i}": o for i, o in enumerate(opts)})
-            row.update(family=r["family"], qtype=q["qtype"], variant=r["variant"])
+            row.update(family=r["family"], qtype=q["qtype"], variant=r["variant"], evidence=q["evidence"])
             rows.append(row)
     return rows
 
@@ -666,8 +684,8 @@ def dataset_card(summary: dict) -> str:
              f"{summary['size']}x{summary['size']} px. Every answer and moment is read off a per-frame simulation of who is "
              "present, who attends, where the object is and what each agent believes (see `events/{vid}.json`).", "",
              "## Files", "", "- `videos/{vid}.mp4` H.264 yuv420p", "- `qa_{split}.json` JSON lines, Social-IQ 2.0 fields "
-             "(qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0-a3) plus family, qtype, variant",
-             "- `moments_{split}.jsonl` {qid, vid_name, query, window [start, end] s, duration, family, mtype}",
+             "(qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0-a3) plus family, qtype, variant, evidence [start, end] s",
+             "- `moments_{split}.jsonl` {qid, vid_name, query, window [start, end] s or null (\"never\"), duration, family, mtype}",
              "- `events/{vid}.json` event log and per-frame state", "", "## Counts", "",
              "| split | videos | questions | moments | " + " | ".join(FAMILIES) + " |", "|---" * (4 + len(FAMILIES)) + "|"]
     for sp, s in summary["splits"].items():
