@@ -184,3 +184,47 @@ class _Script(torch.nn.Module):
         bias = torch.zeros(self.vocab)
         bias[tok] = 100.0
         return out + bias
+
+
+def test_mcnemar_exact_by_hand_and_against_scipy():
+    from vtom.evaluate import mcnemar_exact
+    assert mcnemar_exact([1] * 5 + [0], [0] * 6) == 0.0625                 # 2 * (1/2)^5
+    assert mcnemar_exact([1, 1, 1, 0, 1], [0, 0, 0, 1, 1]) == 0.625        # 2 * (C(4,0) + C(4,1)) / 2^4
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0                      # no discordant pair
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random(60) < 0.6, rng.random(60) < 0.4
+        n01, n10 = int((a & ~b).sum()), int((~a & b).sum())
+        assert math.isclose(mcnemar_exact(a, b), stats.binomtest(n01, n01 + n10, 0.5).pvalue, rel_tol=1e-9)
+
+
+def test_paired_ci_by_hand():
+    from vtom.evaluate import paired_comparison
+    # two videos, A - B = 1 on one and 0 on the other: resampled means 0, 0.5, 1 with prob 1/4, 1/2, 1/4
+    assert paired_comparison([1, 0], [0, 0], ["v1", "v2"]) == {
+        "n": 2, "accuracy_a": 0.5, "accuracy_b": 0.0, "diff": 0.5, "ci95": [0.0, 1.0], "p_mcnemar": 1.0}
+    # every video has the same difference 0.5: every resample gives 0.5
+    assert paired_comparison([1, 1, 0, 1], [0, 1, 0, 0], ["v1", "v1", "v2", "v2"])["ci95"] == [0.5, 0.5]
+    # clustering widens the interval when videos differ: 10 videos of 6 questions, A better on half the videos only
+    a = [1] * 30 + [0] * 30
+    b = [0] * 60
+    vids = [f"v{i // 6}" for i in range(60)]
+    by_video, by_question = paired_comparison(a, b, vids)["ci95"], paired_comparison(a, b, None)["ci95"]
+    assert by_video[1] - by_video[0] > by_question[1] - by_question[0]
+
+
+def test_compare_rejects_mismatched_ids(tmp_path, capsys):
+    def run(path, recs):
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return str(path)
+    recs = [{"qid": f"q{i}", "video_id": f"v{i // 2}", "correct": i % 3 == 0} for i in range(12)]
+    other = [dict(r, correct=not r["correct"]) for r in recs]
+    a, b = run(tmp_path / "a.predictions.jsonl", recs), run(tmp_path / "b.predictions.jsonl", other)
+    assert eval_main(["compare", a, b]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"n", "accuracy_a", "accuracy_b", "diff", "ci95", "p_mcnemar"} and out["n"] == 12
+    assert math.isclose(out["diff"], 4 / 12 - 8 / 12)
+    c = run(tmp_path / "c.predictions.jsonl", other[:-1] + [dict(other[-1], qid="elsewhere")])
+    with pytest.raises(EvalError, match=r"different questions \(1 only in .*q11.*1 only in .*elsewhere"):
+        eval_main(["compare", a, c])

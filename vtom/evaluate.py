@@ -30,8 +30,9 @@ from .model import VideoLLM, VideoLLMConfig, load_llm, tokenize_conversation
 __all__ = ['MODES', 'VIDEO_MODES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError', 'check_mode', 'mode_prompt', 'option_continuation',
            'encode_choices', 'generation_prompt_ids', 'answer_logprobs', 'pad_batch', 'score_choices',
            'transform_features', 'parse_choice', 'generate_choice', 'EvalSetup', 'evaluate_question',
-           'evaluate_questions', 'bootstrap_ci', 'accuracy_table', 'summarize', 'plot_metrics', 'write_submission',
-           'load_eval_setup', 'load_benchmark', 'eval_main']
+           'evaluate_questions', 'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison',
+           'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize', 'plot_metrics',
+           'write_submission', 'load_eval_setup', 'load_benchmark', 'eval_main', 'load_records']
 
 # %% ../nbs/06_eval.ipynb #d2e09d4e
 MODES = ("video", "text", "answer-only", "shuffled", "blank")
@@ -223,45 +224,112 @@ def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str 
     return {"records": records, "skipped": [q.qid for q in skipped], "failed": failed, "mode": mode, "scoring": scoring}
 
 # %% ../nbs/06_eval.ipynb #9383cee8
+def bootstrap_means(values: Sequence | np.ndarray, clusters: Sequence[str] | None = None, n_boot: int = 2000,
+                    seed: int = 0) -> np.ndarray:
+    "Bootstrap distribution `[n_boot, k]` of the column means of `values` `[n, k]`, resampling whole clusters (e.g. videos)."
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 1: v = v[:, None]
+    if len(v) == 0: raise EvalError("Nothing to bootstrap: no scored question.")
+    inv = np.arange(len(v)) if clusters is None else np.unique(np.asarray(clusters, dtype=str), return_inverse=True)[1]
+    if len(inv) != len(v): raise EvalError(f"{len(inv)} cluster labels for {len(v)} items.")
+    counts = np.bincount(inv)
+    sums = np.stack([np.bincount(inv, weights=v[:, j], minlength=len(counts)) for j in range(v.shape[1])], 1)
+    pick = np.random.default_rng(seed).integers(0, len(counts), size=(n_boot, len(counts)))
+    return sums[pick].sum(1) / counts[pick].sum(1)[:, None]
+
 def bootstrap_ci(correct: Sequence[bool], n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
                  clusters: Sequence[str] | None = None) -> tuple[float, float]:
-    "Percentile bootstrap CI of the mean of `correct` (resampling items, or whole clusters such as videos)."
-    x = np.asarray(correct, dtype=float)
-    if len(x) == 0: return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    if clusters is None:
-        means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    else:
-        keys, inv = np.unique(np.asarray(clusters), return_inverse=True)
-        sums, counts = np.bincount(inv, weights=x, minlength=len(keys)), np.bincount(inv, minlength=len(keys))
-        pick = rng.integers(0, len(keys), size=(n_boot, len(keys)))
-        means = sums[pick].sum(1) / counts[pick].sum(1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    "Percentile bootstrap CI of the mean of `correct`, resampling whole `clusters` (video ids; the default of every caller that has them) or single items."
+    lo, hi = np.quantile(bootstrap_means(correct, clusters, n_boot, seed)[:, 0], [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
-def accuracy_table(records: list[dict], key: str | None = None, clusters: str | None = None, **kw) -> dict:
-    "Accuracy, 95% CI and n overall (`key=None`) or per value of `key` (e.g. 'subset', 'qword')."
+def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
+    "Exact two-sided McNemar p-value: binomial(n_discordant, 1/2) tail of the smaller discordant count, doubled."
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    if n == 0: return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2 ** n)          # exact integers, one rounding
+
+def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool], clusters: Sequence[str] | None,
+                      n_boot: int = 2000, seed: int = 0) -> dict:
+    "Accuracy of A and B on the same questions, `diff` = A - B with a paired video-clustered bootstrap 95% CI, exact McNemar p."
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1: raise EvalError(f"paired_comparison needs two equally long lists ({a.shape} vs {b.shape}).")
+    boot = bootstrap_means(a - b, clusters, n_boot, seed)[:, 0]
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"n": int(len(a)), "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "diff": float(a.mean() - b.mean()),
+            "ci95": [float(lo), float(hi)], "p_mcnemar": mcnemar_exact(a > 0, b > 0)}
+
+def pair_records(records_a: list[dict], records_b: list[dict], names: tuple[str, str] = ("A", "B")) -> tuple[list, list, list]:
+    "Align two runs' scored records by question id -> (correct_a, correct_b, video ids); an error names the ids that differ."
+    def scored(recs, name):
+        out = {}
+        for r in recs:
+            if r.get("correct") is None: continue
+            if r["qid"] in out: raise EvalError(f"{name}: question id {r['qid']!r} appears twice.")
+            out[r["qid"]] = r
+        return out
+    a, b = scored(records_a, names[0]), scored(records_b, names[1])
+    if set(a) != set(b):
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        raise EvalError(f"{names[0]} and {names[1]} score different questions ({len(only_a)} only in {names[0]}, e.g. {only_a[:3]}; "
+                        f"{len(only_b)} only in {names[1]}, e.g. {only_b[:3]}): run both on the same question set "
+                        "(same --qa, --features, --limit and --seed).")
+    if not a: raise EvalError(f"{names[0]} and {names[1]} have no scored question (no answer_idx?).")
+    ids = sorted(a)
+    return [a[i]["correct"] for i in ids], [b[i]["correct"] for i in ids], [a[i].get("video_id", i) for i in ids]
+
+def accuracy_table(records: list[dict], key: str | None = None, clusters: str | None = "video_id", **kw) -> dict:
+    "Accuracy, 95% CI (video-clustered by default) and n overall (`key=None`) or per value of `key` (e.g. 'subset', 'qword')."
     scored = [r for r in records if r.get("correct") is not None]
     def stats(rs):
         c = [r["correct"] for r in rs]
         lo, hi = bootstrap_ci(c, clusters=[r[clusters] for r in rs] if clusters else None, **kw)
-        return {"accuracy": float(np.mean(c)) if c else float("nan"), "ci95": [lo, hi], "n": len(c)}
+        return {"accuracy": float(np.mean(c)), "ci95": [lo, hi], "n": len(c)}
     if key is None: return stats(scored)
     groups = defaultdict(list)
     for r in scored: groups[str(r.get(key))].append(r)
     return {g: stats(rs) for g, rs in sorted(groups.items(), key=lambda kv: -len(kv[1]))}
 
+# %% ../nbs/06_eval.ipynb #a7c0e004
+def mode_table(records_by_mode: dict[str, list[dict]], model: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    "One row per mode: accuracy with its video-clustered CI, and for every other mode the paired difference `model - mode`."
+    if model not in records_by_mode: raise EvalError(f"mode_table: the model's mode {model!r} is not among {list(records_by_mode)}.")
+    rows = []
+    for mode, recs in records_by_mode.items():
+        own = accuracy_table(recs, n_boot=n_boot, seed=seed)
+        row = {"mode": mode, "n": own["n"], "accuracy": own["accuracy"], "ci95": own["ci95"]}
+        if mode != model:
+            pc = paired_comparison(*pair_records(records_by_mode[model], recs, (model, mode)), n_boot=n_boot, seed=seed)
+            row.update(diff_to_model=pc["diff"], diff_ci95=pc["ci95"], p_mcnemar=pc["p_mcnemar"])
+        rows.append(row)
+    return rows
+
+def format_mode_table(rows: list[dict]) -> str:
+    "A Markdown table of `mode_table` rows (the model's own row has no difference)."
+    out = ["| mode | n | accuracy [95% CI] | model - mode [95% CI] | McNemar p |", "|---|---|---|---|---|"]
+    for r in rows:
+        acc = f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+        diff = (f"{r['diff_to_model']:+.3f} [{r['diff_ci95'][0]:+.3f}, {r['diff_ci95'][1]:+.3f}]", f"{r['p_mcnemar']:.3g}") \
+            if "diff_to_model" in r else ("(model)", "")
+        out.append(f"| {r['mode']} | {r['n']} | {acc} | {diff[0]} | {diff[1]} |")
+    return "\n".join(out)
+
 # %% ../nbs/06_eval.ipynb #3972d3fe
-def summarize(result: dict, clusters: str | None = None, **info) -> dict:
+def summarize(result: dict, clusters: str | None = "video_id", **info) -> dict:
     "Metrics of an `evaluate_questions` result: overall/per-subset/per-question-word accuracy with 95% CIs, provenance."
     recs = result["records"]
-    overall = accuracy_table(recs, clusters=clusters)
+    unanswered = [r["qid"] for r in recs if r["answer_idx"] is None]   # counted and listed, never silently dropped
+    overall = accuracy_table(recs, clusters=clusters) if len(unanswered) < len(recs) else {"accuracy": None, "ci95": None, "n": 0}
     out = {"accuracy": overall["accuracy"], "ci95": overall["ci95"], "n": overall["n"], "skipped": len(result["skipped"]),
-           "failed": len(result["failed"]), "mode": result["mode"], "scoring": result["scoring"], "chance": 0.25}
+           "failed": len(result["failed"]), "unanswered": len(unanswered), "mode": result["mode"], "scoring": result["scoring"],
+           "chance": 0.25}
     if result["scoring"] != "generate":
         for s in ("mean", "sum"):
             c = [r[f"pred_{s}"] == r["answer_idx"] for r in recs if r["answer_idx"] is not None]
-            out[f"accuracy_{s}"] = float(np.mean(c)) if c else float("nan")
+            out[f"accuracy_{s}"] = float(np.mean(c)) if c else None
     else:
         out["unparsed"] = sum(r["pred"] is None for r in recs)
     out["by_subset"] = accuracy_table(recs, "subset", clusters=clusters)
@@ -269,8 +337,8 @@ def summarize(result: dict, clusters: str | None = None, **info) -> dict:
     if any(r["qtype"] != r["qword"] for r in recs): out["by_qtype"] = accuracy_table(recs, "qtype", clusters=clusters)
     out["pred_positions"] = dict(sorted(Counter(str(r["pred"]) for r in recs).items()))
     out["answer_positions"] = dict(sorted(Counter(str(r["answer_idx"]) for r in recs).items()))
-    out["bootstrap"] = {"n_boot": 2000, "level": 0.95, "resample": clusters or "question"}
-    out["skipped_qids"], out["failures"] = result["skipped"][:50], result["failed"][:50]
+    out["bootstrap"] = {"n_boot": 2000, "level": 0.95, "resample": "video" if clusters == "video_id" else clusters or "question"}
+    out["skipped_qids"], out["failures"], out["unanswered_qids"] = result["skipped"][:50], result["failed"][:50], unanswered[:50]
     out.update(info)
     return out
 
@@ -385,9 +453,10 @@ def load_benchmark(name: str, qa: str | Path, split_file: str | Path | None = No
 # %% ../nbs/06_eval.ipynb #720d9a1d
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtom eval", description="Judge-free multiple-choice evaluation with shortcut baselines.")
-    p.add_argument("benchmark", choices=("siq2", "synth", "siq1", "tinysocial", "plot"),
-                   help="question format (synth = vtom synth output, Social-IQ 2.0 format); `plot` draws metrics files")
-    p.add_argument("metrics", nargs="*", help="(plot only) metrics JSON files to draw side by side")
+    p.add_argument("benchmark", choices=("siq2", "synth", "siq1", "tinysocial", "plot", "compare"),
+                   help="question format (synth = vtom synth output, Social-IQ 2.0 format); `plot` draws metrics files; "
+                        "`compare A B` compares two runs question by question")
+    p.add_argument("metrics", nargs="*", help="(plot, compare) metrics JSON files (or their .predictions.jsonl)")
     p.add_argument("--qa", help="questions: a Social-IQ 2.0 qa_*.json (siq2/synth), the Social-IQ 1.0 qa folder, a TinySocial file")
     p.add_argument("--split-file", help="Social-IQ 2.0 original_split.json (subsets) or Social-IQ 1.0 folds file")
     p.add_argument("--split", help="(siq1) which fold's videos to keep, e.g. valid")
@@ -403,7 +472,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, help="temporal rows in the features (default: the checkpoint's, else 100)")
     p.add_argument("--limit", type=int, help="evaluate only the first N available questions")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bootstrap", choices=("question", "video"), default="question", help="resample questions or whole videos for CIs")
+    p.add_argument("--bootstrap", choices=("question", "video"), default="video",
+                   help="resample whole videos (default: questions about one video are correlated) or single questions for CIs")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", help="metrics JSON (predictions .jsonl and plot .png are written beside it)")
@@ -417,6 +487,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     if args.benchmark == "plot":
         if not args.metrics or not args.out: raise EvalError("usage: vtom eval plot METRICS.json [...] --out FIG.png")
         return _plot_files(args.metrics, args.out)
+    if args.benchmark == "compare":
+        if len(args.metrics) != 2: raise EvalError("usage: vtom eval compare A.json B.json (metrics files or their .predictions.jsonl)")
+        a, b = (load_records(p) for p in args.metrics)
+        print(json.dumps(paired_comparison(*pair_records(a, b, tuple(args.metrics)), seed=args.seed)))
+        return 0
     if not args.qa: raise EvalError("--qa is required: the question file to evaluate.")
     t0 = time.time()
     kw = {"split": args.split} if args.benchmark == "siq1" and args.split else {}
@@ -448,6 +523,22 @@ def eval_main(argv: list[str] | None = None) -> int:
     short.update({k: metrics[k] for k in ("accuracy_mean", "accuracy_sum") if k in metrics})
     print(json.dumps(short))
     return 0
+
+def load_records(path: str | Path) -> list[dict]:
+    "Per-question records of a run: a `.predictions.jsonl`, or a metrics JSON (its `.predictions.jsonl` beside it)."
+    path = Path(path)
+    if not path.is_file(): raise EvalError(f"{path}: no such file; pass a metrics JSON written by `vtom eval --out` or its .predictions.jsonl.")
+    if not path.name.endswith(".jsonl"):
+        path = path.with_suffix(".predictions.jsonl")
+        if not path.is_file(): raise EvalError(f"{path} is missing: `vtom eval --out M.json` writes M.predictions.jsonl beside M.json.")
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e: raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
+        if not isinstance(rec, dict) or "qid" not in rec: raise EvalError(f"{path}:{lineno}: not a vtom eval prediction record (no qid).")
+        records.append(rec)
+    return records
 
 def _plot_files(paths: Sequence[str | Path], out: str | Path, metrics: list[dict] | None = None) -> int:
     import matplotlib
