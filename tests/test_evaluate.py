@@ -103,7 +103,7 @@ def test_video_modes_skip_missing_features(tiny):
     res = {m: evaluate_questions(setup, val, m, progress=False) for m in ("video", "shuffled", "blank")}
     n_a = sum(q.video_id == "vidA" for q in val)
     assert all(len(r["records"]) == n_a and len(r["skipped"]) == len(val) - n_a for r in res.values())
-    assert res["video"]["records"][0]["scores_sum"] != res["shuffled"]["records"][0]["scores_sum"]
+    assert res["video"]["records"][0]["scores"]["letter"] != res["shuffled"]["records"][0]["scores"]["letter"]
     m = summarize(res["video"])
     assert m["n"] == n_a and m["skipped"] == len(val) - n_a
     with pytest.raises(EvalError):
@@ -228,3 +228,49 @@ def test_compare_rejects_mismatched_ids(tmp_path, capsys):
     c = run(tmp_path / "c.predictions.jsonl", other[:-1] + [dict(other[-1], qid="elsewhere")])
     with pytest.raises(EvalError, match=r"different questions \(1 only in .*q11.*1 only in .*elsewhere"):
         eval_main(["compare", a, c])
+
+
+def test_length_shortcut_by_hand():
+    from vtom.evaluate import length_shortcut
+    opts, ntok = ["a", "bb bb bb", "c c", "dddd"], [2, 6, 3, 4]          # tokens; characters 1, 8, 3, 4
+    assert length_shortcut("mean", ntok, opts, 1, copy=True) == 1.0       # copied text is free: the most tokens wins
+    assert length_shortcut("mean", ntok, opts, 1) == 0.25                 # uniform tokens: all tie, ties split
+    assert length_shortcut("sum", ntok, opts, 0) == 1.0                   # the fewest tokens wins
+    assert length_shortcut("cloze", ntok, opts, 1) == 1.0                 # most characters per token: -6/8
+    assert length_shortcut("cloze", [2, 2, 2, 2], ["ab", "abcd", "abcd", "a"], 1) == 0.5   # a tie of two
+    assert all(length_shortcut("letter", ntok, opts, i, copy=c) == 0.25 for i in range(4) for c in (False, True))
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_shared_prefix_equals_full_sequences(tiny, video):
+    from vtom.evaluate import full_sequence_logprobs, rule_inputs, rule_scores, shared_prefix_logprobs
+    from vtom.model import VideoLLM, VideoLLMConfig
+    lm, tok = tiny
+    model, feats, mode, nvt = lm, None, "text", 0
+    if video:
+        model = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=8, num_frames=8, num_spatial_tokens=2), lm, tok).eval()
+        tok, feats, mode, nvt = model.tokenizer, torch.randn(10, 8), "video", 10
+    for q in load_siq2(SIQ2 / "qa/qa_val.json")[:3]:
+        for rule in ("letter", "cloze"):
+            user, answers = rule_inputs(q, mode, rule)
+            enc = encode_choices(tok, user, answers, num_video_tokens=nvt)
+            full = full_sequence_logprobs(model, enc, tok.pad_token_id, feats)
+            shared = shared_prefix_logprobs(model, enc, tok.pad_token_id, feats)
+            assert [len(f) for f in full] == [len(s) for s in shared] and len({len(f) for f in full}) > 1
+            assert all(np.allclose(f, s, atol=1e-4) for f, s in zip(full, shared))
+        one = shared_prefix_logprobs(model, enc := encode_choices(tok, *rule_inputs(q, mode, "letter"), num_video_tokens=nvt),
+                                     tok.pad_token_id, feats, first_only=True)
+        assert np.allclose(rule_scores("letter", one, q.options), rule_scores("letter", full_sequence_logprobs(model, enc, tok.pad_token_id, feats), q.options), atol=1e-4)
+
+
+def test_limit_samples_whole_videos():
+    from vtom.data import MCQuestion
+    from vtom.evaluate import sample_videos
+    qs = [MCQuestion(f"q{i}", "Why?", ["a", "b", "c", "d"], f"v{i % 20}", i % 4) for i in range(100)]   # 20 videos x 5, interleaved
+    some = sample_videos(qs, 12)
+    vids = {q.video_id for q in some}
+    assert len(some) == 15 and len(vids) == 3 and all(sum(q.video_id == v for q in qs) == sum(q.video_id == v for q in some) for v in vids)
+    assert some == sample_videos(qs, 12) and vids != {q.video_id for q in sample_videos(qs, 12, seed=1)}
+    assert [q.qid for q in some] == sorted((q.qid for q in some), key=lambda s: int(s[1:]))    # file order kept
+    with pytest.raises(EvalError, match="positive"):
+        sample_videos(qs, 0)
