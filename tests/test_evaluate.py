@@ -103,7 +103,7 @@ def test_video_modes_skip_missing_features(tiny):
     res = {m: evaluate_questions(setup, val, m, progress=False) for m in ("video", "shuffled", "blank")}
     n_a = sum(q.video_id == "vidA" for q in val)
     assert all(len(r["records"]) == n_a and len(r["skipped"]) == len(val) - n_a for r in res.values())
-    assert res["video"]["records"][0]["scores_sum"] != res["shuffled"]["records"][0]["scores_sum"]
+    assert res["video"]["records"][0]["scores"]["letter"] != res["shuffled"]["records"][0]["scores"]["letter"]
     m = summarize(res["video"])
     assert m["n"] == n_a and m["skipped"] == len(val) - n_a
     with pytest.raises(EvalError):
@@ -184,3 +184,93 @@ class _Script(torch.nn.Module):
         bias = torch.zeros(self.vocab)
         bias[tok] = 100.0
         return out + bias
+
+
+def test_mcnemar_exact_by_hand_and_against_scipy():
+    from vtom.evaluate import mcnemar_exact
+    assert mcnemar_exact([1] * 5 + [0], [0] * 6) == 0.0625                 # 2 * (1/2)^5
+    assert mcnemar_exact([1, 1, 1, 0, 1], [0, 0, 0, 1, 1]) == 0.625        # 2 * (C(4,0) + C(4,1)) / 2^4
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0                      # no discordant pair
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random(60) < 0.6, rng.random(60) < 0.4
+        n01, n10 = int((a & ~b).sum()), int((~a & b).sum())
+        assert math.isclose(mcnemar_exact(a, b), stats.binomtest(n01, n01 + n10, 0.5).pvalue, rel_tol=1e-9)
+
+
+def test_paired_ci_by_hand():
+    from vtom.evaluate import paired_comparison
+    # two videos, A - B = 1 on one and 0 on the other: resampled means 0, 0.5, 1 with prob 1/4, 1/2, 1/4
+    assert paired_comparison([1, 0], [0, 0], ["v1", "v2"]) == {
+        "n": 2, "accuracy_a": 0.5, "accuracy_b": 0.0, "diff": 0.5, "ci95": [0.0, 1.0], "p_mcnemar": 1.0}
+    # every video has the same difference 0.5: every resample gives 0.5
+    assert paired_comparison([1, 1, 0, 1], [0, 1, 0, 0], ["v1", "v1", "v2", "v2"])["ci95"] == [0.5, 0.5]
+    # clustering widens the interval when videos differ: 10 videos of 6 questions, A better on half the videos only
+    a = [1] * 30 + [0] * 30
+    b = [0] * 60
+    vids = [f"v{i // 6}" for i in range(60)]
+    by_video, by_question = paired_comparison(a, b, vids)["ci95"], paired_comparison(a, b, None)["ci95"]
+    assert by_video[1] - by_video[0] > by_question[1] - by_question[0]
+
+
+def test_compare_rejects_mismatched_ids(tmp_path, capsys):
+    def run(path, recs):
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return str(path)
+    recs = [{"qid": f"q{i}", "video_id": f"v{i // 2}", "correct": i % 3 == 0} for i in range(12)]
+    other = [dict(r, correct=not r["correct"]) for r in recs]
+    a, b = run(tmp_path / "a.predictions.jsonl", recs), run(tmp_path / "b.predictions.jsonl", other)
+    assert eval_main(["compare", a, b]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"n", "accuracy_a", "accuracy_b", "diff", "ci95", "p_mcnemar"} and out["n"] == 12
+    assert math.isclose(out["diff"], 4 / 12 - 8 / 12)
+    c = run(tmp_path / "c.predictions.jsonl", other[:-1] + [dict(other[-1], qid="elsewhere")])
+    with pytest.raises(EvalError, match=r"different questions \(1 only in .*q11.*1 only in .*elsewhere"):
+        eval_main(["compare", a, c])
+
+
+def test_length_shortcut_by_hand():
+    from vtom.evaluate import length_shortcut
+    opts, ntok = ["a", "bb bb bb", "c c", "dddd"], [2, 6, 3, 4]          # tokens; characters 1, 8, 3, 4
+    assert length_shortcut("mean", ntok, opts, 1, copy=True) == 1.0       # copied text is free: the most tokens wins
+    assert length_shortcut("mean", ntok, opts, 1) == 0.25                 # uniform tokens: all tie, ties split
+    assert length_shortcut("sum", ntok, opts, 0) == 1.0                   # the fewest tokens wins
+    assert length_shortcut("cloze", ntok, opts, 1) == 1.0                 # most characters per token: -6/8
+    assert length_shortcut("cloze", [2, 2, 2, 2], ["ab", "abcd", "abcd", "a"], 1) == 0.5   # a tie of two
+    assert all(length_shortcut("letter", ntok, opts, i, copy=c) == 0.25 for i in range(4) for c in (False, True))
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_shared_prefix_equals_full_sequences(tiny, video):
+    from vtom.evaluate import full_sequence_logprobs, rule_inputs, rule_scores, shared_prefix_logprobs
+    from vtom.model import VideoLLM, VideoLLMConfig
+    lm, tok = tiny
+    model, feats, mode, nvt = lm, None, "text", 0
+    if video:
+        model = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=8, num_frames=8, num_spatial_tokens=2), lm, tok).eval()
+        tok, feats, mode, nvt = model.tokenizer, torch.randn(10, 8), "video", 10
+    for q in load_siq2(SIQ2 / "qa/qa_val.json")[:3]:
+        for rule in ("letter", "cloze"):
+            user, answers = rule_inputs(q, mode, rule)
+            enc = encode_choices(tok, user, answers, num_video_tokens=nvt)
+            full = full_sequence_logprobs(model, enc, tok.pad_token_id, feats)
+            shared = shared_prefix_logprobs(model, enc, tok.pad_token_id, feats)
+            assert [len(f) for f in full] == [len(s) for s in shared] and len({len(f) for f in full}) > 1
+            assert all(np.allclose(f, s, atol=1e-4) for f, s in zip(full, shared))
+        one = shared_prefix_logprobs(model, enc := encode_choices(tok, *rule_inputs(q, mode, "letter"), num_video_tokens=nvt),
+                                     tok.pad_token_id, feats, first_only=True)
+        assert np.allclose(rule_scores("letter", one, q.options), rule_scores("letter", full_sequence_logprobs(model, enc, tok.pad_token_id, feats), q.options), atol=1e-4)
+
+
+def test_limit_samples_whole_videos():
+    from vtom.data import MCQuestion
+    from vtom.evaluate import sample_videos
+    qs = [MCQuestion(f"q{i}", "Why?", ["a", "b", "c", "d"], f"v{i % 20}", i % 4) for i in range(100)]   # 20 videos x 5, interleaved
+    some = sample_videos(qs, 12)
+    vids = {q.video_id for q in some}
+    assert len(some) == 15 and len(vids) == 3 and all(sum(q.video_id == v for q in qs) == sum(q.video_id == v for q in some) for v in vids)
+    assert some == sample_videos(qs, 12) and vids != {q.video_id for q in sample_videos(qs, 12, seed=1)}
+    assert [q.qid for q in some] == sorted((q.qid for q in some), key=lambda s: int(s[1:]))    # file order kept
+    with pytest.raises(EvalError, match="positive"):
+        sample_videos(qs, 0)

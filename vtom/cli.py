@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "decode": ("vtom.decode", "bench_decode_main", "Frame sampling speed of each decoding backend."),
     "features": ("vtom.features", "bench_features_main", "Feature extraction speed against a reference-style path."),
     "train": ("vtom.train", "bench_train_main", "Projector training speed, frozen versus naive."),
+    "eval": ("vtom.evaluate", "bench_eval_main", "Multiple-choice scoring speed, shared prompt (KV cache) versus full sequences."),
 }
 
 # %% ../nbs/99_cli.ipynb #f3a8eb1e
