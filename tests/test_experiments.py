@@ -30,3 +30,33 @@ def test_thumbnail_tower_is_registered():
     tok = t.encode(px)
     assert "thumbnail:14" in list_towers() and tok.shape == (1, 49, 147)
     assert torch.allclose(tok.mean(1)[0].reshape(49, 3), torch.tensor([1.0, 0, 0]).expand(49, 3))
+
+
+def _hand_report(val_a: dict) -> dict:
+    vids = {f"q{i}": f"v{i // 2}" for i in range(40)}
+    right = {q: 1 for q in vids}; coin = {q: int(q[-1] in "02468") for q in vids}
+    return {"paired": {"belief": {"metric": "accuracy", "videos": vids, "shared": {"reality": coin, "first container": {q: 0 for q in vids}},
+                                  "candidates": {"video (A)": {"val": val_a, "test": right, "baselines": {"text (A)": coin}},
+                                                 "video (B)": {"val": {"x": 0, "y": 1}, "test": right, "baselines": {"text (B)": right}}}}}}
+
+
+def test_verdicts_choose_on_val_and_compare_paired_on_test():
+    from vtom.experiments import goal_verdicts
+    v = goal_verdicts(_hand_report({"x": 1, "y": 1}))["belief"]
+    assert v["chosen on val"] == "video (A)" and set(v["comparisons"]) == {"text (A)", "reality", "first container"}
+    assert v["met"] and v["best heuristic"] == "reality" and v["comparisons"]["reality"]["ci95"][0] > 0
+    # the same test numbers, but B is better on val: B is the model, and B does not beat its own text baseline
+    v = goal_verdicts(_hand_report({"x": 0, "y": 0}))["belief"]
+    assert v["chosen on val"] == "video (B)" and not v["met"] and v["comparisons"]["text (B)"]["diff"] == 0.0
+
+
+def test_report_md_opens_with_what_this_run_shows():
+    from vtom.experiments import goal_verdicts, report_markdown
+    rep = _hand_report({"x": 0, "y": 0})
+    rep |= {"goals": goal_verdicts(rep), "synth_dir": "s", "videos": {}, "num_frames": 8, "towers": {}, "llm": "tiny", "train_steps": 0,
+            "head_steps": 0, "seed": 0, "probes": [], "retrieval": [], "retrieval_by_mtype": [], "evidence": [], "mc": [], "seconds": {}}
+    md = report_markdown(rep)
+    head = md.split("\n## Set-up")[0]
+    assert md.startswith("# Synthetic false-belief benchmark: goal report\n\n## What this run shows")
+    assert "video (B) is not better than text (B): +0.00 [+0.00, +0.00]" in head and "video (B) is better than first container: +1.00" in head
+    assert "### Goals" in head and "**not met**" in head and md.index("## What this run shows") < md.index("## Probes")

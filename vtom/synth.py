@@ -25,8 +25,9 @@ __all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'DEAL', 'QTYPES', 'NAMES
            'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'PERCEPTION_OPTIONS', 'DEFAULT_SPLITS', 'HEURISTICS',
            'make_layout', 'Scenario', 'make_scenario', 'scenario_questions', 'scenario_moments', 'render_frames',
            'plot_scenario', 'encode_mp4', 'scenario_record', 'generate_video', 'video_seed', 'plan_split',
-           'assemble_questions', 'assemble_moments', 'balance_table', 'dataset_card', 'heuristic_accuracies',
-           'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset', 'synth_main']
+           'assemble_questions', 'assemble_moments', 'balance_table', 'dataset_card', 'heuristic_correct',
+           'heuristic_accuracies', 'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset',
+           'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
 GENERATOR_VERSION = "vtom-synth 1.2"
@@ -714,12 +715,17 @@ def dataset_card(summary: dict) -> str:
 # %% ../nbs/07_synth.ipynb #d3ba8654
 HEURISTICS = ("reality", "first container", "longest option")
 
-def heuristic_accuracies(rows: list[dict]) -> dict:
-    "Per question type, overall and per family: accuracy of answering the final place (`reality`), the first container or the longest option."
+def heuristic_correct(rows: list[dict]) -> dict[str, dict[str, bool]]:
+    "Per heuristic, per question id: is the final place (`reality`), the first container or the longest option the right answer?"
     first = {r["vid_name"]: r["ans_corr"] for r in rows if r["qtype"] == "memory"}
     final = {r["vid_name"]: r["ans_corr"] for r in rows if r["qtype"] == "reality"}
     pick = {"reality": lambda r: final.get(r["vid_name"]), "first container": lambda r: first.get(r["vid_name"]),
             "longest option": lambda r: max((r[f"a{i}"] for i in range(4)), key=len)}
+    return {h: {r["qid"]: pick[h](r) == r["ans_corr"] for r in rows} for h in HEURISTICS}
+
+def heuristic_accuracies(rows: list[dict]) -> dict:
+    "Per question type, overall and per family: accuracy of answering the final place (`reality`), the first container or the longest option."
+    right = heuristic_correct(rows)
     out = {}
     for qt in QTYPES:
         rs = [r for r in rows if r["qtype"] == qt]
@@ -727,7 +733,7 @@ def heuristic_accuracies(rows: list[dict]) -> dict:
         e: dict[str, Any] = {"n": {"all": len(rs), **{f: sum(r["family"] == f for r in rs) for f in sorted({r["family"] for r in rs})}}}
         for h in HEURISTICS:
             if h != "longest option" and qt == "perception": continue   # its options are not containers
-            ok = np.array([pick[h](r) == r["ans_corr"] for r in rs])
+            ok = np.array([right[h][r["qid"]] for r in rs])
             fam = np.array([r["family"] for r in rs])
             e[h] = {"all": round(float(ok.mean()), 3), **{f: round(float(ok[fam == f].mean()), 3) for f in e["n"] if f != "all"}}
         out[qt] = e
