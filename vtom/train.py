@@ -161,7 +161,7 @@ class TrainConfig:
     output_dir: str | None = _opt(None, "output folder (default runs/train-<data name>)")
     llm: str = _opt("embedded", "vtom.model.load_llm name: embedded, tiny, a local dir or a hub name")
     template: str = _opt("chat", "prompt template shared with inference: chat, vicuna_v1_1, video-chatgpt_v1")
-    projector_type: str = _opt("linear", "linear (reference) or mlp2")
+    projector_type: str = _opt("linear", "linear (reference), mlp2 or temporal (order-aware; vtom.model.PROJECTOR_TYPES)")
     num_frames: int | None = _opt(None, "temporal tokens per feature file (default: from the store metadata, else 100)")
     tune_video_embeddings: bool = _opt(True, "also train the <vid_start>/<vid_end> rows")
     lora: bool = _opt(False, "train LoRA adapters on the LM too")
@@ -463,6 +463,7 @@ def train_parser() -> argparse.ArgumentParser:
                          "model with the Hugging Face Trainer; works under torchrun / accelerate launch.")
     p.add_argument("train_data_pos", nargs="?", metavar="DATA", help="training records (same as --train-data)")
     p.add_argument("-o", dest="output_dir", default=argparse.SUPPRESS, help="output folder (same as --output-dir)")
+    p.add_argument("--projector", dest="projector_type", default=argparse.SUPPRESS, help="same as --projector-type")
     p.add_argument("--config", help="YAML or JSON file of options (same names as the flags); flags win")
     return p
 
