@@ -177,7 +177,7 @@ def _answer_stream(self: DemoBackend, sha: str | None, turns: list[dict], questi
     worker.join()   # the streamer ends before `ask` has stored the turns
     if failed: raise VtomError(f"Generation failed: {failed[0]}")
     end = time.perf_counter()
-    record = {"video": entry.name, "question": question, "answer": chat.turns[-1]["content"], "start": t0, "end": end,
+    record = {"video": entry.name, "question": question, "answer": chat.turns[-1]["content"], "prior_turns": len(turns), "start": t0, "end": end,
               "first_token_s": round(first if first is not None else end - t0, 3), "answer_s": round(end - t0, 3),
               "new_tokens": chat.timings["new_tokens"]}
     self.answers.append(record)
@@ -230,12 +230,12 @@ def _errors(fn):
         @functools.wraps(fn)
         def gen(*a, **k):
             try: yield from fn(*a, **k)
-            except VtomError as e: raise gr.Error(str(e), title="vtom") from e
+            except VtomError as e: raise gr.Error(str(e), title="vtom", print_exception=False) from e
         return gen
     @functools.wraps(fn)
     def plain(*a, **k):
         try: return fn(*a, **k)
-        except VtomError as e: raise gr.Error(str(e), title="vtom") from e
+        except VtomError as e: raise gr.Error(str(e), title="vtom", print_exception=False) from e
     return plain
 
 def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -> gr.Blocks:
@@ -274,6 +274,7 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
         entry = backend.videos[session["sha"]]
         a, b = moment["window"]
         text = f"**Window:** {a:.2f}–{b:.2f} s · strongest frame at {moment['time']:.2f} s"
+        if backend.describe()["warnings"]: text += " · ⚠️ with random or untrained weights this window carries no meaning"
         return moment_figure(entry, moment, query), entry.thumbs[moment["peak"]], text
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
