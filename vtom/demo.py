@@ -96,9 +96,12 @@ class DemoBackend:
 
     @classmethod
     def from_names(cls, llm: str | None = None, vision: str | None = None, checkpoint: str | Path | None = None,
-                   num_frames: int | None = None, device: str = "auto", **kwargs) -> "DemoBackend":
-        "Load `VideoChat.from_names(...)` in the background (the page shows 'loading' until it is ready)."
-        return cls(lambda: VideoChat.from_names(llm, vision, checkpoint, num_frames, device, disk_cache=False), **kwargs)
+                   num_frames: int | None = None, device: str = "auto", seed: int = 0, **kwargs) -> "DemoBackend":
+        "Load `VideoChat.from_names(...)` in the background (the page shows 'loading' until it is ready); `seed` fixes an untrained projector."
+        def load():
+            seed_everything(seed)
+            return VideoChat.from_names(llm, vision, checkpoint, num_frames, device, disk_cache=False)
+        return cls(load, **kwargs)
 
     @property
     def loading(self) -> bool: return not self._ready.is_set()
@@ -350,12 +353,11 @@ def demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-upload-mb", type=float, default=200, help="largest video accepted (MB)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs run at once; other browsers wait in the queue (default 1)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the untrained projector's random weights (without --checkpoint)")
     args = p.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_dir():
         raise VtomError(f"Checkpoint {args.checkpoint} is not a directory; pass the folder written by `vtom train`.")
-    seed_everything(args.seed)
-    backend = DemoBackend.from_names(args.llm, args.vision, args.checkpoint, args.num_frames, args.device,
+    backend = DemoBackend.from_names(args.llm, args.vision, args.checkpoint, args.num_frames, args.device, args.seed,
                                      max_upload_mb=args.max_upload_mb, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     app = build_app(backend)
     print(f"vtom demo: http://{args.host}:{args.port}/ (offline; Ctrl-C stops it). The model loads in the background.", flush=True)
