@@ -180,8 +180,8 @@ def _answer_stream(self: DemoBackend, sha: str | None, turns: list[dict], questi
     worker.join()   # the streamer ends before `ask` has stored the turns
     if failed: raise VtomError(f"Generation failed: {failed[0]}")
     end = time.perf_counter()
-    record = {"video": entry.name, "question": question, "answer": chat.turns[-1]["content"], "prior_turns": len(turns), "start": t0, "end": end,
-              "first_token_s": round(first if first is not None else end - t0, 3), "answer_s": round(end - t0, 3),
+    record = {"video": entry.name, "question": question, "answer": chat.turns[-1]["content"], "prior_turns": len(turns),
+              "start": t0, "end": end, "first_token_s": round(first if first is not None else end - t0, 3), "answer_s": round(end - t0, 3),
               "new_tokens": chat.timings["new_tokens"]}
     self.answers.append(record)
     yield record["answer"], {**record, "turns": chat.turns}
@@ -228,7 +228,7 @@ def _video_markdown(entry: VideoEntry, source: str) -> str:
             f"content `{entry.sha[:12]}`")
 
 def _errors(fn):
-    "Show a `VtomError` (and a decode failure) as a message in the page instead of a stack trace."
+    "Show a `VtomError` (no video yet, a bad upload, a failed load) as a message on the page instead of a stack trace."
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen(*a, **k):
@@ -247,7 +247,8 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
 
     def show_info():
         if backend.loading: yield _info_markdown(backend.describe())
-        backend._ready.wait()
+        try: backend.wait()
+        except VtomError: pass   # a failed load is shown by describe()
         yield _info_markdown(backend.describe())
 
     @_errors
@@ -312,7 +313,7 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
             gr.Markdown("Computed once per video with the features: " + (", ".join(backend.analyses) or
                         "none registered in this build (the social timeline plugs in through `DemoBackend(analyses=...)`)."))
         app.load(show_info, None, info, api_name="model_info", show_progress="hidden")
-        gate = dict(concurrency_limit=1, concurrency_id="model")   # one model: answers, features and moments take turns
+        gate = dict(concurrency_limit="default", concurrency_id="model")   # one model: answers, features and moments share the queue's slots
         video.change(on_video, [video, session], [video_status, strip, session, chatbot], api_name="load_video", **gate)
         ask.click(on_ask, [question, chatbot, session], [chatbot, question, session, stats], api_name="ask", **gate)
         question.submit(on_ask, [question, chatbot, session], [chatbot, question, session, stats], api_visibility="private", **gate)
