@@ -84,8 +84,8 @@ def test_client_end_to_end(served, tmp_path):
     info = c.predict(api_name="/model_info")
     assert "random:ViT-B-32" in info and "RANDOM" in info and "untrained" in info
 
-    status, strip, chat = c.predict(handle_file(str(packaged_video("carphone"))), api_name="/load_video")
-    assert "carphone_pristine.mp4" in status and "computed" in status and len(strip) == 8 and chat == []
+    status, strip, chat, analyses = c.predict(handle_file(str(packaged_video("carphone"))), api_name="/load_video")
+    assert "carphone_pristine.mp4" in status and "computed" in status and len(strip) == 8 and chat == [] and not analyses
     history, _, stats = c.predict("How does the man feel?", [], api_name="/ask")
     answer = backend.answers[-1]
     assert history[-1]["role"] == "assistant" and _words(answer["answer"]) and "first token" in stats
@@ -96,7 +96,7 @@ def test_client_end_to_end(served, tmp_path):
     other = _client(url, tmp_path)                                      # a second browser: its own session
     with pytest.raises(AppError, match="No video yet"):
         other.predict("And now?", [], api_name="/ask")
-    status, _, _ = other.predict(handle_file(str(packaged_video("carphone"))), api_name="/load_video")
+    status = other.predict(handle_file(str(packaged_video("carphone"))), api_name="/load_video")[0]
     assert "from the cache" in status                                   # same content: no second decode/encode
     other.predict("What is he doing?", [], api_name="/ask")
     assert backend.answers[-1]["prior_turns"] == 0
@@ -150,7 +150,7 @@ def test_model_still_loading(offline, tmp_path):
         assert "still loading" in job.outputs()[0][0]                  # said at once, while the model loads
         assert backend.loading and not job.done()
         gate.set()
-        status, _, _ = job.result(timeout=120)
+        status = job.result(timeout=120)[0]
         assert "carphone_pristine.mp4" in status and not backend.loading
     finally:
         gate.set()

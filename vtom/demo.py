@@ -79,7 +79,7 @@ class DemoBackend:
                  max_new_tokens: int = 128, temperature: float = 0.0,
                  analyses: dict[str, Callable[[VideoClip], Any]] | None = None):
         self.max_upload_mb, self.max_videos, self.max_new_tokens, self.temperature = max_upload_mb, max_videos, max_new_tokens, temperature
-        self.analyses = dict(analyses or {})   # name -> fn(clip), computed once per video: the social timeline plugs in here
+        self.analyses = dict(analyses or {})   # name -> fn(clip) -> JSON-able, once per video: the social timeline plugs in here
         self.videos: OrderedDict[str, VideoEntry] = OrderedDict()
         self.answers: list[dict] = []          # timings of every answer (first token, full answer, overlap checks)
         self.chat: VideoChat | None = None
@@ -254,11 +254,11 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
     @_errors
     def on_video(path, session):
         if path is None:
-            yield "No video yet: upload one or pick an example.", [], new_session(), []
+            yield "No video yet: upload one or pick an example.", [], new_session(), [], {}
             return
-        if backend.loading: yield "⏳ The model is still loading; the video is processed as soon as it is ready.", [], session, []
+        if backend.loading: yield "⏳ The model is still loading; the video is processed as soon as it is ready.", [], session, [], {}
         entry, source = backend.prepare(path)
-        yield _video_markdown(entry, source), entry.strip(), {"sha": entry.sha, "turns": []}, []
+        yield _video_markdown(entry, source), entry.strip(), {"sha": entry.sha, "turns": []}, [], entry.analyses
 
     @_errors
     def on_ask(question, history, session):
@@ -309,12 +309,13 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
             with gr.Row():
                 plot = gr.Plot(label="Timeline", scale=3)
                 frame = gr.Image(label="Frame of the moment", scale=1, height=200)
-        with gr.Accordion("Per-video analyses (social timeline)", open=False):
+        with gr.Accordion("Per-video analyses (social timeline)", open=bool(backend.analyses)):
             gr.Markdown("Computed once per video with the features: " + (", ".join(backend.analyses) or
                         "none registered in this build (the social timeline plugs in through `DemoBackend(analyses=...)`)."))
+            analyses = gr.JSON(label="This video", visible=bool(backend.analyses), elem_id="analyses")
         app.load(show_info, None, info, api_name="model_info", show_progress="hidden")
         gate = dict(concurrency_limit="default", concurrency_id="model")   # one model: answers, features and moments share the queue's slots
-        video.change(on_video, [video, session], [video_status, strip, session, chatbot], api_name="load_video", **gate)
+        video.change(on_video, [video, session], [video_status, strip, session, chatbot, analyses], api_name="load_video", **gate)
         ask.click(on_ask, [question, chatbot, session], [chatbot, question, session, stats], api_name="ask", **gate)
         question.submit(on_ask, [question, chatbot, session], [chatbot, question, session, stats], api_visibility="private", **gate)
         clear.click(lambda s: ([], {**s, "turns": []}), [session], [chatbot, session], api_visibility="private")
