@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "locate": ("vtom.locate", "locate_main", "Moment retrieval of mental-state changes and the synthetic benchmark's goal report."),
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),
+    "demo": ("vtom.demo", "demo_main", "Chat with a video and find moments in it in the browser (offline gradio app)."),
 }
 
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
