@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "chat": ("vtom.infer", "chat_main", "Ask a question about a video and stream the answer."),
     "eval": ("vtom.evaluate", "eval_main", "Judge-free multiple-choice evaluation (Social-IQ 2.0, synthetic ToM) with baselines."),
     "synth": ("vtom.synth", "synth_main", "Generate the synthetic false-belief video benchmark."),
+    "social": ("vtom.social", "social_main", "Faces, expressions, voice activity and words of a video (--json); `social locate` finds moments."),
     "locate": ("vtom.locate", "locate_main", "Moment retrieval of mental-state changes and the synthetic benchmark's goal report."),
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "decode": ("vtom.decode", "bench_decode_main", "Frame sampling speed of each decoding backend."),
     "features": ("vtom.features", "bench_features_main", "Feature extraction speed against a reference-style path."),
     "train": ("vtom.train", "bench_train_main", "Projector training speed, frozen versus naive."),
+    "social": ("vtom.social", "bench_social_main", "Social-signal speed: frames/s (faces, mesh, expressions), ASR and VAD real-time factors."),
 }
 
 # %% ../nbs/99_cli.ipynb #f3a8eb1e
