@@ -26,9 +26,9 @@ import torch
 
 # %% auto #0
 __all__ = ['EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'VtomError', 'Interrupted', 'data_dir', 'cache_dir',
-           'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'get_logger', 'atomic_path', 'write_json',
-           'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit', 'embedded_llm_gguf',
-           'embedded_llm_path']
+           'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
+           'atomic_path', 'write_json', 'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit',
+           'embedded_llm_gguf', 'embedded_llm_path']
 
 # %% ../nbs/00_core.ipynb #a8b7361f
 class VtomError(RuntimeError):
@@ -87,6 +87,15 @@ def seed_everything(seed: int = 0) -> int:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return seed
+
+def disable_progress_bars() -> None:
+    "Silence the bars of transformers and huggingface_hub (\"Loading weights\", downloads), for commands run with `--no-progress`."
+    if has_package("transformers"):
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
+    if has_package("huggingface_hub"):
+        import huggingface_hub
+        huggingface_hub.utils.disable_progress_bars()
 
 def get_logger(name: str = "vtom", level: int | str | None = None) -> logging.Logger:
     "A logger that prints `time level name: message` once (no duplicate handlers), level from `$VTOM_LOG_LEVEL`."

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import Interrupted, Store, VtomError, atomic_path, get_device, get_dtype, get_logger
+from .core import Interrupted, Store, VtomError, atomic_path, disable_progress_bars, get_device, get_dtype, get_logger
 
 # %% auto #0
 __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower',
@@ -72,16 +72,30 @@ _DOWNLOAD_HINT = ("Download the weights once where there is network, e.g. `hf do
                   "`hf download openai/clip-vit-large-patch14 --local-dir DIR` and pass `hf:DIR`; "
                   "for an offline smoke test use `--vision random:ViT-B-32`.")
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    "Whether the Hugging Face hub can be reached at all (one TCP connection), so that an offline machine fails at once."
+    import socket
+    from urllib.parse import urlparse
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE: return False
+    url = urlparse(constants.ENDPOINT)
+    try: socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError: return False
+    return True
+
 def _load_hf(ref: str, device: torch.device, dtype: torch.dtype, name: str) -> VisionTower:
     from transformers import CLIPVisionModel
     if ref.startswith(("/", "./", "../", "~")) and not Path(ref).expanduser().is_dir():
         raise VtomError(f"The tower folder {ref} does not exist. " + _DOWNLOAD_HINT)
     try: model = CLIPVisionModel.from_pretrained(ref, dtype=torch.float32, local_files_only=True)  # cache / folder: no network
-    except Exception:
+    except Exception as e:
+        if not _hub_reachable():  # offline: the hub client would retry for a minute before failing the same way
+            raise VtomError(f"Cannot load the CLIP vision tower {ref!r}: it is not in the Hugging Face cache (or not a model "
+                            "folder) and the hub cannot be reached from here. " + _DOWNLOAD_HINT) from e
         try: model = CLIPVisionModel.from_pretrained(ref, dtype=torch.float32)  # not cached: try the hub
         except Exception as e:  # OSError / hub errors: no network, no cache, bad folder
             raise VtomError(f"Cannot load the CLIP vision tower {ref!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                            + _DOWNLOAD_HINT + " (Set HF_HUB_OFFLINE=1 to fail at once instead of retrying the hub.)") from e
+                            + _DOWNLOAD_HINT) from e
     cfg = model.config
     model.encoder.layers = model.encoder.layers[:-1]  # last_hidden_state is now hidden_states[-2] of the full model
     mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -501,6 +515,7 @@ def features_main(argv: list[str] | None = None) -> int:
         raise VtomError(f"The output {a.out} is an existing file; the feature store is a folder: pass a new or existing folder.")
     from vtom.decode import pick_backend
     pick_backend(a.backend)
+    if a.no_progress: disable_progress_bars()
     rank, world, local = dist_info()
     device = a.device
     if device == "auto" and world > 1 and torch.cuda.is_available(): device = f"cuda:{local % torch.cuda.device_count()}"
