@@ -96,7 +96,7 @@ def test_store_resumes_and_records_failures(tmp_path):
     assert social_to_store(["no_face"], store, num_frames=4) == dict(done=0, skipped=1, failed=0)
     rec = load_timeline(store, "no_face")
     assert len(timeline_rows(rec)) == 4 and all(r["faces"] == 0 for r in timeline_rows(rec))
-    assert "missing.mp4" in (store / "social_failures.jsonl").read_text()
+    assert "missing.mp4" in (store / "failures.jsonl").read_text()
     with pytest.raises(VtomError, match="num_frames"): social_to_store(["no_face"], store, num_frames=8)
     with pytest.raises(VtomError, match="vtom social"): load_timeline(store, "nothing")
 
