@@ -103,7 +103,7 @@ def test_video_modes_skip_missing_features(tiny):
     res = {m: evaluate_questions(setup, val, m, progress=False) for m in ("video", "shuffled", "blank")}
     n_a = sum(q.video_id == "vidA" for q in val)
     assert all(len(r["records"]) == n_a and len(r["skipped"]) == len(val) - n_a for r in res.values())
-    assert res["video"]["records"][0]["scores_sum"] != res["shuffled"]["records"][0]["scores_sum"]
+    assert res["video"]["records"][0]["scores"]["letter"] != res["shuffled"]["records"][0]["scores"]["letter"]
     m = summarize(res["video"])
     assert m["n"] == n_a and m["skipped"] == len(val) - n_a
     with pytest.raises(EvalError):
@@ -184,3 +184,196 @@ class _Script(torch.nn.Module):
         bias = torch.zeros(self.vocab)
         bias[tok] = 100.0
         return out + bias
+
+
+def test_mcnemar_exact_by_hand_and_against_scipy():
+    from vtom.evaluate import mcnemar_exact
+    assert mcnemar_exact([1] * 5 + [0], [0] * 6) == 0.0625                 # 2 * (1/2)^5
+    assert mcnemar_exact([1, 1, 1, 0, 1], [0, 0, 0, 1, 1]) == 0.625        # 2 * (C(4,0) + C(4,1)) / 2^4
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0                      # no discordant pair
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random(60) < 0.6, rng.random(60) < 0.4
+        n01, n10 = int((a & ~b).sum()), int((~a & b).sum())
+        assert math.isclose(mcnemar_exact(a, b), stats.binomtest(n01, n01 + n10, 0.5).pvalue, rel_tol=1e-9)
+
+
+def test_paired_ci_by_hand():
+    from vtom.evaluate import paired_comparison
+    # two videos, A - B = 1 on one and 0 on the other: resampled means 0, 0.5, 1 with prob 1/4, 1/2, 1/4
+    assert paired_comparison([1, 0], [0, 0], ["v1", "v2"]) == {
+        "n": 2, "accuracy_a": 0.5, "accuracy_b": 0.0, "diff": 0.5, "ci95": [0.0, 1.0], "p_mcnemar": 1.0}
+    # every video has the same difference 0.5: every resample gives 0.5
+    assert paired_comparison([1, 1, 0, 1], [0, 1, 0, 0], ["v1", "v1", "v2", "v2"])["ci95"] == [0.5, 0.5]
+    # clustering widens the interval when videos differ: 10 videos of 6 questions, A better on half the videos only
+    a = [1] * 30 + [0] * 30
+    b = [0] * 60
+    vids = [f"v{i // 6}" for i in range(60)]
+    by_video, by_question = paired_comparison(a, b, vids)["ci95"], paired_comparison(a, b, None)["ci95"]
+    assert by_video[1] - by_video[0] > by_question[1] - by_question[0]
+
+
+def test_compare_rejects_mismatched_ids(tmp_path, capsys):
+    def run(path, recs):
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return str(path)
+    recs = [{"qid": f"q{i}", "video_id": f"v{i // 2}", "correct": i % 3 == 0} for i in range(12)]
+    other = [dict(r, correct=not r["correct"]) for r in recs]
+    a, b = run(tmp_path / "a.predictions.jsonl", recs), run(tmp_path / "b.predictions.jsonl", other)
+    assert eval_main(["compare", a, b]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"n", "accuracy_a", "accuracy_b", "diff", "ci95", "p_mcnemar"} and out["n"] == 12
+    assert math.isclose(out["diff"], 4 / 12 - 8 / 12)
+    c = run(tmp_path / "c.predictions.jsonl", other[:-1] + [dict(other[-1], qid="elsewhere")])
+    with pytest.raises(EvalError, match=r"different questions \(1 only in .*q11.*1 only in .*elsewhere"):
+        eval_main(["compare", a, c])
+
+
+def test_length_shortcut_by_hand():
+    from vtom.evaluate import length_shortcut
+    opts, ntok = ["a", "bb bb bb", "c c", "dddd"], [2, 6, 3, 4]          # tokens; characters 1, 8, 3, 4
+    assert length_shortcut("mean", ntok, opts, 1, copy=True) == 1.0       # copied text is free: the most tokens wins
+    assert length_shortcut("mean", ntok, opts, 1) == 0.25                 # uniform tokens: all tie, ties split
+    assert length_shortcut("sum", ntok, opts, 0) == 1.0                   # the fewest tokens wins
+    assert length_shortcut("cloze", ntok, opts, 1) == 1.0                 # most characters per token: -6/8
+    assert length_shortcut("cloze", [2, 2, 2, 2], ["ab", "abcd", "abcd", "a"], 1) == 0.5   # a tie of two
+    assert all(length_shortcut("letter", ntok, opts, i, copy=c) == 0.25 for i in range(4) for c in (False, True))
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_shared_prefix_equals_full_sequences(tiny, video):
+    from vtom.evaluate import full_sequence_logprobs, rule_inputs, rule_scores, shared_prefix_logprobs
+    from vtom.model import VideoLLM, VideoLLMConfig
+    lm, tok = tiny
+    model, feats, mode, nvt = lm, None, "text", 0
+    if video:
+        model = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=8, num_frames=8, num_spatial_tokens=2), lm, tok).eval()
+        tok, feats, mode, nvt = model.tokenizer, torch.randn(10, 8), "video", 10
+    for q in load_siq2(SIQ2 / "qa/qa_val.json")[:3]:
+        for rule in ("letter", "cloze"):
+            user, answers = rule_inputs(q, mode, rule)
+            enc = encode_choices(tok, user, answers, num_video_tokens=nvt)
+            full = full_sequence_logprobs(model, enc, tok.pad_token_id, feats)
+            shared = shared_prefix_logprobs(model, enc, tok.pad_token_id, feats)
+            assert [len(f) for f in full] == [len(s) for s in shared] and len({len(f) for f in full}) > 1
+            assert all(np.allclose(f, s, atol=1e-4) for f, s in zip(full, shared))
+        one = shared_prefix_logprobs(model, enc := encode_choices(tok, *rule_inputs(q, mode, "letter"), num_video_tokens=nvt),
+                                     tok.pad_token_id, feats, first_only=True)
+        assert np.allclose(rule_scores("letter", one, q.options), rule_scores("letter", full_sequence_logprobs(model, enc, tok.pad_token_id, feats), q.options), atol=1e-4)
+
+
+def test_limit_samples_whole_videos():
+    from vtom.data import MCQuestion
+    from vtom.evaluate import sample_videos
+    qs = [MCQuestion(f"q{i}", "Why?", ["a", "b", "c", "d"], f"v{i % 20}", i % 4) for i in range(100)]   # 20 videos x 5, interleaved
+    some = sample_videos(qs, 12)
+    vids = {q.video_id for q in some}
+    assert len(some) == 15 and len(vids) == 3 and all(sum(q.video_id == v for q in qs) == sum(q.video_id == v for q in some) for v in vids)
+    assert some == sample_videos(qs, 12) and vids != {q.video_id for q in sample_videos(qs, 12, seed=1)}
+    assert [q.qid for q in some] == sorted((q.qid for q in some), key=lambda s: int(s[1:]))    # file order kept
+    with pytest.raises(EvalError, match="positive"):
+        sample_videos(qs, 0)
+
+
+def test_think_template_is_refused(tiny):
+    """A chat template whose generation prompt adds <think> is not a prefix of the conversation: clear error naming it."""
+    import copy
+    from vtom.core import VtomError
+    _, tok = tiny
+    think = copy.deepcopy(tok)
+    think.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                           "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+    q = load_siq2(SIQ2 / "qa/qa_val.json")[0]
+    with pytest.raises(VtomError, match=r"chat template of .* not a prefix.*<think>.*vicuna_v1_1"):
+        encode_choices(think, mode_prompt(q, "text"), [option_continuation(q, 0)])
+    plain = copy.deepcopy(tok)
+    plain.chat_template = think.chat_template.replace("<think>\n", "")
+    assert len(encode_choices(plain, mode_prompt(q, "text"), [option_continuation(q, 0)])) == 1
+
+
+def test_video_in_two_subsets_warns_and_first_wins(tmp_path, caplog):
+    from vtom.data import load_video_subsets
+    f = tmp_path / "split.json"
+    f.write_text(json.dumps({"subsets": {"youtubeclips": {"train": ["v1", "v2"], "val": ["v1"]}, "movieclips": {"test": ["v2"]},
+                                         "car": {"train": ["v2", "v3"]}}}))
+    with caplog.at_level("WARNING"):
+        assert load_video_subsets(f) == {"v1": "youtubeclips", "v2": "youtubeclips", "v3": "car"}
+    assert "1 video(s) sit in more than one subset" in caplog.text and "v2 (youtubeclips, movieclips, car)" in caplog.text
+
+
+def test_shuffled_checks_num_frames(tiny):
+    from vtom.model import VideoLLM, VideoLLMConfig
+    lm, tok = tiny
+
+    class Store(dict):
+        def ids(self): return list(self)
+        def meta(self, vid): return {"num_frames": 6}
+    feats = Store(vidA=torch.randn(8, 8))
+    vllm = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=8, num_frames=6, num_spatial_tokens=2), lm, tok).eval()
+    q = next(q for q in load_siq2(SIQ2 / "qa/qa_val.json") if q.video_id == "vidA")
+    assert evaluate_question(EvalSetup(vllm, vllm.tokenizer, "chat", feats, num_frames=6), q, "shuffled")["pred"] in range(4)
+    with pytest.raises(EvalError, match="num_frames=6 but the evaluation uses num_frames=5"):
+        evaluate_question(EvalSetup(vllm, vllm.tokenizer, "chat", feats, num_frames=5), q, "shuffled")
+
+
+def test_surface_baselines_need_no_model():
+    val = load_siq2(SIQ2 / "qa/qa_val.json")
+    res = evaluate_questions(None, val, "longest-option", progress=False)
+    assert [r["pred"] for r in res["records"]] == [max(range(4), key=lambda i: (len(q.options[i].strip()), -i)) for q in val]
+    res = evaluate_questions(None, val, "majority-position", prior=[val[0], val[0], val[1]], progress=False)
+    assert {r["pred"] for r in res["records"]} == {val[0].answer_idx} and res["majority_from"] == "prior"
+    m = summarize(evaluate_questions(None, val, "shortest-option", progress=False))
+    assert m["n"] == 8 and m["mode"] == "shortest-option" and "accuracy_letter" not in m
+
+
+def _vtom(*args, cwd=None):
+    import subprocess
+    import sys
+    exe = Path(sys.executable).parent / "vtom"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_exit_codes_of_bad_inputs(tmp_path):
+    empty, blank = tmp_path / "empty.json", tmp_path / "blank.json"
+    empty.write_text("")
+    blank.write_text("\n  \n")
+    for f in (empty, blank):
+        r = _vtom("eval", "siq2", "--qa", f, "--llm", "tiny")
+        assert r.returncode == 2 and "no questions (empty or blank file)" in r.stderr and "Traceback" not in r.stderr
+    r = _vtom("eval", "siq2", "--qa", SIQ2 / "qa/qa_test.json", "--llm", "tiny")
+    assert r.returncode == 2 and "has an answer" in r.stderr and "--write-submission" in r.stderr
+    for bad in ("0", "-1"):
+        r = _vtom("eval", "siq2", "--qa", SIQ2 / "qa/qa_val.json", "--llm", "tiny", "--limit", bad)
+        assert r.returncode == 2 and "--limit" in r.stderr and "at least 1" in r.stderr
+    a, b = tmp_path / "a.predictions.jsonl", tmp_path / "b.predictions.jsonl"
+    a.write_text(json.dumps({"qid": "q1", "video_id": "v", "correct": True}) + "\n")
+    b.write_text(json.dumps({"qid": "q2", "video_id": "v", "correct": True}) + "\n")
+    r = _vtom("eval", "compare", a, b)
+    assert r.returncode == 2 and "different questions" in r.stderr
+
+
+def test_unanswered_questions_are_counted_and_no_nan(tmp_path):
+    lines = (SIQ2 / "qa/qa_val.json").read_text().splitlines()
+    rec = json.loads(lines[3])
+    for k in ("answer_idx", "ans_corr", "idx_types"): rec.pop(k, None)
+    qa = tmp_path / "qa.json"
+    qa.write_text("\n".join(lines[:3] + [json.dumps(rec)] + lines[4:]) + "\n")
+    out = tmp_path / "m.json"
+    assert eval_main(["siq2", "--qa", str(qa), "--mode", "longest-option", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the metrics JSON"))
+    assert m["n"] == 7 and m["unanswered"] == 1 and m["unanswered_qids"] == [rec["qid"]]
+
+
+def test_failed_questions_exit_1(tmp_path):
+    import pickle
+    store = tmp_path / "feats"
+    store.mkdir()
+    (store / "vidA.pkl").write_bytes(pickle.dumps(np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)))
+    (store / "vidB.pkl").write_bytes(pickle.dumps(np.zeros((3, 8), np.float32)))      # too few rows for num_frames=8
+    args = ["siq2", "--qa", str(SIQ2 / "qa/qa_val.json"), "--mode", "blank", "--llm", "tiny", "--device", "cpu",
+            "--features", str(store), "--num-frames", "8", "--no-progress", "--out", str(tmp_path / "m.json")]
+    assert eval_main(args) == 1
+    m = json.loads((tmp_path / "m.json").read_text())
+    n_b = sum(q.video_id == "vidB" for q in load_siq2(SIQ2 / "qa/qa_val.json"))
+    assert m["failed"] == n_b and m["n"] > 0 and m["failures"][0]["qid"].startswith("vidB")

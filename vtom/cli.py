@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "features": ("vtom.features", "bench_features_main", "Feature extraction speed against a reference-style path."),
     "train": ("vtom.train", "bench_train_main", "Projector training speed, frozen versus naive."),
     "social": ("vtom.social", "bench_social_main", "Social-signal speed: frames/s (faces, mesh, expressions), ASR and VAD real-time factors."),
+    "eval": ("vtom.evaluate", "bench_eval_main", "Multiple-choice scoring speed, shared prompt (KV cache) versus full sequences."),
 }
 
 # %% ../nbs/99_cli.ipynb #f3a8eb1e

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import re
+import sys
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -21,23 +23,37 @@ import torch
 
 from .core import (VtomError, atomic_path, get_device, get_logger, git_commit, package_versions,
                        seed_everything, write_json)
-from .data import (LETTERS, DataFormatError, MCQuestion, format_mc_prompt, load_siq2, question_word, split_available,
+from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, format_mc_prompt, load_siq2, question_word, split_available,
                        unique_qids)
 from .features import FeatureStore
 from .model import VideoLLM, VideoLLMConfig, load_llm, tokenize_conversation
 
 # %% auto #0
-__all__ = ['MODES', 'VIDEO_MODES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError', 'check_mode', 'mode_prompt', 'option_continuation',
-           'encode_choices', 'generation_prompt_ids', 'answer_logprobs', 'pad_batch', 'score_choices',
-           'transform_features', 'parse_choice', 'generate_choice', 'EvalSetup', 'evaluate_question',
-           'evaluate_questions', 'bootstrap_ci', 'accuracy_table', 'summarize', 'plot_metrics', 'write_submission',
-           'load_eval_setup', 'load_benchmark', 'eval_main']
+__all__ = ['VIDEO_MODES', 'SURFACE_MODES', 'MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError', 'check_mode',
+           'surface_choice', 'majority_position', 'mode_prompt', 'option_continuation', 'cloze_prompt', 'rule_inputs',
+           'encode_choices', 'generation_prompt_ids', 'answer_logprobs', 'token_logprobs', 'pad_batch',
+           'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs', 'rule_scores', 'null_logprobs',
+           'length_shortcut', 'rule_length_shortcuts', 'check_num_frames', 'transform_features', 'parse_choice',
+           'generate_choice', 'EvalSetup', 'evaluate_question', 'sample_videos', 'evaluate_questions',
+           'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison', 'pair_records', 'accuracy_table',
+           'mode_table', 'format_mode_table', 'summarize', 'plot_metrics', 'write_submission', 'load_eval_setup',
+           'load_benchmark', 'eval_main', 'load_records', 'bench_eval_main']
 
 # %% ../nbs/06_eval.ipynb #d2e09d4e
-MODES = ("video", "text", "answer-only", "shuffled", "blank")
 VIDEO_MODES = ("video", "shuffled", "blank")
-SCORINGS = ("mean", "sum", "generate")
-DEFAULT_SCORING = "mean"
+SURFACE_MODES = ("longest-option", "shortest-option", "majority-position")   # baselines computed without a model
+MODES = ("video", "text", "answer-only", "shuffled", "blank", *SURFACE_MODES)
+SCORING_RULES = {
+    "letter": "log-prob of the answer letter, the first answer token after the prompt that lists the lettered options "
+              "(MMLU-style; one forward per question); every option is one token, so option length cannot matter",
+    "cloze": "the option text alone as the answer to the question without listed options; summed log-prob divided by the "
+             "option's length in characters (lm-eval-harness acc_norm)",
+    "mean": "'B. option text' + end token after the listed options, mean log-prob per token; the listed text is copied "
+            "almost for free, so longer options win (kept for comparison)",
+    "sum": "the same continuation as `mean`, summed log-prob (kept for comparison)",
+}
+SCORINGS = (*SCORING_RULES, "generate")
+DEFAULT_SCORING = "letter"      # chosen by measurement: see "Choosing the scoring rule" below
 
 class EvalError(VtomError):
     "Evaluation cannot run as asked (bad mode, missing features, wrong model); the message says what to change."
@@ -47,6 +63,20 @@ def check_mode(mode: str) -> str:
     if mode not in MODES: raise EvalError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
     return mode
 
+def surface_choice(q: MCQuestion, mode: str, majority: int = 0) -> int:
+    "The option a model-free baseline picks: the longest or shortest text (characters; ties: the first), or the `majority` position."
+    if mode not in SURFACE_MODES: raise EvalError(f"{mode!r} is not a model-free baseline ({', '.join(SURFACE_MODES)}).")
+    lengths = [len(o.strip()) for o in q.options]
+    if mode == "longest-option": return int(np.argmax(lengths))
+    if mode == "shortest-option": return int(np.argmin(lengths))
+    return majority
+
+def majority_position(questions: Sequence[MCQuestion]) -> int:
+    "The most frequent answer position among `questions` with answers (ties: the lowest)."
+    counts = Counter(q.answer_idx for q in questions if q.answer_idx is not None)
+    if not counts: raise EvalError("majority-position needs questions with answers (e.g. --prior-qa qa_train.json).")
+    return min(counts, key=lambda i: (-counts[i], i))
+
 def mode_prompt(q: MCQuestion, mode: str) -> str:
     "The user turn for question `q` under an evaluation `mode` (same text as training, parts switched off)."
     check_mode(mode)
@@ -55,6 +85,18 @@ def mode_prompt(q: MCQuestion, mode: str) -> str:
 def option_continuation(q: MCQuestion, i: int) -> str:
     "The assistant answer scored for option `i`: the letter and the option's text (the training target format)."
     return f"{LETTERS[i]}. {q.options[i]}"
+
+def cloze_prompt(q: MCQuestion, mode: str) -> str:
+    "The user turn of the `cloze` rule: optional `<video>` and the question, no listed options (`answer-only`: no question)."
+    check_mode(mode)
+    lines = [VIDEO_PLACEHOLDER] if mode in VIDEO_MODES else []
+    if mode != "answer-only": lines.append(f"Question: {q.question}")
+    return "\n".join(lines + ["Answer in one sentence."])
+
+def rule_inputs(q: MCQuestion, mode: str, rule: str) -> tuple[str, list[str]]:
+    "The user turn and the scored answers of a scoring rule (`letter`, `mean` and `sum` share them)."
+    if rule == "cloze": return cloze_prompt(q, mode), list(q.options)
+    return mode_prompt(q, mode), [option_continuation(q, i) for i in range(len(q.options))]
 
 # %% ../nbs/06_eval.ipynb #04dc2298
 def encode_choices(tokenizer, user: str, answers: Sequence[str], template: str = "chat",
@@ -78,13 +120,17 @@ def generation_prompt_ids(encoded: dict) -> list[int]:
 # %% ../nbs/06_eval.ipynb #08e5a26a
 def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Sum of log-probabilities of the labelled tokens and their count, per sequence (`labels` -100 = not scored)."
-    logits, labels = logits[:, :-1], labels[:, 1:]          # position t predicts token t+1
-    mask = labels != -100
-    rows = logits[mask].float().log_softmax(-1)               # only the scored positions
-    lp = rows.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1)
+    lp, mask = token_logprobs(logits, labels)
     batch_idx = mask.nonzero()[:, 0]
     total = torch.zeros(labels.shape[0], dtype=torch.float64, device=lp.device).index_add_(0, batch_idx, lp.double())
     return total.cpu(), mask.sum(1).cpu()
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "Log-probability of every labelled token (flat, row-major) and the mask of scored positions (position t predicts t+1)."
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    rows = logits[mask].float().log_softmax(-1)               # only the scored positions
+    return rows.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1), mask
 
 def pad_batch(encoded: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     "Right-pad encoded choices into input_ids / attention_mask / labels tensors."
@@ -98,8 +144,8 @@ def pad_batch(encoded: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 @torch.no_grad()
-def score_choices(model, encoded: list[dict], pad_id: int, video_features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    "Score each encoded choice in one forward: `sum` and `mean` answer log-likelihood and the token `count`."
+def full_sequence_logprobs(model, encoded: list[dict], pad_id: int, video_features: torch.Tensor | None = None) -> list[np.ndarray]:
+    "Log-probs of each choice's answer tokens from one batched forward of the full `prompt + answer` sequences."
     batch = pad_batch(encoded, pad_id)
     device = next(model.parameters()).device
     kwargs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
@@ -108,14 +154,109 @@ def score_choices(model, encoded: list[dict], pad_id: int, video_features: torch
     labels = batch["labels"]
     scored = (labels != -100).any(0).nonzero()
     keep = labels.shape[1] - int(scored[0]) + 1 if len(scored) else labels.shape[1]   # logits only from the first answer position on
-    logits = model(**kwargs, logits_to_keep=keep).logits
-    total, count = answer_logprobs(logits, labels[:, labels.shape[1] - logits.shape[1]:].to(logits.device))
-    total, count = total.numpy(), count.numpy()
+    logits = model(**kwargs, logits_to_keep=keep, use_cache=False).logits
+    lp, mask = token_logprobs(logits, labels[:, labels.shape[1] - logits.shape[1]:].to(logits.device))
+    return [x.double().cpu().numpy() for x in lp.split(mask.sum(1).tolist())]
+
+def score_choices(model, encoded: list[dict], pad_id: int, video_features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    "Score each encoded choice in one forward of the full sequences: `sum` and `mean` answer log-likelihood, token `count`."
+    lps = full_sequence_logprobs(model, encoded, pad_id, video_features)
+    total, count = np.array([lp.sum() for lp in lps]), np.array([len(lp) for lp in lps])
     return {"sum": total, "mean": total / np.maximum(count, 1), "count": count}
+
+# %% ../nbs/06_eval.ipynb #b7c0e002
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for j in range(n):
+        if any(s[j] != seqs[0][j] for s in seqs[1:]): return j
+    return n
+
+def _cache_kwarg(model) -> str:
+    "The name under which this LM's forward takes a KV cache (`cache` in newer transformers, `past_key_values` before)."
+    lm = getattr(model, "lm", model)
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+@torch.no_grad()
+def shared_prefix_logprobs(model, encoded: list[dict], pad_id: int, video_features: torch.Tensor | None = None,
+                           first_only: bool = False) -> list[np.ndarray]:
+    "Log-probs of each choice's answer tokens: the shared prompt (and video) runs once with a KV cache, then only the options."
+    first = min(next(j for j, l in enumerate(e["labels"]) if l != -100) for e in encoded)
+    k = min(_common_prefix([e["input_ids"] for e in encoded]), first)
+    if k == 0: raise EvalError("The choices share no prompt: nothing to encode once.")
+    device = next(model.parameters()).device
+    prefix = torch.tensor([encoded[0]["input_ids"][:k]], device=device)
+    extra = {} if video_features is None else {"video_features": video_features.to(device).unsqueeze(0)}
+    out = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1, **extra)
+    last = out.logits[0, -1].float().log_softmax(-1)          # predicts the first token after the prefix
+    rests = [(e["input_ids"][k:], e["labels"][k:]) for e in encoded]
+    if first_only and all(lab[0] != -100 for _, lab in rests):
+        return [np.array([float(last[ids[0]])]) for ids, _ in rests]
+    n, b = max(len(ids) for ids, _ in rests), len(rests)
+    ids = torch.full((b, n), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, k + n), dtype=torch.long)
+    mask[:, :k] = 1
+    for i, (r, _) in enumerate(rests): ids[i, :len(r)], mask[i, k:k + len(r)] = torch.tensor(r), 1
+    cache = getattr(out, "cache", None)
+    if cache is None: cache = out.past_key_values
+    cache.batch_repeat_interleave(b)                           # one copy of the prompt's keys/values per option
+    pos = torch.arange(k, k + n, device=device).expand(b, n)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos, use_cache=True,
+                   **{_cache_kwarg(model): cache}).logits
+    result = []
+    for i, (r, lab) in enumerate(rests):
+        pos = [j for j, l in enumerate(lab) if l != -100]          # token j is predicted by continuation position j - 1
+        rows = torch.stack([last if j == 0 else logits[i, j - 1].float().log_softmax(-1) for j in pos])
+        result.append(rows.gather(-1, torch.tensor([r[j] for j in pos], device=rows.device)[:, None])[:, 0].double().cpu().numpy())
+    return result
+
+def rule_scores(rule: str, token_lps: Sequence[np.ndarray], options: Sequence[str]) -> np.ndarray:
+    "Each option's score under a scoring rule, from its answer-token log-probs (`rule_inputs` says which answers)."
+    if rule == "letter": return np.array([lp[0] for lp in token_lps], dtype=float)
+    total = np.array([np.sum(lp) for lp in token_lps], dtype=float)
+    if rule == "sum": return total
+    if rule == "mean": return total / np.array([max(len(lp), 1) for lp in token_lps])
+    if rule == "cloze": return total / np.array([max(len(o), 1) for o in options])
+    raise EvalError(f"Unknown scoring rule {rule!r}; use one of {', '.join(SCORING_RULES)}.")
+
+# %% ../nbs/06_eval.ipynb #b7c0e005
+def null_logprobs(n_tokens: int, copy: bool = False) -> np.ndarray:
+    "Answer-token log-probs of a model that knows nothing: -1 per token; with `copy` only the first token costs (the rest is copied from the listed options)."
+    lp = np.full(n_tokens, -1.0)
+    if copy: lp[1:] = 0.0
+    return lp
+
+def length_shortcut(rule: str, n_tokens: Sequence[int], options: Sequence[str], answer_idx: int, copy: bool = False) -> float:
+    "Expected accuracy (ties split evenly) of `rule` on `null_logprobs`: what the options' lengths alone make it pick."
+    lps = [null_logprobs(n, copy and rule != "cloze") for n in n_tokens]   # cloze lists no options: nothing to copy
+    s = rule_scores(rule, lps, options)
+    best = np.flatnonzero(np.isclose(s, s.max()))
+    return float(answer_idx in best) / len(best)
+
+def rule_length_shortcuts(tokenizer, questions: Sequence[MCQuestion], template: str = "chat", mode: str = "text") -> dict:
+    "Each rule's length shortcut on `questions` from tokenization alone (no model): `{rule: {'uniform': acc, 'copy': acc}}`."
+    answered = [q for q in questions if q.answer_idx is not None]
+    if not answered: raise EvalError("No question has an answer_idx: there is nothing to measure the shortcut on.")
+    acc = defaultdict(list)
+    for q in answered:
+        for group in (("letter", "mean", "sum"), ("cloze",)):
+            user, answers = rule_inputs(q, mode, group[0])
+            n = [sum(l != -100 for l in e["labels"]) for e in encode_choices(tokenizer, user, answers, template)]
+            for rule in group:
+                for null in ("uniform", "copy"): acc[rule, null].append(length_shortcut(rule, n, answers, q.answer_idx, null == "copy"))
+    return {rule: {null: float(np.mean(acc[rule, null])) for null in ("uniform", "copy")} for rule in SCORING_RULES}
 
 # %% ../nbs/06_eval.ipynb #f6a0b2aa
 def _stable_seed(*parts: Any) -> int:
     return zlib.crc32("|".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+def check_num_frames(store, video_id: str, num_frames: int) -> None:
+    "Refuse features whose file records another `num_frames` than the evaluation uses (the temporal rows would be misread)."
+    meta = store.meta(video_id) if hasattr(store, "meta") else {}
+    stored = meta.get("num_frames")
+    if stored is not None and int(stored) != num_frames:
+        raise EvalError(f"features of {video_id!r} were extracted with num_frames={stored} but the evaluation uses num_frames={num_frames} "
+                        "(--num-frames or the checkpoint's); shuffling and the projector would misread the temporal rows. "
+                        "Pass --num-frames to match, or extract features with the checkpoint's setting.")
 
 def transform_features(features: torch.Tensor, mode: str, num_frames: int, key: str = "", seed: int = 0) -> torch.Tensor:
     "The video input of an evaluation mode: unchanged (`video`), real temporal rows permuted (`shuffled`), or zeros (`blank`)."
@@ -178,99 +319,208 @@ class EvalSetup:
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
-def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str = DEFAULT_SCORING, seed: int = 0) -> dict:
-    "Score (or generate an answer to) one question under `mode`; returns a per-question record."
+def _check_rules(scoring: str, rules: Sequence[str] | None) -> list[str]:
     if scoring not in SCORINGS: raise EvalError(f"Unknown scoring {scoring!r}; use one of {', '.join(SCORINGS)}.")
+    bad = [r for r in rules or () if r not in SCORING_RULES]
+    if bad: raise EvalError(f"Unknown scoring rule(s) {bad}; use {', '.join(SCORING_RULES)}.")
+    return [] if scoring == "generate" else list(dict.fromkeys([scoring, *(rules or ())]))
+
+def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str = DEFAULT_SCORING, seed: int = 0,
+                      rules: Sequence[str] | None = None, majority: int = 0) -> dict:
+    "Score (or generate an answer to) one question under `mode` (shared-prefix scoring); `rules` adds other scoring rules to the record."
+    wanted = _check_rules(scoring, rules)
+    if mode in SURFACE_MODES:
+        pred = surface_choice(q, mode, majority)
+        return {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question),
+                "answer_idx": q.answer_idx, "pred": pred, "correct": None if q.answer_idx is None else pred == q.answer_idx}
     feats = None
     if mode in VIDEO_MODES:
         if setup.features is None: raise EvalError(f"mode {mode!r} needs video features (--features DIR).")
+        check_num_frames(setup.features, q.video_id, setup.num_frames)
         feats = transform_features(torch.as_tensor(setup.features[q.video_id]).float(), mode, setup.num_frames, q.video_id, seed)
-    answers = [option_continuation(q, i) for i in range(len(q.options))]
-    enc = encode_choices(setup.tokenizer, mode_prompt(q, mode), answers, setup.template,
-                         0 if feats is None else feats.shape[0], setup.max_length)
+        if hasattr(setup.model, "dtype"): feats = feats.to(setup.model.dtype)
+    nvt = 0 if feats is None else feats.shape[0]
     rec = {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question),
            "answer_idx": q.answer_idx}
-    if feats is not None and hasattr(setup.model, "dtype"): feats = feats.to(setup.model.dtype)
     if scoring == "generate":
+        enc = encode_choices(setup.tokenizer, mode_prompt(q, mode), [option_continuation(q, 0)], setup.template, nvt, setup.max_length)
         pred, text = generate_choice(setup.model, setup.tokenizer, enc[0], q.options, feats)
         rec.update(pred=pred, generated=text)
     else:
-        s = score_choices(setup.model, enc, _pad_id(setup.tokenizer), feats)
-        rec.update(scores_mean=[round(float(x), 6) for x in s["mean"]], scores_sum=[round(float(x), 6) for x in s["sum"]],
-                   n_tokens=s["count"].tolist(), pred_mean=int(np.argmax(s["mean"])), pred_sum=int(np.argmax(s["sum"])))
-        rec["pred"] = rec[f"pred_{scoring}"]
+        scores, n_tokens = {}, {}
+        for group in (("letter", "mean", "sum"), ("cloze",)):      # rules of a group share their prompt and answers
+            todo = [r for r in wanted if r in group]
+            if not todo: continue
+            user, answers = rule_inputs(q, mode, todo[0])
+            enc = encode_choices(setup.tokenizer, user, answers, setup.template, nvt, setup.max_length)
+            lps = shared_prefix_logprobs(setup.model, enc, _pad_id(setup.tokenizer), feats, first_only=todo == ["letter"])
+            for r in todo:
+                scores[r] = [round(float(x), 6) for x in rule_scores(r, lps, answers)]
+                n_tokens[r] = [sum(l != -100 for l in e["labels"]) for e in enc]
+        preds = {r: int(np.argmax(s)) for r, s in scores.items()}
+        rec.update(scores=scores, preds=preds, n_tokens=n_tokens, n_chars=[len(o) for o in q.options], pred=preds[scoring])
     rec["correct"] = None if q.answer_idx is None else bool(rec["pred"] == q.answer_idx)
     return rec
 
+def sample_videos(questions: list[MCQuestion], limit: int, seed: int = 0) -> list[MCQuestion]:
+    "At least `limit` questions made of whole videos drawn in a seeded random order (a video's questions all or none), in file order."
+    if limit < 1: raise EvalError(f"limit must be a positive number of questions, not {limit}.")
+    by_video = defaultdict(list)
+    for q in questions: by_video[q.video_id].append(q)
+    keep, n = set(), 0
+    for v in np.random.default_rng(seed).permutation(sorted(by_video)):
+        if n >= limit: break
+        keep.add(v); n += len(by_video[v])
+    return [q for q in questions if q.video_id in keep]
+
 def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str = "text", scoring: str = DEFAULT_SCORING,
-                       seed: int = 0, limit: int | None = None, progress: bool = True) -> dict:
+                       seed: int = 0, limit: int | None = None, progress: bool = True, rules: Sequence[str] | None = None,
+                       prior: Sequence[MCQuestion] | None = None) -> dict:
     "Run one mode over questions (those with features, when features are given): records, skipped and failed qids."
     check_mode(mode)
+    majority = majority_position(prior if prior is not None else questions) if mode == "majority-position" else 0
     seed_everything(seed)
-    if setup.features is not None:
+    if setup is not None and setup.features is not None:
         ids = setup.features.ids() if hasattr(setup.features, "ids") else setup.features.keys()
         questions, skipped = split_available(questions, ids)
     elif mode in VIDEO_MODES: raise EvalError(f"mode {mode!r} needs video features (--features DIR).")
     else: skipped = []
-    if limit: questions = questions[:limit]
+    if limit is not None: questions = sample_videos(questions, limit, seed)
     records, failed = [], []
     from tqdm.auto import tqdm
     for q in tqdm(questions, desc=f"eval {mode}", disable=not progress, unit="q"):
-        try: records.append(evaluate_question(setup, q, mode, scoring, seed))
+        try: records.append(evaluate_question(setup, q, mode, scoring, seed, rules, majority))
         except (EvalError, KeyError, ValueError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not isinstance(e, VtomError) and "out of memory" in str(e): raise
             failed.append({"qid": q.qid, "error": f"{type(e).__name__}: {e}"})
-    return {"records": records, "skipped": [q.qid for q in skipped], "failed": failed, "mode": mode, "scoring": scoring}
+    out = {"records": records, "skipped": [q.qid for q in skipped], "failed": failed, "mode": mode,
+           "scoring": "none" if mode in SURFACE_MODES else scoring, "rules": [] if mode in SURFACE_MODES else _check_rules(scoring, rules)}
+    if mode == "majority-position": out.update(majority_position=majority, majority_from="prior" if prior is not None else "in-sample")
+    return out
 
 # %% ../nbs/06_eval.ipynb #9383cee8
+def bootstrap_means(values: Sequence | np.ndarray, clusters: Sequence[str] | None = None, n_boot: int = 2000,
+                    seed: int = 0) -> np.ndarray:
+    "Bootstrap distribution `[n_boot, k]` of the column means of `values` `[n, k]`, resampling whole clusters (e.g. videos)."
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 1: v = v[:, None]
+    if len(v) == 0: raise EvalError("Nothing to bootstrap: no scored question.")
+    inv = np.arange(len(v)) if clusters is None else np.unique(np.asarray(clusters, dtype=str), return_inverse=True)[1]
+    if len(inv) != len(v): raise EvalError(f"{len(inv)} cluster labels for {len(v)} items.")
+    counts = np.bincount(inv)
+    sums = np.stack([np.bincount(inv, weights=v[:, j], minlength=len(counts)) for j in range(v.shape[1])], 1)
+    pick = np.random.default_rng(seed).integers(0, len(counts), size=(n_boot, len(counts)))
+    return sums[pick].sum(1) / counts[pick].sum(1)[:, None]
+
 def bootstrap_ci(correct: Sequence[bool], n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
                  clusters: Sequence[str] | None = None) -> tuple[float, float]:
-    "Percentile bootstrap CI of the mean of `correct` (resampling items, or whole clusters such as videos)."
-    x = np.asarray(correct, dtype=float)
-    if len(x) == 0: return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    if clusters is None:
-        means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    else:
-        keys, inv = np.unique(np.asarray(clusters), return_inverse=True)
-        sums, counts = np.bincount(inv, weights=x, minlength=len(keys)), np.bincount(inv, minlength=len(keys))
-        pick = rng.integers(0, len(keys), size=(n_boot, len(keys)))
-        means = sums[pick].sum(1) / counts[pick].sum(1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    "Percentile bootstrap CI of the mean of `correct`, resampling whole `clusters` (video ids; the default of every caller that has them) or single items."
+    lo, hi = np.quantile(bootstrap_means(correct, clusters, n_boot, seed)[:, 0], [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
-def accuracy_table(records: list[dict], key: str | None = None, clusters: str | None = None, **kw) -> dict:
-    "Accuracy, 95% CI and n overall (`key=None`) or per value of `key` (e.g. 'subset', 'qword')."
+def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
+    "Exact two-sided McNemar p-value: binomial(n_discordant, 1/2) tail of the smaller discordant count, doubled."
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    if n == 0: return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2 ** n)          # exact integers, one rounding
+
+def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool], clusters: Sequence[str] | None,
+                      n_boot: int = 2000, seed: int = 0) -> dict:
+    "Accuracy of A and B on the same questions, `diff` = A - B with a paired video-clustered bootstrap 95% CI, exact McNemar p."
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1: raise EvalError(f"paired_comparison needs two equally long lists ({a.shape} vs {b.shape}).")
+    boot = bootstrap_means(a - b, clusters, n_boot, seed)[:, 0]
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"n": int(len(a)), "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "diff": float(a.mean() - b.mean()),
+            "ci95": [float(lo), float(hi)], "p_mcnemar": mcnemar_exact(a > 0, b > 0)}
+
+def pair_records(records_a: list[dict], records_b: list[dict], names: tuple[str, str] = ("A", "B")) -> tuple[list, list, list]:
+    "Align two runs' scored records by question id -> (correct_a, correct_b, video ids); an error names the ids that differ."
+    def scored(recs, name):
+        out = {}
+        for r in recs:
+            if r.get("correct") is None: continue
+            if r["qid"] in out: raise EvalError(f"{name}: question id {r['qid']!r} appears twice.")
+            out[r["qid"]] = r
+        return out
+    a, b = scored(records_a, names[0]), scored(records_b, names[1])
+    if set(a) != set(b):
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        raise EvalError(f"{names[0]} and {names[1]} score different questions ({len(only_a)} only in {names[0]}, e.g. {only_a[:3]}; "
+                        f"{len(only_b)} only in {names[1]}, e.g. {only_b[:3]}): run both on the same question set "
+                        "(same --qa, --features, --limit and --seed).")
+    if not a: raise EvalError(f"{names[0]} and {names[1]} have no scored question (no answer_idx?).")
+    ids = sorted(a)
+    return [a[i]["correct"] for i in ids], [b[i]["correct"] for i in ids], [a[i].get("video_id", i) for i in ids]
+
+def accuracy_table(records: list[dict], key: str | None = None, clusters: str | None = "video_id", **kw) -> dict:
+    "Accuracy, 95% CI (video-clustered by default) and n overall (`key=None`) or per value of `key` (e.g. 'subset', 'qword')."
     scored = [r for r in records if r.get("correct") is not None]
     def stats(rs):
         c = [r["correct"] for r in rs]
         lo, hi = bootstrap_ci(c, clusters=[r[clusters] for r in rs] if clusters else None, **kw)
-        return {"accuracy": float(np.mean(c)) if c else float("nan"), "ci95": [lo, hi], "n": len(c)}
+        return {"accuracy": float(np.mean(c)), "ci95": [lo, hi], "n": len(c)}
     if key is None: return stats(scored)
     groups = defaultdict(list)
     for r in scored: groups[str(r.get(key))].append(r)
     return {g: stats(rs) for g, rs in sorted(groups.items(), key=lambda kv: -len(kv[1]))}
 
+# %% ../nbs/06_eval.ipynb #a7c0e004
+def mode_table(records_by_mode: dict[str, list[dict]], model: str, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    "One row per mode: accuracy with its video-clustered CI, and for every other mode the paired difference `model - mode`."
+    if model not in records_by_mode: raise EvalError(f"mode_table: the model's mode {model!r} is not among {list(records_by_mode)}.")
+    rows = []
+    for mode, recs in records_by_mode.items():
+        own = accuracy_table(recs, n_boot=n_boot, seed=seed)
+        row = {"mode": mode, "n": own["n"], "accuracy": own["accuracy"], "ci95": own["ci95"]}
+        if mode != model:
+            pc = paired_comparison(*pair_records(records_by_mode[model], recs, (model, mode)), n_boot=n_boot, seed=seed)
+            row.update(diff_to_model=pc["diff"], diff_ci95=pc["ci95"], p_mcnemar=pc["p_mcnemar"])
+        rows.append(row)
+    return rows
+
+def format_mode_table(rows: list[dict]) -> str:
+    "A Markdown table of `mode_table` rows (the model's own row has no difference)."
+    out = ["| mode | n | accuracy [95% CI] | model - mode [95% CI] | McNemar p |", "|---|---|---|---|---|"]
+    for r in rows:
+        acc = f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+        diff = (f"{r['diff_to_model']:+.3f} [{r['diff_ci95'][0]:+.3f}, {r['diff_ci95'][1]:+.3f}]", f"{r['p_mcnemar']:.3g}") \
+            if "diff_to_model" in r else ("(model)", "")
+        out.append(f"| {r['mode']} | {r['n']} | {acc} | {diff[0]} | {diff[1]} |")
+    return "\n".join(out)
+
 # %% ../nbs/06_eval.ipynb #3972d3fe
-def summarize(result: dict, clusters: str | None = None, **info) -> dict:
+def summarize(result: dict, clusters: str | None = "video_id", **info) -> dict:
     "Metrics of an `evaluate_questions` result: overall/per-subset/per-question-word accuracy with 95% CIs, provenance."
     recs = result["records"]
-    overall = accuracy_table(recs, clusters=clusters)
+    unanswered = [r["qid"] for r in recs if r["answer_idx"] is None]   # counted and listed, never silently dropped
+    overall = accuracy_table(recs, clusters=clusters) if len(unanswered) < len(recs) else {"accuracy": None, "ci95": None, "n": 0}
     out = {"accuracy": overall["accuracy"], "ci95": overall["ci95"], "n": overall["n"], "skipped": len(result["skipped"]),
-           "failed": len(result["failed"]), "mode": result["mode"], "scoring": result["scoring"], "chance": 0.25}
-    if result["scoring"] != "generate":
-        for s in ("mean", "sum"):
-            c = [r[f"pred_{s}"] == r["answer_idx"] for r in recs if r["answer_idx"] is not None]
-            out[f"accuracy_{s}"] = float(np.mean(c)) if c else float("nan")
-    else:
+           "failed": len(result["failed"]), "unanswered": len(unanswered), "mode": result["mode"], "scoring": result["scoring"],
+           "chance": 0.25}
+    answered = [r for r in recs if r["answer_idx"] is not None]
+    if result["mode"] == "majority-position": out.update({k: result[k] for k in ("majority_position", "majority_from")})
+    if result["scoring"] not in ("generate", "none"):
+        out["scoring_rule"] = SCORING_RULES[result["scoring"]]
+        rules = [r for r in SCORING_RULES if any(r in rec["scores"] for rec in recs)]
+        for rule in rules:
+            out[f"accuracy_{rule}"] = float(np.mean([r["preds"][rule] == r["answer_idx"] for r in answered])) if answered else None
+        if answered:   # what each rule would score from the options' lengths alone (chance = no length shortcut)
+            out["length_shortcut"] = {rule: {null: float(np.mean([length_shortcut(rule, r["n_tokens"][rule], ["x" * c for c in r["n_chars"]],
+                                                                                    r["answer_idx"], null == "copy") for r in answered]))
+                                             for null in ("uniform", "copy")} for rule in rules}
+    elif result["scoring"] == "generate":
         out["unparsed"] = sum(r["pred"] is None for r in recs)
     out["by_subset"] = accuracy_table(recs, "subset", clusters=clusters)
     out["by_qword"] = accuracy_table(recs, "qword", clusters=clusters)
     if any(r["qtype"] != r["qword"] for r in recs): out["by_qtype"] = accuracy_table(recs, "qtype", clusters=clusters)
     out["pred_positions"] = dict(sorted(Counter(str(r["pred"]) for r in recs).items()))
     out["answer_positions"] = dict(sorted(Counter(str(r["answer_idx"]) for r in recs).items()))
-    out["bootstrap"] = {"n_boot": 2000, "level": 0.95, "resample": clusters or "question"}
-    out["skipped_qids"], out["failures"] = result["skipped"][:50], result["failed"][:50]
+    out["bootstrap"] = {"n_boot": 2000, "level": 0.95, "resample": "video" if clusters == "video_id" else clusters or "question"}
+    out["skipped_qids"], out["failures"], out["unanswered_qids"] = result["skipped"][:50], result["failed"][:50], unanswered[:50]
     out.update(info)
     return out
 
@@ -335,12 +585,13 @@ def _feature_store(path: str | Path | None):
 def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str | Path | None = None,
                     features: str | Path | None = None, vision: str | None = None, template: str | None = None,
                     device: str = "auto", dtype: str = "auto", num_frames: int | None = None) -> EvalSetup:
-    "Load the model (text LM, or VideoLLM from `checkpoint`) and the feature store needed by `mode`."
+    "Load the model (text LM, or VideoLLM from `checkpoint`) and the feature store needed by `mode` (no model for model-free baselines)."
     check_mode(mode)
     log = get_logger("vtom.evaluate")
     dev = get_device(device)
     info = {"llm": llm, "checkpoint": str(checkpoint) if checkpoint else None, "vision": vision, "device": str(dev)}
     store = _feature_store(features)
+    if mode in SURFACE_MODES: return EvalSetup(None, None, features=store, info={**info, "llm": None, "template": None})   # no model
     if checkpoint is not None or mode in VIDEO_MODES:
         lm, tok = load_llm(llm, device=dev, dtype=dtype)
         if checkpoint is not None:
@@ -383,11 +634,18 @@ def load_benchmark(name: str, qa: str | Path, split_file: str | Path | None = No
     raise EvalError(f"Unknown benchmark {name!r}; use siq2, synth, siq1 or tinysocial.")
 
 # %% ../nbs/06_eval.ipynb #720d9a1d
+def _positive_int(text: str) -> int:
+    try: n = int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {n} (leave --limit out to evaluate every question)")
+    return n
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtom eval", description="Judge-free multiple-choice evaluation with shortcut baselines.")
-    p.add_argument("benchmark", choices=("siq2", "synth", "siq1", "tinysocial", "plot"),
-                   help="question format (synth = vtom synth output, Social-IQ 2.0 format); `plot` draws metrics files")
-    p.add_argument("metrics", nargs="*", help="(plot only) metrics JSON files to draw side by side")
+    p.add_argument("benchmark", choices=("siq2", "synth", "siq1", "tinysocial", "plot", "compare"),
+                   help="question format (synth = vtom synth output, Social-IQ 2.0 format); `plot` draws metrics files; "
+                        "`compare A B` compares two runs question by question")
+    p.add_argument("metrics", nargs="*", help="(plot, compare) metrics JSON files (or their .predictions.jsonl)")
     p.add_argument("--qa", help="questions: a Social-IQ 2.0 qa_*.json (siq2/synth), the Social-IQ 1.0 qa folder, a TinySocial file")
     p.add_argument("--split-file", help="Social-IQ 2.0 original_split.json (subsets) or Social-IQ 1.0 folds file")
     p.add_argument("--split", help="(siq1) which fold's videos to keep, e.g. valid")
@@ -395,15 +653,19 @@ def _parser() -> argparse.ArgumentParser:
                    "modes it restricts the run to the same questions (those with features)")
     p.add_argument("--mode", default="text", choices=MODES)
     p.add_argument("--scoring", default=DEFAULT_SCORING, choices=SCORINGS,
-                   help="mean (length-normalised log-likelihood, default), sum (raw), generate (parse a greedy answer)")
+                   help="; ".join(f"{k}: {v}" for k, v in SCORING_RULES.items()) + "; generate: parse a greedy answer")
+    p.add_argument("--all-rules", action="store_true", help="also score every other rule (accuracy_<rule> and its length shortcut)")
     p.add_argument("--llm", default="embedded", help="language model: embedded, a local directory or a hub name")
     p.add_argument("--checkpoint", help="trained VideoLLM directory (projector); its config names the template")
     p.add_argument("--vision", help="vision tower name the features came from (recorded; needed without a checkpoint)")
     p.add_argument("--template", help="conversation template (default: the checkpoint's, else the LM's chat template)")
     p.add_argument("--num-frames", type=int, help="temporal rows in the features (default: the checkpoint's, else 100)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N available questions")
+    p.add_argument("--limit", type=_positive_int, help="evaluate a seeded random sample of whole videos holding at least N questions")
+    p.add_argument("--prior-qa", help="(majority-position) questions whose most frequent answer position is the guess, e.g. "
+                   "qa_train.json (default: the evaluated questions themselves, which is optimistic)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bootstrap", choices=("question", "video"), default="question", help="resample questions or whole videos for CIs")
+    p.add_argument("--bootstrap", choices=("question", "video"), default="video",
+                   help="resample whole videos (default: questions about one video are correlated) or single questions for CIs")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--out", help="metrics JSON (predictions .jsonl and plot .png are written beside it)")
@@ -417,13 +679,24 @@ def eval_main(argv: list[str] | None = None) -> int:
     if args.benchmark == "plot":
         if not args.metrics or not args.out: raise EvalError("usage: vtom eval plot METRICS.json [...] --out FIG.png")
         return _plot_files(args.metrics, args.out)
+    if args.benchmark == "compare":
+        if len(args.metrics) != 2: raise EvalError("usage: vtom eval compare A.json B.json (metrics files or their .predictions.jsonl)")
+        a, b = (load_records(p) for p in args.metrics)
+        print(json.dumps(paired_comparison(*pair_records(a, b, tuple(args.metrics)), seed=args.seed)))
+        return 0
     if not args.qa: raise EvalError("--qa is required: the question file to evaluate.")
     t0 = time.time()
     kw = {"split": args.split} if args.benchmark == "siq1" and args.split else {}
     questions = load_benchmark(args.benchmark, args.qa, args.split_file, **kw)
+    if not questions: raise EvalError(f"{args.qa}: no questions (empty or blank file); pass a {args.benchmark} question file.")
+    if not args.write_submission and all(q.answer_idx is None for q in questions):
+        raise EvalError(f"{args.qa}: none of its {len(questions)} questions has an answer (answer_idx), so nothing can be scored "
+                        "(a test split?); use --write-submission OUT to write predictions instead.")
     setup = load_eval_setup(args.llm, args.mode, args.checkpoint, args.features, args.vision, args.template,
                             args.device, args.dtype, args.num_frames)
-    result = evaluate_questions(setup, questions, args.mode, args.scoring, args.seed, args.limit, not args.no_progress)
+    prior = load_benchmark(args.benchmark, args.prior_qa, **kw) if args.prior_qa else None
+    result = evaluate_questions(setup, questions, args.mode, args.scoring, args.seed, args.limit, not args.no_progress,
+                                list(SCORING_RULES) if args.all_rules else None, prior)
     metrics = summarize(result, clusters="video_id" if args.bootstrap == "video" else None, benchmark=args.benchmark,
                         qa_file=str(args.qa), n_questions=len(questions), seed=args.seed, **setup.info,
                         versions=package_versions(), git_commit=git_commit(Path(__file__).parent if '__file__' in globals() else '.'), seconds=None)
@@ -431,23 +704,49 @@ def eval_main(argv: list[str] | None = None) -> int:
         preds = {r["qid"]: r["pred"] for r in result["records"] if r["pred"] is not None}
         rest = [q for q in questions if q.qid not in preds]
         if rest and args.limit: raise EvalError("--write-submission needs every question: drop --limit.")
+        if rest and setup.model is None: raise EvalError(f"{len(rest)} question(s) have no prediction in mode {args.mode}: drop --features.")
         if rest:
             get_logger("vtom.evaluate").warning(f"{len(rest)} question(s) without features or a parsed answer: answered in text mode.")
             fb = EvalSetup(setup.model, setup.tokenizer, setup.template, None, setup.num_frames, setup.max_length)
-            for q in rest: preds[q.qid] = evaluate_question(fb, q, "text", "mean", args.seed)["pred"]
+            rule = DEFAULT_SCORING if args.scoring == "generate" else args.scoring
+            for q in rest: preds[q.qid] = evaluate_question(fb, q, "text", rule, args.seed)["pred"]
         metrics["submission_text_fallback"] = len(rest)
         write_submission(args.qa, preds, args.write_submission)
+    if metrics["n"] == 0 and not args.write_submission:
+        raise EvalError(f"No scoreable question in {args.qa}: {len(questions)} loaded, {metrics['skipped']} without features, "
+                        f"{metrics['failed']} failed ({result['failed'][:1]}), {metrics['unanswered']} without an answer.")
     metrics["seconds"] = round(time.time() - t0, 2)
     if args.out:
         out = Path(args.out)
+        json.dumps(metrics, allow_nan=False)           # a metrics file is strict JSON: no NaN
         write_json(out, metrics)
         with atomic_path(out.with_suffix(".predictions.jsonl")) as tmp:
             Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in result["records"]))
-        _plot_files([out], out.with_suffix(".png"), metrics=[metrics])
+        if metrics["n"]: _plot_files([out], out.with_suffix(".png"), metrics=[metrics])
     short = {k: metrics[k] for k in ("benchmark", "mode", "scoring", "accuracy", "ci95", "n", "skipped", "failed")}
-    short.update({k: metrics[k] for k in ("accuracy_mean", "accuracy_sum") if k in metrics})
+    short.update({k: metrics[k] for k in metrics if k.startswith("accuracy_") or k == "length_shortcut"})
     print(json.dumps(short))
+    if result["failed"]:
+        print(f"error: {len(result['failed'])} question(s) failed, e.g. {result['failed'][0]['qid']}: {result['failed'][0]['error']} "
+              "(all listed under `failures` in the metrics)", file=sys.stderr)
+        return 1
     return 0
+
+def load_records(path: str | Path) -> list[dict]:
+    "Per-question records of a run: a `.predictions.jsonl`, or a metrics JSON (its `.predictions.jsonl` beside it)."
+    path = Path(path)
+    if not path.is_file(): raise EvalError(f"{path}: no such file; pass a metrics JSON written by `vtom eval --out` or its .predictions.jsonl.")
+    if not path.name.endswith(".jsonl"):
+        path = path.with_suffix(".predictions.jsonl")
+        if not path.is_file(): raise EvalError(f"{path} is missing: `vtom eval --out M.json` writes M.predictions.jsonl beside M.json.")
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e: raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
+        if not isinstance(rec, dict) or "qid" not in rec: raise EvalError(f"{path}:{lineno}: not a vtom eval prediction record (no qid).")
+        records.append(rec)
+    return records
 
 def _plot_files(paths: Sequence[str | Path], out: str | Path, metrics: list[dict] | None = None) -> int:
     import matplotlib
@@ -462,3 +761,58 @@ def _plot_files(paths: Sequence[str | Path], out: str | Path, metrics: list[dict
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return 0
+
+# %% ../nbs/06_eval.ipynb #b7c0e008
+def _bench_paths(model, tokenizer, questions: Sequence[MCQuestion], mode: str, template: str, feats) -> dict:
+    "Seconds and scores of today's full-sequence path and of the shared-prefix path (letter; mean via cached continuations)."
+    pad, nvt = _pad_id(tokenizer), 0 if feats is None else feats.shape[0]
+    encs = {q.qid: encode_choices(tokenizer, *rule_inputs(q, mode, "letter"), template, nvt) for q in questions[:1]}
+    full_sequence_logprobs(model, encs[questions[0].qid], pad, feats); shared_prefix_logprobs(model, encs[questions[0].qid], pad, feats)  # warm-up
+    out = {}
+    for name, run in (("today", lambda e: full_sequence_logprobs(model, e, pad, feats)),
+                      ("shared", lambda e: shared_prefix_logprobs(model, e, pad, feats, first_only=True)),
+                      ("shared_mean", lambda e: shared_prefix_logprobs(model, e, pad, feats))):
+        t0, scores = time.perf_counter(), []
+        for q in questions:
+            user, answers = rule_inputs(q, mode, "letter")
+            lps = run(encode_choices(tokenizer, user, answers, template, nvt))
+            scores.append(rule_scores("mean" if name == "shared_mean" else "letter", lps, answers) if name != "today"
+                          else np.r_[rule_scores("letter", lps, answers), rule_scores("mean", lps, answers)])
+        out[name] = (time.perf_counter() - t0, np.array(scores))
+    return out
+
+def bench_eval_main(argv: list[str] | None = None) -> int:
+    "`vtom bench eval`: questions/s of shared-prefix scoring against today's full-sequence path, checked to give the same numbers."
+    p = argparse.ArgumentParser(prog="vtom bench eval", description="Speed of shared-prefix multiple-choice scoring; one JSON line.")
+    p.add_argument("--qa", help="a Social-IQ 2.0 qa file (default: the repository's fixture val file)")
+    p.add_argument("--questions", type=int, default=8, help="how many questions to time (the first N)")
+    p.add_argument("--llm", default="embedded")
+    p.add_argument("--video-tokens", type=int, default=0, help="add N random video tokens through an untrained projector (0: text mode)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    args = p.parse_args(argv)
+    if args.questions < 1 or args.video_tokens < 0: raise EvalError("--questions must be >= 1 and --video-tokens >= 0.")
+    qa = Path(args.qa) if args.qa else Path(__file__).resolve().parents[1] / "data/fixtures/siq2/qa/qa_val.json"
+    if not qa.is_file(): raise EvalError(f"{qa}: no such file; pass --qa with a Social-IQ 2.0 qa file.")
+    questions = load_siq2(qa)[:args.questions]
+    dev = get_device(args.device)
+    model, tok = load_llm(args.llm, device=dev, dtype=args.dtype)
+    feats, mode = None, "text"
+    if args.video_tokens:
+        nf = min(100, args.video_tokens)
+        cfg = VideoLLMConfig(lm_name=args.llm, vision_name="random", vision_hidden_size=64, num_frames=nf,
+                             num_spatial_tokens=args.video_tokens - nf)
+        model = VideoLLM(cfg, model, tok).to(dev)
+        tok, mode = model.tokenizer, "video"
+        feats = torch.randn(args.video_tokens, 64, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    r = _bench_paths(model, tok, questions, mode, "chat", feats)
+    (t_today, s_today), (t_shared, s_shared), (t_mean, s_mean) = r["today"], r["shared"], r["shared_mean"]
+    diff = {"letter": float(np.abs(s_today[:, :4] - s_shared).max()), "mean": float(np.abs(s_today[:, 4:] - s_mean).max())}
+    n = len(questions)
+    line = {"benchmark": "eval", "llm": args.llm, "device": str(dev), "mode": mode, "video_tokens": args.video_tokens, "questions": n,
+            "rule": "letter", "questions_per_s": {"shared_prefix": round(n / t_shared, 3), "today": round(n / t_today, 3)},
+            "speedup": round(t_today / t_shared, 2), "questions_per_s_shared_prefix_mean_rule": round(n / t_mean, 3),
+            "max_abs_diff": diff, "same_to_1e-4": max(diff.values()) <= 1e-4}
+    print(json.dumps(line))
+    return 0 if line["same_to_1e-4"] else 1

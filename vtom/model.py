@@ -214,7 +214,13 @@ def _render(turns: Sequence[dict], template: str, add_generation_prompt: bool, t
         for i, t in enumerate(turns):
             if t["role"] != "assistant": continue
             prefix = tokenizer.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
-            start = text.find(t["content"].strip(), len(prefix) if text.startswith(prefix) else 0)
+            if not text.startswith(prefix):   # searching the whole text would find the answer quoted in the user turn
+                name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+                raise VtomError(f"The chat template of {name} renders a generation prompt that is not a prefix of the rendered "
+                                f"conversation (generation prompt ends {prefix[-40:]!r}, conversation has {text[len(prefix) - 40:len(prefix)]!r}; "
+                                "e.g. it adds '<think>' only when generating), so the answer's tokens cannot be located. "
+                                "Use a sep template (template='vicuna_v1_1') or a chat template without that difference.")
+            start = text.find(t["content"].strip(), len(prefix))
             if start < 0: raise VtomError(f"Could not find answer {i} in the chat-template rendering; use a sep template.")
             end = start + len(t["content"].strip())
             if eot and text.startswith(eot, end): end += len(eot)
