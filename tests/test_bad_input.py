@@ -286,3 +286,14 @@ def test_no_progress_means_no_bars(videos, tower, tmp_path):
     transformers.utils.logging.enable_progress_bar()
     res = features(videos / "good0.mp4", tmp_path / "store", tower)
     assert res.returncode == 0 and "Loading weights" not in res.stderr and "it/s" not in res.stderr, res.stderr
+
+
+def test_pipeline_goes_on_when_some_videos_fail(videos, tower, tmp_path):
+    "A `vtom features` stage that exits 1 (done, some videos failed) is done with failures: the run goes on and says so."
+    from vtom.batch import Stage, run_pipeline
+    stage = Stage("feats", command=("vtom", "features", str(videos), "{work}/features", "--vision", tower, "--num-frames", "4",
+                                    "--no-progress"))
+    m = run_pipeline([stage], tmp_path / "run", progress=False)
+    assert m["status"] == "finished" and (m["stages"]["feats"]["done"], m["stages"]["feats"]["failed"]) == (2, 2)
+    assert "some inputs failed" in (tmp_path / "run" / "report.md").read_text()
+    assert "failed: garbage: " in next((tmp_path / "run" / "logs").glob("*feats.log")).read_text()
