@@ -402,11 +402,13 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
-    if rc != 0 and error is None:
+    partial = rc == 1 and error is None and bool(argv) and argv[0] == "vtom"  # vtom's code 1: done, some inputs failed
+    if rc != 0 and error is None and not partial:
         error = {"type": f"exit status {rc}", "message": "\n".join(lines[-15:]), "cell": None, "source": " ".join(argv)}
     metrics, figures = {}, []
-    if not error and lines:
-        try: metrics = json.loads(lines[-1]) if lines[-1].lstrip().startswith("{") else {}
+    last = next((l for l in reversed(lines) if l.lstrip().startswith("{")), "") if partial else lines[-1] if lines else ""
+    if not error and last:  # (a partial run prints its failures after its summary line)
+        try: metrics = json.loads(last) if last.lstrip().startswith("{") else {}
         except json.JSONDecodeError: pass
     if isinstance(metrics, dict) and stage.metrics:  # expressions over the printed JSON, called `out`
         picked = {}
@@ -421,7 +423,7 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
                 dest = run_dir / "figures" / f"{index:02d}_{stage.name}_{k}.png"
                 shutil.copyfile(fig, dest)
                 figures.append(str(dest.relative_to(run_dir)))
-    result = {"notebook": None, "log": str(log.relative_to(run_dir)), "source": " ".join(argv), "seconds": round(seconds, 2),
+    result = {"notebook": None, "log": str(log.relative_to(run_dir)), "source": " ".join(argv), "seconds": round(seconds, 2), "partial": partial,
               "figures": figures, "skipped_cells": [], "error": error, "metrics": metrics if isinstance(metrics, dict) else {},
               "resources": {"cpu_s": round(cpu, 1), "peak_rss_mb": round(after.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**20)}}
     if error:
@@ -556,10 +558,11 @@ def run_pipeline(stages: list[Stage] | str, out_dir: str | Path, parameters: dic
                                       + (f"the finished stages ({', '.join(kept)}) and their outputs are kept in {run_dir}; "
                                          if kept else f"nothing had finished yet; ")
                                       + f"rerun the same command to resume at {stage.name}.") from None
-                state["stages"][stage.name].update(status="done", seconds=result["seconds"], notebook=result["notebook"], log=result.get("log"),
+                state["stages"][stage.name].update(status="done", partial=result.get("partial", False), seconds=result["seconds"], notebook=result["notebook"], log=result.get("log"),
                                                    figures=result["figures"], skipped_cells=result["skipped_cells"], error=None,
                                                    slowest_cells=result.get("slowest_cells", []), resources=result.get("resources", {}))
-                bar.write(f"[{i}/{len(stages)}] {stage.name}: done in {result['seconds']:.1f}s (elapsed {time.time() - t0:.1f}s)")
+                bar.write(f"[{i}/{len(stages)}] {stage.name}: done in {result['seconds']:.1f}s (elapsed {time.time() - t0:.1f}s)"
+                          + (f"; some inputs failed, see {result['log']}" if result.get("partial") else ""))
                 bar.update(1)
         finally:
             bar.close()
@@ -616,7 +619,8 @@ def write_report(run_dir: Path, stages: list[Stage], state: dict, metrics: dict,
         nb = f"[{Path(out).name}]({out})" if out else ""
         secs = f"{r['seconds']:.1f}" if "seconds" in r else ""
         res = r.get("resources", {})
-        lines.append(f"| {i} | {s.name} | {s.description} | {r.get('status', 'pending')} | {secs} | {res.get('cpu_s', '')} | "
+        status = r.get("status", "pending") + (", some inputs failed (see the log)" if r.get("partial") else "")
+        lines.append(f"| {i} | {s.name} | {s.description} | {status} | {secs} | {res.get('cpu_s', '')} | "
                      f"{res.get('peak_rss_mb', '')} | {nb} |")
     failed = [(s.name, st[s.name]["error"]) for s in stages if st.get(s.name, {}).get("status") == "failed"]
     for name, err in failed:

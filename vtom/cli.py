@@ -76,6 +76,11 @@ def _run(table: dict[str, tuple[str, str, str]], argv: list[str], prog: str) -> 
         print(f"error: {e.filename}: {e.strerror}. Check the paths given to `{prog} {argv[0]}` (a file where a folder "
               "is needed, or the other way round, or no permission to write there).", file=sys.stderr)
         return 2
+    except Exception:  # a bug: show where, and keep exit code 1 for "some inputs failed"
+        import traceback
+        traceback.print_exc()
+        print(f"error: `{prog} {argv[0]}` hit an unexpected error (a bug in vtom: please report the traceback above).", file=sys.stderr)
+        return 3
 
 # %% ../nbs/99_cli.ipynb #b317002a
 def main(argv: list[str] | None = None) -> int:
