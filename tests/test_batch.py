@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vtom import batch
+from vtom.core import FolderLock, VtomError
 from vtom.batch import (PRESETS, PIPELINES, PipelineError, Stage, StageFailed, check_pipeline, notebook_parameters,
                         prepare_notebook, resolve_parameters, run_pipeline)
 
@@ -194,13 +195,20 @@ def test_list():
 
 def test_run_folder_lock(tmp_path):
     stages = [Stage("hello", command=("python", "-c", "print('{\"ok\": 1}')"))]
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / ".lock").write_text(str(os.getppid()))  # a live process holds the folder
-    with pytest.raises(PipelineError, match="Another `vtom run`"):
-        run_pipeline(stages, tmp_path / "run", progress=False)
-    (tmp_path / "run" / ".lock").write_text("999999999")  # a dead one: the stale lock is taken over
+    with FolderLock(tmp_path / "run", "run"):  # another writer holds the folder
+        with pytest.raises(VtomError, match="in use by another writer"):
+            run_pipeline(stages, tmp_path / "run", progress=False)
+    (tmp_path / "run" / ".run.lock").write_text('{"pid": 999999999}')  # left by a killed run: taken over
     assert run_pipeline(stages, tmp_path / "run", progress=False)["stages"]["hello"] == {"ok": 1}
-    assert not (tmp_path / "run" / ".lock").exists()
+    assert not (tmp_path / "run" / ".run.lock").exists()
+
+
+def test_dry_run_reports_type_errors():
+    "`-p num_frames abc` is found by the dry run (exit 2), not by the real run an hour later."
+    res = subprocess.run([VTOM, "run", "02_features", "-p", "num_frames", "abc", "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 2 and "num_frames = 'abc' (str) does not fit" in res.stdout, res.stdout + res.stderr
+    res = subprocess.run([VTOM, "run", "02_features", "-p", "num_frames", "8", "--dry-run"], capture_output=True, text=True)
+    assert "does not fit" not in res.stdout, res.stdout
 
 
 def test_resume_follows_depends_and_cleans_stale_outputs(tmp_path):

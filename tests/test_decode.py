@@ -263,9 +263,10 @@ def test_decord_truncated_fails_fast(videos):
     "Even past our own header check, decord on a file cut in half raises VideoDecodeError quickly (EOF retries capped)."
     import os
     assert int(os.environ["DECORD_EOF_RETRY_MAX"]) <= 1024
+    full_index = D._scan(videos["faststart"])   # the cut file is the first half of this one: its index promises 60 frames
     t = time.perf_counter()
     with pytest.raises(D.VideoDecodeError, match="fs_half"):
-        list(D._decode_decord(videos["fs_half"], np.array([0, 30, 59]), None, "nearest"))
+        list(D._decode_decord(videos["fs_half"], full_index, np.array([0, 30, 59]), None, "nearest"))
     assert time.perf_counter() - t < 10
 
 
@@ -292,3 +293,40 @@ def test_bench_cli(videos, capsys):
 def test_bench_child_memory(videos):
     out = D._bench_child(str(videos["counter"]), ["pyav"], 5, 1)
     assert out["peak_rss_mb"] >= out["rss_before_mb"] > 0 and len(out["times"]["pyav"]) == 1 and out["frames"] == 5
+
+
+@pytest.mark.skipif("decord" not in BACKENDS, reason="decord not installed")
+@pytest.mark.parametrize("ext,codec,bframes,why", [("ts", "libx264", None, "index puts frame"),
+                                                   ("avi", "mpeg4", 2, "index puts frame"),
+                                                   ("mp4", "libx265", None, "wrong picture for frame")])
+def test_decord_wrong_frames_are_refused(tmp_path, ext, codec, bframes, why):
+    "Files where decord 0.6 returns other frames than asked for: the video fails, naming the file and the frame; PyAV is right."
+    import av
+    if codec not in av.codecs_available: pytest.skip(f"{codec} not in this FFmpeg")
+    f = D.make_test_video(tmp_path / f"{codec}.{ext}", seconds=3.0, fps=15, gop=12, codec=codec, bframes=bframes)
+    with pytest.raises(D.VideoDecodeError, match=rf"{codec}\.{ext}: .*{why} \d+.*--backend pyav"):
+        D.read_video(f, num_frames=10, backend="decord")
+    clip = D.read_video(f, num_frames=10, backend="auto")
+    assert [D.read_counter(x) for x in clip.frames] == clip.indices.tolist()
+
+
+@pytest.mark.skipif("decord" not in BACKENDS, reason="decord not installed")
+def test_decord_pixel_check_catches_a_shifted_frame(videos, monkeypatch):
+    "The pixel cross-check itself: decord made to return the frame after the one asked for is caught."
+    import decord
+    real = decord.VideoReader.get_batch
+    monkeypatch.setattr(decord.VideoReader, "get_batch", lambda self, idx: real(self, [min(i + 1, len(self) - 1) for i in idx]))
+    with pytest.raises(D.VideoDecodeError, match=r"wrong picture for frame \d+"):
+        D.read_video(videos["counter"], num_frames=8, backend="decord")
+
+
+def test_pyav_refuses_frames_it_cannot_place(videos, monkeypatch):
+    "A decoded frame whose timestamp is not in the file's index is never returned as the frame asked for."
+    real = D._scan
+    def shifted(path):   # an index whose timestamps match no decoded frame
+        ix = real(path)
+        return D._Index([p + 1 for p in ix.pts], ix.keyframes, ix.fps, ix.start, ix.time_base, ix.width, ix.height,
+                        ix.has_audio, ix.audio_rate)
+    monkeypatch.setattr(D, "_scan", shifted)
+    with pytest.raises(D.VideoDecodeError, match=r"frame \d+ could not be checked"):
+        D.read_video(videos["counter"], num_frames=4, backend="pyav")

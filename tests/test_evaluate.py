@@ -274,3 +274,106 @@ def test_limit_samples_whole_videos():
     assert [q.qid for q in some] == sorted((q.qid for q in some), key=lambda s: int(s[1:]))    # file order kept
     with pytest.raises(EvalError, match="positive"):
         sample_videos(qs, 0)
+
+
+def test_think_template_is_refused(tiny):
+    """A chat template whose generation prompt adds <think> is not a prefix of the conversation: clear error naming it."""
+    import copy
+    from vtom.core import VtomError
+    _, tok = tiny
+    think = copy.deepcopy(tok)
+    think.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                           "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+    q = load_siq2(SIQ2 / "qa/qa_val.json")[0]
+    with pytest.raises(VtomError, match=r"chat template of .* not a prefix.*<think>.*vicuna_v1_1"):
+        encode_choices(think, mode_prompt(q, "text"), [option_continuation(q, 0)])
+    plain = copy.deepcopy(tok)
+    plain.chat_template = think.chat_template.replace("<think>\n", "")
+    assert len(encode_choices(plain, mode_prompt(q, "text"), [option_continuation(q, 0)])) == 1
+
+
+def test_video_in_two_subsets_warns_and_first_wins(tmp_path, caplog):
+    from vtom.data import load_video_subsets
+    f = tmp_path / "split.json"
+    f.write_text(json.dumps({"subsets": {"youtubeclips": {"train": ["v1", "v2"], "val": ["v1"]}, "movieclips": {"test": ["v2"]},
+                                         "car": {"train": ["v2", "v3"]}}}))
+    with caplog.at_level("WARNING"):
+        assert load_video_subsets(f) == {"v1": "youtubeclips", "v2": "youtubeclips", "v3": "car"}
+    assert "1 video(s) sit in more than one subset" in caplog.text and "v2 (youtubeclips, movieclips, car)" in caplog.text
+
+
+def test_shuffled_checks_num_frames(tiny):
+    from vtom.model import VideoLLM, VideoLLMConfig
+    lm, tok = tiny
+
+    class Store(dict):
+        def ids(self): return list(self)
+        def meta(self, vid): return {"num_frames": 6}
+    feats = Store(vidA=torch.randn(8, 8))
+    vllm = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=8, num_frames=6, num_spatial_tokens=2), lm, tok).eval()
+    q = next(q for q in load_siq2(SIQ2 / "qa/qa_val.json") if q.video_id == "vidA")
+    assert evaluate_question(EvalSetup(vllm, vllm.tokenizer, "chat", feats, num_frames=6), q, "shuffled")["pred"] in range(4)
+    with pytest.raises(EvalError, match="num_frames=6 but the evaluation uses num_frames=5"):
+        evaluate_question(EvalSetup(vllm, vllm.tokenizer, "chat", feats, num_frames=5), q, "shuffled")
+
+
+def test_surface_baselines_need_no_model():
+    val = load_siq2(SIQ2 / "qa/qa_val.json")
+    res = evaluate_questions(None, val, "longest-option", progress=False)
+    assert [r["pred"] for r in res["records"]] == [max(range(4), key=lambda i: (len(q.options[i].strip()), -i)) for q in val]
+    res = evaluate_questions(None, val, "majority-position", prior=[val[0], val[0], val[1]], progress=False)
+    assert {r["pred"] for r in res["records"]} == {val[0].answer_idx} and res["majority_from"] == "prior"
+    m = summarize(evaluate_questions(None, val, "shortest-option", progress=False))
+    assert m["n"] == 8 and m["mode"] == "shortest-option" and "accuracy_letter" not in m
+
+
+def _vtom(*args, cwd=None):
+    import subprocess
+    import sys
+    exe = Path(sys.executable).parent / "vtom"
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_exit_codes_of_bad_inputs(tmp_path):
+    empty, blank = tmp_path / "empty.json", tmp_path / "blank.json"
+    empty.write_text("")
+    blank.write_text("\n  \n")
+    for f in (empty, blank):
+        r = _vtom("eval", "siq2", "--qa", f, "--llm", "tiny")
+        assert r.returncode == 2 and "no questions (empty or blank file)" in r.stderr and "Traceback" not in r.stderr
+    r = _vtom("eval", "siq2", "--qa", SIQ2 / "qa/qa_test.json", "--llm", "tiny")
+    assert r.returncode == 2 and "has an answer" in r.stderr and "--write-submission" in r.stderr
+    for bad in ("0", "-1"):
+        r = _vtom("eval", "siq2", "--qa", SIQ2 / "qa/qa_val.json", "--llm", "tiny", "--limit", bad)
+        assert r.returncode == 2 and "--limit" in r.stderr and "at least 1" in r.stderr
+    a, b = tmp_path / "a.predictions.jsonl", tmp_path / "b.predictions.jsonl"
+    a.write_text(json.dumps({"qid": "q1", "video_id": "v", "correct": True}) + "\n")
+    b.write_text(json.dumps({"qid": "q2", "video_id": "v", "correct": True}) + "\n")
+    r = _vtom("eval", "compare", a, b)
+    assert r.returncode == 2 and "different questions" in r.stderr
+
+
+def test_unanswered_questions_are_counted_and_no_nan(tmp_path):
+    lines = (SIQ2 / "qa/qa_val.json").read_text().splitlines()
+    rec = json.loads(lines[3])
+    for k in ("answer_idx", "ans_corr", "idx_types"): rec.pop(k, None)
+    qa = tmp_path / "qa.json"
+    qa.write_text("\n".join(lines[:3] + [json.dumps(rec)] + lines[4:]) + "\n")
+    out = tmp_path / "m.json"
+    assert eval_main(["siq2", "--qa", str(qa), "--mode", "longest-option", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the metrics JSON"))
+    assert m["n"] == 7 and m["unanswered"] == 1 and m["unanswered_qids"] == [rec["qid"]]
+
+
+def test_failed_questions_exit_1(tmp_path):
+    import pickle
+    store = tmp_path / "feats"
+    store.mkdir()
+    (store / "vidA.pkl").write_bytes(pickle.dumps(np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)))
+    (store / "vidB.pkl").write_bytes(pickle.dumps(np.zeros((3, 8), np.float32)))      # too few rows for num_frames=8
+    args = ["siq2", "--qa", str(SIQ2 / "qa/qa_val.json"), "--mode", "blank", "--llm", "tiny", "--device", "cpu",
+            "--features", str(store), "--num-frames", "8", "--no-progress", "--out", str(tmp_path / "m.json")]
+    assert eval_main(args) == 1
+    m = json.loads((tmp_path / "m.json").read_text())
+    n_b = sum(q.video_id == "vidB" for q in load_siq2(SIQ2 / "qa/qa_val.json"))
+    assert m["failed"] == n_b and m["n"] > 0 and m["failures"][0]["qid"].startswith("vidB")

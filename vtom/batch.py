@@ -11,12 +11,15 @@ import contextlib
 import hashlib
 import inspect
 import json
+import logging
 import os
 import platform
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,15 +28,16 @@ from typing import Any, Iterable
 
 import nbformat
 
-from .core import VtomError, atomic_path, get_logger, git_commit, package_versions, runs_dir, write_json
+from .core import FolderLock, Interrupted, VtomError, atomic_path, get_logger, git_commit, package_versions, runs_dir, write_json
 
 # %% auto #0
 __all__ = ['PLACEHOLDERS', 'PIPELINES', 'PRESETS', 'SIQ2_HINT', 'LM_7B', 'EVAL_MODES', 'PipelineError', 'nbs_dir',
            'find_notebook', 'Stage', 'Preset', 'parameters_cell', 'notebook_parameters', 'parse_value',
            'fill_placeholders', 'declared_parameters', 'resolve_parameters', 'cell_flags', 'prepare_notebook',
            'StageFailed', 'extract_figures', 'slowest_cells', 'execute_stage', 'execute_command', 'environment',
-           'run_lock', 'clean_outputs', 'run_pipeline', 'merge_metrics', 'flatten', 'write_report', 'get_pipeline',
-           'get_preset', 'eval_stages', 'check_model', 'check_pipeline', 'run_main']
+           'mark_stale_report', 'clean_outputs', 'run_pipeline', 'merge_metrics', 'flatten', 'write_report',
+           'get_pipeline', 'get_preset', 'eval_stages', 'check_model', 'parameter_type_problem', 'check_pipeline',
+           'run_main']
 
 # %% ../nbs/09_batch.ipynb #9c56d72f
 class PipelineError(VtomError):
@@ -105,7 +109,7 @@ def parameters_cell(nb: nbformat.NotebookNode) -> str | None:
     return None
 
 def notebook_parameters(path: str | Path) -> dict[str, dict]:
-    "The parameters a notebook's `parameters` cell assigns: name -> {default, source, help} (parsed, never executed)."
+    "The parameters a notebook's `parameters` cell assigns: name -> {default, source, help, annotation} (parsed, never executed)."
     import ast, io, tokenize
     src = parameters_cell(nbformat.read(str(path), as_version=4))
     if src is None: return {}
@@ -124,7 +128,8 @@ def notebook_parameters(path: str | Path) -> dict[str, dict]:
             code = ast.get_source_segment(src, node.value) or ""
             try: default = ast.literal_eval(node.value)
             except (ValueError, SyntaxError, TypeError): default = code
-            out[name] = {"default": default, "source": code, "help": comments.get(node.end_lineno, "")}
+            note = ast.get_source_segment(src, node.annotation) if isinstance(node, ast.AnnAssign) else None
+            out[name] = {"default": default, "source": code, "help": comments.get(node.end_lineno, ""), "annotation": note}
     return out
 
 def parse_value(text: str) -> Any:
@@ -397,11 +402,13 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
-    if rc != 0 and error is None:
+    partial = rc == 1 and error is None and bool(argv) and argv[0] == "vtom"  # vtom's code 1: done, some inputs failed
+    if rc != 0 and error is None and not partial:
         error = {"type": f"exit status {rc}", "message": "\n".join(lines[-15:]), "cell": None, "source": " ".join(argv)}
     metrics, figures = {}, []
-    if not error and lines:
-        try: metrics = json.loads(lines[-1]) if lines[-1].lstrip().startswith("{") else {}
+    last = next((l for l in reversed(lines) if l.lstrip().startswith("{")), "") if partial else lines[-1] if lines else ""
+    if not error and last:  # (a partial run prints its failures after its summary line)
+        try: metrics = json.loads(last) if last.lstrip().startswith("{") else {}
         except json.JSONDecodeError: pass
     if isinstance(metrics, dict) and stage.metrics:  # expressions over the printed JSON, called `out`
         picked = {}
@@ -416,7 +423,7 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
                 dest = run_dir / "figures" / f"{index:02d}_{stage.name}_{k}.png"
                 shutil.copyfile(fig, dest)
                 figures.append(str(dest.relative_to(run_dir)))
-    result = {"notebook": None, "log": str(log.relative_to(run_dir)), "source": " ".join(argv), "seconds": round(seconds, 2),
+    result = {"notebook": None, "log": str(log.relative_to(run_dir)), "source": " ".join(argv), "seconds": round(seconds, 2), "partial": partial,
               "figures": figures, "skipped_cells": [], "error": error, "metrics": metrics if isinstance(metrics, dict) else {},
               "resources": {"cpu_s": round(cpu, 1), "peak_rss_mb": round(after.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**20)}}
     if error:
@@ -442,26 +449,28 @@ def environment() -> dict:
     return env
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path):
-    "Hold `run_dir/.lock` (our pid) for the duration of a run; a live owner means another run uses the folder."
-    lock = Path(run_dir) / ".lock"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try: pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError): pid = 0
-            alive = pid > 0 and pid != os.getpid()
-            if alive:
-                try: os.kill(pid, 0)
-                except ProcessLookupError: alive = False
-                except PermissionError: pass
-            if alive: raise PipelineError(f"Another `vtom run` (pid {pid}) is using {run_dir}; wait for it or use another --out.")
-            lock.unlink(missing_ok=True)  # left behind by a run that was killed
-    with os.fdopen(fd, "w") as f: f.write(str(os.getpid()))
+def _quiet_interrupt():
+    "While a run executes, Ctrl-C first silences the kernel machinery's loggers (their cleanup noise), then stops the run."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def on_sigint(signum, frame):
+        for name in ("asyncio", "traitlets", "papermill", "nbclient"): logging.getLogger(name).setLevel(logging.CRITICAL)
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGINT, on_sigint)
     try: yield
-    finally: lock.unlink(missing_ok=True)
+    finally: signal.signal(signal.SIGINT, old)
+
+def mark_stale_report(run_dir: Path) -> Path | None:
+    "At the start of a run: mark an existing `report.md` as the previous run's, so a killed run never leaves it looking current."
+    path = Path(run_dir) / "report.md"
+    if not path.is_file(): return None
+    old = path.read_text()
+    banner = "> **Not current.**"
+    if not old.startswith(banner):
+        old = (f"{banner} A new run of this folder started {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} "
+               f"(pid {os.getpid()}) and rewrites this report when it ends or fails. If no such process is running, it was "
+               "killed: rerun the same command to resume. Below: the report of the run before.\n\n" + old)
+        with atomic_path(path) as tmp: Path(tmp).write_text(old)
+    return path
 
 def clean_outputs(stage: Stage, parameters: dict, run_dir: Path) -> list[Path]:
     "Delete a stage's `clean` paths before it runs; only paths inside the run folder are ever touched."
@@ -497,9 +506,12 @@ def run_pipeline(stages: list[Stage] | str, out_dir: str | Path, parameters: dic
     def flags_for(s: Stage) -> tuple[str, ...]:
         return skip_flags if explicit or not preset else tuple(preset.stage_skip_flags.get(s.name, skip_flags))
     run_dir = Path(out_dir).resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PipelineError(f"The run folder {run_dir} is an existing file; pass another --out (a new or existing folder).")
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = resolve_parameters(stages, run_dir, preset, parameters)
-    with run_lock(run_dir):
+    with FolderLock(run_dir, "run"), _quiet_interrupt():
+        mark_stale_report(run_dir)
         write_json(run_dir / "config.json", {
             "pipeline": names, "preset": preset.name if preset else None, "command": command, "skip_flags": skip_flags,
             "overrides": parameters or {}, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -541,11 +553,16 @@ def run_pipeline(stages: list[Stage] | str, out_dir: str | Path, parameters: dic
                     raise
                 except KeyboardInterrupt:
                     state["stages"][stage.name]["status"] = "interrupted"
-                    raise
-                state["stages"][stage.name].update(status="done", seconds=result["seconds"], notebook=result["notebook"], log=result.get("log"),
+                    kept = [n for n in names if state["stages"].get(n, {}).get("status") == "done"]
+                    raise Interrupted(f"vtom run was interrupted in stage {stage.name} ({i}/{len(stages)}); "
+                                      + (f"the finished stages ({', '.join(kept)}) and their outputs are kept in {run_dir}; "
+                                         if kept else f"nothing had finished yet; ")
+                                      + f"rerun the same command to resume at {stage.name}.") from None
+                state["stages"][stage.name].update(status="done", partial=result.get("partial", False), seconds=result["seconds"], notebook=result["notebook"], log=result.get("log"),
                                                    figures=result["figures"], skipped_cells=result["skipped_cells"], error=None,
                                                    slowest_cells=result.get("slowest_cells", []), resources=result.get("resources", {}))
-                bar.write(f"[{i}/{len(stages)}] {stage.name}: done in {result['seconds']:.1f}s (elapsed {time.time() - t0:.1f}s)")
+                bar.write(f"[{i}/{len(stages)}] {stage.name}: done in {result['seconds']:.1f}s (elapsed {time.time() - t0:.1f}s)"
+                          + (f"; some inputs failed, see {result['log']}" if result.get("partial") else ""))
                 bar.update(1)
         finally:
             bar.close()
@@ -602,7 +619,8 @@ def write_report(run_dir: Path, stages: list[Stage], state: dict, metrics: dict,
         nb = f"[{Path(out).name}]({out})" if out else ""
         secs = f"{r['seconds']:.1f}" if "seconds" in r else ""
         res = r.get("resources", {})
-        lines.append(f"| {i} | {s.name} | {s.description} | {r.get('status', 'pending')} | {secs} | {res.get('cpu_s', '')} | "
+        status = r.get("status", "pending") + (", some inputs failed (see the log)" if r.get("partial") else "")
+        lines.append(f"| {i} | {s.name} | {s.description} | {status} | {secs} | {res.get('cpu_s', '')} | "
                      f"{res.get('peak_rss_mb', '')} | {nb} |")
     failed = [(s.name, st[s.name]["error"]) for s in stages if st.get(s.name, {}).get("status") == "failed"]
     for name, err in failed:
@@ -763,6 +781,22 @@ def check_model(name: Any) -> str | None:
     return (f"model {repo!r} is not in the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}): "
             f"on a machine with network run `hf download {repo}` (or pass a local folder).")
 
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
+
+def parameter_type_problem(name: str, value: Any, declared: dict) -> str | None:
+    "Why `value` does not fit the notebook parameter `name` (`declared`: its default and annotation), or None."
+    want = _TYPES.get(str(declared.get("annotation") or "").split("[")[0].strip())
+    default = declared.get("default")
+    if want is None and default is not None and not (isinstance(default, str) and default == declared.get("source")):
+        want = type(default) if type(default) in _TYPES.values() else None   # a literal default; code is not a type
+    if want is None or value is None: return None
+    ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool): ok = True
+    if want is str and isinstance(value, (int, float)) and not isinstance(value, bool): ok = True  # e.g. a numeric name
+    if ok: return None
+    return (f"parameter {name} = {value!r} ({type(value).__name__}) does not fit the notebook's "
+            f"{name} = {declared.get('source')} ({want.__name__})")
+
 def check_pipeline(stages: list[Stage], preset: Preset | None = None, overrides: dict[str, Any] | None = None,
                    run_dir: str | Path | None = None) -> list[dict]:
     "Everything `--dry-run` checks, as a list of {level: error|missing, stage, message}; empty when the run can start."
@@ -787,6 +821,9 @@ def check_pipeline(stages: list[Stage], preset: Preset | None = None, overrides:
         nb = nbs_dir() / "x" if s.is_command else find_notebook(s.notebook)
         declared = declared_parameters(s)
         value_of = lambda p: resolved[s.name].get(p, declared.get(p, {}).get("default"))
+        for p, v in resolved[s.name].items():
+            why = parameter_type_problem(p, v, declared[p]) if p in declared and not s.is_command else None
+            if why: problems.append({"level": "error", "stage": s.name, "message": why})
         for p in s.inputs:
             value = value_of(p)
             if value is None or not isinstance(value, (str, Path)) or str(value).startswith(str(run_dir)): continue

@@ -11,7 +11,6 @@ import json
 import sys
 from typing import Callable
 
-from .core import VtomError, cache_dir, data_dir, embedded_llm_path, get_device, get_dtype, has_package, package_versions, runs_dir
 
 # %% auto #0
 __all__ = ['COMMANDS', 'BENCHMARKS', 'main', 'bench_main', 'info_main']
@@ -24,22 +23,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "chat": ("vtom.infer", "chat_main", "Ask a question about a video and stream the answer."),
     "eval": ("vtom.evaluate", "eval_main", "Judge-free multiple-choice evaluation (Social-IQ 2.0, synthetic ToM) with baselines."),
     "synth": ("vtom.synth", "synth_main", "Generate the synthetic false-belief video benchmark."),
+    "social": ("vtom.social", "social_main", "Faces, expressions, voice activity and words of a video (--json); `social locate` finds moments."),
     "goal": ("vtom.experiments", "goal_main", "The synthetic benchmark's goal report: probes, moment retrieval, multiple choice, verdicts."),
     "locate": ("vtom.experiments", "goal_main", "The old name of `vtom goal` (the goal report on a `vtom synth` folder)."),
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),
+    "demo": ("vtom.demo", "demo_main", "Chat with a video and find moments in it in the browser (offline gradio app)."),
 }
 
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "decode": ("vtom.decode", "bench_decode_main", "Frame sampling speed of each decoding backend."),
     "features": ("vtom.features", "bench_features_main", "Feature extraction speed against a reference-style path."),
     "train": ("vtom.train", "bench_train_main", "Projector training speed, frozen versus naive."),
+    "social": ("vtom.social", "bench_social_main", "Social-signal speed: frames/s (faces, mesh, expressions), ASR and VAD real-time factors."),
     "eval": ("vtom.evaluate", "bench_eval_main", "Multiple-choice scoring speed, shared prompt (KV cache) versus full sequences."),
 }
 
 # %% ../nbs/99_cli.ipynb #f3a8eb1e
 def _resolve(table: dict[str, tuple[str, str, str]], name: str, prog: str) -> Callable[[list[str]], int | None]:
     "Import the function behind `name` in `table`, with a clear error when the command is unknown or unavailable."
+    from vtom.core import VtomError
     if name not in table:
         raise VtomError(f"Unknown command `{prog} {name}`; choose one of: {', '.join(table)} (see `{prog} --help`).")
     module, func, _ = table[name]
@@ -56,10 +59,29 @@ def _dispatch(argv: list[str], table: dict[str, tuple[str, str, str]], prog: str
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage(prog, table, blurb))
         return 0 if argv else 2
+    try: return _run(table, argv, prog)
+    except KeyboardInterrupt as e:  # an `Interrupted` carries its own line; a bare Ctrl-C (e.g. while importing) a generic one
+        print(f"interrupted: {e}" if str(e) else
+              f"interrupted: `{prog} {argv[0]}` was stopped by Ctrl-C; finished outputs are kept, rerun the command to resume.",
+              file=sys.stderr)
+        return 130
+
+def _run(table: dict[str, tuple[str, str, str]], argv: list[str], prog: str) -> int:
+    "Run one command; user-caused errors become one line on stderr and exit code 2."
+    from vtom.core import VtomError
     try: return int(_resolve(table, argv[0], prog)(argv[1:]) or 0)
     except VtomError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path given by the user
+        print(f"error: {e.filename}: {e.strerror}. Check the paths given to `{prog} {argv[0]}` (a file where a folder "
+              "is needed, or the other way round, or no permission to write there).", file=sys.stderr)
+        return 2
+    except Exception:  # a bug: show where, and keep exit code 1 for "some inputs failed"
+        import traceback
+        traceback.print_exc()
+        print(f"error: `{prog} {argv[0]}` hit an unexpected error (a bug in vtom: please report the traceback above).", file=sys.stderr)
+        return 3
 
 # %% ../nbs/99_cli.ipynb #b317002a
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +96,7 @@ def bench_main(argv: list[str] | None = None) -> int:
 # %% ../nbs/99_cli.ipynb #6c5fde49
 def info_main(argv: list[str] | None = None) -> int:
     "`vtom info`: versions, device, dtype, paths and the embedded LM path as JSON."
+    from vtom.core import cache_dir, data_dir, embedded_llm_path, get_device, get_dtype, has_package, package_versions, runs_dir
     parser = argparse.ArgumentParser(prog="vtom info", description="Show versions, device, paths and the embedded language model.")
     parser.add_argument("--no-llm", action="store_true", help="do not resolve (and possibly convert) the embedded LM")
     args = parser.parse_args(argv)

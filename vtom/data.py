@@ -91,13 +91,21 @@ def parse_ts(ts: str, where: str = "") -> tuple[float, float]:
     return start, end
 
 def load_video_subsets(split_file: str | Path) -> dict[str, str]:
-    "Map video id -> subset from Social-IQ 2.0's `original_split.json` (`{'subsets': {subset: {split: [vid, ...]}}}`)."
+    "Map video id -> subset from Social-IQ 2.0's `original_split.json`; a video listed in two subsets gets the first listed (with a warning)."
     path = Path(split_file)
     if not path.is_file(): raise DataFormatError(f"{path}: file not found.")
     try: subsets = json.loads(path.read_text())["subsets"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataFormatError(f"{path}: expected {{'subsets': {{subset: {{split: [video ids]}}}}}} ({e}).") from None
-    return {vid: subset for subset, splits in subsets.items() for vids in splits.values() for vid in vids}
+    seen: dict[str, list[str]] = {}
+    for subset, splits in subsets.items():
+        for vids in splits.values():
+            for vid in vids:
+                if subset not in seen.setdefault(vid, []): seen[vid].append(subset)
+    both = sorted((v, s) for v, s in seen.items() if len(s) > 1)
+    if both: get_logger("vtom.data").warning(f"{path}: {len(both)} video(s) sit in more than one subset; each counts in the first "
+                                             "subset listed: " + "; ".join(f"{v} ({', '.join(s)})" for v, s in both))
+    return {vid: s[0] for vid, s in seen.items()}
 
 def siq2_record_to_question(record: dict, where: str = "", subsets: dict[str, str] | None = None, source: str = "siq2") -> MCQuestion:
     "Check one Social-IQ 2.0 record and turn it into an `MCQuestion`."

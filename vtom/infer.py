@@ -125,6 +125,12 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
     content = question if self.turns or VIDEO_TOKEN in question else f"{question}\n{VIDEO_TOKEN}"
     turns = self.turns + [{"role": "user", "content": content}]
     batch = self.model.prepare_inputs([turns], self.features[None])
+    limit, n = getattr(self.model.lm.config, "max_position_embeddings", None), int(batch["input_ids"].shape[1])
+    if limit and n + max_new_tokens > limit:
+        get_logger().warning(f"The prompt is {n} tokens ({len(self.features)} of them video) and up to {max_new_tokens} may be "
+                             f"added, beyond the LM's context of {limit} tokens: " + ("the answer is unreliable" if n > limit else
+                             f"the answer leaves the context after {limit - n} tokens") + ". Use fewer frames (--num-frames), "
+                             "a shorter conversation or a smaller --max-new-tokens.")
     sample = dict(do_sample=True, temperature=temperature) if temperature and temperature > 0 else {}
     t0 = time.perf_counter()
     out = self.model.generate(**batch, max_new_tokens=max_new_tokens, streamer=streamer, **sample)
@@ -159,6 +165,9 @@ def chat_main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object (answer, models, timings) instead of streaming")
     args = p.parse_args(argv)
     if not Path(args.video).is_file(): raise VtomError(f"Video {args.video} does not exist; pass the path of a video file.")
+    if args.question is not None and not args.question.strip():
+        raise VtomError("The question is empty; ask something, e.g. `vtom chat VIDEO \"How does the man feel?\"`, "
+                        "or leave it out to read questions from stdin.")
     seed_everything(args.seed)
     if args.threads: torch.set_num_threads(args.threads)
     chat = VideoChat.from_names(args.llm, args.vision, args.checkpoint, args.num_frames, args.device, not args.no_cache)
@@ -167,12 +176,13 @@ def chat_main(argv: list[str] | None = None) -> int:
     head += "".join(f" | WARNING: {w}" for w in info["warnings"])
     print(head, file=sys.stderr if args.json else sys.stdout, flush=True)
     chat.load_video(args.video)
-    questions = [args.question] if args.question else (line.strip() for line in sys.stdin if line.strip())
+    questions = [args.question] if args.question is not None else (line.strip() for line in sys.stdin if line.strip())
     answers = []
     for q in questions:
         streamer = None if args.json else TextStreamer(chat.model.tokenizer, skip_prompt=True, skip_special_tokens=True)
         if not args.json and not args.question: print(f"> {q}", flush=True)
         answers.append({"question": q, "answer": chat.ask(q, args.max_new_tokens, args.temperature, streamer), **chat.timings})
+    if not answers: raise VtomError("No question was given: stdin held no non-empty line. Pass QUESTION or pipe questions in.")
     if args.json:
         out = {"answer": answers[-1]["answer"] if answers else None, "video": str(args.video), **info,
                "feature_source": chat.feature_source, "timings": chat.timings, "turns": answers}

@@ -23,8 +23,8 @@ __all__ = ['LLM_ALIASES', 'PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYS
            'VIDEO_TOKEN', 'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX',
            'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation',
            'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns',
-           'add_video_tokens', 'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch', 'build_projector',
-           'VideoLLM', 'position_ids_from_mask']
+           'add_video_tokens', 'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch',
+           'TemporalProjector', 'build_projector', 'VideoLLM', 'position_ids_from_mask']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -109,7 +109,7 @@ def load_llm(name: str = "embedded", device: str | torch.device = "auto", dtype:
     return _finish_llm(lm, tok, device)
 
 # %% ../nbs/03_model.ipynb #e983d2eb
-PROJECTOR_TYPES = ("linear", "mlp2")
+PROJECTOR_TYPES = ("linear", "mlp2", "temporal")
 
 @dataclass
 class VideoLLMConfig:
@@ -119,7 +119,7 @@ class VideoLLMConfig:
     vision_hidden_size: int = 1024                      # width of the video features
     num_frames: int = 100                               # temporal tokens
     num_spatial_tokens: int = 256                       # spatial tokens (P)
-    projector_type: str = "linear"                      # "linear" (reference) or "mlp2" (Linear-GELU-Linear)
+    projector_type: str = "linear"                      # "linear" (reference), "mlp2" (Linear-GELU-Linear) or "temporal"
     template: str = "chat"                              # prompt template: "chat", "vicuna_v1_1" or "video-chatgpt_v1"
     tune_video_embeddings: bool = True                  # train the <vid_start>/<vid_end> rows as well
 
@@ -214,7 +214,13 @@ def _render(turns: Sequence[dict], template: str, add_generation_prompt: bool, t
         for i, t in enumerate(turns):
             if t["role"] != "assistant": continue
             prefix = tokenizer.apply_chat_template(turns[:i], tokenize=False, add_generation_prompt=True)
-            start = text.find(t["content"].strip(), len(prefix) if text.startswith(prefix) else 0)
+            if not text.startswith(prefix):   # searching the whole text would find the answer quoted in the user turn
+                name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+                raise VtomError(f"The chat template of {name} renders a generation prompt that is not a prefix of the rendered "
+                                f"conversation (generation prompt ends {prefix[-40:]!r}, conversation has {text[len(prefix) - 40:len(prefix)]!r}; "
+                                "e.g. it adds '<think>' only when generating), so the answer's tokens cannot be located. "
+                                "Use a sep template (template='vicuna_v1_1') or a chat template without that difference.")
+            start = text.find(t["content"].strip(), len(prefix))
             if start < 0: raise VtomError(f"Could not find answer {i} in the chat-template rendering; use a sep template.")
             end = start + len(t["content"].strip())
             if eot and text.startswith(eot, end): end += len(eot)
@@ -280,10 +286,30 @@ def pad_batch(items: Sequence[dict], pad_token_id: int, padding_side: str = "rig
     return out
 
 # %% ../nbs/03_model.ipynb #fb5942be
-def build_projector(kind: str, in_features: int, out_features: int) -> nn.Module:
-    "The vision-to-LM projector: `'linear'` (reference) or `'mlp2'` (Linear-GELU-Linear)."
+class TemporalProjector(nn.Module):
+    "Linear map of every token plus, on the first `num_frames` (temporal) tokens, a zero-initialised time-aware transformer."
+    def __init__(self, in_features: int, out_features: int, num_frames: int, width: int = 256, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.num_frames = num_frames
+        self.linear = nn.Linear(in_features, out_features)
+        self.down = nn.Linear(in_features, width)
+        self.time = nn.Parameter(torch.randn(num_frames, width) * 0.02)
+        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.mixer = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.up = nn.Linear(width, out_features)
+        nn.init.zeros_(self.up.weight); nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "`x` [B, N, D_in] or [N, D_in] with the temporal tokens first -> [B, N, D_out]."
+        out, t = self.linear(x), min(self.num_frames, x.shape[-2])
+        mixed = self.up(self.mixer(self.down(x[..., :t, :]) + self.time[:t]))
+        return torch.cat([out[..., :t, :] + mixed, out[..., t:, :]], dim=-2)
+
+def build_projector(kind: str, in_features: int, out_features: int, num_frames: int = 100) -> nn.Module:
+    "The vision-to-LM projector: `'linear'` (reference), `'mlp2'` (Linear-GELU-Linear) or `'temporal'` (order-aware)."
     if kind == "linear": return nn.Linear(in_features, out_features)
     if kind == "mlp2": return nn.Sequential(nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features))
+    if kind == "temporal": return TemporalProjector(in_features, out_features, num_frames)
     raise VtomError(f"Unknown projector type {kind!r}; use one of {PROJECTOR_TYPES}.")
 
 # %% ../nbs/03_model.ipynb #a8288939
@@ -299,7 +325,7 @@ class VideoLLM(nn.Module):
         self.token_ids = add_video_tokens(tokenizer)
         emb = lm.get_input_embeddings().weight
         self.hidden_size = emb.shape[1]
-        self.projector = build_projector(config.projector_type, config.vision_hidden_size, self.hidden_size).to(emb.device)
+        self.projector = build_projector(config.projector_type, config.vision_hidden_size, self.hidden_size, config.num_frames).to(emb.device)
         mean = emb.detach().float().mean(0)
         self.video_embeddings = nn.Parameter(mean.repeat(len(VIDEO_TOKENS), 1).clone())
         self.register_buffer("_video_ids", torch.tensor([self.token_ids[t] for t in VIDEO_TOKENS], device=emb.device), persistent=False)

@@ -9,9 +9,7 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
-import re
 import resource
 import sys
 import time
@@ -149,48 +147,52 @@ PRESETS: dict[str, dict[str, Any]] = {
                 gradient_checkpointing=False, save_steps=100, eval_steps=50, logging_steps=5, num_workers=0),
 }
 
+def _opt(default: Any, help: str) -> Any:
+    "A `TrainConfig` field with its `--help` text (read by `HfArgumentParser`)."
+    return field(default=default, metadata={"help": help})
+
 @dataclass
 class TrainConfig:
     "Everything a training run needs; `None` fields come from the preset (`reference` on GPU, `cpu` otherwise)."
-    train_data: str | None = None        # conversation records, VideoInstruct json, or Social-IQ-style qa_*.json
-    features: str | None = None          # feature store folder ({video_id}.safetensors or the reference's .pkl)
-    eval_data: str | None = None         # held-out records (same formats); evaluated before, during and after training
-    eval_features: str | None = None     # feature store of eval_data (default: features)
-    output_dir: str | None = None        # default: runs/train-<train file stem>
-    llm: str = "embedded"                # vtom.model.load_llm name: embedded, tiny, a local dir or a hub name
-    template: str = "chat"               # prompt template shared with inference: chat, vicuna_v1_1, video-chatgpt_v1
-    projector_type: str = "linear"       # linear (reference) or mlp2
-    num_frames: int | None = None        # temporal tokens per feature file (None: from the store's metadata, else 100)
-    tune_video_embeddings: bool = True   # also train the <vid_start>/<vid_end> rows
-    lora: bool = False                   # add peft LoRA adapters to the LM
+    train_data: str | None = _opt(None, "training records: conversation records (.json/.jsonl), VideoInstruct_Dataset.json, or a Social-IQ 2.0-style qa_*.json")
+    features: str | None = _opt(None, "feature store folder written by `vtom features` ({video_id}.safetensors or the reference's .pkl)")
+    eval_data: str | None = _opt(None, "held-out records (same formats); evaluated before, during and after training")
+    eval_features: str | None = _opt(None, "feature store of eval_data (default: features)")
+    output_dir: str | None = _opt(None, "output folder (default runs/train-<data name>)")
+    llm: str = _opt("embedded", "vtom.model.load_llm name: embedded, tiny, a local dir or a hub name")
+    template: str = _opt("chat", "prompt template shared with inference: chat, vicuna_v1_1, video-chatgpt_v1")
+    projector_type: str = _opt("linear", "linear (reference), mlp2 or temporal (order-aware; vtom.model.PROJECTOR_TYPES)")
+    num_frames: int | None = _opt(None, "temporal tokens per feature file (default: from the store metadata, else 100)")
+    tune_video_embeddings: bool = _opt(True, "also train the <vid_start>/<vid_end> rows")
+    lora: bool = _opt(False, "train LoRA adapters on the LM too")
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
-    preset: str = "auto"                 # auto (reference on CUDA, cpu otherwise), reference or cpu
-    learning_rate: float | None = None
-    epochs: float | None = None
-    max_steps: int = -1                  # > 0 overrides epochs
-    batch_size: int | None = None        # per device
-    global_batch_size: int | None = None # batch_size x gradient accumulation x processes
+    preset: str = _opt("auto", "defaults for unset options: auto (reference on CUDA, cpu otherwise), reference, cpu")
+    learning_rate: float | None = _opt(None, "default: from the preset")
+    epochs: float | None = _opt(None, "default: from the preset")
+    max_steps: int = _opt(-1, "stop after this many optimizer steps (> 0 overrides --epochs)")
+    batch_size: int | None = _opt(None, "per device; default: from the preset")
+    global_batch_size: int | None = _opt(None, "batch_size x gradient accumulation x processes; default: from the preset")
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     lr_scheduler: str = "cosine"
-    max_length: int | None = None
-    gradient_checkpointing: bool | None = None
-    save_steps: int | None = None
+    max_length: int | None = _opt(None, "default: from the preset")
+    gradient_checkpointing: bool | None = _opt(None, "default: from the preset")
+    save_steps: int | None = _opt(None, "default: from the preset")
     save_total_limit: int | None = 3
-    eval_steps: int | None = None
-    logging_steps: int | None = None
-    num_workers: int | None = None
-    max_samples: int | None = None       # use only the first N training records
+    eval_steps: int | None = _opt(None, "default: from the preset")
+    logging_steps: int | None = _opt(None, "default: from the preset")
+    num_workers: int | None = _opt(None, "default: from the preset")
+    max_samples: int | None = _opt(None, "use only the first N training records")
     max_eval_samples: int | None = None
-    eval_before: bool = True             # held-out loss of the untrained projector
+    eval_before: bool = _opt(True, "held-out loss of the untrained projector")
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
-    resume: str = "auto"                 # auto (last checkpoint in output_dir), never, or a checkpoint folder
-    deepspeed: str | None = None         # DeepSpeed JSON config (e.g. data/configs/zero2.json)
+    resume: str = _opt("auto", "auto (last checkpoint in the output folder), never, or a checkpoint folder")
+    deepspeed: str | None = _opt(None, "DeepSpeed JSON config (e.g. data/configs/zero2.json)")
 
 def world_size() -> int:
     "Number of processes of this run (`WORLD_SIZE` set by torchrun / accelerate; 1 otherwise)."
@@ -454,43 +456,24 @@ def plot_history(history: list[dict] | str | Path, ax=None, title: str | None = 
     return ax
 
 # %% ../nbs/04_train.ipynb #d3cffdb2
-def _field_type(f) -> type:
-    t = str(f.type)  # "int | None" (postponed annotations) or a type object
-    for name, typ in (("bool", bool), ("float", float), ("int", int)):
-        if re.search(rf"\b{name}\b", t): return typ
-    return str
-
-_FLAG_HELP = {"train_data": "training records: conversation records (.json/.jsonl), VideoInstruct_Dataset.json, or a Social-IQ 2.0-style qa_*.json",
-              "features": "feature store folder written by `vtom features`", "output_dir": "output folder (default runs/train-<data name>)",
-              "preset": "defaults for unset options: auto (reference on CUDA, cpu otherwise), reference, cpu",
-              "resume": "auto (last checkpoint in the output folder), never, or a checkpoint folder",
-              "max_steps": "stop after this many optimizer steps (overrides --epochs)", "lora": "train LoRA adapters on the LM too",
-              "num_frames": "temporal tokens per feature file (default: from the store metadata)"}
-
 def train_parser() -> argparse.ArgumentParser:
-    "The `vtom train` argument parser: one flag per `TrainConfig` field, plus `--config FILE`."
-    p = argparse.ArgumentParser(prog="vtom train", description="Train the video projector (optionally LoRA) on a language model "
-                                "with the Hugging Face Trainer; works under torchrun / accelerate launch.")
-    p.add_argument("train_data_pos", nargs="?", metavar="DATA", help=_FLAG_HELP["train_data"])
+    "The `vtom train` parser: `HfArgumentParser` over `TrainConfig` (one flag per field), plus `DATA`, `-o` and `--config FILE`."
+    from transformers import HfArgumentParser
+    p = HfArgumentParser(TrainConfig, prog="vtom train", description="Train the video projector (optionally LoRA) on a language "
+                         "model with the Hugging Face Trainer; works under torchrun / accelerate launch.")
+    p.add_argument("train_data_pos", nargs="?", metavar="DATA", help="training records (same as --train-data)")
+    p.add_argument("-o", dest="output_dir", default=argparse.SUPPRESS, help="output folder (same as --output-dir)")
+    p.add_argument("--projector", dest="projector_type", default=argparse.SUPPRESS, help="same as --projector-type")
     p.add_argument("--config", help="YAML or JSON file of options (same names as the flags); flags win")
-    p.add_argument("-o", dest="output_dir", default=argparse.SUPPRESS, help=_FLAG_HELP["output_dir"])
-    for f in fields(TrainConfig):
-        flag, typ = "--" + f.name.replace("_", "-"), _field_type(f)
-        default = f"default: {f.default}" if f.default is not None else "default: from the preset" if f.name in PRESETS["cpu"] else ""
-        help_ = "; ".join(x for x in (_FLAG_HELP.get(f.name, ""), default) if x)
-        if typ is bool: p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
-        else: p.add_argument(flag, type=typ, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_)
     return p
 
 def config_from_argv(argv: Sequence[str]) -> TrainConfig:
-    "Parse `vtom train` arguments (config file first, then flags) into a `TrainConfig`."
-    ns = vars(train_parser().parse_args(list(argv)))
-    values = load_config_file(ns.pop("config")) if ns.get("config") else {}
-    ns.pop("config", None)
-    pos = ns.pop("train_data_pos", None)
-    if pos: values["train_data"] = pos
-    values.update(ns)
-    return TrainConfig(**values)
+    "Parse `vtom train` arguments into a `TrainConfig`: the `--config` file sets the defaults, flags override them."
+    parser, argv = train_parser(), list(argv)
+    config = parser.parse_known_args(argv)[0].config
+    if config: parser.set_defaults(**load_config_file(config))
+    cfg, rest = parser.parse_args_into_dataclasses(argv)
+    return dataclasses.replace(cfg, train_data=rest.train_data_pos) if rest.train_data_pos else cfg
 
 def train_main(argv: list[str] | None = None) -> int:
     "`vtom train`: train, then print the run's metrics as one JSON line (rank 0 only)."
