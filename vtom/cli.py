@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("vtom.evaluate", "eval_main", "Judge-free multiple-choice evaluation (Social-IQ 2.0, synthetic ToM) with baselines."),
     "synth": ("vtom.synth", "synth_main", "Generate the synthetic false-belief video benchmark."),
     "locate": ("vtom.locate", "locate_main", "Moment retrieval of mental-state changes and the synthetic benchmark's goal report."),
+    "tomloc": ("vtom.tomloc", "tomloc_main", "ToMLoc: Social-IQ 2.0 clips joined from stored features, frame-index localisation, paired MC comparison."),
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),
 }
