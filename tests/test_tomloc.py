@@ -253,3 +253,35 @@ def test_cli_build_and_eval(tmp_path, capsys):
     from vtom.cli import main
     assert main(["tomloc", "build", "--qa", str(FIXTURE_QA), "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "vtom features" in capsys.readouterr().err
+
+
+# --- the paper's experiment as the gpu-tomloc preset -----------------------------------------------------------------
+
+def test_gpu_tomloc_dry_run_offline(capsys):
+    from vtom.cli import main
+    fixtures = str(ROOT / "data" / "fixtures" / "siq2")
+    # with the data and models present (fixture folder, embedded LM, random tower) nothing is missing
+    assert main(["run", "gpu-tomloc", "--dry-run", "-p", "siq2_dir", fixtures, "-p", "llm", "embedded", "-p", "vision", "random:ViT-L-14"]) == 0
+    assert "OK, ready to run" in capsys.readouterr().out
+    # as shipped, offline: only "missing" problems (data and weights to download), never an error in the pipeline itself
+    rc = main(["run", "gpu-tomloc", "--dry-run", "-p", "siq2_dir", "/nonexistent/siq2"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "/nonexistent/siq2 does not exist" in out and "error" not in out and "how to fix" in out
+
+
+def test_gpu_tomloc_commands_use_real_flags(capsys):
+    "Every flag of every command stage is one the routed command accepts (checked against its --help)."
+    import re
+    from vtom.batch import PIPELINES
+    from vtom.cli import main
+    for stage in PIPELINES["tomloc"]:
+        argv = list(stage.command[1:])
+        sub = [a for a in argv[:2] if not a.startswith(("-", "{"))]
+        if sub and sub[0] in ("eval",): sub = sub[:1]          # `vtom eval siq2 ...`: siq2 is a positional
+        with pytest.raises(SystemExit) as e: main([*sub, "--help"])
+        assert e.value.code == 0
+        helptext = capsys.readouterr().out
+        for flag in (a for a in argv if re.fullmatch(r"--[a-z][a-z0-9-]*", a)):
+            assert flag in helptext, f"stage {stage.name}: `vtom {' '.join(sub)}` has no {flag}"
+    names = [s.name for s in PIPELINES["tomloc"]]
+    assert names.index("train-mc") < names.index("eval-mc") and names[-2:] == ["compare", "localise"]

@@ -19,6 +19,7 @@ __all__ = ['COMMANDS', 'BENCHMARKS', 'main', 'bench_main', 'info_main']
 # %% ../nbs/99_cli.ipynb #b856b8d3
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("vtom.cli", "info_main", "Show versions, device, paths and the embedded language model."),
+    "doctor": ("vtom.bench", "doctor_main", "What this machine can run (CUDA, bf16, decoders, flash-attn, memory, presets); --gpu: speed/memory check."),
     "features": ("vtom.features", "features_main", "Extract pooled CLIP spatio-temporal features for many videos (resumable)."),
     "train": ("vtom.train", "train_main", "Train the video projector (optionally LoRA) on a language model."),
     "chat": ("vtom.infer", "chat_main", "Ask a question about a video and stream the answer."),
