@@ -285,3 +285,28 @@ def test_gpu_tomloc_commands_use_real_flags(capsys):
             assert flag in helptext, f"stage {stage.name}: `vtom {' '.join(sub)}` has no {flag}"
     names = [s.name for s in PIPELINES["tomloc"]]
     assert names.index("train-mc") < names.index("eval-mc") and names[-2:] == ["compare", "localise"]
+
+
+def test_gpu_tomloc_chain_runs_on_stand_in_features(tmp_path, capsys):
+    "The preset's commands after feature extraction, exactly as the pipeline spells them, on stand-in stores and a tiny LM."
+    import re
+    from vtom.batch import PIPELINES
+    from vtom.cli import main
+    siq2, work = tmp_path / "siq2", tmp_path / "work"
+    (siq2 / "qa").mkdir(parents=True)
+    vids = [f"v{i:02d}" for i in range(12)]
+    _siq2_lines(siq2 / "qa" / "qa_train.json", {v: 2 for v in vids[:9]})
+    _siq2_lines(siq2 / "qa" / "qa_val.json", {v: 2 for v in vids[9:]})
+    _fake_store(work / "features", {v: (4, 4, 6.0) for v in vids})            # multiple choice: 4 temporal + 4 spatial rows
+    _fake_store(work / "features-clips", {v: (1, 1, 6.0) for v in vids})      # clips of 1 frame, joined 3 -> 4 temporal rows
+    params = {"siq2_dir": str(siq2), "work": str(work), "llm": "tiny", "device": "cpu", "n_clips": "3", "seed": "0",
+              "num_frames": "4", "train_steps": "2", "head_steps": "3", "lm_steps": "1"}
+    for stage in PIPELINES["tomloc"]:
+        if stage.name.endswith("features"): continue
+        argv = [re.sub(r"\{(\w+)\}", lambda m: params[m.group(1)], a) for a in stage.command[1:]]
+        if argv[0] == "train": argv += ["--batch-size", "2", "--global-batch-size", "2", "--num-workers", "0"]   # CPU-sized batch
+        assert main(argv) == 0, f"stage {stage.name} failed: {capsys.readouterr().err[-2000:]}"
+    cmp = json.loads((work / "eval" / "compare.json").read_text())
+    assert cmp["n"] == 6 and -1 <= cmp["difference"] <= 1 and len(cmp["difference_ci95"]) == 2
+    mixed = json.loads((work / "mix" / "records.json").read_text())
+    assert len(mixed) == 18 + 18 and (work / "tomloc-eval" / "report.json").is_file()
