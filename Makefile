@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install demo test export clean lab help chromium
+.PHONY: install demo test export clean lab help chromium gpu-check
 
 help:
 	@echo "make demo    set up .venv and run the cpu-demo pipeline (report in runs/cpu-demo/report.md)"
@@ -13,6 +13,7 @@ help:
 	@echo "make export  export nbs/ to vtom/ (after editing a notebook)"
 	@echo "make clean   strip outputs and metadata from notebooks (nbdev_clean)"
 	@echo "make lab     start JupyterLab in nbs/"
+	@echo "make gpu-check  speed/memory at real sizes on a GPU, <= 8 min (toy sizes without CUDA): runs/gpu-check.json"
 
 install: $(VENV)/.installed
 
@@ -48,3 +49,7 @@ clean: install
 
 lab: install
 	$(BIN)/jupyter lab nbs
+
+GPU_CHECK_OUT ?= runs/gpu-check.json
+gpu-check: install
+	$(BIN)/vtom doctor --gpu --budget 480 --out $(GPU_CHECK_OUT)

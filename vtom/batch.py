@@ -757,6 +757,64 @@ PRESETS["gpu-siq2"] = Preset(
             "chat": {"vision": "hf:openai/clip-vit-large-patch14", "num_frames": 100}},
     skip_flags=(), hints={"siq2_dir": SIQ2_HINT, "train_data": SIQ2_HINT, "eval_data": SIQ2_HINT, "qa_file": SIQ2_HINT})
 
+# %% ../nbs/09_batch.ipynb #0779d49d
+def _cmd(*args: str) -> tuple[str, ...]: return ("vtom", *args)
+
+def _features_stage(name: str, out: str, frames: str, description: str) -> Stage:
+    return Stage(name, command=_cmd("features", "{siq2_dir}/video", out, "--vision", "{vision}", "--num-frames", frames,
+                                    "--device", "{device}", "--no-progress"),
+                 parameters={"siq2_dir": "{data}/siq2", "vision": "hf:openai/clip-vit-large-patch14", "num_frames": 100,
+                             "clip_frames": 33, "device": "auto"}, inputs=("siq2_dir",), models=("vision",), depends=(), description=description)
+
+def _train_stage(name: str, data: str, features: str, out: str, depends: tuple[str, ...], description: str) -> Stage:
+    return Stage(name, command=_cmd("train", data, "--features", features, "--llm", "{llm}", "--preset", "reference",
+                                    "--max-steps", "{train_steps}", "--seed", "{seed}", "--device", "{device}", "-o", out),
+                 parameters={"llm": "embedded", "train_steps": 2000, "seed": 0, "device": "auto"}, models=("llm",), depends=depends,
+                 clean=(out,), description=description)
+
+def _mc_eval_stage(name: str, checkpoint: str, out: str, depends: tuple[str, ...]) -> Stage:
+    return Stage(name, command=_cmd("eval", "siq2", "--qa", "{siq2_dir}/qa/qa_val.json", "--features", "{work}/features", "--mode", "video",
+                                    "--checkpoint", checkpoint, "--llm", "{llm}", "--device", "{device}", "--out", out, "--no-progress"),
+                 parameters={"siq2_dir": "{data}/siq2", "llm": "embedded", "device": "auto"}, inputs=("siq2_dir",), models=("llm",),
+                 depends=depends, clean=(out,), report_figures=0, description=f"Social-IQ 2.0 val multiple choice, projector {checkpoint}",
+                 metrics={"accuracy": "out['accuracy']", "ci95": "out['ci95']", "n": "out['n']"})
+
+PIPELINES["tomloc"] = [   # the reference paper's experiment: does ToMLoc training help Social-IQ 2.0 multiple choice?
+    _features_stage("siq2-features", "{work}/features", "{num_frames}", "features of every Social-IQ 2.0 video (multiple choice)"),
+    _features_stage("clip-features", "{work}/features-clips", "{clip_frames}", "the same videos with num_frames / n_clips frames, to join"),
+    *[Stage(f"tomloc-{split}", command=_cmd("tomloc", "build", "--qa", f"{{siq2_dir}}/qa/qa_{split}.json", "--features", "{work}/features-clips",
+                                           "--n-clips", "{n_clips}", "--seed", "{seed}", "--num-frames", "{num_frames}", "--out", f"{{work}}/tomloc-{split}"),
+            parameters={"siq2_dir": "{data}/siq2", "n_clips": 3, "seed": 0, "num_frames": 100}, inputs=("siq2_dir",), depends=("clip-features",),
+            clean=(f"{{work}}/tomloc-{split}",), description=f"ToMLoc samples of {split}: clips joined from the stored features")
+      for split in ("train", "val")],
+    Stage("mix", command=_cmd("tomloc", "mix", "--qa", "{siq2_dir}/qa/qa_train.json", "--features", "{work}/features",
+                              "--tomloc", "{work}/tomloc-train", "--out", "{work}/mix"),
+          parameters={"siq2_dir": "{data}/siq2"}, inputs=("siq2_dir",), depends=("siq2-features", "tomloc-train"), clean=("{work}/mix",),
+          description="multiple-choice records + ToMLoc frame-index records, one linked feature folder"),
+    _train_stage("train-mc", "{siq2_dir}/qa/qa_train.json", "{work}/features", "{work}/train-mc", ("siq2-features",),
+                 "projector on multiple choice only (train_steps steps, the reference's batch)"),
+    _train_stage("train-tomloc", "{work}/mix/records.json", "{work}/mix/features", "{work}/train-tomloc", ("mix",),
+                 "projector on multiple choice + ToMLoc, the same steps and batch"),
+    _mc_eval_stage("eval-mc", "{work}/train-mc", "{work}/eval/mc.json", ("siq2-features", "train-mc")),
+    _mc_eval_stage("eval-tomloc", "{work}/train-tomloc", "{work}/eval/tomloc.json", ("siq2-features", "train-tomloc")),
+    Stage("compare", command=_cmd("tomloc", "compare", "{work}/eval/mc.predictions.jsonl", "{work}/eval/tomloc.predictions.jsonl",
+                                  "--out", "{work}/eval/compare.json"), depends=("eval-mc", "eval-tomloc"),
+          description="accuracy difference (ToMLoc - MC only) with a paired bootstrap 95% CI",
+          metrics={"difference": "out['difference']", "ci95": "out['difference_ci95']", "n": "out['n']"}),
+    Stage("localise", command=_cmd("tomloc", "eval", "--train", "{work}/tomloc-train", "--test", "{work}/tomloc-val", "--out", "{work}/tomloc-eval",
+                                   "--head-steps", "{head_steps}", "--llm", "{llm}", "--lm-steps", "{lm_steps}", "--device", "{device}"),
+          parameters={"head_steps": 300, "llm": "embedded", "lm_steps": 500, "device": "auto"}, models=("llm",),
+          depends=("tomloc-train", "tomloc-val"), clean=("{work}/tomloc-eval",),
+          description="ToMLoc localisation on val: priors, retrieval head, LM frame index (R1@IoU, mIoU, frame-in-window, exact index)"),
+]
+
+PRESETS["gpu-tomloc"] = Preset(
+    "gpu-tomloc", "tomloc", "the reference paper's ToMLoc experiment on one GPU: projector trained on Social-IQ 2.0 multiple choice "
+    "with and without ToMLoc (same steps and batch), val accuracy with a paired CI; CLIP ViT-L/14 and a 7B-class chat LM",
+    parameters={"device": "cuda", "siq2_dir": "{data}/siq2", "llm": LM_7B, "vision": "hf:openai/clip-vit-large-patch14",
+                "num_frames": 100, "clip_frames": 33, "n_clips": 3, "train_steps": 2000, "seed": 0},
+    skip_flags=(), hints={"siq2_dir": SIQ2_HINT})
+
 # %% ../nbs/09_batch.ipynb #9400b9c3
 def check_model(name: Any) -> str | None:
     "None when the model `name` can be loaded here without a download, else what is missing and how to get it."

@@ -18,6 +18,7 @@ __all__ = ['COMMANDS', 'BENCHMARKS', 'main', 'bench_main', 'info_main']
 # %% ../nbs/99_cli.ipynb #b856b8d3
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("vtom.cli", "info_main", "Show versions, device, paths and the embedded language model."),
+    "doctor": ("vtom.bench", "doctor_main", "What this machine can run (CUDA, bf16, decoders, flash-attn, memory, presets); --gpu: speed/memory check."),
     "features": ("vtom.features", "features_main", "Extract pooled CLIP spatio-temporal features for many videos (resumable)."),
     "train": ("vtom.train", "train_main", "Train the video projector (optionally LoRA) on a language model."),
     "chat": ("vtom.infer", "chat_main", "Ask a question about a video and stream the answer."),
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "social": ("vtom.social", "social_main", "Faces, expressions, voice activity and words of a video (--json); `social locate` finds moments."),
     "goal": ("vtom.experiments", "goal_main", "The synthetic benchmark's goal report: probes, moment retrieval, multiple choice, verdicts."),
     "locate": ("vtom.experiments", "goal_main", "The old name of `vtom goal` (the goal report on a `vtom synth` folder)."),
+    "tomloc": ("vtom.tomloc", "tomloc_main", "ToMLoc: Social-IQ 2.0 clips joined from stored features, frame-index localisation, paired MC comparison."),
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),
     "demo": ("vtom.demo", "demo_main", "Chat with a video and find moments in it in the browser (offline gradio app)."),

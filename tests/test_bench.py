@@ -1,0 +1,55 @@
+"""vtom.bench: `vtom doctor` and the GPU check (`vtom doctor --gpu`, `make gpu-check`) at toy sizes on the CPU."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from vtom.bench import LLAMA_TOY, PRESET_NEEDS, bench_lm_train, fitting_presets, machine_report, try_import
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_doctor_lists_machine_and_presets(capsys):
+    from vtom.cli import main
+    assert main(["doctor"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {"cuda", "gpus", "cpu", "ram_gib", "packages"} <= rep["machine"].keys()
+    assert set(rep["machine"]["packages"]) >= {"decord", "torchcodec", "flash_attn"}
+    assert set(rep["presets"]) == set(PRESET_NEEDS)
+    if not torch.cuda.is_available(): assert "a CUDA GPU" in rep["presets"]["gpu-tomloc"]["missing"]
+
+
+def test_every_preset_has_its_needs():
+    from vtom.batch import PRESETS
+    assert set(PRESETS) <= set(PRESET_NEEDS), f"add {set(PRESETS) - set(PRESET_NEEDS)} to vtom.bench.PRESET_NEEDS"
+
+
+def test_fitting_presets_by_hand():
+    rep = {"cuda": True, "gpus": [{"total_gib": 80.0}], "ram_gib": {"total": 64.0},
+           "packages": {p: {"ok": True} for p in ("av", "open_clip", "transformers", "papermill")}}
+    assert all(v["fits"] for v in fitting_presets(rep).values())
+    small = {**rep, "gpus": [{"total_gib": 16.0}], "packages": {**rep["packages"], "av": {"ok": False, "error": "ImportError: x"}}}
+    fit = fitting_presets(small)
+    assert fit["gpu-siq2"]["missing"] == ["a GPU with >= 24 GiB", "package av (ImportError: x)"] and not fit["cpu-demo"]["fits"]
+    assert try_import("json")["ok"] and not try_import("vtom_no_such_module")["ok"]
+
+
+def test_lm_train_bench_toy_frozen_lm():
+    rec = bench_lm_train(LLAMA_TOY, "cpu", "fp32", batch_size=2, video_tokens=6, text_tokens=4, vision_dim=8, steps=1, warmup=1,
+                         attn=("sdpa", "flash_attention_2"), checkpointing=(True,))
+    assert rec["runs"][0]["attn"] == "sdpa" and rec["runs"][0]["tokens_per_s"] > 0 and rec["tokens_per_sample"] == 10
+    assert rec["runs"][1] == {"attn": "flash_attention_2", "skipped": "CUDA only"}
+
+
+def test_make_gpu_check_runs_on_cpu_at_toy_sizes(tmp_path):
+    out = tmp_path / "gpu-check.json"
+    r = subprocess.run(["make", "gpu-check", f"GPU_CHECK_OUT={out}", f"VENV={Path(sys.executable).parent.parent}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert rep["sizes"] == ("real" if torch.cuda.is_available() else "toy") and rep["within_budget"] and rep["budget_s"] == 480
+    f = rep["features"][0]
+    assert f["failed"] == 0 and f["tower_frames_per_s"] > 0 and 0 < f["busy_fraction"] <= 1 and isinstance(f["decode_bound"], bool)
+    assert any(run.get("tokens_per_s") for run in rep["lm_train"]["runs"]) and rep["machine"]["cpu"]["cores"] >= 1
