@@ -53,3 +53,5 @@ def test_make_gpu_check_runs_on_cpu_at_toy_sizes(tmp_path):
     f = rep["features"][0]
     assert f["failed"] == 0 and f["tower_frames_per_s"] > 0 and 0 < f["busy_fraction"] <= 1 and isinstance(f["decode_bound"], bool)
     assert any(run.get("tokens_per_s") for run in rep["lm_train"]["runs"]) and rep["machine"]["cpu"]["cores"] >= 1
+    social = rep["social"]  # the social signals at toy size: frames/s and real-time factors (espeak-ng makes the speech)
+    assert social["frames_per_s"] > 0 and social["frames"] == 16 and 0 < social["asr_rtf"] and 0 < social["vad_rtf"], social

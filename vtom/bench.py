@@ -185,14 +185,20 @@ def bench_lm_train(shape: dict = LLAMA_7B, device: str = "auto", dtype: str = "b
     return rec
 
 # %% ../nbs/11_bench.ipynb #02f4f022
+def _social_section(toy: bool) -> dict:
+    "`vtom.social.bench_social` at 100 frames and 60 s of speech (16 frames, 10 s at toy sizes); a missing model or espeak-ng is recorded."
+    from vtom.social import bench_social
+    try: return bench_social(num_frames=16 if toy else 100, audio_seconds=10.0 if toy else 60.0)
+    except Exception as e: return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+
 def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 480.0, video: str | Path | None = None) -> dict:
-    "Speed and memory at real sizes on a GPU (toy sizes without CUDA): feature extraction and 7B-shaped frozen-LM training."
+    "Speed and memory at real sizes on a GPU (toy sizes without CUDA): feature extraction, the social signals and 7B-shaped frozen-LM training."
     dev = get_device(device)
     toy = dev.type != "cuda" if toy is None else toy
     t0 = time.perf_counter()
     report = {"bench": "gpu-check", "sizes": "toy" if toy else "real", "device": str(dev), "budget_s": budget_s,
               "machine": machine_report(), "versions": package_versions(("torch", "transformers", "open_clip_torch", "decord", "av")),
-              "features": [], "lm_train": None}
+              "features": [], "social": None, "lm_train": None}
     if toy and video is None:
         import tempfile
         from vtom.decode import make_test_video
@@ -203,6 +209,7 @@ def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 4
     for dt in dtypes:
         if time.perf_counter() - t0 > budget_s: report["features"].append({"dtype": dt, "skipped": "time budget"}); continue
         report["features"].append(bench_features(dtype=dt, device=str(dev), video=video, **fkw))
+    report["social"] = {"skipped": "time budget"} if time.perf_counter() - t0 > budget_s else _social_section(toy)
     if time.perf_counter() - t0 > budget_s: report["lm_train"] = {"skipped": "time budget"}
     elif toy:
         report["lm_train"] = bench_lm_train(LLAMA_TOY, str(dev), "fp32" if dev.type == "cpu" else "auto", batch_size=2, video_tokens=12,
