@@ -98,6 +98,7 @@ def test_video_modes_skip_missing_features(tiny):
     lm, tok = tiny
     feats = {"vidA": torch.cat([torch.randn(5, 8), torch.zeros(3, 8), torch.randn(2, 8)])}
     vllm = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=8, num_frames=8, num_spatial_tokens=2), lm, tok).eval()
+    torch.nn.init.normal_(vllm.projector.weight)  # stands in for a trained projector (an untrained one emits zero tokens)
     setup = EvalSetup(vllm, vllm.tokenizer, "chat", feats, num_frames=8)
     val = load_siq2(SIQ2 / "qa/qa_val.json")
     res = {m: evaluate_questions(setup, val, m, progress=False) for m in ("video", "shuffled", "blank")}

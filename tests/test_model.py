@@ -66,6 +66,7 @@ def test_frozen_rows_and_mlp2_and_checkpointing():
     model.train()
     item = tokenize_conversation(tok, [{"role": "user", "content": "<video> why?"}, {"role": "assistant", "content": "because"}], "chat", 7)
     batch = pad_batch([dict(item, video_features=torch.randn(7, 16))], tok.pad_token_id)
+    torch.nn.init.normal_(model.projector[2].weight, std=0.1)  # as after one optimizer step (the output layer starts at zero)
     model(**batch).loss.backward()
     assert set(model.trainable_parameters()) == {"projector.0.weight", "projector.0.bias", "projector.2.weight", "projector.2.bias"}
     assert model.projector[0].weight.grad.abs().sum() > 0 and model.video_embeddings.grad is None
@@ -137,3 +138,14 @@ def test_temporal_projector_trains_saves_and_reloads(tmp_path):
     model.save_pretrained(tmp_path)
     again = VideoLLM.from_pretrained(tmp_path, lm=lm, tokenizer=tok, device="cpu")
     with torch.no_grad(): torch.testing.assert_close(again(**batch).logits, logits)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp2", "temporal"])
+def test_untrained_projector_emits_zero_tokens(kind):
+    "An untrained model puts zero vectors at the video positions (random ones derailed the LM), and still trains."
+    lm, tok = tiny_llm()
+    model = VideoLLM(VideoLLMConfig(vision_hidden_size=16, num_frames=3, num_spatial_tokens=4, projector_type=kind), lm, tok)
+    with torch.no_grad(): assert torch.equal(model.projector(torch.randn(2, 7, 16)), torch.zeros(2, 7, model.hidden_size))
+    item = tokenize_conversation(tok, [{"role": "user", "content": "<video> why?"}, {"role": "assistant", "content": "because"}], "chat", 7)
+    model.train()(**pad_batch([dict(item, video_features=torch.randn(7, 16))], tok.pad_token_id)).loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n.startswith("projector."))

@@ -24,7 +24,7 @@ __all__ = ['LLM_ALIASES', 'PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYS
            'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation',
            'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns',
            'add_video_tokens', 'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch',
-           'TemporalProjector', 'build_projector', 'VideoLLM', 'position_ids_from_mask']
+           'TemporalProjector', 'build_projector', 'zero_projector_output', 'VideoLLM', 'position_ids_from_mask']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -312,6 +312,12 @@ def build_projector(kind: str, in_features: int, out_features: int, num_frames: 
     if kind == "temporal": return TemporalProjector(in_features, out_features, num_frames)
     raise VtomError(f"Unknown projector type {kind!r}; use one of {PROJECTOR_TYPES}.")
 
+def zero_projector_output(projector: nn.Module) -> nn.Module:
+    "Zero the weight and bias of the projector's output layer (in place): untrained video tokens are zero vectors."
+    out = projector.linear if isinstance(projector, TemporalProjector) else [m for m in projector.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad(): out.weight.zero_(), out.bias.zero_()
+    return projector
+
 # %% ../nbs/03_model.ipynb #a8288939
 CONFIG_NAME, WEIGHTS_NAME, LORA_DIR = "config.json", "projector.safetensors", "lora"  # lora/: peft adapters of `vtom train --lora`
 
@@ -327,6 +333,7 @@ class VideoLLM(nn.Module):
         self.hidden_size = emb.shape[1]
         self.projector = build_projector(config.projector_type, config.vision_hidden_size, self.hidden_size, config.num_frames).to(emb.device)
         mean = emb.detach().float().mean(0)
+        zero_projector_output(self.projector)
         self.video_embeddings = nn.Parameter(mean.repeat(len(VIDEO_TOKENS), 1).clone())
         self.register_buffer("_video_ids", torch.tensor([self.token_ids[t] for t in VIDEO_TOKENS], device=emb.device), persistent=False)
         self._row = {t: i for i, t in enumerate(VIDEO_TOKENS)}
