@@ -9,9 +9,9 @@ import json
 import re
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from .core import VtomError, get_logger
 
@@ -26,8 +26,8 @@ __all__ = ['QUESTION_WORDS', 'SIQ2_FIELDS', 'SIQ1_CORRECT', 'SIQ1_INCORRECT', 'V
 class DataFormatError(VtomError):
     "A dataset file is missing or not in the expected format; the message names the file (and line)."
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    "Yield `(line_number, record)` for each non-empty line of a JSON-lines file; malformed lines raise `DataFormatError`."
+def read_jsonl(path: str | Path, required: Sequence[str] = (), hint: str = "") -> Iterator[tuple[int, dict]]:
+    "Yield `(line_number, record)` for each non-empty line of a JSON-lines file; malformed lines or missing `required` fields raise `DataFormatError`."
     path = Path(path)
     if not path.is_file(): raise DataFormatError(f"{path}: file not found.")
     with path.open(encoding="utf-8") as f:
@@ -38,6 +38,8 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                 raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). "
                                       "Fix or remove that line (the file is JSON lines: one object per line).") from None
             if not isinstance(record, dict): raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}.")
+            missing = [k for k in required if k not in record]
+            if missing: raise DataFormatError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; {hint or 'records need ' + ', '.join(required)}.")
             yield lineno, record
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:

@@ -325,9 +325,7 @@ def load_moments(path: str | Path) -> list[dict]:
     "Read a `moments_{split}.jsonl` file, checking each record's fields and window (errors name file and line)."
     from vtom.data import DataFormatError, read_jsonl
     out = []
-    for n, r in read_jsonl(path):
-        missing = [k for k in MOMENT_FIELDS if k not in r]
-        if missing: raise DataFormatError(f"{path}:{n}: missing field(s) {', '.join(missing)}; moment records have {', '.join(MOMENT_FIELDS)}.")
+    for n, r in read_jsonl(path, MOMENT_FIELDS, f"moment records have {', '.join(MOMENT_FIELDS)}"):
         w = r["window"]
         if w is not None and not (isinstance(w, (list, tuple)) and len(w) == 2 and all(isinstance(v, (int, float)) for v in w) and w[0] <= w[1]):
             raise DataFormatError(f"{path}:{n}: window must be [start, end] seconds with start <= end, or null for 'never'; got {w!r}.")

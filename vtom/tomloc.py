@@ -204,11 +204,7 @@ TOMLOC_FIELDS = ("qid", "query", "duration", "relevant_windows", "vid", "relevan
 def load_tomloc(path: str | Path) -> list[dict]:
     "Read a `tomloc.jsonl` file, checking each row's fields (errors name the file and line)."
     from vtom.data import DataFormatError, read_jsonl
-    out = []
-    for n, r in read_jsonl(path):
-        missing = [k for k in TOMLOC_FIELDS if k not in r]
-        if missing: raise DataFormatError(f"{path}:{n}: missing field(s) {', '.join(missing)}; write the file with `vtom tomloc build`.")
-        out.append(r)
+    out = [r for _, r in read_jsonl(path, TOMLOC_FIELDS, "write the file with `vtom tomloc build`")]
     if not out: raise DataFormatError(f"{path}: no rows.")
     return out
 
