@@ -378,3 +378,41 @@ def test_failed_questions_exit_1(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     n_b = sum(q.video_id == "vidB" for q in load_siq2(SIQ2 / "qa/qa_val.json"))
     assert m["failed"] == n_b and m["n"] > 0 and m["failures"][0]["qid"].startswith("vidB")
+
+
+def _timeline(expression: str) -> dict:
+    "A hand-written timeline record (vtom.social's shape): one face throughout, one expression."
+    face = {"box": [0, 0, 10, 10], "track": 0, "expression": {expression: 0.9, "neutral": 0.1}}
+    return {"duration": 4.0, "speech": [], "words": [], "transcript": "",
+            "frames": [{"t": t, "faces": [face], "voice": 0.0, "speaker": None} for t in (0.0, 2.0)]}
+
+
+def test_social_mode_reads_the_store_and_names_a_missing_timeline(tmp_path):
+    from vtom.social import timeline_path
+    qa, store = str(SIQ2 / "qa/qa_val.json"), tmp_path / "social"
+    vids = sorted({q.video_id for q in load_siq2(SIQ2 / "qa/qa_val.json")})
+    with pytest.raises(EvalError, match="--social-store DIR"):
+        eval_main(["siq2", "--qa", qa, "--mode", "social", "--llm", "tiny"])
+    with pytest.raises(EvalError, match="no such folder"):
+        eval_main(["siq2", "--qa", qa, "--mode", "social", "--llm", "tiny", "--social-store", str(store)])
+    store.mkdir()
+    for v in vids[:-1]: timeline_path(store, v).write_text(json.dumps(_timeline("happy")))
+    with pytest.raises(EvalError, match=rf"'{vids[-1]}'.*vtom social VIDEO --store"):   # stops before any question
+        eval_main(["siq2", "--qa", qa, "--mode", "social", "--llm", "tiny", "--social-store", str(store), "--no-progress"])
+    with pytest.raises(EvalError, match="needs --videos"):
+        eval_main(["siq2", "--qa", qa, "--mode", "social", "--llm", "tiny", "--social-store", str(store), "--compute-social"])
+    timeline_path(store, vids[-1]).write_text(json.dumps(_timeline("sad")))
+    outs = {}
+    for mode in ("text", "social"):
+        outs[mode] = tmp_path / f"{mode}.json"
+        assert eval_main(["siq2", "--qa", qa, "--mode", mode, "--llm", "tiny", "--device", "cpu", "--social-store", str(store),
+                          "--out", str(outs[mode]), "--no-progress"]) == 0
+    m = json.loads(outs["social"].read_text())
+    assert m["mode"] == "social" and m["n"] == 8 and m["social_store"] == str(store) and m["failed"] == 0
+    recs = {mode: [json.loads(l) for l in outs[mode].with_suffix(".predictions.jsonl").read_text().splitlines()] for mode in outs}
+    assert [r["qid"] for r in recs["text"]] == [r["qid"] for r in recs["social"]]
+    assert any(a["scores"]["letter"] != b["scores"]["letter"] for a, b in zip(recs["text"], recs["social"]))  # the timeline is read
+    import contextlib, io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf): assert eval_main(["compare", str(outs["social"]), str(outs["text"])]) == 0
+    assert json.loads(buf.getvalue())["n"] == 8

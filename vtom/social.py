@@ -21,12 +21,12 @@ from .decode import VideoClip, packaged_video, read_audio, read_video
 
 # %% auto #0
 __all__ = ['SOCIAL_MODELS', 'SOCIAL_CLIPS', 'EXPRESSIONS', 'VAD_RATE', 'VAD_WINDOW', 'VAD_CONTEXT', 'EXPRESSION_COLOURS',
-           'BENCH_TEXT', 'QUERY_WORDS', 'model_file', 'social_clip', 'mesh_cues', 'FaceAnalyzer', 'box_iou',
-           'assign_tracks', 'voice_activity', 'speech_segments', 'frame_voice', 'espeak', 'transcribe',
+           'BENCH_TEXT', 'QUERY_WORDS', 'TIMELINE_LABEL', 'model_file', 'social_clip', 'mesh_cues', 'FaceAnalyzer',
+           'box_iou', 'assign_tracks', 'voice_activity', 'speech_segments', 'frame_voice', 'espeak', 'transcribe',
            'social_timeline', 'timeline_rows', 'timeline_table', 'timeline_path', 'social_to_store', 'load_timeline',
            'plot_timeline', 'with_speech', 'social_json', 'social_main', 'bench_social', 'bench_social_main',
            'query_expression', 'expression_track', 'locate_expression', 'span_iou', 'uniform_prior_r1',
-           'default_moments', 'evaluate_moments', 'social_locate_main', 'timeline_text']
+           'default_moments', 'evaluate_moments', 'social_locate_main', 'timeline_text', 'timeline_prompt_line']
 
 # %% ../nbs/02c_social.ipynb #f6ea7e20
 SOCIAL_MODELS: dict[str, tuple[str, str, str]] = {
@@ -553,12 +553,13 @@ def social_locate_main(argv: list[str] | None = None) -> int:
 
 # %% ../nbs/02c_social.ipynb #7b7e14e0
 _COUNT_WORDS = {0: "no face", 1: "one face", 2: "two faces", 3: "three faces"}
+TIMELINE_LABEL = "Timeline (faces, expressions, voice, words):"   # how the timeline line starts in a prompt (eval modes, chat)
 
 def _frame_state(fr: dict) -> str:
     n = len(fr["faces"])
     if not n: return "no face"
-    e = fr["faces"][0]["expression"]
-    return f"{_COUNT_WORDS.get(n, f'{n} faces')}, {max(e, key=e.get)}"
+    tops = [max(f["expression"], key=f["expression"].get) for f in fr["faces"]]
+    return f"{_COUNT_WORDS.get(n, f'{n} faces')}, " + (tops[0] if n == 1 else " and ".join(tops))
 
 def timeline_text(record: dict[str, Any]) -> str:
     "The timeline as text: '[0.0-0.7 s] one face, neutral; [0.7-2.6 s] one face, happy; ... speech: ...; transcript: ...'."
@@ -577,3 +578,7 @@ def timeline_text(record: dict[str, Any]) -> str:
     if record["speech"]: text += ". speech: " + ", ".join(f"{s['start']:.1f}-{s['end']:.1f} s" for s in record["speech"])
     text += f". transcript: {record['transcript']}" if record.get("transcript") else ". no words heard"
     return text
+
+def timeline_prompt_line(record: dict[str, Any]) -> str:
+    "The line a prompt carries for a timeline: the label, then `timeline_text`."
+    return f"{TIMELINE_LABEL} {timeline_text(record)}"
