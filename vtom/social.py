@@ -559,7 +559,7 @@ def _frame_state(fr: dict) -> str:
     n = len(fr["faces"])
     if not n: return "no face"
     tops = [max(f["expression"], key=f["expression"].get) for f in fr["faces"]]
-    return f"{_COUNT_WORDS.get(n, f'{n} faces')}, " + (tops[0] if n == 1 else " and ".join(tops))
+    return f"{_COUNT_WORDS.get(n, f'{n} faces')}, " + (tops[0] if len(set(tops)) == 1 else " and ".join(tops))
 
 def timeline_text(record: dict[str, Any]) -> str:
     "The timeline as text: '[0.0-0.7 s] one face, neutral; [0.7-2.6 s] one face, happy; ... speech: ...; transcript: ...'."

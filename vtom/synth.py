@@ -19,18 +19,19 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .core import VtomError, atomic_path, get_logger, write_json
+from .social import EXPRESSIONS, timeline_path
 
 # %% auto #0
 __all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'DEAL', 'QTYPES', 'NAMES', 'AGENT_SHAPES', 'AGENT_COLOURS',
-           'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'PERCEPTION_OPTIONS', 'DEFAULT_SPLITS', 'HEURISTICS',
-           'make_layout', 'Scenario', 'make_scenario', 'scenario_questions', 'scenario_moments', 'render_frames',
-           'plot_scenario', 'encode_mp4', 'scenario_record', 'generate_video', 'video_seed', 'plan_split',
-           'assemble_questions', 'assemble_moments', 'balance_table', 'dataset_card', 'heuristic_correct',
-           'heuristic_accuracies', 'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset',
-           'synth_main']
+           'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'PERCEPTION_OPTIONS', 'REACTION_OPTIONS',
+           'DEFAULT_SPLITS', 'HEURISTICS', 'make_layout', 'Scenario', 'make_scenario', 'scenario_questions',
+           'scenario_moments', 'render_frames', 'plot_scenario', 'encode_mp4', 'scenario_record', 'generate_video',
+           'synth_timeline', 'video_seed', 'plan_split', 'assemble_questions', 'assemble_moments', 'balance_table',
+           'dataset_card', 'heuristic_correct', 'heuristic_accuracies', 'text_only_baselines', 'scenario_rows',
+           'contact_sheet', 'generate_dataset', 'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
-GENERATOR_VERSION = "vtom-synth 1.2"
+GENERATOR_VERSION = "vtom-synth 1.3"   # 1.3: faces with expressions, the search at the end, reaction questions
 FAMILIES = ("false_belief", "true_belief", "no_move", "second_order", "two_moves")
 VARIANTS: dict[str, tuple[str, ...]] = {
     "false_belief": ("away", "lookaway"),
@@ -43,7 +44,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 # the four perception answers (watching, looking away, outside, at the window) are equally common
 DEAL: dict[str, tuple[str, ...]] = dict(VARIANTS, second_order=("watch", "lookaway", "away", "window_secret",
                                                                  "watch", "lookaway", "away", "window_noticed"))
-QTYPES = ("belief", "reality", "memory", "perception", "second_order")
+QTYPES = ("belief", "reality", "memory", "perception", "second_order", "reaction")
 NAMES = ("Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Kira", "Leo",
          "Mia", "Noah", "Olga", "Paul", "Rosa", "Sam", "Tina", "Umar", "Vera", "Walt", "Yara", "Zoe")
 AGENT_SHAPES = ("circle", "square", "triangle", "diamond", "hexagon")
@@ -58,6 +59,9 @@ PERCEPTION_OPTIONS = {"watch": "{A} was in the room, watching",
                       "lookaway": "{A} was in the room, looking away",
                       "away": "{A} was outside the room",
                       "window": "{A} was outside, looking in through the window"}
+# A's face when A goes for the object at the end: only surprise and happy occur; all four texts are equally long
+REACTION_OPTIONS = {"surprise": "{A} is surprised", "happy": "{A} is delighted", "disgust": "{A} is disgusted",
+                    "fear": "{A} is terrified"}
 
 # %% ../nbs/07_synth.ipynb #5e056fc5
 @dataclass
@@ -270,7 +274,11 @@ def _script(rng: np.random.Generator, L: dict, family: str, variant: str,
     if away != "watch": marks["away"] = (a0, a1, away)
     marks["perception"] = away
     if decoy_b and not decoy_early: s.wait(0.3, 1.0); visit()
-    s.idle(post)
+    react = s.r(1.5, 2.5)                                # A goes for the object at the end: the face answers (_add_expressions)
+    s.idle(max(post - react, 0.0))                       # inside the idle time after the story, so durations stay as they were
+    t0 = s.t
+    s.t += react
+    marks["search"] = (t0, s.t)
     s.duration = s.t
     return s, marks
 
@@ -281,6 +289,15 @@ def _cat_path(rng: np.random.Generator, duration: float) -> _Track:
         tr.set(t, (float(rng.uniform(20, 204)), float(rng.uniform(128, 160))))
         t += float(rng.uniform(1.5, 3.5))
     return tr
+
+def _add_expressions(st: dict, marks: dict, actions: list[dict]) -> None:
+    "Faces: A is surprised from the search on when the object is not where A believes, delighted when it is; neutral otherwise (B always)."
+    found = st["belief_A"][-1] == st["location"][-1]
+    face, (t0, t1) = "happy" if found else "surprise", marks["search"]
+    st["expression_A"] = [face if t >= t0 else "neutral" for t in st["t"]]
+    st["expression_B"] = ["neutral"] * len(st["t"])
+    actions.append(dict(kind="search", agent="A", t0=round(t0, 3), t1=round(t1, 3), container=st["belief_A"][-1],
+                        found=found, expression=face))
 
 def _simulate(s: _Script, times: np.ndarray) -> dict:
     "Sample the script at `times` and apply the perception rule; returns per-frame lists."
@@ -348,6 +365,7 @@ def make_scenario(seed: int, family: str, variant: str | None = None, fps: float
     duration = float(s.duration)
     times = np.arange(int(math.ceil(duration * fps))) / fps
     state = _simulate(s, times)
+    _add_expressions(state, marks, s.actions)
     cat = _cat_path(rng, duration) if layout["cat"] else None
     return Scenario(vid or f"synth-{seed}", int(seed), family, variant, float(fps), int(size), layout, s.actions,
                     state, marks, round(len(times) / fps, 6), cat)
@@ -399,6 +417,9 @@ def scenario_questions(sc: Scenario) -> list[dict]:
         qs.append(dict(qtype="second_order", q=f"Where does {B} think {A} will look for the {obj}?",
                        answer=the(st["B_thinks_A_believes"][-1]), options=[the(c) for c in conts],
                        evidence=r3(_evidence(sc, st["B_thinks_A_believes"]))))
+    qs.append(dict(qtype="reaction", q=f"How does {A} react when {A} goes to get the {obj} at the end?",
+                   answer=REACTION_OPTIONS[st["expression_A"][-1]].format(A=A),
+                   options=[o.format(A=A) for o in REACTION_OPTIONS.values()], evidence=r3(sc.marks["search"])))
     for q in qs:
         if q["answer"] not in q["options"]:
             raise VtomError(f"Generator bug in {sc.vid}: answer {q['answer']!r} is not an option of {q['qtype']}.")
@@ -470,7 +491,14 @@ def _background(sc: Scenario) -> Image.Image:
         d.text((x * k, (y + 21) * k), c["kind"], fill=(0, 0, 0), font=font, anchor="mm")
     return im
 
-def _draw_agent(d: ImageDraw.ImageDraw, sc: Scenario, role: str, pos, mode: str, gaze: str, font) -> None:
+def _draw_mouth(d: ImageDraw.ImageDraw, x: float, y: float, r: float, k: float, expression: str) -> None:
+    "A mouth centred at (x, y): a flat line (neutral), a smile (happy), an open O (surprise)."
+    w, lw = 0.32 * r, max(1, round(1.5 * k))
+    if expression == "happy": d.arc([(x - w) * k, (y - 1.6 * w) * k, (x + w) * k, (y + 0.4 * w) * k], 15, 165, fill=(0, 0, 0), width=lw)
+    elif expression == "surprise": d.ellipse([(x - 0.6 * w) * k, (y - 0.8 * w) * k, (x + 0.6 * w) * k, (y + 0.8 * w) * k], fill=(90, 0, 0), outline=(0, 0, 0))
+    else: d.line([(x - w) * k, y * k, (x + w) * k, y * k], fill=(0, 0, 0), width=lw)
+
+def _draw_agent(d: ImageDraw.ImageDraw, sc: Scenario, role: str, pos, mode: str, gaze: str, font, expression: str = "neutral") -> None:
     k, ag = sc.size / 224, sc.layout["agents"][role]
     if mode == "absent": return
     col = AGENT_COLOURS[ag["colour"]]
@@ -485,6 +513,7 @@ def _draw_agent(d: ImageDraw.ImageDraw, sc: Scenario, role: str, pos, mode: str,
     ex, ey = cx + 0.35 * r * ux, cy + 0.35 * r * uy
     d.ellipse([(ex - 4) * k, (ey - 4) * k, (ex + 4) * k, (ey + 4) * k], fill=(255, 255, 255), outline=(0, 0, 0))
     d.ellipse([(ex + 2 * ux - 2) * k, (ey + 2 * uy - 2) * k, (ex + 2 * ux + 2) * k, (ey + 2 * uy + 2) * k], fill=(0, 0, 0))
+    if gaze != "away": _draw_mouth(d, cx + 0.3 * r * ux, cy + (0.72 if uy >= 0 else -0.05) * r, r, k, expression)
     if gaze != "away":
         d.line([(cx + r * ux) * k, (cy + r * uy) * k, (cx + (r + 8) * ux) * k, (cy + (r + 8) * uy) * k], fill=(0, 0, 0), width=max(1, int(2 * k)))
     if mode == "room": d.text((cx * k, (cy + r + 8) * k), ag["name"], fill=(0, 0, 0), font=font, anchor="mm")
@@ -504,7 +533,7 @@ def render_frames(sc: Scenario) -> np.ndarray:
             x, y = cat[i]
             d.ellipse([(x - 9) * k, (y - 5) * k, (x + 9) * k, (y + 5) * k], fill=(110, 110, 110))
             d.polygon([((x + 5) * k, (y - 4) * k), ((x + 8) * k, (y - 10) * k), ((x + 10) * k, (y - 3) * k)], fill=(110, 110, 110))
-        for r in "AB": _draw_agent(d, sc, r, st[f"pos_{r}"][i], st[f"mode_{r}"][i], st[f"gaze_{r}"][i], font)
+        for r in "AB": _draw_agent(d, sc, r, st[f"pos_{r}"][i], st[f"mode_{r}"][i], st[f"gaze_{r}"][i], font, st[f"expression_{r}"][i])
         loc = st["location"][i]
         if st["visible"][i]:
             if loc.startswith("held:"):
@@ -584,7 +613,26 @@ def generate_video(sc: Scenario, out: str | Path, split: str | None = None, plan
     encode_mp4(render_frames(sc), out / "videos" / f"{sc.vid}.mp4", sc.fps)
     rec = scenario_record(sc, split) | {"plan": plan}
     write_json(out / "events" / f"{sc.vid}.json", rec, indent=None)
+    logged = json.loads((out / "events" / f"{sc.vid}.json").read_text())   # the timeline is made from the log as written
+    write_json(timeline_path(out / "social", sc.vid), synth_timeline(logged), indent=None)
     return rec
+
+def synth_timeline(record: dict) -> dict:
+    "The social timeline of a synthetic video straight from its event log, in `vtom.social`'s record shape (A's face first, then B's)."
+    st, k, L = record["frames"], record["size"] / 224, record["layout"]
+    frames = []
+    for i, t in enumerate(st["t"]):
+        faces = []
+        for track, r in enumerate("AB"):
+            mode = st[f"mode_{r}"][i]
+            if mode == "absent": continue
+            (cx, cy), rad = ((L["window_x"], 32.0), 9.0) if mode == "window" else (st[f"pos_{r}"][i], 13.0)
+            e = st[f"expression_{r}"][i]
+            faces.append(dict(box=[round((cx - rad) * k, 1), round((cy - rad) * k, 1), round((cx + rad) * k, 1), round((cy + rad) * k, 1)],
+                              track=track, expression={x: float(x == e) for x in EXPRESSIONS}))
+        frames.append(dict(t=t, index=i, faces=faces, voice=0.0, speaker=None))
+    return dict(video=f"videos/{record['vid']}.mp4", video_id=record["vid"], source="synth event log", duration=record["duration"],
+                fps=record["fps"], num_frames=len(frames), has_audio=False, tracks=2, frames=frames, speech=[], words=[], transcript="")
 
 # %% ../nbs/07_synth.ipynb #3645d6ec
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}
