@@ -346,7 +346,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm", default=None, help="language model: embedded (SmolLM2-135M-Instruct), a local dir or a hub name "
                    "(default: the checkpoint's, else embedded)")
     p.add_argument("--vision", default=None, help="vision tower: hf:ID|hf:DIR, open_clip:ARCH:PRETRAINED, random:ARCH "
-                   "(default: the checkpoint's, else random:ViT-B-32)")
+                   "(default: the checkpoint's, else imagenet:mobilenet_v2)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--num-frames", type=int, default=None, help="frames sampled per video (default: the checkpoint's, else 100)")

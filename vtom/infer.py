@@ -61,7 +61,7 @@ class VideoChat:
             model = VideoLLM.from_pretrained(checkpoint, device=device, lm_name=llm)
             vision = vision or model.config.vision_name
         else:
-            vision = vision or "random:ViT-B-32"
+            vision = vision or "imagenet:mobilenet_v2"   # real ImageNet weights that ship in a package
         tower = load_vision_tower(vision, device=device)
         if checkpoint:
             if tower.hidden_size != model.config.vision_hidden_size:
@@ -190,7 +190,7 @@ def chat_main(argv: list[str] | None = None) -> int:
     p.add_argument("video", help="video file")
     p.add_argument("question", nargs="?", help="question (omit to read one question per line from stdin)")
     p.add_argument("--vision", default=None, help="vision tower: hf:ID|hf:DIR, open_clip:ARCH:PRETRAINED, random:ARCH "
-                   "(default: the checkpoint's, else random:ViT-B-32)")
+                   "(default: the checkpoint's, else imagenet:mobilenet_v2, real weights offline)")
     p.add_argument("--llm", default=None, help="language model: embedded (SmolLM2-135M-Instruct), a local dir or a hub name "
                    "(default: the checkpoint's, else embedded)")
     p.add_argument("--checkpoint", default=None, help="trained projector directory (from vtom train / save_pretrained)")
