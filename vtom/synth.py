@@ -715,14 +715,14 @@ def balance_table(rows: list[dict]) -> dict:
         if not rs: continue
         pos = np.bincount([r["answer_idx"] for r in rs], minlength=4) / len(rs)
         e = {"n": len(rs), "position_share": [round(float(v), 3) for v in pos]}
-        if qt != "perception":
+        if qt not in ("perception", "reaction"):
             corr = [r["ans_corr"].split()[1] for r in rs]
             opts = [r[f"a{i}"].split()[1] for r in rs for i in range(4)]
             e["colour_correct_vs_option_share"] = {c: [round(corr.count(c) / len(corr), 3), round(opts.count(c) / len(opts), 3)]
                                                    for c in sorted(set(opts))}
         else:
-            e["answer_share"] = {k: round(sum(PERCEPTION_OPTIONS[k].split("}")[1] in r["ans_corr"] for r in rs) / len(rs), 3)
-                                 for k in PERCEPTION_OPTIONS}
+            texts = PERCEPTION_OPTIONS if qt == "perception" else REACTION_OPTIONS
+            e["answer_share"] = {k: round(sum(texts[k].split("}")[1] in r["ans_corr"] for r in rs) / len(rs), 3) for k in texts}
         out[qt] = e
     return out
 
