@@ -20,7 +20,8 @@ from .core import cache_dir, get_device, package_versions, write_json
 
 # %% auto #0
 __all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'try_import', 'machine_report', 'fitting_presets',
-           'bench_features', 'bench_features_main', 'random_llama', 'bench_lm_train', 'gpu_check', 'doctor_main']
+           'bench_features', 'bench_features_main', 'tower_profile', 'random_llama', 'bench_lm_train', 'gpu_check',
+           'doctor_main']
 
 # %% ../nbs/11_bench.ipynb #5642ea50
 OPTIONAL_PACKAGES = ("decord", "torchcodec", "flash_attn", "av", "open_clip", "transformers", "peft", "papermill")
@@ -229,6 +230,20 @@ def bench_features_main(argv: list[str] | None = None) -> int:
     print(json.dumps(res))
     import shutil; shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+# %% ../nbs/11_bench.ipynb #9c4d2e02
+def tower_profile(vision: str = "random:ViT-B-32", dtype: str = "fp32", frames: int = 32, top: int = 8) -> dict:
+    "Share of the self CPU time per torch op in one forward of `frames` random frames through a tower, the biggest `top`."
+    from torch.profiler import ProfilerActivity, profile
+    tower = load_vision_tower(vision, device="cpu", dtype=dtype)
+    px = torch.randn(frames, 3, tower.image_size, tower.image_size)
+    tower.encode(px[:2])  # warm-up: first-call allocations and kernel choices stay out of the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof: tower.encode(px)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return {"tower": vision, "dtype": str(tower.dtype).replace("torch.", ""), "frames": frames, "threads": torch.get_num_threads(),
+            "self_cpu_s": round(total / 1e6, 3), "shares": {e.key: round(e.self_cpu_time_total / total, 3) for e in ops[:top]}}
+
 
 # %% ../nbs/11_bench.ipynb #5f57d4cd
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
