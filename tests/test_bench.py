@@ -62,7 +62,7 @@ def test_bench_list_and_routes(capsys):
     assert main(["bench", "--list"]) == 0 and main(["bench"]) == 0
     out = capsys.readouterr().out
     assert all(line.split()[0] in BENCHMARKS for line in out.splitlines()) and out.count("features ") == 2
-    assert BENCHMARKS["features"][:2] == ("vtom.bench", "bench_features_main")
+    assert BENCHMARKS["features"][:2] == ("vtom.bench", "bench_features_main") and BENCHMARKS["train"][0] == "vtom.bench"
 
 
 def test_bench_features_one_json_line(capsys):
@@ -75,3 +75,10 @@ def test_bench_features_one_json_line(capsys):
     assert rec["frames_per_s"] > 0 and rec["reference_frames_per_s"] > 0 and rec["speedup_vs_reference"] > 0
     assert rec["dtype"] == ("bfloat16" if cpu_has_amx() else "float32") and rec["amx_bf16"] == cpu_has_amx()
     if cpu_has_amx(): assert rec["same_dtype_frames_per_s"] > 0 and rec["cosine_vs_same_dtype_min"] > 0.9999
+
+
+def test_bench_train_prints_one_json_line(capsys):
+    from vtom.bench import bench_train_main
+    assert bench_train_main(["--llm", "tiny", "--steps", "1", "--num-frames", "4", "--num-spatial-tokens", "4", "--vision-hidden-size", "16"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip())
+    assert rec["frozen"]["params_with_grad"] < rec["naive"]["params_with_grad"] and rec["frozen_speedup"] > 0
