@@ -172,6 +172,17 @@ def test_default_dtype_and_bf16_parity():
     assert torch.nn.functional.cosine_similarity(pa[:6], pb[:6]).min() > 0.9999
 
 
+def test_auto_dtype_resumes_a_store_in_its_own_dtype(videos, tmp_path, capsys):
+    "A store started in fp32 (the CPU default before bf16) resumes in fp32 under --dtype auto; another explicit dtype is refused."
+    out = tmp_path / "store"
+    common = ["--vision", "random:ViT-B-32", "--num-frames", "4", "--no-progress", "--workers", "1"]
+    assert features_main([str(videos / "clip_0.mp4"), str(out), "--dtype", "fp32", *common]) == 0
+    assert features_main([str(videos), str(out), *common]) == 0  # auto: the store's fp32, not bf16
+    store = FeatureStore(out)
+    assert store.settings()["dtype"] == "float32" and len(store) == 4
+    with pytest.raises(VtomError, match="dtype"): features_main([str(videos), str(out), "--dtype", "bf16", *common])
+
+
 def test_video_id_and_cli_errors(tmp_path, capsys):
     assert video_id_of("a/b/v_12.avi.part.mp4") == "v_12"
     with pytest.raises(VtomError, match="does not exist"): features_main([str(tmp_path / "nope"), str(tmp_path / "out")])

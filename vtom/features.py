@@ -590,7 +590,10 @@ def features_main(argv: list[str] | None = None) -> int:
     if device == "auto" and world > 1 and torch.cuda.is_available(): device = f"cuda:{local % torch.cuda.device_count()}"
     videos = list_videos(a.videos)
     if not videos: raise VtomError(f"No videos found in {a.videos} (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))}).")
-    tower = load_vision_tower(a.vision, device=device, dtype=a.dtype)
+    dtype, recorded = a.dtype, FeatureStore(a.out).settings() if Path(a.out).is_dir() else None
+    if dtype == "auto" and recorded and recorded.get("tower") == a.vision and recorded.get("dtype") in ("float32", "bfloat16", "float16"):
+        dtype = recorded["dtype"]  # resume a store in the dtype it was started with (stores from before bf16 became the CPU default: fp32)
+    tower = load_vision_tower(a.vision, device=device, dtype=dtype)
     get_logger().info(f"{len(videos)} videos, rank {rank}/{world}, {tower}")
     summary = extract_to_store(videos, a.out, tower, a.num_frames, a.batch_size, a.keep_tokens, a.mode, a.backend,
                                rank, world, a.workers, progress=not a.no_progress)
