@@ -586,16 +586,19 @@ def extract_grid_store(videos: Iterable[str | Path], out: str | Path, tower: Vis
             store.record(meta)
     return out
 
-def graph_store(grid_store: str | Path, out: str | Path | None = None) -> Path:
-    "A folder (default `{grid_store}-graph`) whose `features` are the `graph_rows` of every video of a grid store."
+def graph_store(grid_store: str | Path, out: str | Path | None = None, layout: str = "graph") -> Path:
+    "A folder (default `{grid_store}-{layout}`) of features derived from a grid store: `graph_rows` (`graph`) or temporal tokens + time-mean grid cells (`pooled`)."
+    if layout not in ("graph", "pooled"): raise VtomError(f"graph_store: layout must be 'graph' or 'pooled', not {layout!r}.")
     src = FeatureStore(grid_store)
-    out = Path(out) if out else src.folder.with_name(src.folder.name + "-graph")
+    out = Path(out) if out else src.folder.with_name(f"{src.folder.name}-{layout}")
     out.mkdir(parents=True, exist_ok=True)
     for vid in src.ids():
         if (out / f"{vid}.safetensors").is_file(): continue
-        meta = src.meta(vid)
-        rows = graph_rows(load_features(src.folder, vid, key="grid"), int(meta["num_frames"])).to(torch.float16)
-        save_features(out / f"{vid}.safetensors", rows, {**meta, "layout": "graph rows", "shape": list(rows.shape)})
+        meta, grid = src.meta(vid), load_features(src.folder, vid, key="grid").float()
+        n = int(meta["num_frames"])
+        rows = graph_rows(grid, n) if layout == "graph" else torch.cat([src[vid][:n].float(), grid.mean(0)])
+        rows = rows.to(torch.float16)
+        save_features(out / f"{vid}.safetensors", rows, {**meta, "layout": layout, "shape": list(rows.shape)})
     return out
 
 # %% ../nbs/02_features.ipynb #5b99f073

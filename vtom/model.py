@@ -21,10 +21,11 @@ from .core import (EMBEDDED_LLM_NAME, VtomError, atomic_path, embedded_llm_path,
 # %% auto #0
 __all__ = ['LLM_ALIASES', 'PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES',
            'VIDEO_TOKEN', 'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX',
-           'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation',
-           'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns',
-           'add_video_tokens', 'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch',
-           'TemporalProjector', 'build_projector', 'zero_projector_output', 'GraphProjector', 'VideoLLM',
+           'TRACKER_PLACES', 'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'CONFIG_NAME', 'WEIGHTS_NAME',
+           'LORA_DIR', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm',
+           'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens',
+           'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
+           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'VideoLLM',
            'position_ids_from_mask']
 
 # %% ../nbs/03_model.ipynb #63538a4d
@@ -365,6 +366,34 @@ class GraphProjector(nn.Module):
         out = torch.cat([out[:, :t] + graph, out[:, t:]], dim=1)
         return out[0] if squeeze else out
 
+
+# %% ../nbs/03_model.ipynb #3c66101a
+TRACKER_PLACES = ("none", "slot0", "slot1", "slot2", "slot3", "held:A", "held:B")   # no belief yet, containers left to right, in a hand
+TRACKER_BELIEVERS = ("A", "B", "B about A")
+TRACKER_FLAGS = ("A sees scene", "B sees scene", "A belief false", "B belief false")
+TRACKER_COLUMNS = TRACKER_BELIEVERS + TRACKER_FLAGS   # the 7 label columns of a `[T, 7]` target
+
+class MentalStateTracker(nn.Module):
+    "Per-frame readout of believed places (3 believers) and 4 flags from a projector's per-frame tokens `[B, T, D]`."
+    def __init__(self, in_features: int, width: int = 256):
+        super().__init__()
+        self.body = nn.Sequential(nn.LayerNorm(in_features), nn.Linear(in_features, width), nn.GELU())
+        self.places = nn.Linear(width, len(TRACKER_BELIEVERS) * len(TRACKER_PLACES))
+        self.flags = nn.Linear(width, len(TRACKER_FLAGS))
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        "`{'places': [B, T, 3, 7] logits, 'flags': [B, T, 4] logits}`."
+        h = self.body(tokens)
+        return {"places": self.places(h).unflatten(-1, (len(TRACKER_BELIEVERS), len(TRACKER_PLACES))), "flags": self.flags(h)}
+
+def tracker_loss(out: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    "Mean cross-entropy of the places + mean binary cross-entropy of the flags over labelled entries of `targets` `[B, T, 7]` (-100: none)."
+    nb = len(TRACKER_BELIEVERS)
+    place_t, flag_t = targets[..., :nb].long(), targets[..., nb:]
+    place = nn.functional.cross_entropy(out["places"].flatten(0, -2), place_t.flatten(), ignore_index=IGNORE_INDEX)
+    known = flag_t != IGNORE_INDEX
+    flags = nn.functional.binary_cross_entropy_with_logits(out["flags"][known], flag_t[known].float()) if known.any() else place * 0
+    return place + flags
 
 # %% ../nbs/03_model.ipynb #a8288939
 CONFIG_NAME, WEIGHTS_NAME, LORA_DIR = "config.json", "projector.safetensors", "lora"  # lora/: peft adapters of `vtom train --lora`
