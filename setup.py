@@ -30,6 +30,7 @@ setuptools.setup(
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=["vtom", "vtom.*"]),
     include_package_data=True,
+    package_data={"vtom": ["pipelines/*.yaml", "presets/*.yaml"]},  # `vtom run`'s pipelines and presets (data)
     install_requires=_reqs("requirements"),
     extras_require={
         "gpu": _reqs("gpu_requirements"),

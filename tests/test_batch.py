@@ -229,3 +229,33 @@ def test_resume_follows_depends_and_cleans_stale_outputs(tmp_path):
         batch.clean_outputs(Stage("x", command=("true",), clean=(str(tmp_path),)), {}, run)
     bad = [Stage("a", command=("true",), depends=("z",))]
     assert any("depends on 'z'" in p["message"] for p in check_pipeline(bad))
+
+
+def test_pipelines_and_presets_are_data_files_checked_on_load(tmp_path):
+    "Every shipped pipeline/preset is one packaged YAML file; a broken file names itself and what is allowed."
+    root = batch.definitions_dir()
+    assert sorted(p.stem for p in (root / "pipelines").glob("*.yaml")) == sorted(PIPELINES) == ["siq2", "tom", "tomloc"]
+    assert sorted(p.stem for p in (root / "presets").glob("*.yaml")) == sorted(PRESETS) == ["cpu-demo", "gpu-siq2", "gpu-tomloc"]
+    assert "presets/*.yaml" in (root.parent / "setup.py").read_text()
+    evals = [s for s in PIPELINES["siq2"] if s.name.startswith("eval-") and s.name != "eval-plot"]   # one `for:` entry, five stages
+    assert [s.command[s.command.index("--mode") + 1] for s in evals] == ["video", "shuffled", "blank", "text", "answer-only"]
+    assert all(s.inputs == ("siq2_dir",) and s.depends == ("siq2-features", "train") for s in evals)
+    assert PIPELINES["tom"][0].depends == () and PIPELINES["tom"][0].metrics["frames"] == "len(clip)"
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "presets").mkdir()
+    def load(pipeline: str, preset: str = "") -> None:
+        (tmp_path / "pipelines" / "p.yaml").write_text(pipeline)
+        (tmp_path / "presets" / "q.yaml").write_text(preset) if preset else (tmp_path / "presets" / "q.yaml").unlink(missing_ok=True)
+        batch.load_definitions(tmp_path)
+    cases = [("stages:\n  - {name: a, notebok: 00_core}\n", "", r"p\.yaml: stage 'a' has unknown key\(s\) notebok; allowed: .*notebook"),
+             ("stages:\n  - {name: a}\n", "", r"p\.yaml: stage 'a' needs exactly one of `notebook:`"),
+             ("stages:\n  - {name: a, notebook: 99_nothing}\n", "", r"p\.yaml: stage 'a': No notebook '99_nothing'"),
+             ("stages:\n  - {name: a, command: [true], depends: [b]}\n  - {name: b, command: [true]}\n", "", r"depends on \['b'\]"),
+             ("stages:\n  - {name: 'x-{k}', command: [true], for: [{k: 1}, {k: 1}]}\n", "", r"two stages are named 'x-1'"),
+             ("stages: [\n", "", r"p\.yaml is not valid YAML"),
+             ("stages:\n  - {name: a, command: [true]}\n", "pipeline: p\ndescription: d\nstages: {b: {n: 1}}\n", r"q\.yaml: `stages:` names stage\(s\) \['b'\]"),
+             ("stages:\n  - {name: a, command: [true]}\n", "pipeline: nope\ndescription: d\n", r"q\.yaml: no pipeline 'nope'"),
+             ("stages:\n  - {name: a, command: [true]}\n", "pipeline: p\ndescription: d\nskip: [gpu]\n", r"q\.yaml: the preset has unknown key\(s\) skip")]
+    for pipeline, preset, error in cases:
+        with pytest.raises(PipelineError, match=error): load(pipeline, preset)
+    load("stages:\n  - {name: a, command: [true]}\n", "pipeline: p\ndescription: d\nstages: {a: {n: 1}}\n")

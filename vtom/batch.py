@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,13 +31,12 @@ import nbformat
 from .core import FolderLock, Interrupted, VtomError, atomic_path, get_logger, git_commit, package_versions, runs_dir, write_json
 
 # %% auto #0
-__all__ = ['PLACEHOLDERS', 'PIPELINES', 'PRESETS', 'SIQ2_HINT', 'LM_7B', 'EVAL_MODES', 'PipelineError', 'nbs_dir',
-           'find_notebook', 'Stage', 'Preset', 'parameters_cell', 'notebook_parameters', 'parse_value',
-           'fill_placeholders', 'declared_parameters', 'resolve_parameters', 'cell_flags', 'prepare_notebook',
-           'StageFailed', 'extract_figures', 'slowest_cells', 'execute_stage', 'execute_command', 'environment',
-           'mark_stale_report', 'clean_outputs', 'run_pipeline', 'merge_metrics', 'flatten', 'write_report',
-           'get_pipeline', 'get_preset', 'eval_stages', 'check_model', 'parameter_type_problem', 'check_pipeline',
-           'run_main']
+__all__ = ['PIPELINES', 'PRESETS', 'PipelineError', 'nbs_dir', 'find_notebook', 'Stage', 'Preset', 'parameters_cell',
+           'notebook_parameters', 'parse_value', 'fill_placeholders', 'declared_parameters', 'resolve_parameters',
+           'cell_flags', 'prepare_notebook', 'StageFailed', 'extract_figures', 'slowest_cells', 'execute_stage',
+           'execute_command', 'environment', 'mark_stale_report', 'clean_outputs', 'run_pipeline', 'merge_metrics',
+           'flatten', 'write_report', 'definitions_dir', 'load_pipeline', 'load_preset', 'load_definitions',
+           'get_pipeline', 'get_preset', 'check_model', 'parameter_type_problem', 'check_pipeline', 'run_main']
 
 # %% ../nbs/09_batch.ipynb #9c56d72f
 class PipelineError(VtomError):
@@ -68,8 +67,6 @@ def find_notebook(name: str | Path) -> Path:
                         + f". Notebooks there: {known}.")
 
 # %% ../nbs/09_batch.ipynb #c059a8b5
-PLACEHOLDERS = ("run", "work", "repo", "nbs", "data", "cache")
-
 @dataclass
 class Stage:
     "One pipeline step: a notebook, the parameters the pipeline gives it, and the metrics to pick out of it."
@@ -656,8 +653,89 @@ def write_report(run_dir: Path, stages: list[Stage], state: dict, metrics: dict,
     return path
 
 # %% ../nbs/09_batch.ipynb #4ea01602
-PIPELINES: dict[str, list[Stage]] = {}
-PRESETS: dict[str, Preset] = {}
+def definitions_dir() -> Path:
+    "The packaged folder holding `pipelines/NAME.yaml` and `presets/NAME.yaml` (one pipeline or preset per file)."
+    import vtom
+    return Path(vtom.__file__).resolve().parent
+
+_STAGE_KEYS = {f.name for f in fields(Stage)}
+_PRESET_KEYS = {f.name for f in fields(Preset)} - {"name"}
+_TUPLES = ("inputs", "models", "command", "depends", "clean", "figures")
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+    try: data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e: raise PipelineError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict): raise PipelineError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}.")
+    return data
+
+def _unknown(path: Path, what: str, keys: Iterable, allowed: set[str]) -> None:
+    bad = sorted(set(keys) - allowed)
+    if bad: raise PipelineError(f"{path}: {what} has unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(allowed))}.")
+
+def _expand(entry: dict, path: Path) -> list[dict]:
+    "A stage entry with `for: [{key: value, ...}, ...]` becomes one stage per binding, `{key}` filled in every string."
+    bindings = entry.get("for")
+    if bindings is None: return [entry]
+    if not isinstance(bindings, list) or not all(isinstance(b, dict) and all(isinstance(v, (str, int, float)) for v in b.values()) for b in bindings):
+        raise PipelineError(f"{path}: `for` of stage {entry.get('name')!r} must be a list of mappings of plain values (quote text with commas), e.g. [{{mode: video}}, {{mode: text}}].")
+    body = {k: v for k, v in entry.items() if k != "for"}
+    return [fill_placeholders(body, {k: str(v) for k, v in b.items()}) for b in bindings]
+
+def load_pipeline(path: str | Path) -> list[Stage]:
+    "The stages of one pipeline file (`stages:` a list of `Stage` fields; `for:` repeats a stage), checked."
+    path = Path(path)
+    data = _read_yaml(path)
+    _unknown(path, "the pipeline", data, {"stages"})
+    if not isinstance(data.get("stages"), list) or not data["stages"]: raise PipelineError(f"{path}: `stages:` must be a non-empty list.")
+    stages: list[Stage] = []
+    try: check_notebooks = bool(nbs_dir())
+    except PipelineError: check_notebooks = False  # an install without the notebooks: `vtom run` says so itself
+    for entry in (e for raw in data["stages"] for e in _expand(raw if isinstance(raw, dict) else {"name": raw}, path)):
+        where = f"stage {entry.get('name')!r}"
+        _unknown(path, where, entry, _STAGE_KEYS)
+        if not isinstance(entry.get("name"), str): raise PipelineError(f"{path}: every stage needs a `name:` ({entry}).")
+        if bool(entry.get("notebook")) == bool(entry.get("command")):
+            raise PipelineError(f"{path}: {where} needs exactly one of `notebook:` (a notebook in nbs/) or `command:` (a list).")
+        for k in ("parameters", "metrics"):
+            if not isinstance(entry.get(k, {}), dict): raise PipelineError(f"{path}: {where}: `{k}:` must be a mapping.")
+        for k in _TUPLES:
+            if k in entry and not isinstance(entry[k], list): raise PipelineError(f"{path}: {where}: `{k}:` must be a list.")
+        entry = {k: tuple(str(x) for x in v) if k in _TUPLES and v is not None else v for k, v in entry.items()}
+        stage = Stage(**entry)
+        earlier = [s.name for s in stages]
+        if stage.name in earlier: raise PipelineError(f"{path}: two stages are named {stage.name!r}.")
+        late = [d for d in stage.depends or () if d not in earlier]
+        if late: raise PipelineError(f"{path}: {where} depends on {late}, which are not earlier stages ({earlier}).")
+        if stage.notebook and check_notebooks:
+            try: find_notebook(stage.notebook)
+            except PipelineError as e: raise PipelineError(f"{path}: {where}: {e}") from e
+        stages.append(stage)
+    return stages
+
+def load_preset(path: str | Path, pipelines: dict[str, list[Stage]]) -> Preset:
+    "One preset file (the fields of `Preset`; its name is the file's), checked against the pipeline it sizes."
+    path = Path(path)
+    data = _read_yaml(path)
+    _unknown(path, "the preset", data, _PRESET_KEYS)
+    for k in ("pipeline", "description"):
+        if not isinstance(data.get(k), str): raise PipelineError(f"{path}: the preset needs `{k}:` (a string).")
+    if data["pipeline"] not in pipelines: raise PipelineError(f"{path}: no pipeline {data['pipeline']!r}; pipelines: {', '.join(pipelines)}.")
+    names = [s.name for s in pipelines[data["pipeline"]]]
+    for k in ("stages", "stage_skip_flags"):
+        bad = sorted(set(data.get(k) or {}) - set(names))
+        if bad: raise PipelineError(f"{path}: `{k}:` names stage(s) {bad} that pipeline {data['pipeline']!r} lacks ({', '.join(names)}).")
+    if "skip_flags" in data: data["skip_flags"] = tuple(data["skip_flags"] or ())
+    data["stage_skip_flags"] = {k: tuple(v) for k, v in (data.get("stage_skip_flags") or {}).items()}
+    return Preset(name=path.stem, **data)
+
+def load_definitions(root: str | Path | None = None) -> tuple[dict[str, list[Stage]], dict[str, Preset]]:
+    "Every pipeline in `root/pipelines/*.yaml` and preset in `root/presets/*.yaml` (default: the packaged ones)."
+    root = Path(root) if root else definitions_dir()
+    pipelines = {p.stem: load_pipeline(p) for p in sorted((root / "pipelines").glob("*.yaml"))}
+    return pipelines, {p.stem: load_preset(p, pipelines) for p in sorted((root / "presets").glob("*.yaml"))}
+
+PIPELINES, PRESETS = load_definitions()
 
 def get_pipeline(name: str) -> list[Stage]:
     "The stages of a shipped pipeline."
@@ -668,152 +746,6 @@ def get_preset(name: str) -> Preset:
     "A shipped preset."
     if name not in PRESETS: raise PipelineError(f"No preset {name!r}; presets: {', '.join(PRESETS)}.")
     return PRESETS[name]
-
-# %% ../nbs/09_batch.ipynb #41c11a68
-SIQ2_HINT = ("Social-IQ 2.0 is downloaded by the user: clone https://github.com/abwilf/Social-IQ-2.0-Challenge, run its "
-             "download script for the videos, and pass the folder holding qa/ and video/ with `-p siq2_dir DIR`.")
-LM_7B = "lmsys/vicuna-7b-v1.5"  # a 7B-class chat LM (Llama-2 based, hidden 4096 like LLaVA-Lightning-7B)
-
-EVAL_MODES = ("video", "shuffled", "blank", "text", "answer-only")
-
-def eval_stages(benchmark: str, qa: str, features: str, checkpoint: str, inputs: tuple[str, ...] = (),
-                depends: tuple[str, ...] | None = None) -> list[Stage]:
-    "One `vtom eval` command stage per mode (the model and the shortcut baselines), then one that plots them together."
-    out = "{work}/eval"
-    stages = [Stage(f"eval-{mode}", command=("vtom", "eval", benchmark, "--qa", qa, "--features", features, "--mode", mode,
-                                              "--checkpoint", checkpoint, "--llm", "{llm}", "--device", "{device}",
-                                              "--out", f"{out}/{mode}.json", "--no-progress"),
-                    parameters={"llm": "embedded", "device": "auto"} | ({"siq2_dir": "{data}/siq2"} if "siq2_dir" in inputs else {}),
-                    inputs=inputs, models=("llm",), metrics={"accuracy": "out['accuracy']", "ci95": "out['ci95']", "n": "out['n']",
-                                                             "skipped": "out['skipped']"},
-                    report_figures=0, depends=depends, clean=(f"{out}/{mode}.json",), description=f"multiple choice, {mode}" + (" (the model)" if mode == "video" else " (baseline)"))
-              for mode in EVAL_MODES]
-    return stages + [Stage("eval-plot", command=("vtom", "eval", "plot", *[f"{out}/{m}.json" for m in EVAL_MODES], "--out", f"{out}/modes.png"),
-                           figures=(f"{out}/modes.png",), depends=tuple(f"eval-{m}" for m in EVAL_MODES),
-                           description="accuracy of the model and the baselines, with 95% CIs")]
-
-PIPELINES["tom"] = [
-    Stage("decode", "01_decode", depends=(), description="real packaged clips: 100 reference-sampled frames, audio, backend speeds",
-          metrics={"frames": "len(clip)", "decode_s": "{f'{a}, {b}': round(s, 3) for a, b, s, f in rows}"}),
-    Stage("synth", "07_synth", parameters={"out_dir": "{work}/synth"}, depends=(), clean=("{work}/synth",),
-          description="the synthetic false-belief benchmark (videos, Social-IQ-2.0-format questions, moments)",
-          metrics={"videos": "summary['made']", "generate_s": "summary['seconds']",
-                   "text_only_shortcuts": "{k: v['accuracy'] for k, v in base.items()}"}),
-    Stage("features", "02_features", parameters={"out": "{work}/features-demo"}, models=("vision",), depends=(),
-          description="pooled CLIP spatio-temporal tokens of a real clip: statistics, similarity over time",
-          metrics={"shape": "list(feats.shape)", "extract_s": "secs"}),
-    Stage("synth-features", command=("vtom", "features", "{work}/synth/videos", "{work}/features", "--vision", "{vision}",
-                                     "--num-frames", "{num_frames}", "--device", "{device}", "--no-progress"),
-          parameters={"vision": "random:ViT-B-32", "num_frames": 16, "device": "auto"}, models=("vision",), depends=("synth",),
-          clean=("{work}/features",), description="features of every synthetic video (`vtom features`, resumable)"),
-    Stage("train", "04_train", parameters={"train_data": "{work}/synth/qa_train.json", "eval_data": "{work}/synth/qa_val.json",
-                                          "features": "{work}/features", "output_dir": "{work}/train"}, models=("llm",),
-          depends=("synth", "synth-features"), clean=("{work}/train",),
-          description="projector training on the embedded LM: loss curves, held-out loss before/after",
-          metrics={"train": "{k: dm[k] for k in ('eval_loss_before', 'eval_loss_after', 'global_step')}",
-                   "first_losses": "[round(x, 4) for x in hist[:5]]", "last_losses": "[round(x, 4) for x in hist[-5:]]"}),
-    *eval_stages("synth", "{work}/synth/qa_test.json", "{work}/features", "{work}/train/run", depends=("synth", "synth-features", "train")),
-    Stage("goal", "08b_experiments", parameters={"synth_dir": "{work}/synth"}, models=("vision",), depends=("synth",),
-          description="the goal report: probes, moment retrieval of belief changes against baselines, paired verdicts"),
-    Stage("chat", "05_infer", parameters={"checkpoint": "{work}/train/run"}, models=("vision", "llm"), depends=("train",),
-          description="a chat about a video with the trained projector"),
-]
-
-PIPELINES["siq2"] = [
-    Stage("data", "02b_data", inputs=("siq2_dir",), depends=(), description="Social-IQ 2.0 questions: counts, subsets, leakage checks"),
-    Stage("siq2-features", command=("vtom", "features", "{siq2_dir}/video", "{work}/features", "--vision", "{vision}",
-                                    "--num-frames", "{num_frames}", "--device", "{device}", "--no-progress"),
-          parameters={"siq2_dir": "{data}/siq2", "vision": "hf:openai/clip-vit-large-patch14", "num_frames": 100, "device": "auto"},
-          inputs=("siq2_dir",), models=("vision",), depends=(), description="CLIP features of every Social-IQ 2.0 video"),
-    Stage("train", command=("vtom", "train", "{siq2_dir}/qa/qa_train.json", "--features", "{work}/features",
-                            "--eval-data", "{siq2_dir}/qa/qa_val.json", "--llm", "{llm}", "--preset", "reference",
-                            "--device", "{device}", "-o", "{work}/train"),
-          parameters={"siq2_dir": "{data}/siq2", "llm": "embedded", "device": "auto"}, models=("llm",), depends=("siq2-features",),
-          clean=("{work}/train",), description="projector training with the reference hyper-parameters (`vtom train --preset reference`)"),
-    *eval_stages("siq2", "{siq2_dir}/qa/qa_val.json", "{work}/features", "{work}/train", inputs=("siq2_dir",),
-                 depends=("siq2-features", "train")),
-    Stage("chat", "05_infer", parameters={"checkpoint": "{work}/train"}, models=("vision", "llm"), depends=("train",),
-          description="a chat about a Social-IQ 2.0 video"),
-]
-
-PRESETS["cpu-demo"] = Preset(
-    "cpu-demo", "tom", "the main job on 2 CPU cores in at most 15 minutes: real packaged clips, the synthetic benchmark, "
-    "a random-weight ViT-B/32 (no CLIP weights offline) and the embedded SmolLM2-135M-Instruct",
-    parameters={"device": "cpu", "llm": "embedded"},
-    stages={"decode": {"video": "bikes", "num_frames": 100},
-            "synth": {"num_videos": 60, "seed": 0},
-            "features": {"vision": "random:ViT-B-32", "video": "carphone", "num_frames": 32},
-            "synth-features": {"vision": "random:ViT-B-32", "num_frames": 16},
-            "train": {"demo_steps": 80, "demo_batch_size": 4},
-            "goal": {"vision": "random:ViT-B-32", "num_frames": 16},
-            "chat": {"vision": "random:ViT-B-32", "num_frames": 16}},
-    skip_flags=("gpu", "slow"), stage_skip_flags={"train": ("gpu",)})
-
-PRESETS["gpu-siq2"] = Preset(
-    "gpu-siq2", "siq2", "Social-IQ 2.0 on one GPU: CLIP ViT-L/14 (the reference tower) and a 7B-class chat LM; "
-    "the data and weights are downloaded by the user first (`--dry-run` says what is missing)",
-    parameters={"device": "cuda", "siq2_dir": "{data}/siq2", "llm": LM_7B},
-    stages={"siq2-features": {"vision": "hf:openai/clip-vit-large-patch14", "num_frames": 100},
-            "chat": {"vision": "hf:openai/clip-vit-large-patch14", "num_frames": 100}},
-    skip_flags=(), hints={"siq2_dir": SIQ2_HINT, "train_data": SIQ2_HINT, "eval_data": SIQ2_HINT, "qa_file": SIQ2_HINT})
-
-# %% ../nbs/09_batch.ipynb #0779d49d
-def _cmd(*args: str) -> tuple[str, ...]: return ("vtom", *args)
-
-def _features_stage(name: str, out: str, frames: str, description: str) -> Stage:
-    return Stage(name, command=_cmd("features", "{siq2_dir}/video", out, "--vision", "{vision}", "--num-frames", frames,
-                                    "--device", "{device}", "--no-progress"),
-                 parameters={"siq2_dir": "{data}/siq2", "vision": "hf:openai/clip-vit-large-patch14", "num_frames": 100,
-                             "clip_frames": 33, "device": "auto"}, inputs=("siq2_dir",), models=("vision",), depends=(), description=description)
-
-def _train_stage(name: str, data: str, features: str, out: str, depends: tuple[str, ...], description: str) -> Stage:
-    return Stage(name, command=_cmd("train", data, "--features", features, "--llm", "{llm}", "--preset", "reference",
-                                    "--max-steps", "{train_steps}", "--seed", "{seed}", "--device", "{device}", "-o", out),
-                 parameters={"llm": "embedded", "train_steps": 2000, "seed": 0, "device": "auto"}, models=("llm",), depends=depends,
-                 clean=(out,), description=description)
-
-def _mc_eval_stage(name: str, checkpoint: str, out: str, depends: tuple[str, ...]) -> Stage:
-    return Stage(name, command=_cmd("eval", "siq2", "--qa", "{siq2_dir}/qa/qa_val.json", "--features", "{work}/features", "--mode", "video",
-                                    "--checkpoint", checkpoint, "--llm", "{llm}", "--device", "{device}", "--out", out, "--no-progress"),
-                 parameters={"siq2_dir": "{data}/siq2", "llm": "embedded", "device": "auto"}, inputs=("siq2_dir",), models=("llm",),
-                 depends=depends, clean=(out,), report_figures=0, description=f"Social-IQ 2.0 val multiple choice, projector {checkpoint}",
-                 metrics={"accuracy": "out['accuracy']", "ci95": "out['ci95']", "n": "out['n']"})
-
-PIPELINES["tomloc"] = [   # the reference paper's experiment: does ToMLoc training help Social-IQ 2.0 multiple choice?
-    _features_stage("siq2-features", "{work}/features", "{num_frames}", "features of every Social-IQ 2.0 video (multiple choice)"),
-    _features_stage("clip-features", "{work}/features-clips", "{clip_frames}", "the same videos with num_frames / n_clips frames, to join"),
-    *[Stage(f"tomloc-{split}", command=_cmd("tomloc", "build", "--qa", f"{{siq2_dir}}/qa/qa_{split}.json", "--features", "{work}/features-clips",
-                                           "--n-clips", "{n_clips}", "--seed", "{seed}", "--num-frames", "{num_frames}", "--out", f"{{work}}/tomloc-{split}"),
-            parameters={"siq2_dir": "{data}/siq2", "n_clips": 3, "seed": 0, "num_frames": 100}, inputs=("siq2_dir",), depends=("clip-features",),
-            clean=(f"{{work}}/tomloc-{split}",), description=f"ToMLoc samples of {split}: clips joined from the stored features")
-      for split in ("train", "val")],
-    Stage("mix", command=_cmd("tomloc", "mix", "--qa", "{siq2_dir}/qa/qa_train.json", "--features", "{work}/features",
-                              "--tomloc", "{work}/tomloc-train", "--out", "{work}/mix"),
-          parameters={"siq2_dir": "{data}/siq2"}, inputs=("siq2_dir",), depends=("siq2-features", "tomloc-train"), clean=("{work}/mix",),
-          description="multiple-choice records + ToMLoc frame-index records, one linked feature folder"),
-    _train_stage("train-mc", "{siq2_dir}/qa/qa_train.json", "{work}/features", "{work}/train-mc", ("siq2-features",),
-                 "projector on multiple choice only (train_steps steps, the reference's batch)"),
-    _train_stage("train-tomloc", "{work}/mix/records.json", "{work}/mix/features", "{work}/train-tomloc", ("mix",),
-                 "projector on multiple choice + ToMLoc, the same steps and batch"),
-    _mc_eval_stage("eval-mc", "{work}/train-mc", "{work}/eval/mc.json", ("siq2-features", "train-mc")),
-    _mc_eval_stage("eval-tomloc", "{work}/train-tomloc", "{work}/eval/tomloc.json", ("siq2-features", "train-tomloc")),
-    Stage("compare", command=_cmd("tomloc", "compare", "{work}/eval/mc.predictions.jsonl", "{work}/eval/tomloc.predictions.jsonl",
-                                  "--out", "{work}/eval/compare.json"), depends=("eval-mc", "eval-tomloc"),
-          description="accuracy difference (ToMLoc - MC only) with a paired bootstrap 95% CI",
-          metrics={"difference": "out['difference']", "ci95": "out['difference_ci95']", "n": "out['n']"}),
-    Stage("localise", command=_cmd("tomloc", "eval", "--train", "{work}/tomloc-train", "--test", "{work}/tomloc-val", "--out", "{work}/tomloc-eval",
-                                   "--head-steps", "{head_steps}", "--llm", "{llm}", "--lm-steps", "{lm_steps}", "--device", "{device}"),
-          parameters={"head_steps": 300, "llm": "embedded", "lm_steps": 500, "device": "auto"}, models=("llm",),
-          depends=("tomloc-train", "tomloc-val"), clean=("{work}/tomloc-eval",),
-          description="ToMLoc localisation on val: priors, retrieval head, LM frame index (R1@IoU, mIoU, frame-in-window, exact index)"),
-]
-
-PRESETS["gpu-tomloc"] = Preset(
-    "gpu-tomloc", "tomloc", "the reference paper's ToMLoc experiment on one GPU: projector trained on Social-IQ 2.0 multiple choice "
-    "with and without ToMLoc (same steps and batch), val accuracy with a paired CI; CLIP ViT-L/14 and a 7B-class chat LM",
-    parameters={"device": "cuda", "siq2_dir": "{data}/siq2", "llm": LM_7B, "vision": "hf:openai/clip-vit-large-patch14",
-                "num_frames": 100, "clip_frames": 33, "n_clips": 3, "train_steps": 2000, "seed": 0},
-    skip_flags=(), hints={"siq2_dir": SIQ2_HINT})
 
 # %% ../nbs/09_batch.ipynb #9400b9c3
 def check_model(name: Any) -> str | None:
