@@ -25,8 +25,8 @@ __all__ = ['PROBE_FACTS', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', '
            'linear_probe', 'frame_facts', 'probe_data', 'probe_table', 'synth_features', 'split_videos',
            'mc_predictions', 'mc_table', 'goal_verdicts', 'what_this_run_shows', 'goal_report', 'report_markdown',
            'tracker_targets', 'tracker_data', 'write_tracker_targets', 'train_tracker', 'tracker_probs',
-           'tracker_answers', 'belief_false_windows', 'window_success', 'plot_belief_timeline', 'plot_learning_curves',
-           'study_markdown', 'temporal_study', 'temporal_main', 'goal_main']
+           'frame_accuracy', 'tracker_answers', 'belief_false_windows', 'window_success', 'plot_belief_timeline',
+           'plot_learning_curves', 'study_markdown', 'temporal_study', 'temporal_main', 'goal_main']
 
 # %% ../nbs/08b_experiments.ipynb #95a3cd5c
 @torch.no_grad()
@@ -390,6 +390,14 @@ def tracker_probs(projector: nn.Module, tracker: nn.Module, feats: torch.Tensor,
     outs = [tracker(projector(feats[i:i + batch_size].float())[:, :num_frames]) for i in range(0, len(feats), batch_size)]
     return {"places": torch.cat([o["places"] for o in outs]).softmax(-1), "flags": torch.cat([o["flags"] for o in outs]).sigmoid()}
 
+def frame_accuracy(probs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, float]:
+    "Per label column (`vtom.model.TRACKER_COLUMNS`): accuracy over the labelled frames (most likely place; flag at 0.5)."
+    from vtom.model import IGNORE_INDEX, TRACKER_COLUMNS
+    nb = probs["places"].shape[-2]
+    pred = torch.cat([probs["places"].argmax(-1), (probs["flags"] > 0.5).long()], -1)
+    known = targets != IGNORE_INDEX
+    return {c: round(float((pred[..., k] == targets[..., k])[known[..., k]].float().mean()), 3) for k, c in enumerate(TRACKER_COLUMNS)}
+
 # %% ../nbs/08b_experiments.ipynb #7c330b31
 TRACKER_QTYPES = {"belief": 0, "second_order": 2}   # question type -> believer column answered from the last frame
 
@@ -474,6 +482,8 @@ def study_markdown(rep: dict) -> str:
     lines += [f"- {_sentence(g['chosen on val'], b, c)}" for b, c in rep["paired"].items()]
     lines += ["\n## 'When does A start to believe something false?' (test; 'never' included)\n", markdown_table(rep["retrieval"]),
               f"\nVal belief accuracy per arm (the choice): `{ {k: round(v, 3) for k, v in rep['val belief accuracy'].items()} }`\n",
+              "## Per-frame accuracy of the tracker alone (what it learned: believed places, then the flags)\n",
+              markdown_table(rep.get("tracker frame accuracy", [])) + "\n",
               f"## Set-up\n\nData `{rep['synth_dir']}` ({rep['videos']} videos), tower `{rep['tower']}`, {rep['num_frames']} frames, "
               f"{rep['grid']}x{rep['grid']} grid per frame, LM `{rep['llm']}`: {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr "
               f"{rep['learning_rate']} per LM arm; tracker: {rep['tracker_steps']} steps x batch {rep['tracker_batch']} at lr {rep['tracker_lr']}. "
@@ -560,6 +570,8 @@ def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = "thumbna
                                         batch_size=tracker_batch, learning_rate=tracker_lr, seed=seed)
         arm = f"tracker alone ({kind})"
         rep["history"][arm] = hist
+        rep.setdefault("tracker frame accuracy", []).append(
+            {"arm": arm, "split": "train (first 60 videos)", **frame_accuracy(tracker_probs(proj, trk, data["train"][1][:60], num_frames), data["train"][2][:60])})
         val_right[arm] = tracker_answers(rows["val"], tracker_probs(proj, trk, data["val"][1], num_frames), data["val"][0], synth_dir, frames)
         for mode in ("video", "shuffled", "blank"):
             feats = data["test"][1] if mode == "video" else _shuffled(data["test"][1], data["test"][0], num_frames, mode, seed)
@@ -568,6 +580,7 @@ def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = "thumbna
             if mode == "video":
                 wins = belief_false_windows(probs, data["test"][0], stamps, length)
                 retrieval[arm] = {v: window_success(wins.get(v), w) for v, w in truth.items() if v in wins}
+                rep["tracker frame accuracy"].append({"arm": arm, "split": "test", **frame_accuracy(probs, data["test"][2])})
                 if best_probs is None or np.mean(list(val_right[arm].values())) >= best_probs[0]:
                     best_probs = (np.mean(list(val_right[arm].values())), arm, probs, data["test"][0], stamps)
         rep["seconds"][arm] = round(tick() - t, 1)
