@@ -485,8 +485,8 @@ def study_markdown(rep: dict) -> str:
               "## Per-frame accuracy of the tracker alone (what it learned: believed places, then the flags)\n",
               markdown_table(rep.get("tracker frame accuracy", [])) + "\n",
               f"## Set-up\n\nData `{rep['synth_dir']}` ({rep['videos']} videos), tower `{rep['tower']}`, {rep['num_frames']} frames, "
-              f"{rep['grid']}x{rep['grid']} grid per frame, LM `{rep['llm']}`: {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr "
-              f"{rep['learning_rate']} per LM arm; tracker: {rep['tracker_steps']} steps x batch {rep['tracker_batch']} at lr {rep['tracker_lr']}. "
+              f"{rep['grid']}x{rep['grid']} grid per frame, LM `{rep['llm']}` arms {rep.get('lm_arms')} (+ tracker loss: {rep.get('aux_arms')}): "
+              f"{rep['lm_steps']} steps x batch {rep['lm_batch']} at lr {rep['learning_rate']} per LM arm; tracker arms {rep.get('tracker_arms')}: {rep['tracker_steps']} steps x batch {rep['tracker_batch']} at lr {rep['tracker_lr']}. "
               "bag and temporal read the temporal tokens + time-mean grid cells; graph reads one row per frame with its grid cells.\n",
               "Figures: `belief_timeline.png`, `learning_curves.png`.\n", f"Seconds: `{rep['seconds']}`\n"]
     return "\n".join(lines)
@@ -528,7 +528,7 @@ def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = "thumbna
     synth_dir, out = Path(synth_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep: dict[str, Any] = {"synth_dir": str(synth_dir), "tower": tower, "num_frames": num_frames, "grid": grid, "llm": llm,
-                           "lm_steps": lm_steps, "lm_batch": lm_batch, "tracker_weight": tracker_weight, "learning_rate": learning_rate, "tracker_steps": tracker_steps,
+                           "lm_arms": list(lm_arms), "aux_arms": list(aux_arms), "tracker_arms": list(tracker_arms), "lm_steps": lm_steps, "lm_batch": lm_batch, "tracker_weight": tracker_weight, "learning_rate": learning_rate, "tracker_steps": tracker_steps,
                            "tracker_batch": tracker_batch, "tracker_lr": tracker_lr, "seed": seed, "seconds": {}, "history": {}}
     t = tick()
     gname = f"{tower.replace(':', '-').replace('/', '_')}-{num_frames}-grid{grid}"
