@@ -55,3 +55,30 @@ def test_make_gpu_check_runs_on_cpu_at_toy_sizes(tmp_path):
     assert any(run.get("tokens_per_s") for run in rep["lm_train"]["runs"]) and rep["machine"]["cpu"]["cores"] >= 1
     social = rep["social"]  # the social signals at toy size: frames/s and real-time factors (espeak-ng makes the speech)
     assert social["frames_per_s"] > 0 and social["frames"] == 16 and 0 < social["asr_rtf"] and 0 < social["vad_rtf"], social
+
+
+def test_bench_list_and_routes(capsys):
+    from vtom.cli import BENCHMARKS, main
+    assert main(["bench", "--list"]) == 0 and main(["bench"]) == 0
+    out = capsys.readouterr().out
+    assert all(line.split()[0] in BENCHMARKS for line in out.splitlines()) and out.count("features ") == 2
+    assert BENCHMARKS["features"][:2] == ("vtom.bench", "bench_features_main") and BENCHMARKS["train"][0] == "vtom.bench"
+
+
+def test_bench_features_one_json_line(capsys):
+    "The whole path against the reference-style one; on an AMX CPU also in fp32 (same_dtype_*) with the dtype's cosine."
+    from vtom.bench import bench_features_main
+    from vtom.features import cpu_has_amx
+    assert bench_features_main(["--videos", "carphone", "--num-frames", "4", "--rounds", "1", "--workers", "1"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rec["bench"] == "features" and rec["failed"] == 0 and rec["frames"] == 4 and rec["reference_dtype"] == "float32"
+    assert rec["frames_per_s"] > 0 and rec["reference_frames_per_s"] > 0 and rec["speedup_vs_reference"] > 0
+    assert rec["dtype"] == ("bfloat16" if cpu_has_amx() else "float32") and rec["amx_bf16"] == cpu_has_amx()
+    if cpu_has_amx(): assert rec["same_dtype_frames_per_s"] > 0 and rec["cosine_vs_same_dtype_min"] > 0.9999
+
+
+def test_bench_train_prints_one_json_line(capsys):
+    from vtom.bench import bench_train_main
+    assert bench_train_main(["--llm", "tiny", "--steps", "1", "--num-frames", "4", "--num-spatial-tokens", "4", "--vision-hidden-size", "16"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip())
+    assert rec["frozen"]["params_with_grad"] < rec["naive"]["params_with_grad"] and rec["frozen_speedup"] > 0

@@ -25,7 +25,7 @@ VTOM = Path(sys.executable).parent / "vtom"
 @pytest.fixture(scope="module")
 def tiny_tower(tmp_path_factory):
     folder = tiny_hf_clip(tmp_path_factory.mktemp("tower") / "tiny-clip", image_size=32, patch_size=8, hidden_size=48, layers=3)
-    return folder, load_vision_tower(f"hf:{folder}", device="cpu")
+    return folder, load_vision_tower(f"hf:{folder}", device="cpu", dtype="fp32")  # exact parity: fp32
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,36 @@ def test_reference_pickles(tmp_path):
     with pytest.raises(VtomError, match="2-D"): load_features(tmp_path / "vec.pkl")
     with pytest.raises(VtomError, match="No features for video"): load_features(tmp_path, "nope")
     with pytest.raises(VtomError, match="pass video_id"): load_features(tmp_path)
+
+
+def test_default_dtype_and_bf16_parity():
+    "auto: bf16 for ViT towers on AMX CPUs (else fp32), fp32 for the control towers; bf16 tokens of real frames stay within cosine 0.9999 of fp32."
+    from vtom.decode import packaged_video
+    from vtom.features import cpu_has_amx, tower_dtype
+    cpu = torch.device("cpu")
+    assert tower_dtype("random", cpu) == (torch.bfloat16 if cpu_has_amx() else torch.float32)
+    assert tower_dtype("thumbnail", cpu) == tower_dtype("imagenet", cpu) == torch.float32
+    assert tower_dtype("hf", cpu, "fp32") == torch.float32 and tower_dtype("hf", torch.device("cuda"), "auto") == torch.float16
+    fp32 = load_vision_tower("random:ViT-B-32", device="cpu", dtype="fp32")
+    bf16 = load_vision_tower("random:ViT-B-32", device="cpu", dtype="bf16")
+    assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    px = preprocess_frames(read_video(packaged_video("bikes"), 6).frames, fp32.image_size)
+    a, b = fp32.encode(px), bf16.encode(px).float()
+    cos = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1))
+    assert cos.min() > 0.9999 and not torch.equal(a, b), cos
+    pa, pb = pool_features(a, 8), pool_features(b, 8)
+    assert torch.nn.functional.cosine_similarity(pa[:6], pb[:6]).min() > 0.9999
+
+
+def test_auto_dtype_resumes_a_store_in_its_own_dtype(videos, tmp_path, capsys):
+    "A store started in fp32 (the CPU default before bf16) resumes in fp32 under --dtype auto; another explicit dtype is refused."
+    out = tmp_path / "store"
+    common = ["--vision", "random:ViT-B-32", "--num-frames", "4", "--no-progress", "--workers", "1"]
+    assert features_main([str(videos / "clip_0.mp4"), str(out), "--dtype", "fp32", *common]) == 0
+    assert features_main([str(videos), str(out), *common]) == 0  # auto: the store's fp32, not bf16
+    store = FeatureStore(out)
+    assert store.settings()["dtype"] == "float32" and len(store) == 4
+    with pytest.raises(VtomError, match="dtype"): features_main([str(videos), str(out), "--dtype", "bf16", *common])
 
 
 def test_video_id_and_cli_errors(tmp_path, capsys):

@@ -50,7 +50,7 @@ def test_joined_features_equal_encoding_the_joined_video(tmp_path, keep_tokens):
     from vtom.decode import packaged_video, read_video
     from vtom.features import extract_to_store, features_from_clip, load_vision_tower
     clips = {"bikes": packaged_video("bikes"), "carphone_pristine": packaged_video("carphone"), "bigbuckbunny": packaged_video("bigbuckbunny")}
-    tower = load_vision_tower("random:ViT-B-32", device="cpu")
+    tower = load_vision_tower("random:ViT-B-32", device="cpu", dtype="fp32")  # the join's arithmetic, not bf16 rounding
     n = 6
     extract_to_store(list(clips.values()), tmp_path / "store", tower, num_frames=n, keep_tokens=keep_tokens, progress=False)
     summary = build_tomloc(_siq2_lines(tmp_path / "qa.json", {v: 2 for v in clips}), tmp_path / "store", tmp_path / "tl", n_clips=3)

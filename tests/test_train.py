@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from vtom.core import VtomError
 from vtom.model import IGNORE_INDEX, VideoLLM, load_llm
-from vtom.train import (ConversationDataset, StopAtStep, TrainConfig, TrainDataError, VideoCollator, bench_train_main,
-                        load_records, train, train_main)
+from vtom.train import (ConversationDataset, StopAtStep, TrainConfig, TrainDataError, VideoCollator, load_records, train,
+                        train_main)
 
 T, P, D = 8, 4, 32
 
@@ -149,12 +149,6 @@ def test_train_main_flags_and_errors(tmp_path, capsys):
     from vtom.cli import main
     assert main(["train", str(data), "--features", str(tmp_path / "missing"), "--llm", "tiny", "--device", "cpu"]) == 2
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_bench_train_prints_one_json_line(capsys):
-    assert bench_train_main(["--llm", "tiny", "--steps", "1", "--num-frames", "4", "--num-spatial-tokens", "4", "--vision-hidden-size", "16"]) == 0
-    rec = json.loads(capsys.readouterr().out.strip())
-    assert rec["frozen"]["params_with_grad"] < rec["naive"]["params_with_grad"] and rec["frozen_speedup"] > 0
 
 
 def test_ddp_two_processes_on_cpu(tmp_path):

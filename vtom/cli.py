@@ -36,8 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "decode": ("vtom.decode", "bench_decode_main", "Frame sampling speed of each decoding backend."),
-    "features": ("vtom.features", "bench_features_main", "Feature extraction speed against a reference-style path."),
-    "train": ("vtom.train", "bench_train_main", "Projector training speed, frozen versus naive."),
+    "features": ("vtom.bench", "bench_features_main", "Feature extraction speed against a reference-style path."),
+    "train": ("vtom.bench", "bench_train_main", "Projector training speed, frozen versus naive."),
     "social": ("vtom.social", "bench_social_main", "Social-signal speed: frames/s (faces, mesh, expressions), ASR and VAD real-time factors."),
     "eval": ("vtom.evaluate", "bench_eval_main", "Multiple-choice scoring speed, shared prompt (KV cache) versus full sequences."),
 }
@@ -93,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     return _dispatch(sys.argv[1:] if argv is None else list(argv), COMMANDS, "vtom", blurb)
 
 def bench_main(argv: list[str] | None = None) -> int:
-    "`vtom bench NAME`: run one benchmark; each prints one JSON line."
-    return _dispatch(list(argv or []), BENCHMARKS, "vtom bench", "Benchmarks; each prints one JSON line of numbers.")
+    "`vtom bench NAME`: run one benchmark; each prints one JSON line. `vtom bench` (or `--list`) lists them."
+    argv = list(argv or [])
+    if argv in ([], ["--list"]):
+        print("\n".join(f"{name:<9} {help_}" for name, (_, _, help_) in BENCHMARKS.items()))
+        return 0
+    return _dispatch(argv, BENCHMARKS, "vtom bench", "Benchmarks; each prints one JSON line of numbers.")
 
 # %% ../nbs/99_cli.ipynb #6c5fde49
 def info_main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import json
 import os
 import pickle
@@ -22,13 +23,13 @@ import torch.nn.functional as F
 from .core import Interrupted, Store, VtomError, atomic_path, disable_progress_bars, get_device, get_dtype, get_logger
 
 # %% auto #0
-__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'IMAGENET_WEIGHTS', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers', 'load_vision_tower',
-           'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower', 'preprocess_frames', 'reference_preprocess',
-           'pool_features', 'frame_grid', 'graph_rows', 'video_id_of', 'encode_frames', 'features_from_clip',
-           'extract_video_features', 'save_features', 'feature_settings', 'check_feature_file', 'read_meta',
-           'load_features', 'FeatureStore', 'list_videos', 'dist_info', 'extract_to_store', 'extract_grid_store',
-           'graph_store', 'features_main', 'bench_features_main']
+__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD',
+           'IMAGENET_WEIGHTS', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers', 'cpu_has_amx',
+           'tower_dtype', 'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower',
+           'preprocess_frames', 'reference_preprocess', 'pool_features', 'frame_grid', 'graph_rows', 'video_id_of',
+           'encode_frames', 'features_from_clip', 'extract_video_features', 'save_features', 'feature_settings',
+           'check_feature_file', 'read_meta', 'load_features', 'FeatureStore', 'list_videos', 'dist_info',
+           'extract_to_store', 'extract_grid_store', 'graph_store', 'features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -159,16 +160,28 @@ register_tower("hf", _load_hf, "hf:openai/clip-vit-large-patch14")
 register_tower("open_clip", _open_clip_pretrained, "open_clip:ViT-L-14:openai")
 register_tower("random", lambda ref, device, dtype, name: _load_open_clip(ref, None, device, dtype, name), "random:ViT-B-32")
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    "Whether this CPU has bf16 matrix units (Intel AMX: `amx_bf16` among the flags in /proc/cpuinfo)."
+    try: return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+    except OSError: return False  # not Linux: no way to tell, assume none
+
+BF16_CPU_KINDS = ("hf", "open_clip", "random")  # ViTs, matmul-bound: ~3-4x faster in bf16 on AMX; the cheap control towers stay fp32
+
+def tower_dtype(kind: str, device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:
+    "A tower's dtype: as given, or auto: fp16 on CUDA (as the reference), bf16 for ViT towers on CPUs with AMX, else fp32."
+    if dtype not in (None, "auto"): return get_dtype(device, dtype)
+    if device.type == "cuda": return torch.float16  # 3 more mantissa bits than bf16, and the store keeps fp16 anyway
+    return torch.bfloat16 if device.type == "cpu" and kind in BF16_CPU_KINDS and cpu_has_amx() else torch.float32
+
 def load_vision_tower(name: str = "random:ViT-B-32", device: str | torch.device = "auto",
                       dtype: str | torch.dtype = "auto") -> VisionTower:
-    "Load a frozen tower by registered name (`list_towers()`), e.g. `hf:ID_OR_DIR` or `random:ARCH` (auto: fp32 on CPU, fp16 on GPU)."
+    "Load a frozen tower by registered name (`list_towers()`), e.g. `hf:ID_OR_DIR` or `random:ARCH`, in `tower_dtype(kind, device, dtype)`."
     kind, _, ref = name.partition(":")
     if kind not in TOWERS or not ref:
         raise VtomError(f"Unknown vision tower {name!r}; use one of {', '.join(list_towers())} (or hf:LOCAL_DIR).")
     device = get_device(device)
-    # frozen inference: fp16 on GPUs (as the reference; 3 more mantissa bits than bf16, and the store keeps fp16), fp32 on CPU
-    dtype = torch.float16 if dtype in (None, "auto") and device.type == "cuda" else get_dtype(device, dtype)
-    return TOWERS[kind][0](ref, device, dtype, name)
+    return TOWERS[kind][0](ref, device, tower_dtype(kind, device, dtype), name)
 
 # %% ../nbs/02_features.ipynb #6bf57a19
 import importlib.util
@@ -613,7 +626,7 @@ def features_main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-frames", type=int, default=100, help="frames sampled = temporal tokens (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=50, help="frames per tower forward (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto uses cuda:$LOCAL_RANK under torchrun)")
-    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, fp16 on GPU like the reference) | fp32 | fp16 | bf16")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU like the reference, bf16 on CPUs with AMX, else fp32) | fp32 | fp16 | bf16")
     p.add_argument("--mode", choices=("stretch", "crop"), default="stretch", help="resize: reference stretch or center crop")
     p.add_argument("--keep-tokens", action="store_true", help="also store the unpooled T x P x D tokens")
     p.add_argument("--workers", type=int, default=2, help="decoding threads running ahead of the tower (default %(default)s)")
@@ -631,7 +644,10 @@ def features_main(argv: list[str] | None = None) -> int:
     if device == "auto" and world > 1 and torch.cuda.is_available(): device = f"cuda:{local % torch.cuda.device_count()}"
     videos = list_videos(a.videos)
     if not videos: raise VtomError(f"No videos found in {a.videos} (suffixes: {', '.join(sorted(VIDEO_SUFFIXES))}).")
-    tower = load_vision_tower(a.vision, device=device, dtype=a.dtype)
+    dtype, recorded = a.dtype, FeatureStore(a.out).settings() if Path(a.out).is_dir() else None
+    if dtype == "auto" and recorded and recorded.get("tower") == a.vision and recorded.get("dtype") in ("float32", "bfloat16", "float16"):
+        dtype = recorded["dtype"]  # resume a store in the dtype it was started with (stores from before bf16 became the CPU default: fp32)
+    tower = load_vision_tower(a.vision, device=device, dtype=dtype)
     get_logger().info(f"{len(videos)} videos, rank {rank}/{world}, {tower}")
     summary = extract_to_store(videos, a.out, tower, a.num_frames, a.batch_size, a.keep_tokens, a.mode, a.backend,
                                rank, world, a.workers, progress=not a.no_progress)
@@ -642,94 +658,3 @@ def features_main(argv: list[str] | None = None) -> int:
     print(f"{summary['failed']} of {summary['videos']} videos failed (all listed in {summary['failures_file']}); "
           "the others are done. Fix or drop those videos and rerun to retry them.", file=sys.stderr)
     return 1
-
-# %% ../nbs/02_features.ipynb #a2793145
-def _reference_decode(path: Path, num_frames: int) -> np.ndarray:
-    "The reference's decoding: decord VideoReader + get_batch of the sampled frames (PyAV via vtom.decode without decord)."
-    from vtom.core import has_package
-    from vtom.decode import read_video, sample_frame_indices
-    if not has_package("decord"): return read_video(path, num_frames, backend="pyav").frames
-    from decord import VideoReader, cpu
-    vr = VideoReader(str(path), ctx=cpu(0))
-    return vr.get_batch(sample_frame_indices(len(vr), num_frames)).asnumpy()
-
-@torch.inference_mode()
-def _reference_tokens(tower: VisionTower, pixels: torch.Tensor) -> torch.Tensor:
-    "Tokens the way the reference computed them: every block runs (it asked for all hidden states and kept [-2])."
-    if isinstance(tower, _OpenClipTower):
-        out = tower.model.forward_intermediates(pixels.to(tower.device, tower.dtype), indices=[-2], stop_early=False,
-                                                intermediates_only=True, output_fmt="NLC")
-        return out["image_intermediates"][0]
-    return tower.encode(pixels)  # an hf tower is already cut after block N-1: same cost as vtom's path
-
-def _reference_features(path: Path, tower: VisionTower, num_frames: int = 100, batch_size: int = 32) -> tuple[np.ndarray, float, float]:
-    "Reference-style features of one video (numpy fp16), and the seconds spent preprocessing and in the tower."
-    arr = _reference_decode(path, num_frames)
-    t0 = time.perf_counter()
-    px = reference_preprocess(arr, tower.image_size)
-    t1 = time.perf_counter()
-    toks = torch.cat([_reference_tokens(tower, px[i:i + batch_size]).float().cpu() for i in range(0, len(px), batch_size)]).numpy().astype("float16")
-    t2 = time.perf_counter()
-    temporal = np.pad(toks.mean(1), ((0, num_frames - len(toks)), (0, 0)))
-    return np.concatenate([temporal, toks.mean(0)]).astype("float16"), t1 - t0, t2 - t1
-
-def bench_features_main(argv: list[str] | None = None) -> int:
-    "`vtom bench features`: one JSON line of frames/s and videos/s, vtom's path versus a reference-style path."
-    from vtom.decode import _as_video_path
-    p = argparse.ArgumentParser(prog="vtom bench features", description="Feature extraction speed against a reference-style path.")
-    p.add_argument("--videos", default="bikes,bigbuckbunny", help="comma-separated packaged names or paths (default %(default)s)")
-    p.add_argument("--repeat", type=int, default=1, help="times each video is processed per path (default %(default)s)")
-    p.add_argument("--vision", default="random:ViT-B-32")
-    p.add_argument("--num-frames", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2, help="timed rounds per path; the best is reported (default %(default)s)")
-    a = p.parse_args(argv)
-    import platform, tempfile
-    tower = load_vision_tower(a.vision, a.device, a.dtype)
-    tmp = Path(tempfile.mkdtemp(prefix="vtom-bench-"))
-    links = []
-    for r in range(a.repeat):
-        for v in a.videos.split(","):
-            src = _as_video_path(v.strip()).resolve()
-            links.append(tmp / "videos" / f"r{r}_{src.name}")
-            links[-1].parent.mkdir(exist_ok=True); links[-1].symlink_to(src)
-    tower.encode(torch.zeros(2, 3, tower.image_size, tower.image_size))           # warm-up
-    _reference_features(links[0], tower, a.num_frames, a.batch_size)
-    ours = ref = float("inf")
-    for r in range(a.rounds):  # alternate the two paths; the best round of each is the least disturbed by other load
-        t0 = time.perf_counter()
-        summary = extract_to_store(links, tmp / f"store{r}", tower, a.num_frames, a.batch_size, workers=a.workers, progress=False)
-        ours = min(ours, time.perf_counter() - t0)
-        t0, tower_s = time.perf_counter(), 0.0
-        for v in links: tower_s += _reference_features(v, tower, a.num_frames, a.batch_size)[2]
-        if time.perf_counter() - t0 < ref: ref, ref_tower = time.perf_counter() - t0, tower_s
-    frames = sum(r["frames"] for r in FeatureStore(tmp / "store0").manifest())
-    # preprocessing alone, same decoded frames, best of 5
-    arrs = [_reference_decode(v, a.num_frames) for v in links[:len(a.videos.split(","))]]
-    def best(f, n=5):
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter(); f()
-            if tower.device.type == "cuda": torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-    pre_ours = best(lambda: [preprocess_frames(x, tower.image_size, tower.mean, tower.std, device=tower.device, dtype=tower.dtype) for x in arrs])
-    pre_ref = best(lambda: [reference_preprocess(x, tower.image_size) for x in arrs])
-    res = {"bench": "features", "tower": tower.name, "device": str(tower.device), "dtype": str(tower.dtype).replace("torch.", ""),
-           "videos": len(links), "frames": frames, "rounds": a.rounds, "num_frames": a.num_frames, "batch_size": a.batch_size,
-           "frames_per_s": round(frames / ours, 2), "videos_per_s": round(len(links) / ours, 3), "seconds": round(ours, 3),
-           "reference_frames_per_s": round(frames / ref, 2), "reference_videos_per_s": round(len(links) / ref, 3),
-           "reference_seconds": round(ref, 3), "speedup_vs_reference": round(ref / ours, 3),
-           "reference_tower_share": round(ref_tower / ref, 3),  # both paths run the same tower, so the speedup is at most
-           # ref / ref_tower (everything but the tower for free): the bound on this machine
-           "max_speedup_same_tower": round(ref / ref_tower, 3),
-           "preprocess_ms_per_frame": round(1000 * pre_ours / sum(map(len, arrs)), 3),
-           "reference_preprocess_ms_per_frame": round(1000 * pre_ref / sum(map(len, arrs)), 3),
-           "preprocess_speedup": round(pre_ref / pre_ours, 2), "torch_threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "machine": platform.machine(), "failed": summary["failed"]}
-    print(json.dumps(res))
-    import shutil; shutil.rmtree(tmp, ignore_errors=True)
-    return 0

@@ -10,9 +10,7 @@ import csv
 import dataclasses
 import json
 import os
-import resource
 import sys
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +28,7 @@ __all__ = ['PRESETS', 'TrainDataError', 'load_records', 'record_video_id', 'Conv
            'world_size', 'resolve_config', 'load_config_file', 'add_lora', 'save_trained', 'load_trainable',
            'TrackerTask', 'VideoTrainer', 'LossLogger', 'KeepBeforeEval', 'write_history', 'read_history',
            'build_model', 'tracker_task', 'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history',
-           'train_parser', 'config_from_argv', 'train_main', 'bench_train', 'bench_train_main']
+           'train_parser', 'config_from_argv', 'train_main']
 
 # %% ../nbs/04_train.ipynb #56a840d8
 class TrainDataError(DataFormatError):
@@ -536,86 +534,4 @@ def train_main(argv: list[str] | None = None) -> int:
         print(json.dumps({"output_dir": str(out), "global_step": m["global_step"], "eval_loss_before": m["eval_loss_before"],
                           "eval_loss_after": m["eval_loss_after"], "train_loss": m["train"].get("train_loss"),
                           "train_runtime_s": m["train"].get("train_runtime"), "world_size": m["world_size"]}))
-    return 0
-
-# %% ../nbs/04_train.ipynb #80168b82
-def _peak_rss_mb() -> float:
-    "Peak resident memory of this process so far (MB; Linux reports KB, macOS bytes)."
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(r / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-def _bench_batch(model, batch_size: int, seed: int = 0) -> dict:
-    "A batch of identical-length multiple-choice conversations with random features."
-    turns = [{"role": "user", "content": "<video>\nQuestion: Where will Anne look for the ball when she comes back?\n"
-                                         "A. In the basket\nB. In the box\nC. Under the table\nD. She will not look\n"
-                                         "Answer with the option's letter from the given choices."},
-             {"role": "assistant", "content": "A. In the basket"}]
-    from vtom.model import tokenize_conversation
-    g = torch.Generator().manual_seed(seed)
-    item = tokenize_conversation(model.tokenizer, turns, model.config.template, model.num_video_tokens, None)
-    feats = torch.randn(batch_size, model.num_video_tokens, model.config.vision_hidden_size, generator=g).half()
-    return {**VideoCollator(model.tokenizer)([dict(item) for _ in range(batch_size)]), "video_features": feats}
-
-def _time_steps(model, batch: dict, steps: int, warmup: int = 1) -> tuple[float, float]:
-    "Wall-clock and process-CPU seconds for `steps` training steps (after `warmup` untimed ones)."
-    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if n.startswith(("projector", "video_embeddings"))], lr=1e-4)
-    model.train()
-    for i in range(warmup + steps):
-        if i == warmup: t0, c0 = time.perf_counter(), time.process_time()
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        model.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0, time.process_time() - c0
-
-def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_frames: int = 100, num_spatial_tokens: int = 256,
-                vision_hidden_size: int = 1024, template: str = "chat", device: str = "cpu", dtype: str = "auto",
-                gradient_checkpointing: bool = False, seed: int = 0) -> dict:
-    "Frozen-LM versus naive projector-training speed and memory on `llm` (see above); returns the JSON record."
-    from vtom.model import VideoLLM, VideoLLMConfig, load_llm
-    t_load = time.perf_counter()
-    lm, tok = load_llm(llm, device=device, dtype=dtype)
-    seed_everything(seed)
-    model = VideoLLM(VideoLLMConfig(lm_name=llm, vision_hidden_size=vision_hidden_size, num_frames=num_frames,
-                                    num_spatial_tokens=num_spatial_tokens, template=template), lm, tok)
-    model.lm.config.use_cache = False
-    if gradient_checkpointing: model.gradient_checkpointing_enable()
-    load_s = time.perf_counter() - t_load
-    batch = _bench_batch(model, batch_size, seed)
-    tokens = int(batch["attention_mask"].sum())
-    rec = {"bench": "train", "llm": llm, "lm_parameters": sum(p.numel() for p in model.lm.parameters()), "device": str(model.device),
-           "dtype": str(next(model.lm.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-           "batch_size": batch_size, "seq_len": int(batch["input_ids"].shape[1]), "video_tokens": model.num_video_tokens,
-           "steps": steps, "gradient_checkpointing": gradient_checkpointing, "load_s": round(load_s, 2)}
-    for mode in ("frozen", "naive"):  # frozen first: peak RSS is a high-water mark
-        model.lm.requires_grad_(mode == "naive")
-        if model.device.type == "cuda": torch.cuda.reset_peak_memory_stats()
-        secs, cpu = _time_steps(model, batch, steps)
-        rec[mode] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3), "samples_per_s": round(steps * batch_size / secs, 3),
-                     "tokens_per_s": round(steps * tokens / secs, 1), "peak_rss_mb": _peak_rss_mb(),
-                     "params_with_grad": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        if model.device.type == "cuda": rec[mode]["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    model.lm.requires_grad_(False)
-    rec["frozen_speedup"] = round(rec["naive"]["seconds"] / rec["frozen"]["seconds"], 3)
-    rec["frozen_speedup_cpu_time"] = round(rec["naive"]["cpu_seconds"] / rec["frozen"]["cpu_seconds"], 3)  # robust on a busy machine
-    return rec
-
-def bench_train_main(argv: list[str] | None = None) -> int:
-    "`vtom bench train`: print one JSON line of frozen-vs-naive projector training speed."
-    p = argparse.ArgumentParser(prog="vtom bench train", description="Projector training speed with the LM frozen versus naive (LM requires_grad on).")
-    p.add_argument("--llm", default="embedded", help="LM to train on (default: the embedded SmolLM2-135M)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per mode (after one warm-up step)")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--num-frames", type=int, default=100, help="temporal tokens (reference 100)")
-    p.add_argument("--num-spatial-tokens", type=int, default=256, help="spatial tokens (reference 256)")
-    p.add_argument("--vision-hidden-size", type=int, default=1024, help="feature width (reference CLIP ViT-L/14: 1024)")
-    p.add_argument("--template", default="chat")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", help="auto = fp32 on CPU, bf16 on GPU")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    a = p.parse_args(argv)
-    rec = bench_train(a.llm, a.steps, a.batch_size, a.num_frames, a.num_spatial_tokens, a.vision_hidden_size, a.template,
-                      a.device, a.dtype, a.gradient_checkpointing)
-    rec["versions"] = {k: v for k, v in package_versions(("torch", "transformers")).items()}
-    print(json.dumps(rec))
     return 0
