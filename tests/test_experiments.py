@@ -60,3 +60,32 @@ def test_report_md_opens_with_what_this_run_shows():
     assert md.startswith("# Synthetic false-belief benchmark: goal report\n\n## What this run shows")
     assert "video (B) is not better than text (B): +0.00 [+0.00, +0.00]" in head and "video (B) is better than first container: +1.00" in head
     assert "### Goals" in head and "**not met**" in head and md.index("## What this run shows") < md.index("## Probes")
+
+
+def test_tracker_targets_columns_and_padding():
+    from vtom.experiments import tracker_targets
+    from vtom.model import TRACKER_PLACES
+    ev = {"layout": {"containers": [{"name": "red box", "x": 150}, {"name": "blue jar", "x": 20}]},
+          "frames": {"t": [0, 1, 2], "belief_A": [None, "held:A", "blue jar"], "belief_B": ["red box"] * 3,
+                     "B_thinks_A_believes": [None, None, "red box"], "sees_scene_A": [True, False, True],
+                     "sees_scene_B": [False] * 3, "belief_false_A": [False, True, False], "belief_false_B": [True] * 3}}
+    t = tracker_targets(ev, [0.0, 1.1, 1.9], num_frames=5)
+    ix = TRACKER_PLACES.index
+    assert t[:3, 0].tolist() == [ix("none"), ix("held:A"), ix("slot0")] and t[:3, 2].tolist() == [0, 0, ix("slot1")]
+    assert t[:3, 3].tolist() == [1, 0, 1] and t[:3, 5].tolist() == [0, 1, 0] and (t[3:] == -100).all()
+
+
+def test_temporal_study_dry_run(tmp_path):
+    "`vtom temporal --dry-run` (the tom-temporal preset's offline check): every arm, mode and baseline lands in one report."
+    import json
+    from vtom.experiments import temporal_main
+    assert temporal_main(["--dry-run", "--out", str(tmp_path)]) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    arms = {(r["arm"], r["mode"]) for r in rep["table"]}
+    for arm in ("bag (linear)", "temporal", "graph", "graph + tracker loss", "tracker alone (linear)", "tracker alone (graph)"):
+        assert {(arm, m) for m in ("video", "shuffled", "blank")} <= arms, arm
+    assert ("text (LM, no video)", "text") in arms and any(a.startswith("heuristic: reality") for a, _ in arms)
+    assert {"always 'never'", "tracker alone (graph)"} <= {r["method"] for r in rep["retrieval"]}
+    assert rep["goal"]["chosen on val"] in rep["val belief accuracy"] and any("shuffled" in b for b in rep["paired"])
+    assert (tmp_path / "belief_timeline.png").stat().st_size > 0 and (tmp_path / "learning_curves.png").is_file()
+    assert "Goal" in (tmp_path / "report.md").read_text()

@@ -140,12 +140,42 @@ def test_temporal_projector_trains_saves_and_reloads(tmp_path):
     with torch.no_grad(): torch.testing.assert_close(again(**batch).logits, logits)
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp2", "temporal"])
+@pytest.mark.parametrize("kind", ["linear", "mlp2", "temporal", "graph"])
 def test_untrained_projector_emits_zero_tokens(kind):
     "An untrained model puts zero vectors at the video positions (random ones derailed the LM), and still trains."
     lm, tok = tiny_llm()
-    model = VideoLLM(VideoLLMConfig(vision_hidden_size=16, num_frames=3, num_spatial_tokens=4, projector_type=kind), lm, tok)
+    model = VideoLLM(VideoLLMConfig(vision_hidden_size=16, num_frames=3, num_spatial_tokens=4, projector_type=kind, graph_cells=4), lm, tok)
     with torch.no_grad(): assert torch.equal(model.projector(torch.randn(2, 7, 16)), torch.zeros(2, 7, model.hidden_size))
     item = tokenize_conversation(tok, [{"role": "user", "content": "<video> why?"}, {"role": "assistant", "content": "because"}], "chat", 7)
     model.train()(**pad_batch([dict(item, video_features=torch.randn(7, 16))], tok.pad_token_id)).loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n.startswith("projector."))
+
+
+def test_graph_projector_on_a_tiny_config(tmp_path):
+    "graph: shapes, gradients reach the slots and the message passing, frame order matters (a bag's does not), checkpoint round trip."
+    from vtom.model import build_projector
+    lm, tok = tiny_llm()
+    cfg = VideoLLMConfig(lm_name="tiny", vision_hidden_size=4 * 5, num_frames=3, num_spatial_tokens=1, projector_type="graph", graph_cells=4)
+    model = VideoLLM(cfg, lm, tok).train()
+    item = tokenize_conversation(tok, [{"role": "user", "content": "<video> why?"}, {"role": "assistant", "content": "because"}], "chat", 4)
+    feats = torch.randn(4, 20)
+    batch = pad_batch([dict(item, video_features=feats)], tok.pad_token_id)
+    model(**batch).loss.backward()
+    assert model.projector.up.weight.grad.abs().sum() > 0
+    with torch.no_grad(): torch.nn.init.normal_(model.projector.up.weight, std=0.5)
+    model(**batch).loss.backward()
+    for name in ("queries", "cell_in.weight", "edge.0.0.weight", "along.0.weight_hh_l0"):
+        assert model.projector.get_parameter(name).grad.abs().sum() > 0, name
+    model.eval()
+    perm = [2, 0, 1, 3]
+    with torch.no_grad():
+        proj = model.projector(feats[None])
+        assert proj.shape == (1, 4, model.hidden_size)
+        assert not torch.allclose(model.projector(feats[perm][None]), proj[:, perm], atol=1e-4)   # graph: order-aware
+        bag = build_projector("linear", 20, 8)
+        torch.testing.assert_close(bag(feats[perm]), bag(feats)[perm])                           # bag: equivariant
+        logits = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    again = VideoLLM.from_pretrained(tmp_path, lm=lm, tokenizer=tok, device="cpu")
+    assert again.config.graph_cells == 4
+    with torch.no_grad(): torch.testing.assert_close(again(**batch).logits, logits)

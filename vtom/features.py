@@ -26,10 +26,10 @@ from .core import Interrupted, Store, VtomError, atomic_path, disable_progress_b
 __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD',
            'IMAGENET_WEIGHTS', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers', 'cpu_has_amx',
            'tower_dtype', 'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower',
-           'preprocess_frames', 'reference_preprocess', 'pool_features', 'video_id_of', 'encode_frames',
-           'features_from_clip', 'extract_video_features', 'save_features', 'feature_settings', 'check_feature_file',
-           'read_meta', 'load_features', 'FeatureStore', 'list_videos', 'dist_info', 'extract_to_store',
-           'features_main']
+           'preprocess_frames', 'reference_preprocess', 'pool_features', 'frame_grid', 'graph_rows', 'video_id_of',
+           'encode_frames', 'features_from_clip', 'extract_video_features', 'save_features', 'feature_settings',
+           'check_feature_file', 'read_meta', 'load_features', 'FeatureStore', 'list_videos', 'dist_info',
+           'extract_to_store', 'extract_grid_store', 'graph_store', 'features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -301,6 +301,24 @@ def pool_features(tokens: torch.Tensor, num_frames: int = 100) -> torch.Tensor:
     temporal = F.pad(x.mean(dim=1), (0, 0, 0, num_frames - t))
     return torch.cat([temporal, x.mean(dim=0)], dim=0)
 
+# %% ../nbs/02_features.ipynb #4b8fc93c
+def frame_grid(tokens: torch.Tensor, grid: int = 4) -> torch.Tensor:
+    "Per-frame `grid x grid` average-pooled patch grid of `[T,P,D]` tokens (P a square number) -> `[T, grid*grid, D]` (fp32)."
+    if tokens.ndim != 3: raise VtomError(f"frame_grid expects tokens [T,P,D], got {tuple(tokens.shape)}.")
+    t, p, d = tokens.shape
+    side = int(round(p ** 0.5))
+    if side * side != p: raise VtomError(f"frame_grid needs a square patch layout; {p} patches per frame is not one.")
+    if not 1 <= grid <= side: raise VtomError(f"frame_grid: grid={grid} must be between 1 and the {side} patches per side.")
+    x = tokens.float().reshape(t, side, side, d).permute(0, 3, 1, 2)
+    return F.adaptive_avg_pool2d(x, grid).flatten(2).transpose(1, 2)
+
+def graph_rows(grid: torch.Tensor, num_frames: int) -> torch.Tensor:
+    "Rows for the `graph` projector from a `[T, G, D]` grid: `num_frames` frame rows of G*D (zero-padded) + the time-mean grid -> `[num_frames + 1, G*D]`."
+    t, g, d = grid.shape
+    if t > num_frames: raise VtomError(f"{t} frames do not fit {num_frames} frame rows; sample at most num_frames frames.")
+    x = grid.float()
+    return torch.cat([F.pad(x.reshape(t, g * d), (0, 0, 0, num_frames - t)), x.mean(0).reshape(1, g * d)])
+
 # %% ../nbs/02_features.ipynb #c462a7b8
 def video_id_of(path: str | Path) -> str:
     "The reference's video id: the file name before the first '.' (`v_abc.mp4` -> `v_abc`, `x.y.pkl` -> `x`)."
@@ -559,6 +577,42 @@ def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: Visio
             "seconds": round(secs, 3), "videos_per_s": round(done / secs, 3) if secs else None,
             "frames_per_s": round(frames / secs, 2) if secs else None, "rank": rank, "world_size": world_size,
             "tower": tower.name, "failed_ids": failed, "failures_file": str(store.failures_path) if failed else None}
+
+# %% ../nbs/02_features.ipynb #316f4c18
+def extract_grid_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = 100, grid: int = 4,
+                       batch_size: int = 32, progress: bool = False) -> Path:
+    "A feature store whose files also hold a per-frame `grid x grid` patch grid under the key `grid` (finished videos are skipped)."
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+    out = Path(out)
+    settings = {**feature_settings(tower, num_frames), "frame_grid": int(grid)}
+    with Store(out, settings, kind="feature store") as store:
+        for path in tqdm(list(videos), unit="video", disable=not progress, desc="grid features"):
+            vid = video_id_of(path)
+            if (out / f"{vid}.safetensors").is_file(): continue
+            feats, meta = extract_video_features(path, tower, num_frames, batch_size, keep_tokens=True)
+            cells = frame_grid(meta.pop("tokens"), grid).to(torch.float16)
+            meta.update(video_id=vid, frame_grid=int(grid))
+            with atomic_path(out / f"{vid}.safetensors") as tmp:
+                save_file({"features": feats.contiguous(), "grid": cells.contiguous()}, str(tmp),
+                          metadata={"vtom": json.dumps(meta, default=str), "format": "pt"})
+            store.record(meta)
+    return out
+
+def graph_store(grid_store: str | Path, out: str | Path | None = None, layout: str = "graph") -> Path:
+    "A folder (default `{grid_store}-{layout}`) of features derived from a grid store: `graph_rows` (`graph`) or temporal tokens + time-mean grid cells (`pooled`)."
+    if layout not in ("graph", "pooled"): raise VtomError(f"graph_store: layout must be 'graph' or 'pooled', not {layout!r}.")
+    src = FeatureStore(grid_store)
+    out = Path(out) if out else src.folder.with_name(f"{src.folder.name}-{layout}")
+    out.mkdir(parents=True, exist_ok=True)
+    for vid in src.ids():
+        if (out / f"{vid}.safetensors").is_file(): continue
+        meta, grid = src.meta(vid), load_features(src.folder, vid, key="grid").float()
+        n = int(meta["num_frames"])
+        rows = graph_rows(grid, n) if layout == "graph" else torch.cat([src[vid][:n].float(), grid.mean(0)])
+        rows = rows.to(torch.float16)
+        save_features(out / f"{vid}.safetensors", rows, {**meta, "layout": layout, "shape": list(rows.shape)})
+    return out
 
 # %% ../nbs/02_features.ipynb #5b99f073
 def features_main(argv: list[str] | None = None) -> int:

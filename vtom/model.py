@@ -21,10 +21,12 @@ from .core import (EMBEDDED_LLM_NAME, VtomError, atomic_path, embedded_llm_path,
 # %% auto #0
 __all__ = ['LLM_ALIASES', 'PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES',
            'VIDEO_TOKEN', 'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX',
-           'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation',
-           'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns',
-           'add_video_tokens', 'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch',
-           'TemporalProjector', 'build_projector', 'zero_projector_output', 'VideoLLM', 'position_ids_from_mask']
+           'TRACKER_PLACES', 'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'CONFIG_NAME', 'WEIGHTS_NAME',
+           'LORA_DIR', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm',
+           'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens',
+           'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
+           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'VideoLLM',
+           'position_ids_from_mask']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -109,7 +111,7 @@ def load_llm(name: str = "embedded", device: str | torch.device = "auto", dtype:
     return _finish_llm(lm, tok, device)
 
 # %% ../nbs/03_model.ipynb #e983d2eb
-PROJECTOR_TYPES = ("linear", "mlp2", "temporal")
+PROJECTOR_TYPES = ("linear", "mlp2", "temporal", "graph")
 
 @dataclass
 class VideoLLMConfig:
@@ -119,7 +121,8 @@ class VideoLLMConfig:
     vision_hidden_size: int = 1024                      # width of the video features
     num_frames: int = 100                               # temporal tokens
     num_spatial_tokens: int = 256                       # spatial tokens (P)
-    projector_type: str = "linear"                      # "linear" (reference), "mlp2" (Linear-GELU-Linear) or "temporal"
+    projector_type: str = "linear"                      # "linear" (reference), "mlp2" (Linear-GELU-Linear), "temporal" or "graph"
+    graph_cells: int = 16                               # grid cells per frame row of `graph` features (vtom.features.graph_rows)
     template: str = "chat"                              # prompt template: "chat", "vicuna_v1_1" or "video-chatgpt_v1"
     tune_video_embeddings: bool = True                  # train the <vid_start>/<vid_end> rows as well
 
@@ -305,18 +308,92 @@ class TemporalProjector(nn.Module):
         mixed = self.up(self.mixer(self.down(x[..., :t, :]) + self.time[:t]))
         return torch.cat([out[..., :t, :] + mixed, out[..., t:, :]], dim=-2)
 
-def build_projector(kind: str, in_features: int, out_features: int, num_frames: int = 100) -> nn.Module:
-    "The vision-to-LM projector: `'linear'` (reference), `'mlp2'` (Linear-GELU-Linear) or `'temporal'` (order-aware)."
+def build_projector(kind: str, in_features: int, out_features: int, num_frames: int = 100, graph_cells: int = 16) -> nn.Module:
+    "The vision-to-LM projector: `'linear'` (reference), `'mlp2'` (Linear-GELU-Linear), `'temporal'` or `'graph'` (order-aware)."
     if kind == "linear": return nn.Linear(in_features, out_features)
     if kind == "mlp2": return nn.Sequential(nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features))
     if kind == "temporal": return TemporalProjector(in_features, out_features, num_frames)
+    if kind == "graph": return GraphProjector(in_features, out_features, num_frames, graph_cells)
     raise VtomError(f"Unknown projector type {kind!r}; use one of {PROJECTOR_TYPES}.")
 
 def zero_projector_output(projector: nn.Module) -> nn.Module:
     "Zero the weight and bias of the projector's output layer (in place): untrained video tokens are zero vectors."
-    out = projector.linear if isinstance(projector, TemporalProjector) else [m for m in projector.modules() if isinstance(m, nn.Linear)][-1]
+    out = projector.linear if hasattr(projector, "linear") else [m for m in projector.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad(): out.weight.zero_(), out.bias.zero_()
     return projector
+
+# %% ../nbs/03_model.ipynb #31f9a975
+class GraphProjector(nn.Module):
+    "A temporal graph network over per-frame entity slots, added to a linear map of every row (zero-initialised, like `temporal`)."
+    def __init__(self, in_features: int, out_features: int, num_frames: int, cells: int = 16, slots: int = 6, width: int = 128,
+                 layers: int = 2):
+        super().__init__()
+        if in_features % cells: raise VtomError(f"graph projector: width {in_features} is not {cells} grid cells of equal width.")
+        self.num_frames, self.cells, self.slots = num_frames, cells, slots
+        self.linear = nn.Linear(in_features, out_features)
+        self.cell_in = nn.Linear(in_features // cells, width)
+        self.cell_pos = nn.Parameter(torch.randn(cells, width) * 0.02)
+        self.queries = nn.Parameter(torch.randn(slots, width) * 0.02)       # learned slot queries (entity nodes)
+        self.time = nn.Parameter(torch.randn(num_frames, width) * 0.02)
+        self.norm = nn.LayerNorm(width)
+        self.edge = nn.ModuleList(nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, width)) for _ in range(layers))
+        self.node = nn.ModuleList(nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width)) for _ in range(layers))
+        self.along = nn.ModuleList(nn.GRU(width, width, batch_first=True) for _ in range(layers))
+        self.up = nn.Linear(slots * width, out_features)
+        nn.init.zeros_(self.up.weight); nn.init.zeros_(self.up.bias)
+
+    def slot_states(self, x: torch.Tensor) -> torch.Tensor:
+        "Per-frame slot states `[B, T, K, width]` of the temporal rows of `x` `[B, N, cells*D]`."
+        b, t = x.shape[0], min(self.num_frames, x.shape[1])
+        cells = self.cell_in(x[:, :t].reshape(b, t, self.cells, -1)) + self.cell_pos            # [B, T, G, w]
+        att = torch.einsum("kw,btgw->btkg", self.queries, cells) / cells.shape[-1] ** 0.5
+        s = torch.einsum("btkg,btgw->btkw", att.softmax(-1), cells) + self.queries + self.time[:t, None]
+        for edge, node, gru in zip(self.edge, self.node, self.along):
+            h = self.norm(s)
+            pair = torch.cat([h[:, :, :, None].expand(-1, -1, -1, self.slots, -1), h[:, :, None].expand(-1, -1, self.slots, -1, -1)], -1)
+            msg = edge(pair).mean(3)                                                             # within a frame: every slot to every slot
+            s = s + node(torch.cat([h, msg], -1))
+            seq = s.permute(0, 2, 1, 3).reshape(b * self.slots, t, -1)                           # along time: slot k at t-1 -> t
+            s = s + gru(seq)[0].reshape(b, self.slots, t, -1).permute(0, 2, 1, 3)
+        return s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "`x` [B, N, cells*D] or [N, cells*D], frame rows first -> [B, N, D_out]: linear map + per-frame graph tokens."
+        squeeze = x.dim() == 2
+        if squeeze: x = x[None]
+        out, t = self.linear(x), min(self.num_frames, x.shape[1])
+        graph = self.up(self.slot_states(x).flatten(2))
+        out = torch.cat([out[:, :t] + graph, out[:, t:]], dim=1)
+        return out[0] if squeeze else out
+
+
+# %% ../nbs/03_model.ipynb #3c66101a
+TRACKER_PLACES = ("none", "slot0", "slot1", "slot2", "slot3", "held:A", "held:B")   # no belief yet, containers left to right, in a hand
+TRACKER_BELIEVERS = ("A", "B", "B about A")
+TRACKER_FLAGS = ("A sees scene", "B sees scene", "A belief false", "B belief false")
+TRACKER_COLUMNS = TRACKER_BELIEVERS + TRACKER_FLAGS   # the 7 label columns of a `[T, 7]` target
+
+class MentalStateTracker(nn.Module):
+    "Per-frame readout of believed places (3 believers) and 4 flags from a projector's per-frame tokens `[B, T, D]`."
+    def __init__(self, in_features: int, width: int = 256):
+        super().__init__()
+        self.body = nn.Sequential(nn.LayerNorm(in_features), nn.Linear(in_features, width), nn.GELU())
+        self.places = nn.Linear(width, len(TRACKER_BELIEVERS) * len(TRACKER_PLACES))
+        self.flags = nn.Linear(width, len(TRACKER_FLAGS))
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        "`{'places': [B, T, 3, 7] logits, 'flags': [B, T, 4] logits}`."
+        h = self.body(tokens)
+        return {"places": self.places(h).unflatten(-1, (len(TRACKER_BELIEVERS), len(TRACKER_PLACES))), "flags": self.flags(h)}
+
+def tracker_loss(out: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    "Mean cross-entropy of the places + mean binary cross-entropy of the flags over labelled entries of `targets` `[B, T, 7]` (-100: none)."
+    nb = len(TRACKER_BELIEVERS)
+    place_t, flag_t = targets[..., :nb].long(), targets[..., nb:]
+    place = nn.functional.cross_entropy(out["places"].flatten(0, -2), place_t.flatten(), ignore_index=IGNORE_INDEX)
+    known = flag_t != IGNORE_INDEX
+    flags = nn.functional.binary_cross_entropy_with_logits(out["flags"][known], flag_t[known].float()) if known.any() else place * 0
+    return place + flags
 
 # %% ../nbs/03_model.ipynb #a8288939
 CONFIG_NAME, WEIGHTS_NAME, LORA_DIR = "config.json", "projector.safetensors", "lora"  # lora/: peft adapters of `vtom train --lora`
@@ -331,7 +408,8 @@ class VideoLLM(nn.Module):
         self.token_ids = add_video_tokens(tokenizer)
         emb = lm.get_input_embeddings().weight
         self.hidden_size = emb.shape[1]
-        self.projector = build_projector(config.projector_type, config.vision_hidden_size, self.hidden_size, config.num_frames).to(emb.device)
+        self.projector = build_projector(config.projector_type, config.vision_hidden_size, self.hidden_size, config.num_frames,
+                                         config.graph_cells).to(emb.device)
         mean = emb.detach().float().mean(0)
         zero_projector_output(self.projector)
         self.video_embeddings = nn.Parameter(mean.repeat(len(VIDEO_TOKENS), 1).clone())

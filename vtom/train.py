@@ -26,9 +26,9 @@ from .model import LORA_DIR
 # %% auto #0
 __all__ = ['PRESETS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset', 'VideoCollator', 'TrainConfig',
            'world_size', 'resolve_config', 'load_config_file', 'add_lora', 'save_trained', 'load_trainable',
-           'VideoTrainer', 'LossLogger', 'KeepBeforeEval', 'write_history', 'read_history', 'build_model',
-           'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history', 'train_parser',
-           'config_from_argv', 'train_main']
+           'TrackerTask', 'VideoTrainer', 'LossLogger', 'KeepBeforeEval', 'write_history', 'read_history',
+           'build_model', 'tracker_task', 'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history',
+           'train_parser', 'config_from_argv', 'train_main']
 
 # %% ../nbs/04_train.ipynb #56a840d8
 class TrainDataError(DataFormatError):
@@ -159,7 +159,11 @@ class TrainConfig:
     output_dir: str | None = _opt(None, "output folder (default runs/train-<data name>)")
     llm: str = _opt("embedded", "vtom.model.load_llm name: embedded, tiny, a local dir or a hub name")
     template: str = _opt("chat", "prompt template shared with inference: chat, vicuna_v1_1, video-chatgpt_v1")
-    projector_type: str = _opt("linear", "linear (reference), mlp2 or temporal (order-aware; vtom.model.PROJECTOR_TYPES)")
+    projector_type: str = _opt("linear", "linear (reference), mlp2, temporal or graph (order-aware; vtom.model.PROJECTOR_TYPES)")
+    graph_cells: int = _opt(16, "grid cells per frame row of graph features (vtom.features.graph_rows; 16 = a 4x4 grid)")
+    tracker_weight: float = _opt(0.0, "weight of the auxiliary mental-state tracker loss (0: off); needs --tracker-targets")
+    tracker_targets: str | None = _opt(None, "safetensors file of per-frame tracker labels per video id ([num_frames, 7], vtom.experiments.write_tracker_targets)")
+    tracker_batch: int = _opt(16, "videos per step for the auxiliary tracker loss")
     num_frames: int | None = _opt(None, "temporal tokens per feature file (default: from the store metadata, else 100)")
     tune_video_embeddings: bool = _opt(True, "also train the <vid_start>/<vid_end> rows")
     lora: bool = _opt(False, "train LoRA adapters on the LM too")
@@ -281,8 +285,39 @@ def load_trainable(model, path: str | Path):
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+class TrackerTask:
+    "The auxiliary tracker loss: per step, a random batch of videos' features through the projector and `model.tracker`."
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, weight: float, batch_size: int = 16, seed: int = 0):
+        self.features, self.targets, self.weight, self.batch_size = features, targets, weight, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def loss(self, model) -> torch.Tensor:
+        "Tracker loss of one random batch (the model needs a `tracker` module and the projector's per-frame rows first)."
+        from vtom.model import tracker_loss
+        i = torch.randint(len(self.features), (min(self.batch_size, len(self.features)),), generator=self.gen)
+        dtype = next(model.projector.parameters()).dtype
+        tokens = model.projector(self.features[i].to(model.device, dtype))[:, :self.targets.shape[1]]
+        return tracker_loss(model.tracker(tokens.float()), self.targets[i].to(model.device))
+
 class VideoTrainer(Trainer):
-    "A `Trainer` whose checkpoints and final output are `VideoLLM.from_pretrained` folders (never the frozen LM)."
+    "A `Trainer` whose checkpoints and final output are `VideoLLM.from_pretrained` folders (never the frozen LM); optional tracker loss."
+    def __init__(self, *args, tracker_task: TrackerTask | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tracker_task, self._tracker_losses = tracker_task, []
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, **kwargs):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if self.tracker_task is not None and model.training:
+            aux = self.tracker_task.loss(self.accelerator.unwrap_model(model))
+            self._tracker_losses.append(float(aux))
+            loss = loss + self.tracker_task.weight * aux
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self._tracker_losses and "loss" in logs:
+            logs["tracker_loss"] = round(sum(self._tracker_losses) / len(self._tracker_losses), 4)
+            self._tracker_losses = []
+        super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save: return
@@ -346,11 +381,27 @@ def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: in
     lm, tok = load_llm(cfg.llm, device=device, dtype=dtype)
     seed_everything(cfg.seed)  # the projector's initialisation is part of the run's seed
     config = VideoLLMConfig(lm_name=cfg.llm, vision_hidden_size=d, num_frames=num_frames, num_spatial_tokens=n - num_frames,
-                            projector_type=cfg.projector_type, template=cfg.template, tune_video_embeddings=cfg.tune_video_embeddings)
+                            projector_type=cfg.projector_type, template=cfg.template, tune_video_embeddings=cfg.tune_video_embeddings,
+                            graph_cells=cfg.graph_cells)
     model = VideoLLM(config, lm, tok)
     if cfg.lora: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     model.lm.config.use_cache = False
     return model
+
+def tracker_task(cfg: TrainConfig, model, store) -> TrackerTask | None:
+    "With `tracker_weight` > 0: attach a `MentalStateTracker` to `model` and return the task over the labelled videos of `store`."
+    if not cfg.tracker_weight: return None
+    from safetensors.torch import load_file
+    from vtom.model import MentalStateTracker
+    if not cfg.tracker_targets or not Path(cfg.tracker_targets).is_file():
+        raise VtomError(f"tracker_weight={cfg.tracker_weight} needs --tracker-targets FILE (per-frame labels per video id, written by "
+                        f"vtom.experiments.write_tracker_targets); got {cfg.tracker_targets!r}.")
+    labels = load_file(cfg.tracker_targets)
+    vids = sorted(v for v in labels if v in store)
+    if not vids: raise VtomError(f"None of the {len(labels)} videos in {cfg.tracker_targets} has features in {cfg.features}.")
+    model.add_module("tracker", MentalStateTracker(model.hidden_size).to(model.device))
+    return TrackerTask(torch.stack([store[v] for v in vids]), torch.stack([labels[v] for v in vids]), cfg.tracker_weight,
+                       cfg.tracker_batch, cfg.seed)
 
 def find_checkpoint(output_dir: str | Path, resume: str = "auto") -> str | None:
     "The checkpoint to resume from: `auto` = the last `checkpoint-N` in `output_dir` (None when there is none)."
@@ -407,8 +458,9 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
         remove_unused_columns=False, label_names=["labels"], report_to="none", seed=cfg.seed, data_seed=cfg.seed,
         ddp_backend="gloo" if device.type == "cpu" and derived["world_size"] > 1 else None,
         ddp_find_unused_parameters=text_only, deepspeed=cfg.deepspeed, disable_tqdm=not sys.stderr.isatty())
+    task = tracker_task(cfg, model, store)
     trainer = VideoTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                           data_collator=VideoCollator(tok), callbacks=[LossLogger(out), *callbacks])
+                           data_collator=VideoCollator(tok), callbacks=[LossLogger(out), *callbacks], tracker_task=task)
     params = count_parameters(model)
     log.info(f"{len(train_ds)} training conversations, {params['trainable']:,} trainable of {params['total']:,} parameters, "
              f"{derived['world_size']} process(es) x batch {cfg.batch_size} x accumulation {derived['gradient_accumulation_steps']}, "
