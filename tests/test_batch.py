@@ -131,6 +131,7 @@ def test_collect_metrics_converts_arrays_and_tensors(tmp_path):
     got = batch._collect_metrics(ns, {"x": "x", "bad": "undefined_name"}, str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text()) == got
     assert got.pop("_resources")["cpu_s"] > 0
+    assert "vtom.batch" in got.pop("_vtom_modules")
     assert got == {"a": 0.25, "t": [1.0, 2.0], "nan": "nan", "x": 3, "bad": None}
 
 
@@ -233,7 +234,7 @@ def test_resume_follows_depends_and_cleans_stale_outputs(tmp_path):
 
 def test_pipelines_and_presets_are_data_files_checked_on_load(tmp_path):
     "Every shipped pipeline/preset is one packaged YAML file; a broken file names itself and what is allowed."
-    root = batch.definitions_dir()
+    root = batch.package_dir()
     assert sorted(p.stem for p in (root / "pipelines").glob("*.yaml")) == sorted(PIPELINES) == ["siq2", "tom", "tomloc"]
     assert sorted(p.stem for p in (root / "presets").glob("*.yaml")) == sorted(PRESETS) == ["cpu-demo", "gpu-siq2", "gpu-tomloc"]
     assert "presets/*.yaml" in (root.parent / "setup.py").read_text()
@@ -259,3 +260,38 @@ def test_pipelines_and_presets_are_data_files_checked_on_load(tmp_path):
     for pipeline, preset, error in cases:
         with pytest.raises(PipelineError, match=error): load(pipeline, preset)
     load("stages:\n  - {name: a, command: [true]}\n", "pipeline: p\ndescription: d\nstages: {a: {n: 1}}\n")
+
+
+def test_editing_the_vtom_code_a_command_ran_reruns_it(tmp_path, monkeypatch):
+    "A cached `vtom features` stage runs again after vtom/features.py changes, not after a module it never loaded does."
+    import shutil
+    stages = [Stage("feats", command=("vtom", "features", "--help"), depends=())]
+    run, log = tmp_path / "run", tmp_path / "run" / "logs" / "01_feats.log"
+    run_pipeline(stages, run, progress=False)
+    code = json.loads((run / "state.json").read_text())["stages"]["feats"]["code"]
+    assert {"vtom.cli", "vtom.core", "vtom.features"} <= set(code) and "vtom.batch" not in code and "vtom.demo" not in code
+    copy = tmp_path / "vtom"
+    shutil.copytree(batch.package_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(batch, "package_dir", lambda: copy)   # an edited checkout, as far as the fingerprints can see
+    made = log.stat().st_mtime_ns
+    run_pipeline(stages, run, progress=False)
+    (copy / "demo.py").write_text((copy / "demo.py").read_text() + "\n# edited\n")
+    run_pipeline(stages, run, progress=False)
+    assert log.stat().st_mtime_ns == made, "nothing the stage ran changed: it must not run again"
+    (copy / "features.py").write_text((copy / "features.py").read_text() + "\n# edited\n")
+    assert batch.changed_code(code) == ["vtom.features"]
+    run_pipeline(stages, run, progress=False)
+    assert log.stat().st_mtime_ns != made
+    assert not batch.changed_code(json.loads((run / "state.json").read_text())["stages"]["feats"]["code"])
+
+
+def test_dry_run_names_a_metric_typo(toy):
+    tmp, stages = toy
+    typo = [Stage("check", stages[1].notebook, parameters=stages[1].parameters, metrics={"mean": "sumary['mean']", "v": "sorted(values)[0]"})]
+    msgs = [p["message"] for p in check_pipeline(typo) if p["level"] == "error"]
+    assert msgs == ["metric 'mean' = \"sumary['mean']\" uses 'sumary', which notebook 02_check.ipynb never defines (did you mean 'summary'?)"]
+    assert not check_pipeline(stages)   # summary, xs, ... exist; `summary['nope']` fails only when run (a None, not an error)
+    star = _notebook(tmp / "star.ipynb", "a = 1", "from math import *")
+    assert not batch.metric_problems(Stage("s", str(star), metrics={"x": "pi + anything"}))   # a star import: cannot tell
+    cmd = Stage("c", command=("python", "-c", "print(1)"), metrics={"ok": "out['n']", "bad": "outt['n']"})
+    assert [m.split(" uses ")[1] for m in batch.metric_problems(cmd)] == ["'outt', which the command's JSON line `out` never defines (did you mean 'out'?)"]
