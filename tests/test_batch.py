@@ -295,3 +295,23 @@ def test_dry_run_names_a_metric_typo(toy):
     assert not batch.metric_problems(Stage("s", str(star), metrics={"x": "pi + anything"}))   # a star import: cannot tell
     cmd = Stage("c", command=("python", "-c", "print(1)"), metrics={"ok": "out['n']", "bad": "outt['n']"})
     assert [m.split(" uses ")[1] for m in batch.metric_problems(cmd)] == ["'outt', which the command's JSON line `out` never defines (did you mean 'out'?)"]
+
+
+def test_model_names_come_from_one_registry(tmp_path):
+    "The dry run, `load_llm` and `vtom train --help` ask `vtom.registry.LLMS`; an unknown name is one error listing the choices."
+    from vtom.model import ModelLoadError, resolve_llm
+    from vtom.registry import LLMS, UnknownModelName, list_llms
+    assert list_llms() == ["embedded", "tiny", "./path/to/model", "hf:ORG/NAME"]
+    assert batch.check_model("tiny", "llm") is None and batch.check_model("embedded", "llm") is None
+    assert "hf download nobody/nothing" in batch.check_model("nobody/nothing", "llm")
+    (tmp_path / "lm").mkdir()
+    assert "no config.json" in batch.check_model(str(tmp_path / "lm"), "llm")
+    (tmp_path / "lm" / "config.json").write_text("{}")
+    assert batch.check_model(str(tmp_path / "lm"), "llm") is None and resolve_llm(f"hf:{tmp_path / 'lm'}") == str(tmp_path / "lm")
+    with pytest.raises(UnknownModelName, match=r"Unknown language model 'gpt-7'; use one of: embedded \("): batch.check_model("gpt-7", "llm")
+    with pytest.raises(ModelLoadError, match=r"Unknown language model 'gpt-7'.*hf:ORG/NAME"): resolve_llm("gpt-7")
+    with pytest.raises(UnknownModelName, match="Unknown vision tower 'foo:bar'; towers: "): batch.check_model("foo:bar")
+    res = subprocess.run([VTOM, "run", "cpu-demo", "-p", "llm", "gpt-7", "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 2 and "  error   [train, " in res.stdout and "llm = gpt-7: Unknown language model 'gpt-7'" in res.stdout
+    res = subprocess.run([VTOM, "train", "--help"], capture_output=True, text=True)
+    assert "tiny (a random 2-layer Llama" in " ".join(res.stdout.split()) and LLMS.choices().startswith("embedded (")

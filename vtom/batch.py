@@ -760,28 +760,21 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 # %% ../nbs/09_batch.ipynb #9400b9c3
-def check_model(name: Any) -> str | None:
-    "None when the model `name` can be loaded here without a download, else what is missing and how to get it."
-    from vtom.core import EMBEDDED_LLM_NAME, cache_dir, embedded_llm_gguf, has_package
+def check_model(name: Any, kind: str = "vision") -> str | None:
+    "None when the model `name` (`kind` llm: `vtom.registry.LLMS`; else a vision tower) loads here without a download, else what is missing."
+    from vtom.core import has_package
+    from vtom.registry import LLMS, UnknownModelName, hub_model_problem
     if name is None or name == "" or not isinstance(name, str): return None
-    if name in ("embedded", "smollm2", EMBEDDED_LLM_NAME):
-        if (cache_dir() / "models" / EMBEDDED_LLM_NAME / "config.json").is_file(): return None
-        try: embedded_llm_gguf(); return None
-        except VtomError as e: return str(e)
+    if kind == "llm":
+        LLMS.parse(name)   # an unknown name raises `UnknownModelName`, listing the choices
+        return LLMS.check(name)
     if name.startswith("random:") or name.startswith("open_clip:"):
         return None if has_package("open_clip") else f"{name} needs open_clip: `pip install open_clip_torch`."
-    from vtom.features import TOWERS
-    if name.partition(":")[0] in set(TOWERS) - {"hf"}: return None  # other registered towers report missing weights when built
-    repo = name[3:] if name.startswith("hf:") else name
-    local = Path(repo).expanduser()
-    if local.exists(): return None if (local / "config.json").is_file() or local.is_file() else f"{local} has no config.json: not a model folder."
-    if repo.startswith((".", "/", "~")) or repo.count("/") != 1: return f"model {name!r}: no such local folder {local}."
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        if isinstance(try_to_load_from_cache(repo, "config.json"), str): return None
-    except Exception: pass
-    return (f"model {repo!r} is not in the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}): "
-            f"on a machine with network run `hf download {repo}` (or pass a local folder).")
+    from vtom.features import TOWERS, list_towers
+    tower = name.partition(":")[0]
+    if tower in set(TOWERS) - {"hf"}: return None  # other registered towers report missing weights when built
+    if tower != "hf" and ":" in name: raise UnknownModelName(f"Unknown vision tower {name!r}; towers: {', '.join(list_towers())}.")
+    return hub_model_problem(name[3:] if tower == "hf" else name)
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
 
@@ -877,7 +870,10 @@ def check_pipeline(stages: list[Stage], preset: Preset | None = None, overrides:
         for p in s.models:
             value = value_of(p)
             if isinstance(value, str) and value.startswith(str(run_dir)): continue
-            msg = check_model(value)
+            try: msg = check_model(value, "llm" if p == "llm" else "vision")
+            except VtomError as e:
+                problems.append({"level": "error", "stage": s.name, "message": f"{p} = {value}: {e}"})
+                continue
             if msg: problems.append({"level": "missing", "stage": s.name, "message": f"{p} = {value}: {msg}", "hint": hints.get(p)})
     return problems
 

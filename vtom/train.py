@@ -147,6 +147,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 gradient_checkpointing=False, save_steps=100, eval_steps=50, logging_steps=5, num_workers=0),
 }
 
+from .registry import llm_help
+
 def _opt(default: Any, help: str) -> Any:
     "A `TrainConfig` field with its `--help` text (read by `HfArgumentParser`)."
     return field(default=default, metadata={"help": help})
@@ -159,7 +161,7 @@ class TrainConfig:
     eval_data: str | None = _opt(None, "held-out records (same formats); evaluated before, during and after training")
     eval_features: str | None = _opt(None, "feature store of eval_data (default: features)")
     output_dir: str | None = _opt(None, "output folder (default runs/train-<data name>)")
-    llm: str = _opt("embedded", "vtom.model.load_llm name: embedded, tiny, a local dir or a hub name")
+    llm: str = _opt("embedded", llm_help())
     template: str = _opt("chat", "prompt template shared with inference: chat, vicuna_v1_1, video-chatgpt_v1")
     projector_type: str = _opt("linear", "linear (reference), mlp2 or temporal (order-aware; vtom.model.PROJECTOR_TYPES)")
     num_frames: int | None = _opt(None, "temporal tokens per feature file (default: from the store metadata, else 100)")
