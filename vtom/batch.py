@@ -28,7 +28,8 @@ from typing import Any, Iterable
 
 import nbformat
 
-from .core import FolderLock, Interrupted, VtomError, atomic_path, get_logger, git_commit, package_versions, runs_dir, write_json
+from .core import (FolderLock, Interrupted, VtomError, atomic_path, get_logger, git_commit, package_versions, peak_rss_mb,
+                       runs_dir, write_json)
 
 # %% auto #0
 __all__ = ['PIPELINES', 'PRESETS', 'PipelineError', 'package_dir', 'nbs_dir', 'find_notebook', 'Stage', 'Preset',
@@ -230,11 +231,11 @@ def _collect_metrics(namespace: dict, expressions: dict, path: str) -> dict:
     import sys
     found["_vtom_modules"] = sorted(m for m in sys.modules if m == "vtom" or m.startswith("vtom."))  # the package code the stage ran
     try:  # CPU seconds and peak memory of this kernel (and the subprocesses it waited for)
-        import resource, sys
+        import resource
+        from vtom.core import peak_rss_mb
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        scale = 1 if sys.platform == "darwin" else 1024
         found["_resources"] = {"cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 1),
-                               "peak_rss_mb": round(max(me.ru_maxrss, kids.ru_maxrss) * scale / 2**20)}
+                               "peak_rss_mb": round(max(peak_rss_mb(), peak_rss_mb(children=True)))}
     except Exception: pass
     tmp = path + ".tmp"
     with open(tmp, "w") as f: json.dump(found, f, indent=2)
@@ -422,7 +423,7 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
     modules.unlink(missing_ok=True)
     result = {"notebook": None, "log": str(log.relative_to(run_dir)), "modules": loaded, "source": " ".join(argv), "seconds": round(seconds, 2), "partial": partial,
               "figures": figures, "skipped_cells": [], "error": error, "metrics": metrics if isinstance(metrics, dict) else {},
-              "resources": {"cpu_s": round(cpu, 1), "peak_rss_mb": round(after.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**20)}}
+              "resources": {"cpu_s": round(cpu, 1), "peak_rss_mb": round(peak_rss_mb(children=True))}}
     if error:
         raise StageFailed(f"stage {stage.name!r} failed after {seconds:.1f}s: {error['type']}: {lines[-1] if lines else ''}\n"
                           f"See {log}; rerun the same command to resume from this stage.", result)
@@ -569,7 +570,7 @@ def run_pipeline(stages: list[Stage] | str, out_dir: str | Path, parameters: dic
                     kept = [n for n in names if state["stages"].get(n, {}).get("status") == "done"]
                     raise Interrupted(f"vtom run was interrupted in stage {stage.name} ({i}/{len(stages)}); "
                                       + (f"the finished stages ({', '.join(kept)}) and their outputs are kept in {run_dir}; "
-                                         if kept else f"nothing had finished yet; ")
+                                         if kept else "nothing had finished yet; ")
                                       + f"rerun the same command to resume at {stage.name}.") from None
                 state["stages"][stage.name].update(status="done", partial=result.get("partial", False), seconds=result["seconds"], notebook=result["notebook"], log=result.get("log"),
                                                    figures=result["figures"], skipped_cells=result["skipped_cells"], error=None,

@@ -15,7 +15,7 @@ import torch
 from fastcore.basics import patch
 from torch import nn
 
-from .core import (EMBEDDED_LLM_NAME, VtomError, atomic_path, embedded_llm_path, get_device, get_dtype, get_logger,
+from .core import (VtomError, atomic_path, embedded_llm_path, get_device, get_dtype, get_logger,
                        has_package, write_json)
 
 # %% auto #0

@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import json
 import os
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -20,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, has_package, package_versions, runs_dir,
+from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, has_package, package_versions, peak_rss_mb, runs_dir,
                        seed_everything, write_json)
 from .data import DataFormatError, convert_videoinstruct, load_siq2, mc_to_conversation, read_jsonl
 from .model import LORA_DIR
@@ -493,11 +492,6 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/04_train.ipynb #80168b82
-def _peak_rss_mb() -> float:
-    "Peak resident memory of this process so far (MB; Linux reports KB, macOS bytes)."
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(r / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
 def _bench_batch(model, batch_size: int, seed: int = 0) -> dict:
     "A batch of identical-length multiple-choice conversations with random features."
     turns = [{"role": "user", "content": "<video>\nQuestion: Where will Anne look for the ball when she comes back?\n"
@@ -546,7 +540,7 @@ def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_
         if model.device.type == "cuda": torch.cuda.reset_peak_memory_stats()
         secs, cpu = _time_steps(model, batch, steps)
         rec[mode] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3), "samples_per_s": round(steps * batch_size / secs, 3),
-                     "tokens_per_s": round(steps * tokens / secs, 1), "peak_rss_mb": _peak_rss_mb(),
+                     "tokens_per_s": round(steps * tokens / secs, 1), "peak_rss_mb": peak_rss_mb(),
                      "params_with_grad": sum(p.numel() for p in model.parameters() if p.requires_grad)}
         if model.device.type == "cuda": rec[mode]["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     model.lm.requires_grad_(False)
