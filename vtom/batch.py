@@ -82,7 +82,7 @@ class Stage:
     parameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # metric name -> expression evaluated in the notebook's namespace
     inputs: tuple[str, ...] = ()  # parameters naming files/folders that must exist before the run (checked by --dry-run)
-    models: tuple[str, ...] = ()  # parameters naming models (checked by --dry-run without loading weights)
+    models: tuple[str, ...] = ()  # parameters naming models, checked by --dry-run without loading weights (`llm`: a language model, else a tower)
     report_figures: int = 2  # how many of the stage's figures go into report.md (all are saved)
     description: str = ""
     command: tuple[str, ...] = ()  # run this command (e.g. `vtom features ...`) instead of a notebook; `{name}` = a parameter
