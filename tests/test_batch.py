@@ -315,3 +315,17 @@ def test_model_names_come_from_one_registry(tmp_path):
     assert res.returncode == 2 and "  error   [train, " in res.stdout and "llm = gpt-7: Unknown language model 'gpt-7'" in res.stdout
     res = subprocess.run([VTOM, "train", "--help"], capture_output=True, text=True)
     assert "tiny (a random 2-layer Llama" in " ".join(res.stdout.split()) and LLMS.choices().startswith("embedded (")
+
+
+def test_command_stage_resources_are_its_own_and_timeouts_stop_it(tmp_path):
+    "A `vtom` command stage reports its own peak memory (not the largest child of the run so far), every command its CPU seconds."
+    big = ("python", "-c", "import json, numpy as np; x = np.ones(1024 * 2**20 // 8); print(json.dumps({'n': int(x.sum())}))")
+    run_pipeline([Stage("big", command=big), Stage("info", command=("vtom", "info", "--no-llm"))], tmp_path / "run", progress=False)
+    st = json.loads((tmp_path / "run" / "state.json").read_text())["stages"]
+    assert "peak_rss_mb" not in st["big"]["resources"] and st["big"]["resources"]["cpu_s"] >= 0   # not a vtom command: unknown
+    assert 1 < st["info"]["resources"]["peak_rss_mb"] < 1024 and "vtom.core" in st["info"]["code"]
+    slow = [Stage("slow", command=("python", "-c", "import time; time.sleep(30)"))]
+    t = __import__("time").time()
+    with pytest.raises(StageFailed, match="TimeoutExpired"):
+        run_pipeline(slow, tmp_path / "run2", timeout=1, progress=False)
+    assert __import__("time").time() - t < 20

@@ -28,8 +28,7 @@ from typing import Any, Iterable
 
 import nbformat
 
-from .core import (FolderLock, Interrupted, VtomError, atomic_path, get_logger, git_commit, package_versions, peak_rss_mb,
-                       runs_dir, write_json)
+from .core import FolderLock, Interrupted, VtomError, atomic_path, get_logger, git_commit, package_versions, runs_dir, write_json
 
 # %% auto #0
 __all__ = ['PIPELINES', 'PRESETS', 'PipelineError', 'package_dir', 'nbs_dir', 'find_notebook', 'Stage', 'Preset',
@@ -230,12 +229,12 @@ def _collect_metrics(namespace: dict, expressions: dict, path: str) -> dict:
     found = plain(found)
     import sys
     found["_vtom_modules"] = sorted(m for m in sys.modules if m == "vtom" or m.startswith("vtom."))  # the package code the stage ran
-    try:  # CPU seconds and peak memory of this kernel (and the subprocesses it waited for)
+    try:  # CPU seconds of this kernel (and the subprocesses it waited for), its peak memory
         import resource
         from vtom.core import peak_rss_mb
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         found["_resources"] = {"cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 1),
-                               "peak_rss_mb": round(max(peak_rss_mb(), peak_rss_mb(children=True)))}
+                               "peak_rss_mb": round(peak_rss_mb())}
     except Exception: pass
     tmp = path + ".tmp"
     with open(tmp, "w") as f: json.dump(found, f, indent=2)
@@ -368,12 +367,31 @@ def execute_stage(stage: Stage, index: int, parameters: dict[str, Any], run_dir:
 
 # %% ../nbs/09_batch.ipynb #cdee872b
 def _vtom_argv(argv: list[str], modules_file: str | Path | None = None) -> list[str]:
-    "`vtom ...` -> this interpreter's vtom (never another installation from PATH); at exit it lists the vtom modules it loaded in `modules_file`."
+    "`vtom ...` -> this interpreter's vtom (never another installation from PATH); at exit it writes the vtom modules it loaded and its peak memory to `modules_file`."
     if not argv or argv[0] != "vtom": return argv
     record = "" if modules_file is None else (
-        "import atexit, json; atexit.register(lambda: open(%r, 'w').write(json.dumps(sorted(m for m in sys.modules "
-        "if m == 'vtom' or m.startswith('vtom.'))))); " % str(modules_file))
+        "import atexit, json; from vtom.core import peak_rss_mb; atexit.register(lambda: open(%r, 'w').write(json.dumps({'modules': "
+        "sorted(m for m in sys.modules if m == 'vtom' or m.startswith('vtom.')), 'peak_rss_mb': peak_rss_mb()}))); " % str(modules_file))
     return [sys.executable, "-c", f"import sys; {record}from vtom.cli import main; sys.exit(main())", *argv[1:]]
+
+def _run_measured(argv: list[str], cwd: Path, out: Any, timeout: float | None = None) -> tuple[int, dict]:
+    "Run `argv` to its end; (exit code, {cpu_s} of that process and its own children, where the platform tells)."
+    import subprocess
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    if not hasattr(os, "wait4"): return proc.wait(timeout=timeout), {}
+    killed = threading.Event()
+    def kill() -> None: killed.set(); proc.kill()
+    timer = threading.Timer(timeout, kill) if timeout else None
+    if timer: timer.start()
+    try: _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:   # Ctrl-C: never leave the command running
+        proc.kill(); proc.wait()
+        raise
+    finally:
+        if timer: timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if killed.is_set(): raise subprocess.TimeoutExpired(argv, timeout)
+    return proc.returncode, {"cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}   # (its ru_maxrss starts at this process's size)
 
 def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_dir: str | Path, timeout: float | None = None) -> dict:
     "Run a command stage (placeholders and `{parameter}` filled) in `run_dir`; stdout+stderr go to `logs/NN_<stage>.log`."
@@ -386,17 +404,14 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
     (run_dir / "work").mkdir(parents=True, exist_ok=True)
     places = {**_places(run_dir), **{k: "" if v is None else str(v) for k, v in parameters.items()}}
     argv = [re.sub(r"\{(\w+)\}", lambda m: places.get(m.group(1), m.group(0)), a) for a in stage.command]
-    import resource
-    start, error, before = time.time(), None, resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, error, used = time.time(), None, {}
     with open(log, "w") as f:
         f.write("$ " + " ".join(argv) + "\n")
         f.flush()
         try:
-            rc = subprocess.run(_vtom_argv(argv, modules), cwd=run_dir, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            rc, used = _run_measured(_vtom_argv(argv, modules), run_dir, f, timeout)
         except (OSError, subprocess.TimeoutExpired) as e: rc, error = -1, {"type": type(e).__name__, "message": str(e), "cell": None, "source": ""}
     seconds = time.time() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
     partial = rc == 1 and error is None and bool(argv) and argv[0] == "vtom"  # vtom's code 1: done, some inputs failed
     if rc != 0 and error is None and not partial:
@@ -419,11 +434,12 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
                 dest = run_dir / "figures" / f"{index:02d}_{stage.name}_{k}.png"
                 shutil.copyfile(fig, dest)
                 figures.append(str(dest.relative_to(run_dir)))
-    loaded = json.loads(modules.read_text()) if modules.is_file() else []
+    loaded = json.loads(modules.read_text()) if modules.is_file() else {}   # a `vtom` command's own report
     modules.unlink(missing_ok=True)
-    result = {"notebook": None, "log": str(log.relative_to(run_dir)), "modules": loaded, "source": " ".join(argv), "seconds": round(seconds, 2), "partial": partial,
+    if loaded.get("peak_rss_mb"): used["peak_rss_mb"] = round(loaded["peak_rss_mb"])
+    result = {"notebook": None, "log": str(log.relative_to(run_dir)), "modules": loaded.get("modules", []), "source": " ".join(argv), "seconds": round(seconds, 2), "partial": partial,
               "figures": figures, "skipped_cells": [], "error": error, "metrics": metrics if isinstance(metrics, dict) else {},
-              "resources": {"cpu_s": round(cpu, 1), "peak_rss_mb": round(peak_rss_mb(children=True))}}
+              "resources": used}
     if error:
         raise StageFailed(f"stage {stage.name!r} failed after {seconds:.1f}s: {error['type']}: {lines[-1] if lines else ''}\n"
                           f"See {log}; rerun the same command to resume from this stage.", result)

@@ -317,7 +317,10 @@ def git_commit(path: str | Path = ".") -> str | None:
 
 # %% ../nbs/00_core.ipynb #4b2e6d94
 def peak_rss_mb(children: bool = False) -> float:
-    "Peak resident memory in MB of this process, or (`children`) of the largest child process it has waited for."
+    "Peak resident memory in MB of this process's program, or (`children`) the largest `ru_maxrss` of a child it has waited for."
+    if not children and sys.platform.startswith("linux"):
+        try: return round(int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 2**10, 1)
+        except (OSError, IndexError, ValueError): pass
     try: import resource
     except ImportError:   # Windows: psutil's peak working set
         import psutil
