@@ -131,6 +131,7 @@ def test_collect_metrics_converts_arrays_and_tensors(tmp_path):
     got = batch._collect_metrics(ns, {"x": "x", "bad": "undefined_name"}, str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text()) == got
     assert got.pop("_resources")["cpu_s"] > 0
+    assert "vtom.batch" in got.pop("_vtom_modules")
     assert got == {"a": 0.25, "t": [1.0, 2.0], "nan": "nan", "x": 3, "bad": None}
 
 
@@ -233,7 +234,7 @@ def test_resume_follows_depends_and_cleans_stale_outputs(tmp_path):
 
 def test_pipelines_and_presets_are_data_files_checked_on_load(tmp_path):
     "Every shipped pipeline/preset is one packaged YAML file; a broken file names itself and what is allowed."
-    root = batch.definitions_dir()
+    root = batch.package_dir()
     assert sorted(p.stem for p in (root / "pipelines").glob("*.yaml")) == sorted(PIPELINES) == ["siq2", "tom", "tom-temporal", "tomloc"]
     assert sorted(p.stem for p in (root / "presets").glob("*.yaml")) == sorted(PRESETS) == ["cpu-demo", "gpu-siq2", "gpu-tomloc", "tom-temporal"]
     assert "presets/*.yaml" in (root.parent / "setup.py").read_text()
@@ -259,3 +260,72 @@ def test_pipelines_and_presets_are_data_files_checked_on_load(tmp_path):
     for pipeline, preset, error in cases:
         with pytest.raises(PipelineError, match=error): load(pipeline, preset)
     load("stages:\n  - {name: a, command: [true]}\n", "pipeline: p\ndescription: d\nstages: {a: {n: 1}}\n")
+
+
+def test_editing_the_vtom_code_a_command_ran_reruns_it(tmp_path, monkeypatch):
+    "A cached `vtom features` stage runs again after vtom/features.py changes, not after a module it never loaded does."
+    import shutil
+    stages = [Stage("feats", command=("vtom", "features", "--help"), depends=())]
+    run, log = tmp_path / "run", tmp_path / "run" / "logs" / "01_feats.log"
+    run_pipeline(stages, run, progress=False)
+    code = json.loads((run / "state.json").read_text())["stages"]["feats"]["code"]
+    assert {"vtom.cli", "vtom.core", "vtom.features"} <= set(code) and "vtom.batch" not in code and "vtom.demo" not in code
+    copy = tmp_path / "vtom"
+    shutil.copytree(batch.package_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(batch, "package_dir", lambda: copy)   # an edited checkout, as far as the fingerprints can see
+    made = log.stat().st_mtime_ns
+    run_pipeline(stages, run, progress=False)
+    (copy / "demo.py").write_text((copy / "demo.py").read_text() + "\n# edited\n")
+    run_pipeline(stages, run, progress=False)
+    assert log.stat().st_mtime_ns == made, "nothing the stage ran changed: it must not run again"
+    (copy / "features.py").write_text((copy / "features.py").read_text() + "\n# edited\n")
+    assert batch.changed_code(code) == ["vtom.features"]
+    run_pipeline(stages, run, progress=False)
+    assert log.stat().st_mtime_ns != made
+    assert not batch.changed_code(json.loads((run / "state.json").read_text())["stages"]["feats"]["code"])
+
+
+def test_dry_run_names_a_metric_typo(toy):
+    tmp, stages = toy
+    typo = [Stage("check", stages[1].notebook, parameters=stages[1].parameters, metrics={"mean": "sumary['mean']", "v": "sorted(values)[0]"})]
+    msgs = [p["message"] for p in check_pipeline(typo) if p["level"] == "error"]
+    assert msgs == ["metric 'mean' = \"sumary['mean']\" uses 'sumary', which notebook 02_check.ipynb never defines (did you mean 'summary'?)"]
+    assert not check_pipeline(stages)   # summary, xs, ... exist; `summary['nope']` fails only when run (a None, not an error)
+    star = _notebook(tmp / "star.ipynb", "a = 1", "from math import *")
+    assert not batch.metric_problems(Stage("s", str(star), metrics={"x": "pi + anything"}))   # a star import: cannot tell
+    cmd = Stage("c", command=("python", "-c", "print(1)"), metrics={"ok": "out['n']", "bad": "outt['n']"})
+    assert [m.split(" uses ")[1] for m in batch.metric_problems(cmd)] == ["'outt', which the command's JSON line `out` never defines (did you mean 'out'?)"]
+
+
+def test_model_names_come_from_one_registry(tmp_path):
+    "The dry run, `load_llm` and `vtom train --help` ask `vtom.registry.LLMS`; an unknown name is one error listing the choices."
+    from vtom.model import ModelLoadError, resolve_llm
+    from vtom.registry import LLMS, UnknownModelName, list_llms
+    assert list_llms() == ["embedded", "tiny", "./path/to/model", "hf:ORG/NAME"]
+    assert batch.check_model("tiny", "llm") is None and batch.check_model("embedded", "llm") is None
+    assert "hf download nobody/nothing" in batch.check_model("nobody/nothing", "llm")
+    (tmp_path / "lm").mkdir()
+    assert "no config.json" in batch.check_model(str(tmp_path / "lm"), "llm")
+    (tmp_path / "lm" / "config.json").write_text("{}")
+    assert batch.check_model(str(tmp_path / "lm"), "llm") is None and resolve_llm(f"hf:{tmp_path / 'lm'}") == str(tmp_path / "lm")
+    with pytest.raises(UnknownModelName, match=r"Unknown language model 'gpt-7'; use one of: embedded \("): batch.check_model("gpt-7", "llm")
+    with pytest.raises(ModelLoadError, match=r"Unknown language model 'gpt-7'.*hf:ORG/NAME"): resolve_llm("gpt-7")
+    with pytest.raises(UnknownModelName, match="Unknown vision tower 'foo:bar'; towers: "): batch.check_model("foo:bar")
+    res = subprocess.run([VTOM, "run", "cpu-demo", "-p", "llm", "gpt-7", "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 2 and "  error   [train, " in res.stdout and "llm = gpt-7: Unknown language model 'gpt-7'" in res.stdout
+    res = subprocess.run([VTOM, "train", "--help"], capture_output=True, text=True)
+    assert "tiny (a random 2-layer Llama" in " ".join(res.stdout.split()) and LLMS.choices().startswith("embedded (")
+
+
+def test_command_stage_resources_are_its_own_and_timeouts_stop_it(tmp_path):
+    "A `vtom` command stage reports its own peak memory (not the largest child of the run so far), every command its CPU seconds."
+    big = ("python", "-c", "import json, numpy as np; x = np.ones(1024 * 2**20 // 8); print(json.dumps({'n': int(x.sum())}))")
+    run_pipeline([Stage("big", command=big), Stage("info", command=("vtom", "info", "--no-llm"))], tmp_path / "run", progress=False)
+    st = json.loads((tmp_path / "run" / "state.json").read_text())["stages"]
+    assert "peak_rss_mb" not in st["big"]["resources"] and st["big"]["resources"]["cpu_s"] >= 0   # not a vtom command: unknown
+    assert 1 < st["info"]["resources"]["peak_rss_mb"] < 1024 and "vtom.core" in st["info"]["code"]
+    slow = [Stage("slow", command=("python", "-c", "import time; time.sleep(30)"))]
+    t = __import__("time").time()
+    with pytest.raises(StageFailed, match="TimeoutExpired"):
+        run_pipeline(slow, tmp_path / "run2", timeout=1, progress=False)
+    assert __import__("time").time() - t < 20

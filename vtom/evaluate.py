@@ -686,10 +686,10 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
 def _feature_shape(store) -> tuple[int, int]:
     "(rows, width) of the first feature file of a store."
     if store is None: raise EvalError("Video modes need --features DIR.")
-    ids = list(store.ids())
-    if not ids: raise EvalError(f"The feature store {getattr(store, 'folder', '')} is empty; run `vtom features` first.")
-    rows, dim = torch.as_tensor(store[ids[0]]).shape
-    return int(rows), int(dim)
+    from vtom.features import feature_shape
+    shape = feature_shape(store)
+    if shape is None: raise EvalError(f"The feature store {getattr(store, 'folder', '')} is empty; run `vtom features` first.")
+    return shape
 
 # %% ../nbs/06_eval.ipynb #eeba9ce9
 def load_benchmark(name: str, qa: str | Path, split_file: str | Path | None = None, **kw) -> list[MCQuestion]:

@@ -28,8 +28,8 @@ __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', '
            'tower_dtype', 'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower',
            'preprocess_frames', 'reference_preprocess', 'pool_features', 'frame_grid', 'graph_rows', 'video_id_of',
            'encode_frames', 'features_from_clip', 'extract_video_features', 'save_features', 'feature_settings',
-           'check_feature_file', 'read_meta', 'load_features', 'FeatureStore', 'list_videos', 'dist_info',
-           'extract_to_store', 'extract_grid_store', 'graph_store', 'features_main']
+           'check_feature_file', 'read_meta', 'load_features', 'FeatureStore', 'feature_shape', 'list_videos',
+           'dist_info', 'extract_to_store', 'extract_grid_store', 'graph_store', 'features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -473,6 +473,12 @@ class FeatureStore:
         "Videos that could not be read (one row each, the latest, all ranks) and are not finished since."
         return [r for r in Store(self.folder, {}).failures() if r["video_id"] not in self]
     def __repr__(self) -> str: return f"FeatureStore({str(self.folder)!r}, {len(self)} videos)"
+
+# %% ../nbs/02_features.ipynb #c1bffacf
+def feature_shape(store: FeatureStore, video_ids: Sequence[str] | None = None) -> tuple[int, int] | None:
+    "(rows, width) of the features of the first of `video_ids` (default: every video) the store holds; None when it holds none."
+    vid = next((v for v in (store.ids() if video_ids is None else video_ids) if v in store), None)
+    return None if vid is None else tuple(int(n) for n in store[vid].shape)
 
 # %% ../nbs/02_features.ipynb #2c4a669d
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".gif"}

@@ -15,24 +15,22 @@ import torch
 from fastcore.basics import patch
 from torch import nn
 
-from .core import (EMBEDDED_LLM_NAME, VtomError, atomic_path, embedded_llm_path, get_device, get_dtype, get_logger,
+from .core import (VtomError, atomic_path, embedded_llm_path, get_device, get_dtype, get_logger,
                        has_package, write_json)
 
 # %% auto #0
-__all__ = ['LLM_ALIASES', 'PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES',
-           'VIDEO_TOKEN', 'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX',
-           'TRACKER_PLACES', 'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'CONFIG_NAME', 'WEIGHTS_NAME',
-           'LORA_DIR', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm',
-           'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens',
-           'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
+__all__ = ['PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN',
+           'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
+           'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR',
+           'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable',
+           'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video',
+           'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
            'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'VideoLLM',
            'position_ids_from_mask']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
     "A language model or checkpoint could not be found or does not fit."
-
-LLM_ALIASES = ("embedded", "smollm2", EMBEDDED_LLM_NAME)
 
 def pick_attn_implementation(device: torch.device, requested: str = "auto") -> str:
     "`'auto'` -> flash_attention_2 when `flash_attn` is installed and `device` is CUDA, else sdpa."
@@ -43,17 +41,10 @@ def pick_attn_implementation(device: torch.device, requested: str = "auto") -> s
     return "flash_attention_2" if device.type == "cuda" and has_package("flash_attn") else "sdpa"
 
 def resolve_llm(name: str) -> str:
-    "Map an LM name to what `from_pretrained` accepts: the embedded model's directory, a local directory, or a hub name."
-    if name in LLM_ALIASES: return str(embedded_llm_path())
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} is not a Hugging Face model directory (it has no config.json); "
-                                 "pass a directory written by `save_pretrained`, a hub name, or `embedded`.")
-        return str(path)
-    if name.startswith((".", "/", "~")):
-        raise ModelLoadError(f"Language model directory {name} does not exist.")
-    return name
+    "Map an LM name to what `from_pretrained` accepts through the registry `vtom.registry.LLMS` (embedded, hf:ORG/NAME, a folder)."
+    from vtom.registry import LLMS
+    try: return LLMS.resolve(name)
+    except VtomError as e: raise ModelLoadError(str(e)) from e
 
 # %% ../nbs/03_model.ipynb #4aa5d19e
 def tiny_llm(tokenizer=None, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):

@@ -18,17 +18,17 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, has_package, package_versions, runs_dir,
+from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, has_package, package_versions, peak_rss_mb, runs_dir,
                        seed_everything, write_json)
 from .data import DataFormatError, convert_videoinstruct, load_siq2, mc_to_conversation, read_jsonl
 from .model import LORA_DIR
 
 # %% auto #0
-__all__ = ['PRESETS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset', 'VideoCollator', 'TrainConfig',
-           'world_size', 'resolve_config', 'load_config_file', 'add_lora', 'save_trained', 'load_trainable',
-           'TrackerTask', 'VideoTrainer', 'LossLogger', 'KeepBeforeEval', 'write_history', 'read_history',
-           'build_model', 'tracker_task', 'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history',
-           'train_parser', 'config_from_argv', 'train_main']
+__all__ = ['PRESETS', 'HF_FIELDS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset', 'VideoCollator',
+           'TrainConfig', 'world_size', 'resolve_config', 'load_config_file', 'training_arguments', 'add_lora',
+           'save_trained', 'load_trainable', 'TrackerTask', 'VideoTrainer', 'LossLogger', 'KeepBeforeEval',
+           'write_history', 'read_history', 'build_model', 'tracker_task', 'find_checkpoint', 'count_parameters',
+           'train', 'StopAtStep', 'plot_history', 'train_parser', 'config_from_argv', 'train_main']
 
 # %% ../nbs/04_train.ipynb #56a840d8
 class TrainDataError(DataFormatError):
@@ -145,6 +145,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 gradient_checkpointing=False, save_steps=100, eval_steps=50, logging_steps=5, num_workers=0),
 }
 
+from .registry import llm_help
+
 def _opt(default: Any, help: str) -> Any:
     "A `TrainConfig` field with its `--help` text (read by `HfArgumentParser`)."
     return field(default=default, metadata={"help": help})
@@ -157,7 +159,7 @@ class TrainConfig:
     eval_data: str | None = _opt(None, "held-out records (same formats); evaluated before, during and after training")
     eval_features: str | None = _opt(None, "feature store of eval_data (default: features)")
     output_dir: str | None = _opt(None, "output folder (default runs/train-<data name>)")
-    llm: str = _opt("embedded", "vtom.model.load_llm name: embedded, tiny, a local dir or a hub name")
+    llm: str = _opt("embedded", llm_help())
     template: str = _opt("chat", "prompt template shared with inference: chat, vicuna_v1_1, video-chatgpt_v1")
     projector_type: str = _opt("linear", "linear (reference), mlp2, temporal or graph (order-aware; vtom.model.PROJECTOR_TYPES)")
     graph_cells: int = _opt(16, "grid cells per frame row of graph features (vtom.features.graph_rows; 16 = a 4x4 grid)")
@@ -243,6 +245,27 @@ def load_config_file(path: str | Path) -> dict:
     unknown = sorted(set(data) - known)
     if unknown: raise VtomError(f"{path}: unknown option(s) {unknown}; valid: {', '.join(sorted(known))}.")
     return data
+
+# %% ../nbs/04_train.ipynb #5ff3bbbe
+HF_FIELDS: dict[str, tuple[str, ...]] = {   # TrainConfig field -> the TrainingArguments field(s) it sets
+    "output_dir": ("output_dir",), "learning_rate": ("learning_rate",), "epochs": ("num_train_epochs",), "max_steps": ("max_steps",),
+    "batch_size": ("per_device_train_batch_size", "per_device_eval_batch_size"), "warmup_ratio": ("warmup_steps",),
+    "weight_decay": ("weight_decay",), "lr_scheduler": ("lr_scheduler_type",), "logging_steps": ("logging_steps",),
+    "save_steps": ("save_steps",), "save_total_limit": ("save_total_limit",), "eval_steps": ("eval_steps",),
+    "num_workers": ("dataloader_num_workers",), "seed": ("seed", "data_seed"), "deepspeed": ("deepspeed",)}
+
+def training_arguments(cfg: TrainConfig, derived: dict, evaluate: bool = False, text_only: bool = False):
+    "The Trainer's `TrainingArguments` for a resolved config (`resolve_config`): `HF_FIELDS`, plus what follows from the run."
+    from transformers import TrainingArguments
+    device, dtype = torch.device(derived["device"]), getattr(torch, derived["dtype"])
+    on_gpu = device.type == "cuda"
+    return TrainingArguments(
+        **{hf: getattr(cfg, name) for name, hfs in HF_FIELDS.items() for hf in hfs},
+        gradient_accumulation_steps=derived["gradient_accumulation_steps"], logging_first_step=True, save_strategy="steps",
+        eval_strategy="steps" if evaluate else "no", prediction_loss_only=True, bf16=on_gpu and dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16, use_cpu=device.type == "cpu", remove_unused_columns=False, label_names=["labels"],
+        report_to="none", ddp_backend="gloo" if device.type == "cpu" and derived["world_size"] > 1 else None,
+        ddp_find_unused_parameters=text_only, disable_tqdm=not sys.stderr.isatty())
 
 # %% ../nbs/04_train.ipynb #a0bf9408
 def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str | Sequence[str] = "q_proj,k_proj,v_proj,o_proj"):
@@ -368,10 +391,6 @@ def _num_frames_of(store, records: Sequence[dict], default: int = 100) -> int:
     if vid is None or not hasattr(store, "meta"): return default
     return int(store.meta(vid).get("num_frames") or default)
 
-def _feature_shape(store, records: Sequence[dict]) -> tuple[int, int] | None:
-    vid = next((record_video_id(r) for r in records if record_video_id(r) in store), None)
-    return None if vid is None else tuple(store[vid].shape)
-
 def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: int, device: str | torch.device = "cpu"):
     "The `VideoLLM` to train: frozen LM (`cfg.llm`), fresh projector for `feature_shape` = (N, D), LoRA when asked."
     from vtom.model import VideoLLM, VideoLLMConfig, load_llm
@@ -419,8 +438,7 @@ def count_parameters(model) -> dict[str, int]:
 
 def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **overrides) -> Path:
     "Train a `VideoLLM` projector (+ LoRA) with `VideoTrainer`; resumes from the last checkpoint; returns the output folder."
-    from transformers import TrainingArguments
-    from vtom.features import FeatureStore
+    from vtom.features import FeatureStore, feature_shape
     base = config if isinstance(config, TrainConfig) else TrainConfig(**(config or {}))
     cfg, derived = resolve_config(dataclasses.replace(base, **overrides))
     log = get_logger("vtom.train")
@@ -430,7 +448,7 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
     store = FeatureStore(cfg.features)
     if not Path(cfg.features).is_dir(): raise VtomError(f"Feature folder {cfg.features} does not exist; run `vtom features VIDEOS {cfg.features}`.")
     train_records = load_records(cfg.train_data, available=store.ids(), max_samples=cfg.max_samples)
-    shape = _feature_shape(store, train_records)
+    shape = feature_shape(store, [v for v in map(record_video_id, train_records) if v])
     if shape is None: raise TrainDataError(f"No record of {cfg.train_data} has features in {cfg.features}.")
     num_frames = cfg.num_frames or _num_frames_of(store, train_records)
     model = build_model(cfg, shape, num_frames)
@@ -443,21 +461,9 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
         eval_records = load_records(cfg.eval_data, available=eval_store.ids(), max_samples=cfg.max_eval_samples)
         eval_ds = ConversationDataset(eval_records, eval_store, name="eval", **ds_args)
     text_only = any(record_video_id(r) is None for r in train_ds.records)
-    on_gpu = device.type == "cuda"
-    dtype = get_dtype(device, cfg.dtype)
-    if on_gpu: torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda": torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if cfg.gradient_checkpointing: model.gradient_checkpointing_enable({"use_reentrant": False})
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=derived["gradient_accumulation_steps"], learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy="steps",
-        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, eval_strategy="steps" if eval_ds else "no",
-        eval_steps=cfg.eval_steps, prediction_loss_only=True, bf16=on_gpu and dtype == torch.bfloat16,
-        fp16=on_gpu and dtype == torch.float16, use_cpu=device.type == "cpu", dataloader_num_workers=cfg.num_workers,
-        remove_unused_columns=False, label_names=["labels"], report_to="none", seed=cfg.seed, data_seed=cfg.seed,
-        ddp_backend="gloo" if device.type == "cpu" and derived["world_size"] > 1 else None,
-        ddp_find_unused_parameters=text_only, deepspeed=cfg.deepspeed, disable_tqdm=not sys.stderr.isatty())
+    args = training_arguments(cfg, derived, evaluate=eval_ds is not None, text_only=text_only)
     task = tracker_task(cfg, model, store)
     trainer = VideoTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            data_collator=VideoCollator(tok), callbacks=[LossLogger(out), *callbacks], tracker_task=task)
