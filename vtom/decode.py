@@ -14,7 +14,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass

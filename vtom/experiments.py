@@ -393,7 +393,6 @@ def tracker_probs(projector: nn.Module, tracker: nn.Module, feats: torch.Tensor,
 def frame_accuracy(probs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, float]:
     "Per label column (`vtom.model.TRACKER_COLUMNS`): accuracy over the labelled frames (most likely place; flag at 0.5)."
     from vtom.model import IGNORE_INDEX, TRACKER_COLUMNS
-    nb = probs["places"].shape[-2]
     pred = torch.cat([probs["places"].argmax(-1), (probs["flags"] > 0.5).long()], -1)
     known = targets != IGNORE_INDEX
     return {c: round(float((pred[..., k] == targets[..., k])[known[..., k]].float().mean()), 3) for k, c in enumerate(TRACKER_COLUMNS)}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .core import VtomError, cache_dir, get_device, get_logger, seed_everything, write_json
+from .core import VtomError, cache_dir, get_logger, seed_everything, write_json
 from .model import VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm
 from .social import load_timeline, model_file, social_timeline, timeline_path, timeline_prompt_line
 

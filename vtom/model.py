@@ -6,10 +6,9 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from fastcore.basics import patch

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .core import Store, VtomError, get_logger, write_json
-from .decode import VideoClip, packaged_video, read_audio, read_video
+from .decode import packaged_video, read_audio, read_video
 
 # %% auto #0
 __all__ = ['SOCIAL_MODELS', 'SOCIAL_CLIPS', 'EXPRESSIONS', 'VAD_RATE', 'VAD_WINDOW', 'VAD_CONTEXT', 'EXPRESSION_COLOURS',

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, has_package, package_versions, peak_rss_mb, runs_dir,
+from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, has_package, package_versions, runs_dir,
                        seed_everything, write_json)
 from .data import DataFormatError, convert_videoinstruct, load_siq2, mc_to_conversation, read_jsonl
 from .model import LORA_DIR
