@@ -7,6 +7,7 @@ import av
 import numpy as np
 import pytest
 
+from vtom import bench
 from vtom import decode as D
 from vtom.core import VtomError
 
@@ -291,7 +292,7 @@ def test_bench_cli(videos, capsys):
 
 
 def test_bench_child_memory(videos):
-    out = D._bench_child(str(videos["counter"]), ["pyav"], 5, 1)
+    out = bench._bench_child(str(videos["counter"]), ["pyav"], 5, 1)
     assert out["peak_rss_mb"] >= out["rss_before_mb"] > 0 and len(out["times"]["pyav"]) == 1 and out["frames"] == 5
 
 

@@ -20,8 +20,8 @@ from .core import cache_dir, get_device, package_versions, write_json
 
 # %% auto #0
 __all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'try_import', 'machine_report', 'fitting_presets',
-           'bench_features', 'bench_features_main', 'tower_profile', 'random_llama', 'bench_lm_train', 'bench_train',
-           'bench_train_main', 'gpu_check', 'doctor_main']
+           'bench_features', 'bench_decode', 'bench_decode_main', 'bench_features_main', 'tower_profile',
+           'random_llama', 'bench_lm_train', 'bench_train', 'bench_train_main', 'gpu_check', 'doctor_main']
 
 # %% ../nbs/11_bench.ipynb #5642ea50
 OPTIONAL_PACKAGES = ("decord", "torchcodec", "flash_attn", "av", "open_clip", "transformers", "peft", "papermill")
@@ -120,6 +120,79 @@ def bench_features(vision: str = "random:ViT-L-14", dtype: str = "fp16", device:
     del tower, px
     if dev.type == "cuda": torch.cuda.empty_cache()
     return rec
+
+# %% ../nbs/11_bench.ipynb #74797a25
+import statistics
+import subprocess
+import sys
+from typing import Sequence
+
+from .core import VtomError
+from .decode import BACKENDS, available_backends, bench_video, clear_index_cache, read_video, video_info, video_path
+
+def _bench_child(path: str, backends: list[str], num_frames: int, repeats: int) -> dict[str, Any]:
+    "Run inside a fresh process: time `read_video` for each backend in turn (interleaved rounds after a warm-up)."
+    from vtom.core import peak_rss_mb
+    rss0 = peak_rss_mb()
+    times: dict[str, list[float]] = {b: [] for b in backends}
+    picked = {}
+    for r in range(repeats + 1):
+        for b in backends[r % len(backends):] + backends[: r % len(backends)]:   # rotate the order every round
+            clear_index_cache()   # count opening and indexing the file, as for a fresh video
+            t = time.perf_counter()
+            clip = read_video(path, num_frames=num_frames, backend=b)
+            if r: times[b].append(time.perf_counter() - t)
+            picked[b] = clip.backend
+    return dict(times=times, picked=picked, frames=len(clip), peak_rss_mb=peak_rss_mb(), rss_before_mb=rss0)
+
+def _run_child(args: list) -> dict[str, Any]:
+    code = "import json, sys; from vtom.bench import _bench_child; print(json.dumps(_bench_child(*json.loads(sys.argv[1]))))"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+    if proc.returncode != 0: return dict(error=(proc.stderr.strip().splitlines() or ["failed"])[-1][:300])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+def bench_decode(video: str | Path | None = None, num_frames: int = 100, repeats: int = 5,
+                 backends: Sequence[str] | None = None, seconds: float = 60.0, memory: bool = True) -> dict[str, Any]:
+    "Median seconds, frames/s and peak RSS of each backend (and `auto`) sampling `num_frames` frames of `video`."
+    path = video_path(video) if video else bench_video(seconds)
+    info = video_info(path)
+    result: dict[str, Any] = dict(video=str(path), total_frames=info["total_frames"], duration_s=round(info["duration"], 3),
+                                  width=info["width"], height=info["height"], keyframes=info["keyframes"],
+                                  num_frames=num_frames, repeats=repeats, cpus=os.cpu_count(),
+                                  load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, backends={})
+    names = list(backends or available_backends()) + ["auto"]
+    timing = _run_child([str(path), names, num_frames, repeats])   # one process, interleaved: fair under changing load
+    if "error" in timing: raise VtomError(f"The benchmark failed: {timing['error']}")
+    for name in names:
+        peak = _run_child([str(path), [name], num_frames, 1]) if memory else {}   # a fresh process: its own peak memory
+        med = statistics.median(timing["times"][name])
+        result["backends"][name] = dict(median_s=round(med, 4), min_s=round(min(timing["times"][name]), 4),
+                                        frames_per_s=round(timing["frames"] / med, 1), peak_rss_mb=peak.get("peak_rss_mb"),
+                                        rss_before_mb=peak.get("rss_before_mb"),
+                                        **({"picks": timing["picked"][name]} if name == "auto" else {}))
+    timed = {k: v["median_s"] for k, v in result["backends"].items() if k != "auto" and "median_s" in v}
+    if timed:
+        best = min(timed, key=timed.get)
+        result["best"] = best
+        if "auto" in timing["times"]:   # the rounds are interleaved, so compare auto with the best round by round
+            ratios = [a / b for a, b in zip(timing["times"]["auto"], timing["times"][best])]
+            result["auto_vs_best_ratio"] = round(statistics.median(ratios), 3)
+            result["auto_vs_best_ratio_of_medians"] = round(result["backends"]["auto"]["median_s"] / timed[best], 3)
+    return result
+
+def bench_decode_main(argv: list[str] | None = None) -> int:
+    "`vtom bench decode [VIDEO]`: print one JSON line comparing the decoding backends."
+    parser = argparse.ArgumentParser(prog="vtom bench decode", description="Time sampling frames with each decoding backend.")
+    parser.add_argument("video", nargs="?", help="a video file or packaged clip name (default: a generated 60 s 640x360 long-GOP clip)")
+    parser.add_argument("--num-frames", type=int, default=100, help="frames to sample (default 100)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default 5)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="backends to time (default: all installed)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated clip (default 60)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-backend peak-memory runs")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.num_frames < 1: raise VtomError("--repeats and --num-frames must be at least 1.")
+    print(json.dumps(bench_decode(args.video, args.num_frames, args.repeats, args.backends, args.seconds, not args.no_memory)))
+    return 0
 
 # %% ../nbs/11_bench.ipynb #a2793145
 import numpy as np

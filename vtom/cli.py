@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
-    "decode": ("vtom.decode", "bench_decode_main", "Frame sampling speed of each decoding backend."),
+    "decode": ("vtom.bench", "bench_decode_main", "Frame sampling speed of each decoding backend."),
     "features": ("vtom.bench", "bench_features_main", "Feature extraction speed against a reference-style path."),
     "train": ("vtom.bench", "bench_train_main", "Projector training speed, frozen versus naive."),
     "social": ("vtom.social", "bench_social_main", "Social-signal speed: frames/s (faces, mesh, expressions), ASR and VAD real-time factors."),

