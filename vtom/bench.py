@@ -24,6 +24,8 @@ __all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'try_im
            'random_llama', 'bench_lm_train', 'bench_train', 'bench_train_main', 'gpu_check', 'doctor_main']
 
 # %% ../nbs/11_bench.ipynb #5642ea50
+from .features import cpu_has_amx
+
 OPTIONAL_PACKAGES = ("decord", "torchcodec", "flash_attn", "av", "open_clip", "transformers", "peft", "papermill")
 
 def try_import(name: str) -> dict:
@@ -33,10 +35,6 @@ def try_import(name: str) -> dict:
         return {"ok": True, "version": str(getattr(mod, "__version__", "") or "")}
     except Exception as e:  # ImportError, OSError from a missing shared library, RuntimeError from an ABI mismatch
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
-
-def _cpu_flags() -> set[str]:
-    try: return set(next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration): return set()
 
 def machine_report() -> dict:
     "Accelerators, CPU, memory, disk and optional packages of this machine, as a JSON-ready dict."
@@ -50,7 +48,7 @@ def machine_report() -> dict:
     vm, disk = psutil.virtual_memory(), psutil.disk_usage(str(cache_dir()))
     return {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "cuda": bool(gpus), "gpus": gpus, "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-            "cpu": {"cores": os.cpu_count(), "machine": platform.machine(), "amx_bf16": "amx_bf16" in _cpu_flags(),
+            "cpu": {"cores": os.cpu_count(), "machine": platform.machine(), "amx_bf16": cpu_has_amx(),
                     "torch_threads": torch.get_num_threads()},
             "ram_gib": {"total": round(vm.total / 2**30, 1), "available": round(vm.available / 2**30, 1)},
             "disk_free_gib": round(disk.free / 2**30, 1), "sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention"),
@@ -198,7 +196,7 @@ def bench_decode_main(argv: list[str] | None = None) -> int:
 import numpy as np
 import torch.nn.functional as F
 
-from .features import (FeatureStore, VisionTower, cpu_has_amx, extract_to_store, load_vision_tower, preprocess_frames,
+from .features import (FeatureStore, VisionTower, extract_to_store, load_vision_tower, preprocess_frames,
                            reference_preprocess)
 
 def _reference_decode(path: Path, num_frames: int) -> np.ndarray:
