@@ -22,8 +22,8 @@ from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, 
 
 # %% auto #0
 __all__ = ['PROBE_FACTS', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
-           'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'STUDY_QTYPES', 'STUDY_FAMILIES', 'SOURCE_NAMES', 'DRY_RUN',
-           'linear_probe', 'frame_facts', 'probe_data', 'probe_table', 'synth_features', 'split_videos',
+           'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'STUDY_QTYPES', 'STUDY_FAMILIES', 'SOURCE_NAMES',
+           'DRY_RUN', 'linear_probe', 'frame_facts', 'probe_data', 'probe_table', 'synth_features', 'split_videos',
            'mc_predictions', 'mc_table', 'goal_verdicts', 'what_this_run_shows', 'goal_report', 'report_markdown',
            'tracker_targets', 'tracker_data', 'write_tracker_targets', 'train_tracker', 'tracker_probs',
            'frame_accuracy', 'tracker_answers', 'belief_false_windows', 'window_success', 'observation_slices',
@@ -511,16 +511,17 @@ def perception_accuracy(probs: torch.Tensor, obs: torch.Tensor) -> dict[str, flo
 
 # %% ../nbs/08b_experiments.ipynb #a97acbc4
 PERCEPTION_SOURCES = ("tower", "learned", "oracle")   # the study's inputs: tower features, FramePerception, the event log
+PERCEPTION_SIZE = 112   # frames are decoded at this side for FramePerception (the object stays a few pixels wide)
 
 def observation_stores(synth_dir: str | Path, num_frames: int = 32, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
-                       seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                       size: int = PERCEPTION_SIZE, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     "Feature stores of observation rows for every video of a `vtom synth` folder: `oracle` (the event log) and `learned` (`FramePerception` trained on the train split)."
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
     from vtom.decode import read_video
     from vtom.features import FeatureStore, list_videos, save_features, video_id_of
     synth_dir = Path(synth_dir)
-    root = synth_dir / "features" / f"observations-{num_frames}"
+    root = synth_dir / "features" / f"observations-{num_frames}-{size}px"
     paths = {s: root / s for s in ("oracle", "learned")}
     ids = [video_id_of(p) for p in list_videos(synth_dir / "videos")]
     report = root / "perception.json"
@@ -528,7 +529,7 @@ def observation_stores(synth_dir: str | Path, num_frames: int = 32, steps: int =
         return {**paths, **json.loads(report.read_text())}
     frames, obs, meta = {}, {}, {}
     for v in tqdm(ids, desc="frames", unit="video", disable=not progress):
-        clip = read_video(synth_dir / "videos" / f"{v}.mp4", num_frames)
+        clip = read_video(synth_dir / "videos" / f"{v}.mp4", num_frames, size=size, resize_mode="bilinear")
         frames[v] = torch.from_numpy(np.asarray(clip.frames))
         obs[v] = observation_vector(json.loads((synth_dir / "events" / f"{v}.json").read_text()), clip.timestamps, num_frames)
         meta[v] = {"video_id": v, "num_frames": num_frames, "frames": len(clip.timestamps), "timestamps": [float(t) for t in clip.timestamps]}

@@ -24,11 +24,11 @@ from .data import DataFormatError, convert_videoinstruct, load_siq2, mc_to_conve
 from .model import LORA_DIR
 
 # %% auto #0
-__all__ = ['PRESETS', 'HF_FIELDS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset', 'VideoCollator',
-           'TrainConfig', 'world_size', 'resolve_config', 'load_config_file', 'training_arguments', 'add_lora',
-           'save_trained', 'load_trainable', 'TrackerTask', 'VideoTrainer', 'LossLogger', 'KeepBeforeEval',
-           'write_history', 'read_history', 'build_model', 'tracker_task', 'find_checkpoint', 'count_parameters',
-           'train', 'StopAtStep', 'plot_history', 'train_parser', 'config_from_argv', 'train_main']
+__all__ = ['PRESETS', 'HF_FIELDS', 'TRACKER_WEIGHTS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset',
+           'VideoCollator', 'TrainConfig', 'world_size', 'resolve_config', 'load_config_file', 'training_arguments',
+           'add_lora', 'save_trained', 'load_tracker', 'load_trainable', 'TrackerTask', 'VideoTrainer', 'LossLogger',
+           'KeepBeforeEval', 'write_history', 'read_history', 'build_model', 'tracker_task', 'find_checkpoint',
+           'count_parameters', 'train', 'StopAtStep', 'plot_history', 'train_parser', 'config_from_argv', 'train_main']
 
 # %% ../nbs/04_train.ipynb #56a840d8
 class TrainDataError(DataFormatError):
@@ -281,18 +281,37 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets
 
 def _has_lora(model) -> bool: return hasattr(model.lm, "peft_config")
 
+TRACKER_WEIGHTS = "tracker.safetensors"   # the `MentalStateTracker` head of a run with tracker_weight > 0
+
 def save_trained(model, path: str | Path) -> Path:
-    "Write a `VideoLLM` for `from_pretrained` (config + projector + video rows) and its LoRA adapters (`lora/`) if any."
+    "Write a `VideoLLM` for `from_pretrained` (config + projector + video rows), its LoRA adapters (`lora/`) and tracker head if any."
+    from safetensors.torch import save_file
     path = Path(model.save_pretrained(path))
     if _has_lora(model):
         model.lm.save_pretrained(path / LORA_DIR)
         write_json(path / "config.json", {**json.loads((path / "config.json").read_text()), "lora": LORA_DIR})
+    if hasattr(model, "tracker"):
+        with atomic_path(path / TRACKER_WEIGHTS) as tmp:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in model.tracker.state_dict().items()}, str(tmp))
     return path
 
+def load_tracker(path: str | Path):
+    "The `MentalStateTracker` saved in a checkpoint folder by a run with `tracker_weight` > 0, or None when it has none."
+    from safetensors.torch import load_file
+    from vtom.model import MentalStateTracker
+    file = Path(path) / TRACKER_WEIGHTS
+    if not file.is_file(): return None
+    state = load_file(str(file))
+    width, in_features = state["body.1.weight"].shape
+    tracker = MentalStateTracker(in_features, width)
+    tracker.load_state_dict(state)
+    return tracker.eval()
+
 def load_trainable(model, path: str | Path):
-    "Load a checkpoint's trained weights (projector, video rows, LoRA adapters) into an existing `model` (for resume)."
+    "Load a checkpoint's trained weights (projector, video rows, LoRA adapters, tracker head) into an existing `model` (for resume)."
     path = Path(path)
     model.load_weights(path)
+    if hasattr(model, "tracker") and (tracker := load_tracker(path)) is not None: model.tracker.load_state_dict(tracker.state_dict())
     lora = path / LORA_DIR
     if _has_lora(model):
         from peft import set_peft_model_state_dict
@@ -332,7 +351,7 @@ class VideoTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         if self.tracker_task is not None and model.training:
             aux = self.tracker_task.loss(self.accelerator.unwrap_model(model))
-            self._tracker_losses.append(float(aux))
+            self._tracker_losses.append(aux.item())
             loss = loss + self.tracker_task.weight * aux
         return (loss, outputs) if return_outputs else loss
 
