@@ -402,7 +402,15 @@ def _signals(cfg: TrainConfig, store, num_frames: int):
     from vtom.social import SignalStore
     return SignalStore(cfg.social_store, num_frames, lambda v: store.meta(v).get("timestamps") if hasattr(store, "meta") else None)
 
-def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: int, device: str | torch.device = "cpu"):
+def _tower_of(store, records: Sequence[dict]) -> str | None:
+    "The vision tower the features were made with (the store's settings, else the first video's metadata); None when unknown."
+    settings = store.settings() if hasattr(store, "settings") else None
+    if settings and settings.get("tower"): return settings["tower"]
+    vid = next((record_video_id(r) for r in records if record_video_id(r) in store), None)
+    return store.meta(vid).get("tower") if vid is not None and hasattr(store, "meta") else None
+
+def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: int, device: str | torch.device = "cpu",
+                vision_name: str | None = None):
     "The `VideoLLM` to train: frozen LM (`cfg.llm`), fresh projector for `feature_shape` = (N, D), social projector with `social_store`, LoRA when asked."
     from vtom.model import VideoLLM, VideoLLMConfig, load_llm
     from vtom.social import SOCIAL_DIM
@@ -411,7 +419,7 @@ def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: in
     dtype = get_dtype(get_device(cfg.device), cfg.dtype)
     lm, tok = load_llm(cfg.llm, device=device, dtype=dtype)
     seed_everything(cfg.seed)  # the projector's initialisation is part of the run's seed
-    config = VideoLLMConfig(lm_name=cfg.llm, vision_hidden_size=d, num_frames=num_frames, num_spatial_tokens=n - num_frames,
+    config = VideoLLMConfig(lm_name=cfg.llm, vision_hidden_size=d, **({"vision_name": vision_name} if vision_name else {}), num_frames=num_frames, num_spatial_tokens=n - num_frames,
                             projector_type=cfg.projector_type, template=cfg.template, tune_video_embeddings=cfg.tune_video_embeddings,
                             graph_cells=cfg.graph_cells, social_dim=SOCIAL_DIM if cfg.social_store else 0)
     model = VideoLLM(config, lm, tok)
@@ -463,7 +471,7 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
     shape = feature_shape(store, [v for v in map(record_video_id, train_records) if v])
     if shape is None: raise TrainDataError(f"No record of {cfg.train_data} has features in {cfg.features}.")
     num_frames = cfg.num_frames or _num_frames_of(store, train_records)
-    model = build_model(cfg, shape, num_frames)
+    model = build_model(cfg, shape, num_frames, vision_name=_tower_of(store, train_records))   # chat loads this tower
     tok = model.tokenizer
     ds_args = dict(tokenizer=tok, template=cfg.template, num_video_tokens=model.num_video_tokens, max_length=cfg.max_length)
     train_ds = ConversationDataset(train_records, store, name="train", social=_signals(cfg, store, num_frames), **ds_args)
