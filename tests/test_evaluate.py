@@ -416,3 +416,42 @@ def test_social_mode_reads_the_store_and_names_a_missing_timeline(tmp_path):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf): assert eval_main(["compare", str(outs["social"]), str(outs["text"])]) == 0
     assert json.loads(buf.getvalue())["n"] == 8
+
+
+def test_social_tokens_mode_through_the_cli(tmp_path):
+    "vtom eval --mode video+social-tokens: reads the timelines at the feature timestamps through the checkpoint's social projector; clear errors otherwise."
+    from safetensors.torch import save_file
+    from vtom.model import VideoLLM, VideoLLMConfig, load_llm
+    from vtom.social import SOCIAL_DIM, timeline_path
+    qa = str(SIQ2 / "qa/qa_val.json")
+    vids = sorted({q.video_id for q in load_siq2(SIQ2 / "qa/qa_val.json")})
+    feats, store = tmp_path / "features", tmp_path / "social"
+    feats.mkdir(); store.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for v in vids:
+        save_file({"features": torch.cat([torch.randn(2, 8, generator=g), torch.zeros(2, 8), torch.randn(2, 8, generator=g)])},
+                  str(feats / f"{v}.safetensors"), metadata={"vtom": json.dumps({"num_frames": 4, "timestamps": [0.5, 2.5]})})
+    lm, tok = load_llm("tiny", device="cpu")
+    ckpts = {}
+    for name, dim in (("plain", 0), ("social", SOCIAL_DIM)):
+        torch.manual_seed(0)
+        m = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=8, num_frames=4, num_spatial_tokens=2, social_dim=dim), lm, tok)
+        torch.nn.init.normal_(m.projector.weight)
+        if dim: torch.nn.init.normal_(m.social_projector.mlp[2].weight)   # stands in for a trained social projector
+        ckpts[name] = m.save_pretrained(tmp_path / name)
+    base = ["synth", "--qa", qa, "--features", str(feats), "--llm", "tiny", "--device", "cpu", "--no-progress", "--social-store", str(store)]
+    for v in vids[:-1]: timeline_path(store, v).write_text(json.dumps(_timeline("happy")))
+    with pytest.raises(EvalError, match=rf"'{vids[-1]}'.*vtom social VIDEO --store"):
+        eval_main(base + ["--mode", "video+social-tokens", "--checkpoint", str(ckpts["social"])])
+    timeline_path(store, vids[-1]).write_text(json.dumps(_timeline("sad")))
+    with pytest.raises(EvalError, match="needs --checkpoint with social tokens"): eval_main(base + ["--mode", "video+social-tokens"])
+    with pytest.raises(EvalError, match="has no social projector"):
+        eval_main(base + ["--mode", "video+social-tokens", "--checkpoint", str(ckpts["plain"])])
+    outs = {}
+    for mode in ("video", "video+social-tokens"):
+        outs[mode] = tmp_path / f"{mode}.json"
+        assert eval_main(base + ["--mode", mode, "--checkpoint", str(ckpts["social"]), "--out", str(outs[mode])]) == 0
+    m = json.loads(outs["video+social-tokens"].read_text())
+    assert m["mode"] == "video+social-tokens" and m["n"] == 8 and m["failed"] == 0 and m["social_tokens"] == SOCIAL_DIM
+    recs = {k: [json.loads(l) for l in p.with_suffix(".predictions.jsonl").read_text().splitlines()] for k, p in outs.items()}
+    assert any(a["scores"]["letter"] != b["scores"]["letter"] for a, b in zip(recs["video"], recs["video+social-tokens"]))

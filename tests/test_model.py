@@ -179,3 +179,37 @@ def test_graph_projector_on_a_tiny_config(tmp_path):
     again = VideoLLM.from_pretrained(tmp_path, lm=lm, tokenizer=tok, device="cpu")
     assert again.config.graph_cells == 4
     with torch.no_grad(): torch.testing.assert_close(again(**batch).logits, logits)
+
+
+def test_social_tokens_shapes_splice_and_checkpoint_round_trip(tmp_path):
+    "social_dim > 0: the social projector adds per-frame offsets to the temporal rows only, trains, and survives save/load; mismatches are refused."
+    from vtom.model import SocialProjector, add_social_tokens
+    lm, tok = tiny_llm()
+    cfg = VideoLLMConfig(lm_name="tiny", vision_hidden_size=16, num_frames=3, num_spatial_tokens=4, social_dim=5)
+    model = VideoLLM(cfg, lm, tok)
+    sp = model.social_projector
+    assert isinstance(sp, SocialProjector) and sp(torch.rand(2, 3, 5)).shape == (2, 3, model.hidden_size)
+    assert add_social_tokens(torch.zeros(2, 7, 4), torch.ones(2, 3, 4)).sum(-1).tolist() == [[4, 4, 4, 0, 0, 0, 0]] * 2
+    with pytest.raises(VtomError): add_social_tokens(torch.zeros(1, 2, 4), torch.ones(1, 3, 4))
+    item = tokenize_conversation(tok, [{"role": "user", "content": "<video> why?"}, {"role": "assistant", "content": "because"}], "chat", 7)
+    sig = torch.rand(3, 5); sig[:, 0] = 1; sig[2] = 0          # two sampled frames and a padding row
+    batch = pad_batch([dict(item, video_features=torch.randn(7, 16), social_signals=sig)], tok.pad_token_id)
+    assert batch["social_signals"].shape == (1, 3, 5)
+    model.train()(**batch).loss.backward()
+    assert sp.mlp[2].weight.grad.abs().sum() > 0                # zero-initialised, but it learns
+    with torch.no_grad(): torch.nn.init.normal_(sp.mlp[2].weight)
+    model.eval()
+    with torch.no_grad():
+        a = model.embed_inputs(batch["input_ids"], batch["video_features"], social_signals=batch["social_signals"])
+        b = model.embed_inputs(batch["input_ids"], batch["video_features"])
+        rows = (batch["input_ids"][0] == model.token_ids[VID_PATCH_TOKEN]).nonzero().flatten()
+        assert torch.equal((a - b)[0].abs().sum(-1).nonzero().flatten(), rows[:2])   # the 2 sampled frames' temporal tokens
+        logits = model(**batch).logits
+        with pytest.raises(VtomError, match="columns"): model.embed_inputs(batch["input_ids"], batch["video_features"], social_signals=torch.rand(1, 3, 4))
+    model.save_pretrained(tmp_path / "ck")
+    again = VideoLLM.from_pretrained(tmp_path / "ck", lm=lm, tokenizer=tok, device="cpu")
+    assert again.config == cfg
+    with torch.no_grad(): torch.testing.assert_close(again(**batch).logits, logits)
+    plain = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=16, num_frames=3, num_spatial_tokens=4), lm, tok)
+    with pytest.raises(ModelLoadError, match="social projector"): plain.load_weights(tmp_path / "ck")
+    with pytest.raises(VtomError, match="--social-store"): plain(**batch)

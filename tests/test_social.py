@@ -123,3 +123,27 @@ def test_bench_social_reports_the_three_numbers():
     out = bench_social(num_frames=5, audio_seconds=3.0)
     assert out["frames"] == 5 and out["faces"] >= 4  # WolfgangLanger_Pexels: a face in (almost) every frame
     assert out["frames_per_s"] > 0 and 0 < out["asr_rtf"] < 5 and 0 < out["vad_rtf"] < 1 and out["words"] > 3
+
+
+def test_social_signals_of_a_synthetic_video_and_missing_timelines(tmp_path):
+    "The signal vector of a synthetic timeline: one row per frame, A's surprise from the search on in a false-belief video; SignalStore names a missing video."
+    from vtom.social import SIGNAL_COLUMNS, SOCIAL_DIM, SignalColumns, SignalStore, social_signals, timeline_path
+    from vtom.synth import make_scenario, scenario_record, synth_timeline
+    assert SIGNAL_COLUMNS == SignalColumns._fields and SOCIAL_DIM == 17 and SIGNAL_COLUMNS[2:9] == EXPRESSIONS
+    sc = make_scenario(3, "false_belief", size=112)
+    rec = synth_timeline(json.loads(json.dumps(scenario_record(sc))))
+    sig = social_signals(rec)
+    t = np.array([fr["t"] for fr in rec["frames"]])
+    search = sc.marks["search"][0]
+    col = SIGNAL_COLUMNS.index
+    assert sig.shape == (len(t), SOCIAL_DIM) and (sig[:, col("frame")] == 1).all()
+    assert (sig[t >= search + 0.01, col("surprise")] == 1).all() and (sig[t < search - 0.01, col("surprise")] == 0).all()
+    assert set(np.unique(sig[:, col("faces")])) <= {0.0, 0.25, 0.5}         # 0-2 agents in the room
+    padded = social_signals(rec, times=[0.0, search + 0.5], num_frames=4)
+    assert padded.shape == (4, SOCIAL_DIM) and padded[1, col("surprise")] == 1 and not padded[2:].any()
+    with pytest.raises(VtomError, match="do not fit"): social_signals(rec, times=[0.0, 1.0], num_frames=1)
+    timeline_path(tmp_path, sc.vid).write_text(json.dumps(rec))
+    store = SignalStore(tmp_path, num_frames=len(t) + 2)
+    assert np.array_equal(store[sc.vid][: len(t)], sig) and not store[sc.vid][len(t):].any()
+    with pytest.raises(VtomError, match=rf"'nobody'.*vtom social VIDEO --store {tmp_path}"): store.check([sc.vid, "nobody"])
+    with pytest.raises(VtomError, match="no such folder"): SignalStore(tmp_path / "missing")

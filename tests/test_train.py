@@ -185,3 +185,34 @@ def test_training_arguments_come_from_one_table(tmp_path):
     for name, targets in HF_FIELDS.items():
         for t in targets: assert getattr(args, t) == getattr(cfg, name), (name, t)
     assert args.gradient_accumulation_steps == 2 and args.eval_strategy == "no" and args.warmup_steps == 0.1
+
+
+def _timelines(folder: Path, video_ids, expression: str = "happy") -> Path:
+    "Hand-written timelines (vtom.social's record shape): one face, neutral for 4 frames, then `expression`."
+    from vtom.core import write_json
+    from vtom.social import EXPRESSIONS, timeline_path
+    def face(e): return [{"box": [0, 0, 8, 8], "track": 0, "expression": {x: float(x == e) for x in EXPRESSIONS}}]
+    for v in video_ids:
+        write_json(timeline_path(folder, v), {"video_id": v, "duration": 4.0, "frames": [
+            {"t": i / 2, "faces": face(expression if i >= 4 else "neutral"), "voice": 0.0, "speaker": None} for i in range(T)]})
+    return folder
+
+
+def test_social_tokens_train_step_checkpoint_and_missing_timeline(tmp_path, capsys):
+    "vtom train --social-store: the social projector trains from zero with the video projector, is saved and reloads; a missing timeline stops the run naming the video and the command."
+    from vtom.social import SOCIAL_DIM
+    data, feats = make_data(tmp_path)
+    social = _timelines(tmp_path / "social", [f"v{i}" for i in range(6)])
+    args = [str(data), "--features", str(feats), "--llm", "tiny", "--device", "cpu", "--max-steps", "2", "--batch-size", "2",
+            "--global-batch-size", "2", "--learning-rate", "1e-2", "--no-eval-before", "--social-store", str(social)]
+    assert train_main(args + ["-o", str(tmp_path / "run")]) == 0
+    model = VideoLLM.from_pretrained(tmp_path / "run", device="cpu")
+    assert model.config.social_dim == SOCIAL_DIM and model.social_projector.mlp[2].weight.abs().sum() > 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["social_dim"] == SOCIAL_DIM
+    plain = base_config(tmp_path, max_steps=1, output_dir=str(tmp_path / "plain"))
+    assert VideoLLM.from_pretrained(train(plain), device="cpu").social_projector is None   # off by default
+    (social / "v3.social.json").unlink()
+    with pytest.raises(TrainDataError, match=r"'v3'.*vtom social VIDEO --store"):
+        train_main(args + ["-o", str(tmp_path / "run2")])
+    with pytest.raises(VtomError, match="no such folder of timelines"):
+        train_main(args[:-1] + [str(tmp_path / "nowhere"), "-o", str(tmp_path / "run3")])

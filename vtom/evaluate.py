@@ -27,25 +27,26 @@ from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, form
                        unique_qids)
 from .features import FeatureStore
 from .model import VideoLLM, VideoLLMConfig, load_llm, tokenize_conversation
-from .social import TIMELINE_LABEL, load_timeline, social_to_store, timeline_path, timeline_text
+from .social import TIMELINE_LABEL, SignalStore, load_timeline, social_to_store, timeline_path, timeline_text
 
 # %% auto #0
-__all__ = ['VIDEO_MODES', 'SOCIAL_MODES', 'SURFACE_MODES', 'MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING', 'EvalError',
-           'check_mode', 'surface_choice', 'majority_position', 'mode_prompt', 'option_continuation', 'cloze_prompt',
-           'rule_inputs', 'encode_choices', 'generation_prompt_ids', 'answer_logprobs', 'token_logprobs', 'pad_batch',
-           'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs', 'rule_scores', 'null_logprobs',
-           'length_shortcut', 'rule_length_shortcuts', 'check_num_frames', 'transform_features', 'parse_choice',
-           'generate_choice', 'EvalSetup', 'evaluate_question', 'check_timelines', 'sample_videos',
-           'evaluate_questions', 'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison',
-           'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize', 'plot_metrics',
-           'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark', 'eval_main', 'load_records',
-           'bench_eval_main']
+__all__ = ['VIDEO_MODES', 'SOCIAL_MODES', 'TOKEN_MODES', 'SURFACE_MODES', 'MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING',
+           'EvalError', 'check_mode', 'surface_choice', 'majority_position', 'mode_prompt', 'option_continuation',
+           'cloze_prompt', 'rule_inputs', 'encode_choices', 'generation_prompt_ids', 'answer_logprobs',
+           'token_logprobs', 'pad_batch', 'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs',
+           'rule_scores', 'null_logprobs', 'length_shortcut', 'rule_length_shortcuts', 'check_num_frames',
+           'transform_features', 'parse_choice', 'generate_choice', 'EvalSetup', 'evaluate_question', 'check_timelines',
+           'sample_videos', 'evaluate_questions', 'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact',
+           'paired_comparison', 'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize',
+           'plot_metrics', 'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark', 'eval_main',
+           'load_records', 'bench_eval_main']
 
 # %% ../nbs/06_eval.ipynb #d2e09d4e
-VIDEO_MODES = ("video", "shuffled", "blank", "video+social")
+VIDEO_MODES = ("video", "shuffled", "blank", "video+social", "video+social-tokens")
 SOCIAL_MODES = ("social", "video+social")   # the LM also reads the video's social timeline as text (vtom.social.timeline_text)
+TOKEN_MODES = ("video+social-tokens",)      # the timeline as per-frame signal vectors through the checkpoint's social projector
 SURFACE_MODES = ("longest-option", "shortest-option", "majority-position")   # baselines computed without a model
-MODES = ("video", "text", "answer-only", "shuffled", "blank", *SOCIAL_MODES, *SURFACE_MODES)
+MODES = ("video", "text", "answer-only", "shuffled", "blank", *SOCIAL_MODES, *TOKEN_MODES, *SURFACE_MODES)
 SCORING_RULES = {
     "letter": "log-prob of the answer letter, the first answer token after the prompt that lists the lettered options "
               "(MMLU-style; one forward per question); every option is one token, so option length cannot matter",
@@ -193,7 +194,7 @@ def _cache_kwarg(model) -> str:
 
 @torch.no_grad()
 def shared_prefix_logprobs(model, encoded: list[dict], pad_id: int, video_features: torch.Tensor | None = None,
-                           first_only: bool = False) -> list[np.ndarray]:
+                           first_only: bool = False, social_signals: torch.Tensor | None = None) -> list[np.ndarray]:
     "Log-probs of each choice's answer tokens: the shared prompt (and video) runs once with a KV cache, then only the options."
     first = min(next(j for j, l in enumerate(e["labels"]) if l != -100) for e in encoded)
     k = min(_common_prefix([e["input_ids"] for e in encoded]), first)
@@ -201,6 +202,7 @@ def shared_prefix_logprobs(model, encoded: list[dict], pad_id: int, video_featur
     device = next(model.parameters()).device
     prefix = torch.tensor([encoded[0]["input_ids"][:k]], device=device)
     extra = {} if video_features is None else {"video_features": video_features.to(device).unsqueeze(0)}
+    if social_signals is not None: extra["social_signals"] = social_signals.to(device).unsqueeze(0)
     out = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1, **extra)
     last = out.logits[0, -1].float().log_softmax(-1)          # predicts the first token after the prefix
     rests = [(e["input_ids"][k:], e["labels"][k:]) for e in encoded]
@@ -274,12 +276,12 @@ def check_num_frames(store, video_id: str, num_frames: int) -> None:
                         "Pass --num-frames to match, or extract features with the checkpoint's setting.")
 
 def transform_features(features: torch.Tensor, mode: str, num_frames: int, key: str = "", seed: int = 0) -> torch.Tensor:
-    "The video input of an evaluation mode: unchanged (`video`, `video+social`), real temporal rows permuted (`shuffled`), or zeros (`blank`)."
+    "The video input of an evaluation mode: unchanged (`video`, `video+social`, `video+social-tokens`), real temporal rows permuted (`shuffled`), or zeros (`blank`)."
     check_mode(mode)
     if mode not in VIDEO_MODES: raise EvalError(f"mode {mode!r} takes no video features.")
     if features.ndim != 2 or features.shape[0] <= num_frames:
         raise EvalError(f"features of shape {tuple(features.shape)} do not hold {num_frames} temporal rows + spatial rows.")
-    if mode in ("video", "video+social"): return features
+    if mode in ("video", "video+social", *TOKEN_MODES): return features
     if mode == "blank": return torch.zeros_like(features)
     real = int((features[:num_frames].abs().sum(-1) > 0).sum())
     g = torch.Generator().manual_seed(_stable_seed(key, seed))
@@ -307,13 +309,14 @@ def parse_choice(text: str, options: Sequence[str]) -> int | None:
 # %% ../nbs/06_eval.ipynb #433b5feb
 @torch.no_grad()
 def generate_choice(model, tokenizer, encoded: dict, options: Sequence[str], video_features: torch.Tensor | None = None,
-                    max_new_tokens: int = 16) -> tuple[int | None, str]:
+                    max_new_tokens: int = 16, social_signals: torch.Tensor | None = None) -> tuple[int | None, str]:
     "Greedy-decode an answer after the prompt of `encoded` and parse the chosen option: (index or None, text)."
     prompt = torch.tensor([generation_prompt_ids(encoded)])
     device = next(model.parameters()).device
     kwargs = dict(input_ids=prompt.to(device), attention_mask=torch.ones_like(prompt).to(device),
                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     if video_features is not None: kwargs["video_features"] = video_features.to(device).unsqueeze(0)
+    if social_signals is not None: kwargs["social_signals"] = social_signals.to(device).unsqueeze(0)
     out = model.generate(**kwargs)
     new = out[0] if hasattr(model, "embed_inputs") else out[0, prompt.shape[1]:]  # VideoLLM.generate returns only new tokens
     text = tokenizer.decode(new, skip_special_tokens=True)
@@ -331,6 +334,7 @@ class EvalSetup:
     max_length: int | None = None
     info: dict = field(default_factory=dict)
     social: Any = None                # mapping video_id -> timeline text (social modes; e.g. SocialTexts)
+    signals: Any = None               # mapping video_id -> social signals [T, K] (token modes; e.g. vtom.social.SignalStore)
 
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -359,12 +363,16 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
     if mode in SOCIAL_MODES:
         if setup.social is None: raise EvalError(f"mode {mode!r} needs social timelines (--social-store DIR).")
         social = setup.social[q.video_id]
+    signals = None
+    if mode in TOKEN_MODES:
+        if setup.signals is None: raise EvalError(f"mode {mode!r} needs social signals (--social-store DIR) and a checkpoint with social tokens.")
+        signals = torch.as_tensor(setup.signals[q.video_id]).float()
     nvt = 0 if feats is None else feats.shape[0]
     rec = {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question),
            "answer_idx": q.answer_idx}
     if scoring == "generate":
         enc = encode_choices(setup.tokenizer, mode_prompt(q, mode, social), [option_continuation(q, 0)], setup.template, nvt, setup.max_length)
-        pred, text = generate_choice(setup.model, setup.tokenizer, enc[0], q.options, feats)
+        pred, text = generate_choice(setup.model, setup.tokenizer, enc[0], q.options, feats, social_signals=signals)
         rec.update(pred=pred, generated=text)
     else:
         scores, n_tokens = {}, {}
@@ -373,7 +381,7 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
             if not todo: continue
             user, answers = rule_inputs(q, mode, todo[0], social)
             enc = encode_choices(setup.tokenizer, user, answers, setup.template, nvt, setup.max_length)
-            lps = shared_prefix_logprobs(setup.model, enc, _pad_id(setup.tokenizer), feats, first_only=todo == ["letter"])
+            lps = shared_prefix_logprobs(setup.model, enc, _pad_id(setup.tokenizer), feats, first_only=todo == ["letter"], social_signals=signals)
             for r in todo:
                 scores[r] = [round(float(x), 6) for x in rule_scores(r, lps, answers)]
                 n_tokens[r] = [sum(l != -100 for l in e["labels"]) for e in enc]
@@ -415,6 +423,14 @@ def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str 
     else: skipped = []
     if limit is not None: questions = sample_videos(questions, limit, seed)
     if mode in SOCIAL_MODES: check_timelines(setup, questions)
+    if mode in TOKEN_MODES:
+        if setup is None or setup.signals is None: raise EvalError(f"mode {mode!r} needs social signals (--social-store DIR).")
+        vids = list(dict.fromkeys(q.video_id for q in questions))
+        if hasattr(setup.signals, "check"):
+            try: setup.signals.check(vids)
+            except VtomError as e: raise EvalError(str(e)) from None
+        elif missing := [v for v in vids if v not in setup.signals]:
+            raise EvalError(f"no social signals for {len(missing)} video(s), e.g. {missing[0]!r}.")
     records, failed = [], []
     from tqdm.auto import tqdm
     for q in tqdm(questions, desc=f"eval {mode}", disable=not progress, unit="q"):
@@ -647,16 +663,18 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
                     device: str = "auto", dtype: str = "auto", num_frames: int | None = None,
                     social_store: str | Path | None = None, videos: str | Path | None = None,
                     compute_social: bool = False) -> EvalSetup:
-    "Load the model (text LM, or VideoLLM from `checkpoint`), the feature store and the social timelines needed by `mode` (no model for model-free baselines)."
+    "Load the model (text LM, or VideoLLM from `checkpoint`), the feature store and the social timelines or signals needed by `mode` (no model for model-free baselines)."
     check_mode(mode)
-    if mode in SOCIAL_MODES and social_store is None:
+    if mode in (*SOCIAL_MODES, *TOKEN_MODES) and social_store is None:
         raise EvalError(f"mode {mode!r} needs --social-store DIR: timelines from `vtom social VIDEO --store DIR` "
                         "(a synthetic set made by `vtom synth` has them in its social/ folder).")
     social = SocialTexts(social_store, videos, compute_social) if mode in SOCIAL_MODES else None
     log = get_logger("vtom.evaluate")
     dev = get_device(device)
     info = {"llm": llm, "checkpoint": str(checkpoint) if checkpoint else None, "vision": vision, "device": str(dev),
-            "social_store": str(social_store) if social is not None else None}
+            "social_store": str(social_store) if social is not None or mode in TOKEN_MODES else None}
+    if mode in TOKEN_MODES and checkpoint is None:
+        raise EvalError(f"mode {mode!r} needs --checkpoint with social tokens: train one with `vtom train ... --social-store DIR`.")
     store = _feature_store(features)
     if mode in SURFACE_MODES: return EvalSetup(None, None, features=store, info={**info, "llm": None, "template": None})   # no model
     if checkpoint is not None or mode in VIDEO_MODES:
@@ -681,7 +699,14 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
         model.eval()
         template = template or "chat"
     info["template"] = template
-    return EvalSetup(model, tok, template, store, num_frames or 100, None, info, social)
+    signals = None
+    if mode in TOKEN_MODES:
+        if not model.config.social_dim:
+            raise EvalError(f"mode {mode!r}: the checkpoint {checkpoint} has no social projector (social_dim=0); train one with "
+                            "`vtom train ... --social-store DIR`, or evaluate it with --mode video.")
+        signals = SignalStore(social_store, num_frames or 100, lambda v: store.meta(v).get("timestamps") if hasattr(store, "meta") else None)
+        info["social_tokens"] = model.config.social_dim
+    return EvalSetup(model, tok, template, store, num_frames or 100, None, info, social, signals)
 
 def _feature_shape(store) -> tuple[int, int]:
     "(rows, width) of the first feature file of a store."
@@ -719,8 +744,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="feature store directory (`vtom features` output); required by video modes; in text "
                    "modes it restricts the run to the same questions (those with features)")
     p.add_argument("--mode", default="text", choices=MODES, help="social: the LM reads the timeline text instead of video "
-                   "tokens; video+social: both")
-    p.add_argument("--social-store", help="(social modes) folder of timelines: `vtom social VIDEO --store DIR`, or a synthetic set's social/")
+                   "tokens; video+social: both; video+social-tokens: video tokens plus the timeline's per-frame signal vectors "
+                   "through the checkpoint's social projector (`vtom train --social-store`)")
+    p.add_argument("--social-store", help="(social and social-token modes) folder of timelines: `vtom social VIDEO --store DIR`, or a synthetic set's social/")
     p.add_argument("--compute-social", action="store_true", help="(social modes) compute missing timelines from --videos into --social-store")
     p.add_argument("--videos", help="(--compute-social) folder holding VIDEO_ID.* files")
     p.add_argument("--scoring", default=DEFAULT_SCORING, choices=SCORINGS,

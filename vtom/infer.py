@@ -17,7 +17,7 @@ import torch
 
 from .core import VtomError, cache_dir, get_logger, seed_everything, write_json
 from .model import VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm
-from .social import load_timeline, model_file, social_timeline, timeline_path, timeline_prompt_line
+from .social import load_timeline, model_file, social_signals, social_timeline, timeline_path, timeline_prompt_line
 
 # %% auto #0
 __all__ = ['SOCIAL_CHOICES', 'NoVideoError', 'feature_cache_path', 'VideoChat', 'social_models_available', 'chat_timeline',
@@ -42,9 +42,10 @@ class VideoChat:
                  checkpoint: str | Path | None = None):
         self.model, self.tower, self.disk_cache, self.checkpoint = model, tower, disk_cache, checkpoint
         self.num_frames = num_frames or model.config.num_frames
-        self._memory: dict[Path, torch.Tensor] = {}
+        self._memory: dict[Path, tuple[torch.Tensor, list | None]] = {}   # features and their frame times
         self.video: Path | None = None
         self.features: torch.Tensor | None = None
+        self.timestamps: list[float] | None = None   # the feature frames' times (s): where social tokens are read from the timeline
         self.turns: list[dict] = []
         self.timings: dict[str, float] = {}
         self.feature_source: str | None = None
@@ -85,34 +86,35 @@ class VideoChat:
         return {"vision": vision, "llm": cfg.lm_name, "llm_class": type(self.model.lm).__name__,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None, "num_frames": self.num_frames,
                 "video_tokens": self.num_frames + (self.tower.num_patches if self.tower is not None else cfg.num_spatial_tokens),
-                "template": cfg.template, "warnings": warnings}
+                "template": cfg.template, "social_tokens": bool(cfg.social_dim), "warnings": warnings}
 
 # %% ../nbs/05_infer.ipynb #74f036ae
 def _load_video(self: VideoChat, path: str | Path) -> torch.Tensor:
     "Make `path` the current video (features from memory, the disk cache, or the vision tower) and start a new conversation."
-    from vtom.features import extract_video_features, load_features, save_features
+    from vtom.features import extract_video_features, load_features, read_meta, save_features
     path = Path(path)
     if not path.is_file(): raise VtomError(f"Video {path} does not exist; pass the path of a video file.")
     key, t0 = path.resolve(), time.perf_counter()
     cache = feature_cache_path(path, self.tower.name if self.tower is not None else self.model.config.vision_name, self.num_frames)
-    if key in self._memory: feats, source = self._memory[key], "memory"
-    elif self.disk_cache and cache.is_file(): feats, source = load_features(cache), "disk cache"
+    if key in self._memory: (feats, times), source = self._memory[key], "memory"
+    elif self.disk_cache and cache.is_file(): feats, times, source = load_features(cache), read_meta(cache).get("timestamps"), "disk cache"
     else:
         if self.tower is None: raise VtomError("This VideoChat has no vision tower; pass features with set_features().")
         feats, meta = extract_video_features(path, self.tower, num_frames=self.num_frames)
-        source = "vision tower"
+        times, source = meta.get("timestamps"), "vision tower"
         if self.disk_cache: save_features(cache, feats, meta)
-    self._memory[key] = feats
+    self._memory[key] = feats, times
     self.timings["features_s"] = round(time.perf_counter() - t0, 3)
     self.feature_source = source
-    return self.set_features(feats, path)
+    return self.set_features(feats, path, times)
 
-def _set_features(self: VideoChat, features: torch.Tensor, video: str | Path | None = None) -> torch.Tensor:
-    "Use precomputed pooled features `[N, D]` for the current video and start a new conversation."
+def _set_features(self: VideoChat, features: torch.Tensor, video: str | Path | None = None,
+                  timestamps: list[float] | None = None) -> torch.Tensor:
+    "Use precomputed pooled features `[N, D]` (their frames at `timestamps` s, if known) for the current video and start a new conversation."
     features = torch.as_tensor(features)
     if features.ndim != 2 or features.shape[1] != self.model.config.vision_hidden_size:
         raise VtomError(f"Video features must be [N, {self.model.config.vision_hidden_size}], got {tuple(features.shape)}.")
-    self.video, self.features, self.turns = (Path(video) if video else None), features, []
+    self.video, self.features, self.turns, self.timestamps = (Path(video) if video else None), features, [], timestamps
     self.timeline, self.social_source = None, "off"
     return features
 
@@ -121,11 +123,17 @@ def _set_timeline(self: VideoChat, record: dict | None, source: str = "given") -
     if self.features is None: raise NoVideoError("Load a video (load_video) before giving its timeline.")
     self.timeline, self.social_source, self.turns = record, source if record is not None else "off", []
 
+def _signals(self: VideoChat) -> torch.Tensor | None:
+    "The current video's social signal vectors at its feature frames `[num_frames, K]` when the model has social tokens and a timeline is given, else None."
+    if not self.model.config.social_dim or self.timeline is None: return None
+    return torch.as_tensor(social_signals(self.timeline, self.timestamps, self.model.config.num_frames))
+
 def _reset(self: VideoChat) -> None:
     "Forget the conversation (keep the video)."
     self.turns = []
 
 VideoChat.load_video, VideoChat.set_features, VideoChat.reset, VideoChat.set_timeline = _load_video, _set_features, _reset, _set_timeline
+VideoChat.signals = _signals
 
 # %% ../nbs/05_infer.ipynb #f5a4a804
 def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature: float = 0.2, streamer=None) -> str:
@@ -137,7 +145,8 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
     if not self.turns and self.timeline is not None:   # video, then what was seen and heard, then the question
         content = "\n".join(([] if VIDEO_TOKEN in question else [VIDEO_TOKEN]) + [timeline_prompt_line(self.timeline), question])
     turns = self.turns + [{"role": "user", "content": content}]
-    batch = self.model.prepare_inputs([turns], self.features[None])
+    signals = self.signals()   # social tokens ride with the video on every turn (the whole conversation is re-read)
+    batch = self.model.prepare_inputs([turns], self.features[None], social_signals=None if signals is None else signals[None])
     limit, n = getattr(self.model.lm.config, "max_position_embeddings", None), int(batch["input_ids"].shape[1])
     if limit and n + max_new_tokens > limit:
         get_logger().warning(f"The prompt is {n} tokens ({len(self.features)} of them video) and up to {max_new_tokens} may be "
@@ -150,7 +159,7 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
     seconds = time.perf_counter() - t0
     answer = self.model.tokenizer.decode(out[0], skip_special_tokens=True).strip()
     self.turns = turns + [{"role": "assistant", "content": answer}]
-    self.timings.update(generate_s=round(seconds, 3), prompt_tokens=int(batch["input_ids"].shape[1]),
+    self.timings.update(generate_s=round(seconds, 3), prompt_tokens=int(batch["input_ids"].shape[1]), social_tokens=signals is not None,
                         new_tokens=int(out.shape[1]), tokens_per_s=round(out.shape[1] / max(seconds, 1e-9), 1))
     return answer
 
@@ -220,7 +229,8 @@ def chat_main(argv: list[str] | None = None) -> int:
     print(head, file=sys.stderr if args.json else sys.stdout, flush=True)
     chat.load_video(args.video)
     chat.set_timeline(*chat_timeline(args.video, args.social, args.social_store, args.social_frames))
-    print(f"vtom chat: social timeline {chat.social_source}", file=sys.stderr if args.json else sys.stdout, flush=True)
+    tokens = "" if not chat.model.config.social_dim else f" | social tokens {'on' if chat.timeline is not None else 'OFF (no timeline)'}"
+    print(f"vtom chat: social timeline {chat.social_source}{tokens}", file=sys.stderr if args.json else sys.stdout, flush=True)
     questions = [args.question] if args.question is not None else (line.strip() for line in sys.stdin if line.strip())
     answers = []
     for q in questions:

@@ -24,8 +24,8 @@ __all__ = ['PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATE
            'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable',
            'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video',
            'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
-           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'VideoLLM',
-           'position_ids_from_mask']
+           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'SocialProjector',
+           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -115,6 +115,7 @@ class VideoLLMConfig:
     graph_cells: int = 16                               # grid cells per frame row of `graph` features (vtom.features.graph_rows)
     template: str = "chat"                              # prompt template: "chat", "vicuna_v1_1" or "video-chatgpt_v1"
     tune_video_embeddings: bool = True                  # train the <vid_start>/<vid_end> rows as well
+    social_dim: int = 0                                 # columns of the per-frame social signal (vtom.social.SOCIAL_DIM); 0: no social tokens
 
     def __post_init__(self):
         if self.projector_type not in PROJECTOR_TYPES:
@@ -263,7 +264,7 @@ def tokenize_conversation(tokenizer, turns: Sequence[dict], template: str = "cha
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.ones(len(ids), dtype=torch.long)}
 
 def pad_batch(items: Sequence[dict], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    "Pad `tokenize_conversation` outputs into a batch; stacks `video_features` (zeros + `has_video`=False where missing)."
+    "Pad `tokenize_conversation` outputs into a batch; stacks `video_features` (zeros + `has_video`=False where missing) and `social_signals`."
     n = max(len(it["input_ids"]) for it in items)
     def pad(t, value):
         filler = torch.full((n - len(t),), value, dtype=t.dtype)
@@ -276,6 +277,10 @@ def pad_batch(items: Sequence[dict], pad_token_id: int, padding_side: str = "rig
         like = next(f for f in feats if f is not None)
         out["video_features"] = torch.stack([torch.as_tensor(f) if f is not None else torch.zeros_like(torch.as_tensor(like)) for f in feats])
         out["has_video"] = torch.tensor([f is not None for f in feats])
+    sigs = [it.get("social_signals") for it in items]
+    if any(s is not None for s in sigs):
+        like = torch.as_tensor(next(s for s in sigs if s is not None))
+        out["social_signals"] = torch.stack([torch.as_tensor(s) if s is not None else torch.zeros_like(like) for s in sigs])
     return out
 
 # %% ../nbs/03_model.ipynb #fb5942be
@@ -385,6 +390,24 @@ def tracker_loss(out: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.T
     flags = nn.functional.binary_cross_entropy_with_logits(out["flags"][known], flag_t[known].float()) if known.any() else place * 0
     return place + flags
 
+# %% ../nbs/03_model.ipynb #f56beaf2
+class SocialProjector(nn.Module):
+    "Per-frame social signal vectors `[B, T, K]` -> offsets `[B, T, D_out]` for the temporal video tokens (MLP, zero-initialised output)."
+    def __init__(self, in_features: int, out_features: int, width: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, width), nn.GELU(), nn.Linear(width, out_features))
+        nn.init.zeros_(self.mlp[-1].weight); nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, signals: torch.Tensor) -> torch.Tensor:
+        "Offsets of the sampled frames; padding rows (column 0, `frame`, is 0) give zero vectors."
+        return self.mlp(signals) * signals[..., :1]
+
+def add_social_tokens(video_tokens: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    "Add per-frame `offsets` `[B, T, D]` to the first T rows (the temporal tokens) of projected `video_tokens` `[B, N, D]`."
+    t = offsets.shape[-2]
+    if t > video_tokens.shape[-2]: raise VtomError(f"{t} social rows do not fit {video_tokens.shape[-2]} video tokens.")
+    return torch.cat([video_tokens[..., :t, :] + offsets.to(video_tokens.dtype), video_tokens[..., t:, :]], dim=-2)
+
 # %% ../nbs/03_model.ipynb #a8288939
 CONFIG_NAME, WEIGHTS_NAME, LORA_DIR = "config.json", "projector.safetensors", "lora"  # lora/: peft adapters of `vtom train --lora`
 
@@ -402,6 +425,7 @@ class VideoLLM(nn.Module):
                                          config.graph_cells).to(emb.device)
         mean = emb.detach().float().mean(0)
         zero_projector_output(self.projector)
+        self.social_projector = SocialProjector(config.social_dim, self.hidden_size).to(emb.device) if config.social_dim else None
         self.video_embeddings = nn.Parameter(mean.repeat(len(VIDEO_TOKENS), 1).clone())
         self.register_buffer("_video_ids", torch.tensor([self.token_ids[t] for t in VIDEO_TOKENS], device=emb.device), persistent=False)
         self._row = {t: i for i, t in enumerate(VIDEO_TOKENS)}
@@ -423,10 +447,24 @@ class VideoLLM(nn.Module):
     def num_video_tokens(self) -> int: return self.config.num_video_tokens
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        "Name -> parameter for everything that trains (projector, + video_embeddings when tuned)."
+        "Name -> parameter for everything that trains (projector, social projector if any, + video_embeddings when tuned)."
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
 # %% ../nbs/03_model.ipynb #99ee3f63
+def _social_offsets(self, proj: torch.Tensor, signals, has_video: torch.Tensor, batch: int) -> torch.Tensor:
+    "Projected video tokens + the social projector's offsets on their temporal rows (signals: one per row or per video row)."
+    if self.social_projector is None:
+        raise VtomError("social_signals were given but this model has no social projector (social_dim=0): train one with "
+                        "`vtom train ... --social-store DIR`.")
+    sig = torch.as_tensor(signals)
+    if sig.dim() == 2: sig = sig.unsqueeze(0)
+    if sig.shape[0] == batch and proj.shape[0] != batch: sig = sig[has_video.to(sig.device)]
+    if sig.shape[0] != proj.shape[0] or sig.shape[-1] != self.config.social_dim or sig.shape[1] > self.config.num_frames:
+        raise VtomError(f"social_signals of shape {tuple(sig.shape)} do not fit {proj.shape[0]} video(s) x at most "
+                        f"{self.config.num_frames} frames x {self.config.social_dim} columns (vtom.social.social_signals).")
+    dtype = next(self.social_projector.parameters()).dtype
+    return add_social_tokens(proj, self.social_projector(sig.to(self.device, dtype)))
+
 @torch.no_grad()
 def _check_ids(self, input_ids):
     if (input_ids == self.token_ids[VIDEO_TOKEN]).any():
@@ -434,8 +472,8 @@ def _check_ids(self, input_ids):
 
 @patch
 def embed_inputs(self: VideoLLM, input_ids: torch.Tensor, video_features: torch.Tensor | None = None,
-                 has_video: torch.Tensor | None = None) -> torch.Tensor:
-    "Input embeddings with video-token rows and projected `video_features` [B or B_video, N, D] at the patch positions."
+                 has_video: torch.Tensor | None = None, social_signals: torch.Tensor | None = None) -> torch.Tensor:
+    "Input embeddings with video-token rows and projected `video_features` [B or B_video, N, D] at the patch positions (+ social offsets)."
     input_ids = input_ids.to(self.device)
     _check_ids(self, input_ids)
     layer = self.lm.get_input_embeddings()
@@ -466,9 +504,12 @@ def embed_inputs(self: VideoLLM, input_ids: torch.Tensor, video_features: torch.
     if n_video == 0:  # keep the projector in the graph (zero gradient) so DDP does not see unused parameters
         if torch.is_grad_enabled() and self.training:
             embeds = embeds + 0.0 * self.projector(torch.zeros(1, feats.shape[-1], device=self.device)).sum().to(embeds.dtype)
+            if self.social_projector is not None:
+                embeds = embeds + 0.0 * self.social_projector(torch.zeros(1, self.config.social_dim, device=self.device)).sum().to(embeds.dtype)
         return embeds
     proj_dtype = next(self.projector.parameters()).dtype
     proj = self.projector(feats.to(self.device, proj_dtype)).to(embeds.dtype)
+    if social_signals is not None: proj = _social_offsets(self, proj, social_signals, has_video, len(input_ids))
     return embeds.masked_scatter(patch.unsqueeze(-1).expand_as(embeds), proj.reshape(-1, self.hidden_size))
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -477,9 +518,10 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @patch
 def forward(self: VideoLLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
-            labels: torch.Tensor | None = None, has_video: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, **kwargs):
-    "Splice video features into the input embeddings and run the LM -> `CausalLMOutputWithPast` (loss when `labels`)."
-    embeds = self.embed_inputs(input_ids, video_features, has_video)
+            labels: torch.Tensor | None = None, has_video: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+            social_signals: torch.Tensor | None = None, **kwargs):
+    "Splice video features (+ social offsets) into the input embeddings and run the LM -> `CausalLMOutputWithPast` (loss when `labels`)."
+    embeds = self.embed_inputs(input_ids, video_features, has_video, social_signals)
     if attention_mask is not None:
         attention_mask = attention_mask.to(self.device)
         if position_ids is None and kwargs.get("past_key_values") is None: position_ids = position_ids_from_mask(attention_mask)
@@ -489,9 +531,9 @@ def forward(self: VideoLLM, input_ids: torch.Tensor, attention_mask: torch.Tenso
 @patch
 @torch.no_grad()
 def generate(self: VideoLLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
-             has_video: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+             has_video: torch.Tensor | None = None, social_signals: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     "KV-cached generation after a prefill with video (the LM's own `generate` on `inputs_embeds`); returns only new tokens."
-    embeds = self.embed_inputs(input_ids, video_features, has_video)
+    embeds = self.embed_inputs(input_ids, video_features, has_video, social_signals)
     attention_mask = torch.ones(input_ids.shape, dtype=torch.long) if attention_mask is None else attention_mask
     kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
     if kwargs.get("do_sample") is None and not kwargs.get("temperature"): kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -516,7 +558,8 @@ def _with_video(turns: list[dict]) -> list[dict]:
 
 @patch
 def prepare_inputs(self: VideoLLM, conversations: Sequence, video_features: torch.Tensor | None = None,
-                   has_video: Sequence[bool] | None = None, add_generation_prompt: bool = True, padding_side: str = "left") -> dict:
+                   has_video: Sequence[bool] | None = None, add_generation_prompt: bool = True, padding_side: str = "left",
+                   social_signals: torch.Tensor | None = None) -> dict:
     "Tokenize questions/conversations with the model's template into a padded batch (video placeholder added where needed)."
     convs = [_as_turns(c) for c in conversations]
     if video_features is not None:
@@ -529,14 +572,15 @@ def prepare_inputs(self: VideoLLM, conversations: Sequence, video_features: torc
     if video_features is not None:
         batch["video_features"] = torch.as_tensor(video_features)
         batch["has_video"] = torch.tensor(has_video)
+    if social_signals is not None: batch["social_signals"] = torch.as_tensor(social_signals)
     return batch
 
 @patch
 def answer(self: VideoLLM, question, video_features: torch.Tensor | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
-           streamer=None, **kwargs) -> str:
-    "Answer one question (str) or conversation (list of turns), optionally about one video's features [N, D]."
+           streamer=None, social_signals: torch.Tensor | None = None, **kwargs) -> str:
+    "Answer one question (str) or conversation (list of turns), optionally about one video's features [N, D] (+ its social signals [T, K])."
     feats = None if video_features is None else torch.as_tensor(video_features).reshape(1, -1, self.config.vision_hidden_size)
-    batch = self.prepare_inputs([question], feats)
+    batch = self.prepare_inputs([question], feats, social_signals=None if social_signals is None else torch.as_tensor(social_signals)[None])
     sample = dict(do_sample=True, temperature=temperature) if temperature and temperature > 0 else {}
     out = self.generate(**batch, max_new_tokens=max_new_tokens, streamer=streamer, **sample, **kwargs)
     return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
@@ -544,11 +588,13 @@ def answer(self: VideoLLM, question, video_features: torch.Tensor | None = None,
 # %% ../nbs/03_model.ipynb #0f231607
 @patch
 def save_pretrained(self: VideoLLM, path: str | Path) -> Path:
-    "Write `config.json` + `projector.safetensors` (projector and video-token rows; never the frozen LM) to `path`."
+    "Write `config.json` + `projector.safetensors` (projector, social projector if any, video-token rows; never the frozen LM) to `path`."
     from safetensors.torch import save_file
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {f"projector.{k}": v.detach().float().cpu().contiguous() for k, v in self.projector.state_dict().items()}
+    if self.social_projector is not None:
+        state.update({f"social_projector.{k}": v.detach().float().cpu().contiguous() for k, v in self.social_projector.state_dict().items()})
     state["video_embeddings"] = self.video_embeddings.detach().float().cpu().contiguous()
     with atomic_path(path / WEIGHTS_NAME) as tmp: save_file(state, str(tmp), metadata={"format": "pt", "video_tokens": ",".join(VIDEO_TOKENS)})
     write_json(path / CONFIG_NAME, {"vtom_type": "VideoLLM", **self.config.to_dict(), "video_tokens": list(VIDEO_TOKENS)})
@@ -567,6 +613,13 @@ def load_weights(self: VideoLLM, path: str | Path) -> "VideoLLM":
     except RuntimeError as e:
         raise ModelLoadError(f"{file} does not fit this model (LM hidden size {self.hidden_size}, vision width "
                              f"{self.config.vision_hidden_size}, projector {self.config.projector_type}): {str(e)[:300]}") from e
+    social = {k.removeprefix("social_projector."): v for k, v in state.items() if k.startswith("social_projector.")}
+    if bool(social) != (self.social_projector is not None):
+        raise ModelLoadError(f"{file} {'has' if social else 'has no'} social projector but this model's social_dim is "
+                             f"{self.config.social_dim}; load it with the config.json saved beside it (VideoLLM.from_pretrained).")
+    if social:
+        try: self.social_projector.load_state_dict(social)
+        except RuntimeError as e: raise ModelLoadError(f"{file}: the social projector does not fit ({str(e)[:200]}).") from e
     if "video_embeddings" in state:
         with torch.no_grad(): self.video_embeddings.copy_(state["video_embeddings"].to(self.video_embeddings))
     return self

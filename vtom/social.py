@@ -12,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -21,12 +21,13 @@ from .decode import packaged_video, read_audio, read_video
 
 # %% auto #0
 __all__ = ['SOCIAL_MODELS', 'SOCIAL_CLIPS', 'EXPRESSIONS', 'VAD_RATE', 'VAD_WINDOW', 'VAD_CONTEXT', 'EXPRESSION_COLOURS',
-           'BENCH_TEXT', 'QUERY_WORDS', 'TIMELINE_LABEL', 'model_file', 'social_clip', 'mesh_cues', 'FaceAnalyzer',
-           'box_iou', 'assign_tracks', 'voice_activity', 'speech_segments', 'frame_voice', 'espeak', 'transcribe',
-           'social_timeline', 'timeline_rows', 'timeline_table', 'timeline_path', 'social_to_store', 'load_timeline',
-           'plot_timeline', 'with_speech', 'social_json', 'social_main', 'bench_social', 'bench_social_main',
-           'query_expression', 'expression_track', 'locate_expression', 'span_iou', 'uniform_prior_r1',
-           'default_moments', 'evaluate_moments', 'social_locate_main', 'timeline_text', 'timeline_prompt_line']
+           'BENCH_TEXT', 'QUERY_WORDS', 'TIMELINE_LABEL', 'SIGNAL_COLUMNS', 'SOCIAL_DIM', 'model_file', 'social_clip',
+           'mesh_cues', 'FaceAnalyzer', 'box_iou', 'assign_tracks', 'voice_activity', 'speech_segments', 'frame_voice',
+           'espeak', 'transcribe', 'social_timeline', 'timeline_rows', 'timeline_table', 'timeline_path',
+           'social_to_store', 'load_timeline', 'plot_timeline', 'with_speech', 'social_json', 'social_main',
+           'bench_social', 'bench_social_main', 'query_expression', 'expression_track', 'locate_expression', 'span_iou',
+           'uniform_prior_r1', 'default_moments', 'evaluate_moments', 'social_locate_main', 'timeline_text',
+           'timeline_prompt_line', 'SignalColumns', 'frame_signals', 'social_signals', 'SignalStore']
 
 # %% ../nbs/02c_social.ipynb #f6ea7e20
 SOCIAL_MODELS: dict[str, tuple[str, str, str]] = {
@@ -582,3 +583,82 @@ def timeline_text(record: dict[str, Any]) -> str:
 def timeline_prompt_line(record: dict[str, Any]) -> str:
     "The line a prompt carries for a timeline: the label, then `timeline_text`."
     return f"{TIMELINE_LABEL} {timeline_text(record)}"
+
+# %% ../nbs/02c_social.ipynb #008475c5
+class SignalColumns(NamedTuple):
+    "One frame's social signal vector: the column layout of `social_signals` (see the table above for the scales)."
+    frame: float = 0.0
+    faces: float = 0.0
+    angry: float = 0.0
+    disgust: float = 0.0
+    fear: float = 0.0
+    happy: float = 0.0
+    sad: float = 0.0
+    surprise: float = 0.0
+    neutral: float = 0.0
+    mouth: float = 0.0
+    mouth_motion: float = 0.0
+    yaw: float = 0.0
+    pitch: float = 0.0
+    gaze_x: float = 0.0
+    gaze_y: float = 0.0
+    voice: float = 0.0
+    speaking: float = 0.0
+
+SIGNAL_COLUMNS = SignalColumns._fields
+SOCIAL_DIM = len(SIGNAL_COLUMNS)
+
+def _clip(x: float | None, scale: float = 1.0, lo: float = -1.0) -> float:
+    return 0.0 if x is None else float(min(max(x * scale, lo), 1.0))
+
+def frame_signals(frame: dict[str, Any]) -> SignalColumns:
+    "The signal vector of one timeline frame (faces largest / most important first, as the timeline lists them)."
+    faces = frame.get("faces") or []
+    if not faces: return SignalColumns(frame=1.0, voice=_clip(frame.get("voice"), lo=0.0))
+    f = faces[0]
+    gaze = f.get("gaze") or (None, None)
+    return SignalColumns(1.0, min(len(faces), 4) / 4, *(float(f["expression"].get(k, 0.0)) for k in EXPRESSIONS),
+                         _clip(f.get("mouth"), 5, 0.0), _clip(f.get("mouth_motion"), 20, 0.0), _clip(f.get("yaw")),
+                         _clip(f.get("pitch")), _clip(gaze[0], 2), _clip(gaze[1], 2), _clip(frame.get("voice"), lo=0.0),
+                         float(frame.get("speaker") is not None and frame.get("speaker") == f.get("track")))
+
+def social_signals(record: dict[str, Any], times: Sequence[float] | None = None, num_frames: int | None = None) -> np.ndarray:
+    "Signal vectors `[num_frames, SOCIAL_DIM]` (float32) at `times` (default: the record's frame times), nearest timeline frame each; zero rows pad."
+    frames = record["frames"]
+    t = np.array([fr["t"] for fr in frames], dtype=np.float64)
+    times = t if times is None else np.asarray(times, dtype=np.float64)
+    rows = len(times) if num_frames is None else num_frames
+    if len(times) > rows:
+        raise VtomError(f"{record.get('video_id', 'timeline')}: {len(times)} frame times do not fit {rows} signal rows; "
+                        "the features were extracted with more frames than the model's num_frames.")
+    out = np.zeros((rows, SOCIAL_DIM), np.float32)
+    if not len(frames): out[: len(times), 0] = 1.0; return out
+    for i, ti in enumerate(times): out[i] = frame_signals(frames[int(np.abs(t - ti).argmin())])
+    return out
+
+# %% ../nbs/02c_social.ipynb #5aaa5a6c
+class SignalStore:
+    "Social signal vectors by video id from a timeline store, aligned to each video's feature timestamps (`times_of(video_id)`; None: the timeline's frames)."
+    def __init__(self, store: str | Path, num_frames: int = 100, times_of: Callable[[str], Sequence[float] | None] | None = None):
+        self.store, self.num_frames, self.times_of, self._cache = Path(store), num_frames, times_of, {}
+        if not self.store.is_dir():
+            raise VtomError(f"--social-store {store}: no such folder of timelines; make them with `vtom social VIDEO --store {store}` "
+                            "(a set made by `vtom synth` has them in its social/ folder).")
+
+    def __contains__(self, video_id: str) -> bool: return timeline_path(self.store, video_id).is_file()
+
+    def check(self, video_ids: Iterable[str]) -> None:
+        "Raise one error naming the first video without a timeline (and how many lack one) and the command that makes it."
+        missing = [v for v in dict.fromkeys(video_ids) if v not in self]
+        if missing:
+            raise VtomError(f"No social timeline for {len(missing)} video(s) in {self.store}, e.g. {missing[0]!r}: run "
+                            f"`vtom social VIDEO --store {self.store}` for each (VIDEO: the file of {missing[0]!r}); a set made "
+                            "by `vtom synth` has them in its social/ folder.")
+
+    def __getitem__(self, video_id: str) -> np.ndarray:
+        if video_id not in self._cache:
+            self.check([video_id])
+            times = self.times_of(video_id) if self.times_of else None
+            self._cache[video_id] = social_signals(load_timeline(self.store, video_id), times if times is not None and len(times) else None,
+                                                    self.num_frames)
+        return self._cache[video_id]

@@ -86,10 +86,10 @@ def _turns_with_video(conv: list[dict], has_video: bool) -> list[dict]:
     return turns
 
 class ConversationDataset(Dataset):
-    "Conversation records -> `{input_ids, labels, attention_mask, video_features}`; features are read lazily from a store."
+    "Conversation records -> `{input_ids, labels, attention_mask, video_features}` (+ `social_signals` with `social`); features are read lazily from a store."
 
     def __init__(self, records: Sequence[dict], features: Any, tokenizer, template: str = "chat",
-                 num_video_tokens: int = 356, max_length: int | None = 2048, name: str = "train"):
+                 num_video_tokens: int = 356, max_length: int | None = 2048, name: str = "train", social: Any = None):
         from vtom.features import FeatureStore
         self.store = features if hasattr(features, "__getitem__") and not isinstance(features, (str, Path)) else FeatureStore(features)
         self.tokenizer, self.template, self.num_video_tokens, self.max_length = tokenizer, template, num_video_tokens, max_length
@@ -103,7 +103,10 @@ class ConversationDataset(Dataset):
         if not kept:
             raise TrainDataError(f"{name}: none of the {len(records)} records has features in {getattr(self.store, 'folder', self.store)}; "
                                  "run `vtom features VIDEOS DIR` first or pass the right --features folder.")
-        self.records, self.dropped = kept, len(missing)
+        self.records, self.dropped, self.social = kept, len(missing), social   # social: video id -> signals [T, K] (vtom.social.SignalStore)
+        if social is not None and hasattr(social, "check"):
+            try: social.check([v for v in map(record_video_id, kept) if v is not None])
+            except VtomError as e: raise TrainDataError(f"{name}: {e}") from None
 
     def __len__(self) -> int: return len(self.records)
 
@@ -120,6 +123,7 @@ class ConversationDataset(Dataset):
                 raise TrainDataError(f"Features of video {vid!r} have shape {tuple(feats.shape)} but the model expects "
                                      f"[{self.num_video_tokens}, D]: all videos of a run need the same --num-frames and vision tower.")
             item["video_features"] = feats
+            if self.social is not None: item["social_signals"] = torch.as_tensor(self.social[vid])
         return item
 
 # %% ../nbs/04_train.ipynb #6c774eda
@@ -156,6 +160,7 @@ class TrainConfig:
     "Everything a training run needs; `None` fields come from the preset (`reference` on GPU, `cpu` otherwise)."
     train_data: str | None = _opt(None, "training records: conversation records (.json/.jsonl), VideoInstruct_Dataset.json, or a Social-IQ 2.0-style qa_*.json")
     features: str | None = _opt(None, "feature store folder written by `vtom features` ({video_id}.safetensors or the reference's .pkl)")
+    social_store: str | None = _opt(None, "timeline store (`vtom social VIDEO --store DIR`, or a `vtom synth` set's social/): adds social tokens, a projector over per-frame social signals trained with the video projector")
     eval_data: str | None = _opt(None, "held-out records (same formats); evaluated before, during and after training")
     eval_features: str | None = _opt(None, "feature store of eval_data (default: features)")
     output_dir: str | None = _opt(None, "output folder (default runs/train-<data name>)")
@@ -410,17 +415,32 @@ def _num_frames_of(store, records: Sequence[dict], default: int = 100) -> int:
     if vid is None or not hasattr(store, "meta"): return default
     return int(store.meta(vid).get("num_frames") or default)
 
-def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: int, device: str | torch.device = "cpu"):
-    "The `VideoLLM` to train: frozen LM (`cfg.llm`), fresh projector for `feature_shape` = (N, D), LoRA when asked."
+def _signals(cfg: TrainConfig, store, num_frames: int):
+    "The social signals of a run (`social_store`), aligned to the feature timestamps of `store`; None without one."
+    if not cfg.social_store: return None
+    from vtom.social import SignalStore
+    return SignalStore(cfg.social_store, num_frames, lambda v: store.meta(v).get("timestamps") if hasattr(store, "meta") else None)
+
+def _tower_of(store, records: Sequence[dict]) -> str | None:
+    "The vision tower the features were made with (the store's settings, else the first video's metadata); None when unknown."
+    settings = store.settings() if hasattr(store, "settings") else None
+    if settings and settings.get("tower"): return settings["tower"]
+    vid = next((record_video_id(r) for r in records if record_video_id(r) in store), None)
+    return store.meta(vid).get("tower") if vid is not None and hasattr(store, "meta") else None
+
+def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: int, device: str | torch.device = "cpu",
+                vision_name: str | None = None):
+    "The `VideoLLM` to train: frozen LM (`cfg.llm`), fresh projector for `feature_shape` = (N, D), social projector with `social_store`, LoRA when asked."
     from vtom.model import VideoLLM, VideoLLMConfig, load_llm
+    from vtom.social import SOCIAL_DIM
     n, d = feature_shape
     if n <= num_frames: raise VtomError(f"Features have {n} tokens, not more than num_frames={num_frames}; pass the right --num-frames.")
     dtype = get_dtype(get_device(cfg.device), cfg.dtype)
     lm, tok = load_llm(cfg.llm, device=device, dtype=dtype)
     seed_everything(cfg.seed)  # the projector's initialisation is part of the run's seed
-    config = VideoLLMConfig(lm_name=cfg.llm, vision_hidden_size=d, num_frames=num_frames, num_spatial_tokens=n - num_frames,
+    config = VideoLLMConfig(lm_name=cfg.llm, vision_hidden_size=d, **({"vision_name": vision_name} if vision_name else {}), num_frames=num_frames, num_spatial_tokens=n - num_frames,
                             projector_type=cfg.projector_type, template=cfg.template, tune_video_embeddings=cfg.tune_video_embeddings,
-                            graph_cells=cfg.graph_cells)
+                            graph_cells=cfg.graph_cells, social_dim=SOCIAL_DIM if cfg.social_store else 0)
     model = VideoLLM(config, lm, tok)
     if cfg.lora: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     model.lm.config.use_cache = False
@@ -470,15 +490,15 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
     shape = feature_shape(store, [v for v in map(record_video_id, train_records) if v])
     if shape is None: raise TrainDataError(f"No record of {cfg.train_data} has features in {cfg.features}.")
     num_frames = cfg.num_frames or _num_frames_of(store, train_records)
-    model = build_model(cfg, shape, num_frames)
+    model = build_model(cfg, shape, num_frames, vision_name=_tower_of(store, train_records))   # chat loads this tower
     tok = model.tokenizer
     ds_args = dict(tokenizer=tok, template=cfg.template, num_video_tokens=model.num_video_tokens, max_length=cfg.max_length)
-    train_ds = ConversationDataset(train_records, store, name="train", **ds_args)
+    train_ds = ConversationDataset(train_records, store, name="train", social=_signals(cfg, store, num_frames), **ds_args)
     eval_ds = None
     if cfg.eval_data:
         eval_store = FeatureStore(cfg.eval_features or cfg.features)
         eval_records = load_records(cfg.eval_data, available=eval_store.ids(), max_samples=cfg.max_eval_samples)
-        eval_ds = ConversationDataset(eval_records, eval_store, name="eval", **ds_args)
+        eval_ds = ConversationDataset(eval_records, eval_store, name="eval", social=_signals(cfg, eval_store, num_frames), **ds_args)
     text_only = any(record_video_id(r) is None for r in train_ds.records)
     if device.type == "cuda": torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if cfg.gradient_checkpointing: model.gradient_checkpointing_enable({"use_reentrant": False})
