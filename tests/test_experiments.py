@@ -78,14 +78,18 @@ def test_tracker_targets_columns_and_padding():
 def test_temporal_study_dry_run(tmp_path):
     "`vtom temporal --dry-run` (the tom-temporal preset's offline check): every arm, mode and baseline lands in one report."
     import json
-    from vtom.experiments import temporal_main
+    from vtom.experiments import OBSERVATION_GROUPS, temporal_main
     assert temporal_main(["--dry-run", "--out", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "report.json").read_text())
     arms = {(r["arm"], r["mode"]) for r in rep["table"]}
-    for arm in ("bag (linear)", "temporal", "graph", "graph + tracker loss", "tracker alone (linear)", "tracker alone (graph)"):
+    lm = [f"{a}, learned perception" for a in ("bag (linear)", "temporal", "graph", "graph + tracker loss")]
+    trackers = [f"tracker alone ({k}), {s}" for k in ("linear", "graph") for s in ("tower features", "learned perception", "oracle perception")]
+    for arm in lm + trackers:
         assert {(arm, m) for m in ("video", "shuffled", "blank")} <= arms, arm
     assert ("text (LM, no video)", "text") in arms and any(a.startswith("heuristic: reality") for a, _ in arms)
-    assert {"always 'never'", "tracker alone (graph)"} <= {r["method"] for r in rep["retrieval"]}
+    assert {"always 'never'", "tracker alone (graph), learned perception"} <= {r["method"] for r in rep["retrieval"]}
     assert rep["goal"]["chosen on val"] in rep["val belief accuracy"] and any("shuffled" in b for b in rep["paired"])
+    assert "oracle" not in rep["goal"]["chosen on val"] and "oracle" in rep["goal with oracle perception"]["chosen on val"]
+    assert set(rep["perception"]["perception test accuracy"]) <= set(OBSERVATION_GROUPS)
     assert (tmp_path / "belief_timeline.png").stat().st_size > 0 and (tmp_path / "learning_curves.png").is_file()
     assert "Goal" in (tmp_path / "report.md").read_text()
