@@ -528,12 +528,12 @@ def observation_stores(synth_dir: str | Path, num_frames: int = 32, steps: int =
     if all(v in FeatureStore(paths["learned"]) for v in ids) and report.is_file():
         return {**paths, **json.loads(report.read_text())}
     frames, obs, meta = {}, {}, {}
+    for p in paths.values(): p.mkdir(parents=True, exist_ok=True)
     for v in tqdm(ids, desc="frames", unit="video", disable=not progress):
         clip = read_video(synth_dir / "videos" / f"{v}.mp4", num_frames, size=size, resize_mode="bilinear")
         frames[v] = torch.from_numpy(np.asarray(clip.frames))
         obs[v] = observation_vector(json.loads((synth_dir / "events" / f"{v}.json").read_text()), clip.timestamps, num_frames)
         meta[v] = {"video_id": v, "num_frames": num_frames, "frames": len(clip.timestamps), "timestamps": [float(t) for t in clip.timestamps]}
-        paths["oracle"].mkdir(parents=True, exist_ok=True)
         if v not in FeatureStore(paths["oracle"]):
             save_features(paths["oracle"] / f"{v}.safetensors", obs[v].half(), {**meta[v], "layout": "observations", "source": "oracle"})
     weights = root / "perception.safetensors"
@@ -544,7 +544,6 @@ def observation_stores(synth_dir: str | Path, num_frames: int = 32, steps: int =
         cat = lambda d, vs: torch.cat([d[v][:meta[v]["frames"]] for v in vs])
         net, history = train_perception(cat(frames, train_ids), cat(obs, train_ids), steps, batch_size, learning_rate, seed)
         with atomic_path(weights) as tmp: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    paths["learned"].mkdir(parents=True, exist_ok=True)
     probs = {}
     for v in ids:
         p = net.probs(frames[v])

@@ -300,13 +300,17 @@ def save_trained(model, path: str | Path) -> Path:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in model.tracker.state_dict().items()}, str(tmp))
     return path
 
+def _tracker_state(path: str | Path) -> dict[str, torch.Tensor] | None:
+    "The tracker head's weights saved in a checkpoint folder, or None when it has none."
+    from safetensors.torch import load_file
+    file = Path(path) / TRACKER_WEIGHTS
+    return load_file(str(file)) if file.is_file() else None
+
 def load_tracker(path: str | Path):
     "The `MentalStateTracker` saved in a checkpoint folder by a run with `tracker_weight` > 0, or None when it has none."
-    from safetensors.torch import load_file
     from vtom.model import MentalStateTracker
-    file = Path(path) / TRACKER_WEIGHTS
-    if not file.is_file(): return None
-    state = load_file(str(file))
+    state = _tracker_state(path)
+    if state is None: return None
     width, in_features = state["body.1.weight"].shape
     tracker = MentalStateTracker(in_features, width)
     tracker.load_state_dict(state)
@@ -316,7 +320,7 @@ def load_trainable(model, path: str | Path):
     "Load a checkpoint's trained weights (projector, video rows, LoRA adapters, tracker head) into an existing `model` (for resume)."
     path = Path(path)
     model.load_weights(path)
-    if hasattr(model, "tracker") and (tracker := load_tracker(path)) is not None: model.tracker.load_state_dict(tracker.state_dict())
+    if hasattr(model, "tracker") and (state := _tracker_state(path)) is not None: model.tracker.load_state_dict(state)
     lora = path / LORA_DIR
     if _has_lora(model):
         from peft import set_peft_model_state_dict
