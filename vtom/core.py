@@ -17,12 +17,10 @@ import os
 import random
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,8 +30,8 @@ import torch
 
 # %% auto #0
 __all__ = ['positive_int', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'VtomError', 'StorageError',
-           'Interrupted', 'storage_error', 'writing', 'stop_signals', 'int_at_least', 'float_at_least', 'data_dir',
-           'cache_dir', 'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
+           'Interrupted', 'storage_error', 'writing', 'int_at_least', 'float_at_least', 'data_dir', 'cache_dir',
+           'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
            'refuse_link', 'atomic_path', 'json_text', 'write_json', 'write_new', 'open_nofollow', 'append_line',
            'check_writable', 'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit', 'peak_rss_mb',
            'embedded_llm_gguf', 'embedded_llm_path']
@@ -68,23 +66,6 @@ def writing(path: str | Path) -> Iterator[None]:
         err = storage_error(e, path)
         if err is e: raise
         raise err from e
-
-# %% ../nbs/00_core.ipynb #c3d1a001
-_STOPPED_BY: list[int] = []   # the signals that stopped the job inside `stop_signals`, in order
-
-def _raise_interrupt(signum: int, frame) -> None:
-    _STOPPED_BY.append(signum)
-    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
-
-@contextlib.contextmanager
-def stop_signals(signums: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[list[int]]:
-    "Inside, SIGTERM raises `KeyboardInterrupt` like Ctrl-C (the job cleans up and says what it kept); yields the signals caught."
-    _STOPPED_BY.clear()
-    if threading.current_thread() is not threading.main_thread(): yield _STOPPED_BY; return   # handlers live in the main thread
-    old = {s: signal.signal(s, _raise_interrupt) for s in signums}
-    try: yield _STOPPED_BY
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/00_core.ipynb #c3d1a004
 def int_at_least(low: int) -> Callable[[str], int]:
