@@ -28,10 +28,11 @@ import torch
 from .core import VtomError, atomic_path, cache_dir, get_logger, has_package
 
 # %% auto #0
-__all__ = ['COUNTER_BITS', 'CONTAINERS', 'PACKAGED_VIDEOS', 'BACKENDS', 'VideoDecodeError', 'sample_frame_indices',
-           'index_to_time', 'time_to_index', 'window_indices', 'chirp_frequency', 'read_counter', 'make_test_video',
-           'packaged_video', 'video_path', 'clear_index_cache', 'video_info', 'resize_frames', 'available_backends',
-           'VideoClip', 'pick_backend', 'read_video', 'read_audio', 'audio_chunks', 'play_audio', 'bench_video']
+__all__ = ['COUNTER_BITS', 'CONTAINERS', 'PACKAGED_VIDEOS', 'IMAGE_CODECS', 'BACKENDS', 'VideoDecodeError',
+           'sample_frame_indices', 'index_to_time', 'time_to_index', 'window_indices', 'chirp_frequency',
+           'read_counter', 'make_test_video', 'packaged_video', 'video_path', 'clear_index_cache', 'video_info',
+           'resize_frames', 'available_backends', 'VideoClip', 'pick_backend', 'read_video', 'read_audio',
+           'audio_chunks', 'play_audio', 'bench_video']
 
 # %% ../nbs/01_decode.ipynb #bda2abed
 class VideoDecodeError(VtomError):
@@ -69,13 +70,17 @@ def time_to_index(seconds: float | np.ndarray, fps: float, total_frames: int | N
     if total_frames is not None: idx = np.clip(idx, 0, max(int(total_frames) - 1, 0))
     return idx if np.ndim(seconds) else int(idx)
 
-def window_indices(window: tuple[float, float], fps: float, total_frames: int, start: float = 0.0) -> tuple[int, int]:
-    "First and last frame index (inclusive) of the time window `(start_s, end_s)`; raises when it misses the video."
+def window_indices(window: tuple[float, float], fps: float, total_frames: int, start: float = 0.0,
+                   times: Sequence[float] | None = None) -> tuple[int, int]:
+    "First and last frame index (inclusive) of the time window `(start_s, end_s)` (`times`: each frame's real time); raises when it misses the video."
     t0, t1 = float(window[0]), float(window[1])
     duration = total_frames / float(fps)
     if not (t0 < t1): raise VtomError(f"Time window {window} is empty: start must be before end.")
     if t1 <= start or t0 - start >= duration:
         raise VtomError(f"Time window {window} lies outside the video (0 to {duration:.3f} s).")
+    if times is not None:   # variable frame rate: the frame on screen at t0, to the last frame that starts before t1
+        first = max(int(np.searchsorted(times, t0 + 1e-6, side="right")) - 1, 0)
+        return first, max(int(np.searchsorted(times, t1 - 1e-6, side="left")) - 1, first)
     first = time_to_index(t0, fps, total_frames, start)
     last = int(np.ceil((t1 - start) * fps - 1e-6)) - 1  # the last frame that *starts* before t1
     return first, int(min(max(last, first), total_frames - 1))
@@ -128,15 +133,15 @@ CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
 def make_test_video(path: str | Path, seconds: float = 4.0, fps: int = 10, size: tuple[int, int] = (320, 240),
                     gop: int = 250, audio: bool = False, pattern: str = "counter", crf: int = 18,
                     faststart: bool = False, sample_rate: int = 22050, codec: str = "libx264",
-                    bframes: int | None = None) -> Path:
-    "Encode a small video (H.264 mp4 by default; `size` is width x height) whose frames carry their number; optional AAC chirp."
+                    bframes: int | None = None, rotation: int = 0, times: Sequence[float] | None = None) -> Path:
+    "Encode a small video (H.264 mp4 by default; `size` is width x height) whose frames carry their number; optional AAC chirp, display rotation, frame `times` (s)."
     path = Path(path)
     width, height = size
     if width % 2 or height % 2: raise VtomError(f"Video codecs need an even frame size, got {width}x{height}.")
     fmt = CONTAINERS.get(path.suffix.lower())
     if fmt is None: raise VtomError(f"Cannot tell the container from {path.name!r}; use one of {', '.join(CONTAINERS)}.")
     if audio and fmt not in ("mp4", "mov", "matroska"): raise VtomError(f"The AAC test track needs .mp4, .mov or .mkv, not {path.suffix}.")
-    n_frames = int(round(seconds * fps))
+    n_frames = int(round(seconds * fps)) if times is None else len(times)
     options = {"movflags": "faststart"} if faststart else {}
     with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format=fmt, options=options) as out:
@@ -146,6 +151,8 @@ def make_test_video(path: str | Path, seconds: float = 4.0, fps: int = 10, size:
                 vs.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(min(gop, 25)), "preset": "veryfast"}
             elif codec == "libx265": vs.options = {"x265-params": f"log-level=error:keyint={gop}"}
             vs.codec_context.gop_size = gop
+            if rotation: vs.set_display_rotation(rotation)   # counter-clockwise degrees, stored in the stream's display matrix
+            if times is not None: vs.codec_context.time_base = Fraction(1, 1000)   # variable frame rate: millisecond timestamps
             if bframes is not None: vs.codec_context.max_b_frames = bframes
             as_ = None
             if audio:
@@ -157,6 +164,7 @@ def make_test_video(path: str | Path, seconds: float = 4.0, fps: int = 10, size:
             a_pos = 0
             for i in range(n_frames):
                 frame = av.VideoFrame.from_ndarray(_test_frame(i, width, height, fps, pattern), format="rgb24")
+                if times is not None: frame.pts, frame.time_base = int(round(times[i] * 1000)), Fraction(1, 1000)
                 for packet in vs.encode(frame): out.mux(packet)
                 while as_ is not None and a_pos < len(wave) and a_pos / sample_rate <= (i + 1) / fps:
                     af = av.AudioFrame.from_ndarray(wave[None, a_pos: a_pos + chunk], format="flt", layout="mono")
@@ -205,6 +213,7 @@ class _Index:
     height: int
     has_audio: bool
     audio_rate: int | None
+    orient: tuple[int, int, int, int] | None = None   # the display matrix's 2x2 part (a, b, c, d), None when upright
 
 _INDEX_CACHE: OrderedDict[tuple[str, int, int], _Index] = OrderedDict()   # the last few files only (bounded memory)
 _INDEX_CACHE_SIZE = 8
@@ -222,6 +231,36 @@ def _open(path: Path) -> av.container.InputContainer:
         raise _fail(path, f"is not a readable video ({_why(e)}).",
                     "It may be truncated (re-download it) or not a video at all; `ffprobe` shows what it is.") from e
 
+IMAGE_CODECS = {"png", "apng", "mjpeg", "jpegls", "bmp", "gif", "webp", "tiff", "jpeg2000", "qoi", "ppm", "pgm"}
+
+def _orientation(frame: av.VideoFrame) -> tuple[int, int, int, int] | None:
+    "The 2x2 part of a decoded frame's display matrix (rounded to -1/0/1), None when there is none or it is the identity."
+    sd = next((d for d in frame.side_data if "DISPLAYMATRIX" in str(d.type)), None)
+    if sd is None: return None
+    a, b, _, c, d, *_ = np.frombuffer(bytes(sd), dtype=np.int32)[:9] / 65536.0
+    m = tuple(int(round(x)) for x in (a, b, c, d))
+    return None if m == (1, 0, 0, 1) or not any(m) else m
+
+def _upright(img: np.ndarray, orient: tuple[int, int, int, int] | None) -> np.ndarray:
+    "`img` (H x W x C) as it is meant to be shown, by the display matrix: x' = a x + c y, y' = b x + d y (FFmpeg's convention)."
+    if orient is None: return img
+    a, b, c, d = orient
+    if a == 0 and d == 0:   # a quarter turn: rows become columns
+        img = img.swapaxes(0, 1)
+        if b < 0: img = img[::-1]
+        if c < 0: img = img[:, ::-1]
+    else:
+        if a < 0: img = img[:, ::-1]
+        if d < 0: img = img[::-1]
+    return np.ascontiguousarray(img)
+
+def _first_frame(c: av.container.InputContainer, packets: list) -> av.VideoFrame | None:
+    "Decode the first frame from the first packets of the video stream (the display matrix rides on decoded frames)."
+    cc = c.streams.video[0].codec_context
+    for p in [*packets, None]:
+        for frame in cc.decode(p): return frame
+    return None
+
 def _scan(path: Path) -> _Index:
     stat = path.stat() if path.is_file() else None
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
@@ -232,15 +271,20 @@ def _scan(path: Path) -> _Index:
         if not c.streams.video: raise _fail(path, "has no video stream (zero video frames, or an audio-only file).",
                                             "Re-encode it or drop it from the dataset.")
         s = c.streams.video[0]
-        pts, keys = [], []
+        pts, keys, head, first = [], [], [], None
         try:
             for p in c.demux(s):
                 if p.pts is None or p.size == 0 or getattr(p, "is_discard", False): continue
                 pts.append(p.pts)
                 if p.is_keyframe: keys.append(p.pts)
+                if first is None and len(head) < 64: head.append(p)
+            first = _first_frame(c, head)
         except (av.FFmpegError, ValueError, OSError) as e:
             raise _fail(path, f"is corrupt or truncated ({_why(e)}).", "Re-download or re-encode it.") from e
         if not pts: raise _fail(path, "has a video stream but zero frames.", "Re-encode it or drop it from the dataset.")
+        codec = s.codec_context.name
+        if c.format.name.endswith("_pipe") or c.format.name == "image2" or (len(pts) == 1 and codec in IMAGE_CODECS):
+            raise _fail(path, f"is a still image ({codec}), not a video.", "Pass a video file (a picture is not a clip of one frame).")
         if s.frames and len(pts) < 0.98 * s.frames - 2:   # the header promises more frames than the file holds
             raise _fail(path, f"is truncated: its header lists {s.frames} frames but only {len(pts)} are in the file.",
                         "Re-download or re-encode it.")
@@ -253,19 +297,24 @@ def _scan(path: Path) -> _Index:
         rate = s.average_rate or s.guessed_rate or s.base_rate
         fps = float(rate) if rate else len(pts) / max(float((pts[-1] - pts[0]) * s.time_base), 1e-9)
         a = c.streams.audio[0] if c.streams.audio else None
+        orient = _orientation(first) if first is not None else None
+        w, h = s.codec_context.width, s.codec_context.height
         index = _Index(pts, sorted(pos[k] for k in keys) or [0], fps, float(pts[0] * s.time_base), s.time_base,
-                       s.codec_context.width, s.codec_context.height, a is not None, a.rate if a is not None else None)
+                       *((h, w) if orient is not None and orient[0] == 0 else (w, h)), a is not None,
+                       a.rate if a is not None else None, orient)
     if key:
         _INDEX_CACHE[key] = index
         while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE: _INDEX_CACHE.popitem(last=False)
     return index
 
 def video_info(path: str | Path) -> dict[str, Any]:
-    "fps, total_frames, duration (s), width, height, has_audio, audio_rate, start (s) and keyframe count of a video."
+    "fps, total_frames, duration (s), displayed width and height, rotation (degrees, counter-clockwise), has_audio, audio_rate, start (s), keyframes."
     path = video_path(path)
     ix = _scan(path)
+    rotation = 0 if ix.orient is None else int(round(np.degrees(np.arctan2(-ix.orient[1], ix.orient[0]))))
     return dict(path=str(path), fps=ix.fps, total_frames=len(ix.pts), duration=len(ix.pts) / ix.fps, width=ix.width,
-                height=ix.height, has_audio=ix.has_audio, audio_rate=ix.audio_rate, start=ix.start, keyframes=len(ix.keyframes))
+                height=ix.height, rotation=rotation, has_audio=ix.has_audio, audio_rate=ix.audio_rate, start=ix.start,
+                keyframes=len(ix.keyframes))
 
 # %% ../nbs/01_decode.ipynb #fc9b8f73
 def _size_hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -365,7 +414,7 @@ def _decode_pyav(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: 
                     break
                 cur = idx
                 if idx == w:
-                    img = frame.to_ndarray(format="rgb24")
+                    img = _upright(frame.to_ndarray(format="rgb24"), ix.orient)
                     yield resize_frames(img, size, resize_mode) if size is not None else img
                     k += 1
                     break
@@ -422,15 +471,19 @@ def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", w
     path = video_path(path)
     ix = _scan(path)
     total = len(ix.pts)
+    times = np.asarray(ix.pts, dtype=np.float64) * float(ix.time_base)   # each frame's own time: right at variable frame rates
     if indices is not None:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= total:
             raise VtomError(f"{path}: frame indices must lie in [0, {total - 1}].")
     elif window is not None:
-        first, last = window_indices(window, ix.fps, total, ix.start)
+        first, last = window_indices(window, ix.fps, total, ix.start, times=times)
         idx = first + sample_frame_indices(last - first + 1, num_frames)
     else: idx = sample_frame_indices(total, num_frames)
     name = pick_backend(backend)
+    if name == "decord" and ix.orient is not None:   # decord 0.6 mis-sizes or ignores rotated pictures
+        if backend == "decord": get_logger().warning(f"{path}: decord cannot read a rotated video; decoding it with PyAV.")
+        name = "pyav"
     wanted, inverse = np.unique(idx, return_inverse=True)
     frames = _decode_decord(path, ix, wanted, size, resize_mode) if name == "decord" else _decode_pyav(path, ix, wanted, size, resize_mode)
     arr = None
@@ -438,7 +491,7 @@ def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", w
         if arr is None: arr = np.empty((len(wanted),) + img.shape, np.uint8)
         arr[j] = img
     if len(wanted) < len(idx): arr = arr[inverse]
-    clip = VideoClip(torch.from_numpy(arr) if as_tensor else arr, idx, index_to_time(idx, ix.fps, ix.start), ix.fps,
+    clip = VideoClip(torch.from_numpy(arr) if as_tensor else arr, idx, times[idx], ix.fps,
                      total / ix.fps, total, str(path), name, tuple(window) if window is not None else None)
     if audio:
         clip.audio, clip.sample_rate = read_audio(path, sample_rate, window)
