@@ -499,7 +499,12 @@ class FeatureStore:
 def feature_shape(store: FeatureStore, video_ids: Sequence[str] | None = None) -> tuple[int, int] | None:
     "(rows, width) of the features of the first of `video_ids` (default: every video) the store holds; None when it holds none."
     vid = next((v for v in (store.ids() if video_ids is None else video_ids) if v in store), None)
-    return None if vid is None else tuple(int(n) for n in store[vid].shape)
+    if vid is None: return None
+    path = store._file(vid)
+    if path.suffix == ".safetensors" and check_feature_file(path) is None:   # from the header: no tensor read
+        with open(path, "rb") as f: header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        return tuple(int(n) for n in header["features"]["shape"])
+    return tuple(int(n) for n in store[vid].shape)
 
 # %% ../nbs/02_features.ipynb #2c4a669d
 MAX_NUM_FRAMES = 4096   # temporal tokens per video; far beyond any video LLM's use (the reference: 100)
