@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .core import Store, VtomError, get_logger, write_json
+from .core import Store, VtomError, atomic_path, get_logger, json_text, positive_int, write_json
 from .decode import packaged_video, read_audio, read_video
 
 # %% auto #0
@@ -309,10 +309,11 @@ def social_to_store(videos: Iterable[str | Path], store: str | Path, num_frames:
                 try:
                     analyzer = analyzer or FaceAnalyzer()
                     rec = social_timeline(v, num_frames, analyzer, audio)
+                    json_text(rec, out)   # NaN or Inf anywhere in it (a model's output): this video failed, nothing is stored
                 except VtomError as e:
                     counts["failed"] += 1; log.warning(str(e))
                     st.fail(vid, video=str(v), error=str(e)[:500]); continue
-                write_json(out, rec)
+                write_json(out, rec, strict=True)
                 st.record(dict(video_id=vid, video=rec["video"], frames=rec["num_frames"], seconds=round(time.perf_counter() - t0, 2)))
                 counts["done"] += 1
         finally:
@@ -323,7 +324,10 @@ def load_timeline(store: str | Path, video_id: str) -> dict[str, Any]:
     "A stored timeline record; a clear error when it is not there."
     p = timeline_path(store, video_id)
     if not p.exists(): raise VtomError(f"No timeline for {video_id!r} in {store}: run `vtom social {video_id} --store {store}`.")
-    return json.loads(p.read_text())
+    def refuse(word: str):
+        raise VtomError(f"{p} holds {word}, not a number; delete it and rerun `vtom social {video_id} --store {store}`.")
+    try: return json.loads(p.read_text(), parse_constant=refuse)
+    except json.JSONDecodeError as e: raise VtomError(f"{p} is not valid JSON ({e}); delete it and rerun `vtom social {video_id} --store {store}`.") from None
 
 # %% ../nbs/02c_social.ipynb #572648ab
 EXPRESSION_COLOURS = dict(angry="#d62728", disgust="#8c564b", fear="#9467bd", happy="#2ca02c", sad="#1f77b4",
@@ -361,7 +365,8 @@ def plot_timeline(record: dict[str, Any], strip: int = 8, path: str | Path | Non
             ax.add_patch(Rectangle((x0 + b[0] / w_img * w, y0 + hh * (1 - b[3] / h_img)), (b[2] - b[0]) / w_img * w,
                                    hh * (b[3] - b[1]) / h_img, fill=False, lw=1.5, color=col))
     ax.set_ylim(0.5 - max(hh, 1) / 2, 0.5 + max(hh, 1) / 2); ax.set_yticks([]); ax.set_title(f"{record['video_id']}: {record['tracks']} face track(s)")
-    if path is not None: fig.savefig(path, dpi=80, bbox_inches="tight")
+    if path is not None:
+        with atomic_path(path) as tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or "png", dpi=80, bbox_inches="tight")
     return fig
 
 # %% ../nbs/02c_social.ipynb #4f2e24f5
@@ -401,7 +406,7 @@ def social_main(argv: list[str] | None = None) -> int:
                                 "(`vtom social locate --help`: find moments such as 'when does the person start smiling?').")
     p.add_argument("video", help=f"a video file or a packaged clip ({', '.join(SOCIAL_CLIPS)}, bikes, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object (frames, speech, words)")
-    p.add_argument("--num-frames", type=int, default=100, help="sampled frames (default 100, the reference formula)")
+    p.add_argument("--num-frames", type=positive_int, default=100, help="sampled frames (default 100, the reference formula)")
     p.add_argument("--store", default=None, help="timeline store folder (e.g. the feature store): reuse or add the timeline")
     p.add_argument("--no-audio", action="store_true", help="skip voice activity and speech")
     p.add_argument("--plot", default=None, help="save the timeline figure to this PNG")
@@ -546,7 +551,7 @@ def social_locate_main(argv: list[str] | None = None) -> int:
     p.add_argument("video", nargs="?", help="a video or packaged clip (omit to score the labelled moments)")
     p.add_argument("--query", default="When does the person start smiling?", help="a 'when' question naming an expression")
     p.add_argument("--labels", default=None, help="moments JSONL (default data/moments/moments.jsonl)")
-    p.add_argument("--num-frames", type=int, default=50); p.add_argument("--store", default=None, help="timeline store folder")
+    p.add_argument("--num-frames", type=positive_int, default=50); p.add_argument("--store", default=None, help="timeline store folder")
     a = p.parse_args(argv)
     if a.video: print(json.dumps(locate_expression(social_timeline(a.video, a.num_frames, audio=False), a.query)))
     else: print(json.dumps(evaluate_moments(a.labels, a.num_frames, a.store)))

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .core import VtomError, get_logger, write_json
+from .core import FolderLock, VtomError, atomic_path, check_writable, get_logger, positive_int, write_json
 
 # %% auto #0
 __all__ = ['TOMLOC_FIELDS', 'join_features', 'clip_offsets', 'shift_window', 'window_frames', 'midpoint_index', 'index_prompt',
@@ -178,24 +178,25 @@ def build_tomloc(qa_file: str | Path, features: str | Path, out: str | Path, n_c
         raise VtomError(f"Only {len(have)} of the {len(questions)} videos of {qa_file} have features in {store.folder}; "
                         f"{n_clips} are needed per sample. Extract them with `vtom features VIDEOS {store.folder}`.")
     groups = group_videos(have, n_clips, seed)
-    rows, manifest, outside = [], [], []
-    for k, group in enumerate(groups):
-        sid = f"tomloc-s{seed}-{k:05d}"
-        feats, meta = join_sample(store, group, num_frames)
-        meta.update(video_id=sid, seed=seed, n_clips=n_clips)
-        save_features(out / "features" / f"{sid}.safetensors", feats.to(torch.float16), meta)
-        manifest.append(meta)
-        rows += _rows_for_sample(sid, meta, questions, base, outside)
-    write_jsonl(out / "features" / "manifest.jsonl", manifest)
-    write_jsonl(out / "tomloc.jsonl", rows)
-    write_jsonl(out / "qa_joined.json", [joined_qa_record(r) for r in rows])
-    write_json(out / "index_records.json", [index_record(r) for r in rows])
-    summary = {"qa_file": str(qa_file), "features": str(store.folder), "out": str(out), "n_clips": n_clips, "seed": seed,
-               "index_base": base, "samples": len(groups), "questions": len(rows), "videos_with_features": len(have),
-               "videos_without_features": len(questions) - len(have), "videos_left_over": len(have) - n_clips * len(groups),
-               "questions_outside_their_clip": len(outside), "num_frames": manifest[0]["num_frames"], "joined_from": sorted({m["joined_from"] for m in manifest})}
-    if outside: get_logger("vtom.tomloc").warning(f"{len(outside)} questions start after their video ends (e.g. {outside[0]}); left out.")
-    write_json(out / "summary.json", summary)
+    with FolderLock(check_writable(out, folder=True), "tomloc-build"):   # one writer per build folder
+        rows, manifest, outside = [], [], []
+        for k, group in enumerate(groups):
+            sid = f"tomloc-s{seed}-{k:05d}"
+            feats, meta = join_sample(store, group, num_frames)
+            meta.update(video_id=sid, seed=seed, n_clips=n_clips)
+            save_features(out / "features" / f"{sid}.safetensors", feats.to(torch.float16), meta)
+            manifest.append(meta)
+            rows += _rows_for_sample(sid, meta, questions, base, outside)
+        write_jsonl(out / "features" / "manifest.jsonl", manifest)
+        write_jsonl(out / "tomloc.jsonl", rows)
+        write_jsonl(out / "qa_joined.json", [joined_qa_record(r) for r in rows])
+        write_json(out / "index_records.json", [index_record(r) for r in rows])
+        summary = {"qa_file": str(qa_file), "features": str(store.folder), "out": str(out), "n_clips": n_clips, "seed": seed,
+                   "index_base": base, "samples": len(groups), "questions": len(rows), "videos_with_features": len(have),
+                   "videos_without_features": len(questions) - len(have), "videos_left_over": len(have) - n_clips * len(groups),
+                   "questions_outside_their_clip": len(outside), "num_frames": manifest[0]["num_frames"], "joined_from": sorted({m["joined_from"] for m in manifest})}
+        if outside: get_logger("vtom.tomloc").warning(f"{len(outside)} questions start after their video ends (e.g. {outside[0]}); left out.")
+        write_json(out / "summary.json", summary)
     return summary
 
 # %% ../nbs/08c_tomloc.ipynb #b98883db
@@ -291,7 +292,7 @@ def evaluate_tomloc(train_dir: str | Path, test_dir: str | Path, out: str | Path
     "Train the retrieval head (and, with `llm`, the LM route) on one build and score every method on another; writes report.json/.md."
     from vtom.features import FeatureStore
     from vtom.locate import HashingQueryEncoder, markdown_table, train_moment_head
-    t0, out = time.time(), Path(out)
+    t0, out = time.time(), check_writable(Path(out), folder=True)   # before training: a read-only or full disk fails now
     train_dir, test_dir = Path(train_dir), Path(test_dir)
     train_rows, test_rows = load_tomloc(train_dir / "tomloc.jsonl"), load_tomloc(test_dir / "tomloc.jsonl")
     base = {r["index_base"] for r in train_rows + test_rows}
@@ -314,7 +315,7 @@ def evaluate_tomloc(train_dir: str | Path, test_dir: str | Path, out: str | Path
     report["seconds"] = round(time.time() - t0, 1)
     write_json(out / "report.json", report)
     cols = ["method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "frame_in_window", "exact_index", "answered", "R1@0.5 CI", "frame_in_window CI"]
-    (out / "report.md").write_text(f"# ToMLoc localisation\n\ntrain `{train_dir}` ({len(train_ex)} questions), test `{test_dir}` "
+    with atomic_path(out / "report.md") as tmp: tmp.write_text(f"# ToMLoc localisation\n\ntrain `{train_dir}` ({len(train_ex)} questions), test `{test_dir}` "
                                    f"({len(test_ex)}), head steps {head_steps}, LM `{llm}` ({report['lm_steps']} steps), seed {seed}.\n\n"
                                    + markdown_table(report["table"], cols) + "\n")
     return report
@@ -363,9 +364,9 @@ def tomloc_main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="join the clips of a Social-IQ 2.0 qa file from a feature store")
     b.add_argument("--qa", required=True, help="Social-IQ 2.0 qa_*.json (JSON lines)")
     b.add_argument("--features", required=True, help="feature store of its videos (`vtom features`)")
-    b.add_argument("--n-clips", type=int, default=3)
+    b.add_argument("--n-clips", type=positive_int, default=3)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--num-frames", type=int, help="temporal tokens of a joined sample (default: n_clips x the store's)")
+    b.add_argument("--num-frames", type=positive_int, help="temporal tokens of a joined sample (default: n_clips x the store's)")
     b.add_argument("--index-base", type=int, default=0, choices=(0, 1), help="frame numbering in prompts and answers")
     b.add_argument("--out", required=True)
     e = sub.add_parser("eval", help="score the retrieval head, the LM route and the priors")
@@ -375,7 +376,7 @@ def tomloc_main(argv: list[str] | None = None) -> int:
     e.add_argument("--head-steps", type=int, default=300)
     e.add_argument("--llm", help="train and score the LM route on this LM (embedded, a local dir, a hub name); omitted: no LM route")
     e.add_argument("--lm-steps", type=int, default=60)
-    e.add_argument("--lm-batch", type=int, default=4)
+    e.add_argument("--lm-batch", type=positive_int, default=4)
     e.add_argument("--learning-rate", type=float, default=1e-3)
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0)
