@@ -353,7 +353,7 @@ class Store:
             raise VtomError(f"{self.folder} is a file, not a folder; pass a folder for the {self.kind}.")
         self.lock.acquire()
         try:
-            for left in self.folder.glob(f".{self.SETTINGS}.*"): left.unlink()   # a killed writer's (or old vtom's .new link)
+            (self.folder / f".{self.SETTINGS}.new").unlink(missing_ok=True)   # a second name of settings.json left by older vtom
             self.check_settings()
         except BaseException: self.lock.release(); raise
         self._failures = {str(r.get(self.key)): r for r in _read_lines(self.failures_path)}  # older versions kept duplicates

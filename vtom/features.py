@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import (Interrupted, Store, VtomError, atomic_path, disable_progress_bars, get_device, get_dtype,
-                       get_logger, positive_int)
+                       get_logger, positive_int, check_writable)
 
 # %% auto #0
 __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD',
@@ -690,6 +690,7 @@ def features_main(argv: list[str] | None = None) -> int:
     dtype, recorded = a.dtype, FeatureStore(a.out).settings() if Path(a.out).is_dir() else None
     if dtype == "auto" and recorded and recorded.get("tower") == a.vision and recorded.get("dtype") in ("float32", "bfloat16", "float16"):
         dtype = recorded["dtype"]  # resume a store in the dtype it was started with (stores from before bf16 became the CPU default: fp32)
+    check_writable(a.out, folder=True)   # a read-only or full disk fails now, not after the tower has loaded
     tower = load_vision_tower(a.vision, device=device, dtype=dtype)
     get_logger().info(f"{len(videos)} videos, rank {rank}/{world}, {tower}")
     summary = extract_to_store(videos, a.out, tower, a.num_frames, a.batch_size, a.keep_tokens, a.mode, a.backend,

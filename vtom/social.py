@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .core import Store, VtomError, atomic_path, get_logger, json_text, positive_int, write_json
+from .core import Store, VtomError, atomic_path, check_writable, get_logger, json_text, positive_int, write_json
 from .decode import packaged_video, read_audio, read_video
 
 # %% auto #0
@@ -411,6 +411,7 @@ def social_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-audio", action="store_true", help="skip voice activity and speech")
     p.add_argument("--plot", default=None, help="save the timeline figure to this PNG")
     a = p.parse_args(argv)
+    if a.plot: check_writable(a.plot)   # before the (slow) timeline
     if a.store:
         vid = _video_id(a.video)
         counts = social_to_store([a.video], a.store, a.num_frames, not a.no_audio)
