@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import bisect
+import functools
+import importlib
 import importlib.util
 import os
 import re
@@ -13,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 # decord polls its threaded decoder up to DECORD_EOF_RETRY_MAX (default 10240) times for the last frames of a file before
 # giving up on a file that ends early. It is a poll count, not a frame count: 64 already fails on intact clips on a busy
@@ -30,8 +32,9 @@ from .core import VtomError, atomic_path, cache_dir, get_logger, has_package
 # %% auto #0
 __all__ = ['COUNTER_BITS', 'CONTAINERS', 'PACKAGED_VIDEOS', 'BACKENDS', 'VideoDecodeError', 'sample_frame_indices',
            'index_to_time', 'time_to_index', 'window_indices', 'chirp_frequency', 'read_counter', 'make_test_video',
-           'packaged_video', 'video_path', 'clear_index_cache', 'video_info', 'resize_frames', 'available_backends',
-           'VideoClip', 'pick_backend', 'read_video', 'read_audio', 'audio_chunks', 'play_audio', 'bench_video']
+           'packaged_video', 'video_path', 'clear_index_cache', 'video_info', 'resize_frames', 'backend_problem',
+           'available_backends', 'VideoClip', 'pick_backend', 'read_video', 'DecodePool', 'read_audio', 'audio_chunks',
+           'play_audio', 'bench_video']
 
 # %% ../nbs/01_decode.ipynb #bda2abed
 class VideoDecodeError(VtomError):
@@ -287,26 +290,41 @@ def resize_frames(frames: np.ndarray, size: int | tuple[int, int], mode: str = "
 
 # %% ../nbs/01_decode.ipynb #8caeb05f
 _DECORD_FIX = "decord cannot seek in this file reliably: use --backend pyav (or auto), or re-encode the file to H.264 mp4."
+_TORCHCODEC_FIX = "torchcodec cannot seek in this file reliably: use --backend pyav (or auto), or re-encode the file to H.264 mp4."
 
-def _decord_index_problem(vr, ix: _Index, wanted: np.ndarray) -> str | None:
-    "Where decord's frame index disagrees with the file's timestamps (frame count, or a wanted frame's time), else None."
-    if len(vr) != len(ix.pts): return f"decord counts {len(vr)} frames but the file's index lists {len(ix.pts)}."
-    got = vr.get_frame_timestamp(wanted.tolist())[:, 0]
+def _index_problem(name: str, count: int, got_seconds: np.ndarray | None, ix: _Index, wanted: np.ndarray) -> str | None:
+    "Where a backend's frame count or the times of the `wanted` frames disagree with the file's index, else None."
+    if count != len(ix.pts): return f"{name} counts {count} frames but the file's index lists {len(ix.pts)}."
     true = np.array([float(ix.pts[w] * ix.time_base) for w in wanted])
-    bad = np.flatnonzero(np.abs(got - true) > 0.5 / ix.fps)
-    if bad.size: return (f"decord's index puts frame {int(wanted[bad[0]])} at {got[bad[0]]:.3f} s, the file at "
+    bad = np.flatnonzero(np.abs(np.asarray(got_seconds, dtype=np.float64) - true) > 0.5 / ix.fps)
+    if bad.size: return (f"{name}'s index puts frame {int(wanted[bad[0]])} at {got_seconds[bad[0]]:.3f} s, the file at "
                          f"{true[bad[0]]:.3f} s ({bad.size} of {len(wanted)} sampled frames disagree).")
     return None
 
+def _check_pixels(name: str, path: Path, ix: _Index, wanted: np.ndarray, kept: dict[int, np.ndarray], fix: str,
+                  max_diff: float = 1.0) -> None:
+    "Compare the kept frames (position in `wanted` -> picture) with what PyAV decodes at those timestamps."
+    check = sorted(kept)
+    for j, ref in zip(check, _decode_pyav(path, ix, wanted[check], None, "nearest")):   # PyAV checks every frame's pts
+        diff = float(np.abs(kept[j].astype(np.int16) - ref.astype(np.int16)).mean())
+        if diff > max_diff:
+            raise _fail(path, f"{name} returned the wrong picture for frame {int(wanted[j])}: it differs from the frame at "
+                              f"that timestamp by {diff:.1f} grey levels on average.", fix)
+
+def _decord_index_problem(vr, ix: _Index, wanted: np.ndarray) -> str | None:
+    "Where decord's frame index disagrees with the file's timestamps (frame count, or a wanted frame's time), else None."
+    got = vr.get_frame_timestamp(wanted.tolist())[:, 0] if len(vr) == len(ix.pts) else None
+    return _index_problem("decord", len(vr), got, ix, wanted)
+
 def _decode_decord(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: str, chunk: int = 16,
-                   max_diff: float = 1.0) -> Iterator[np.ndarray]:
+                   threads: int = 0) -> Iterator[np.ndarray]:
     "Yield the frames at the sorted unique indices `wanted` with decord (chunked), checked against the file's index and PyAV."
     import decord
     decord.logging.set_level(decord.logging.QUIET)   # its FFmpeg logs ("co located POCs unavailable") are noise; errors raise
     check = sorted({len(wanted) // 2, len(wanted) - 1})   # positions in `wanted` whose pixels PyAV checks
     kept = {}
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
         problem = _decord_index_problem(vr, ix, wanted)
         if problem: raise _fail(path, problem, _DECORD_FIX)
         for s in range(0, len(wanted), chunk):
@@ -316,14 +334,10 @@ def _decode_decord(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode
     except decord.DECORDError as e:
         raise _fail(path, f"could not be decoded by decord ({_why(e)}).",
                     "The file is probably truncated or corrupt: re-download or re-encode it.") from e
-    for j, ref in zip(check, _decode_pyav(path, ix, wanted[check], None, resize_mode)):   # PyAV checks every frame's pts
-        diff = float(np.abs(kept[j].astype(np.int16) - ref.astype(np.int16)).mean())
-        if diff > max_diff:
-            raise _fail(path, f"decord returned the wrong picture for frame {int(wanted[j])}: it differs from the frame at "
-                              f"that timestamp by {diff:.1f} grey levels on average.", _DECORD_FIX)
+    _check_pixels("decord", path, ix, wanted, kept, _DECORD_FIX)
 
 def _decode_pyav(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: str, seek_margin: int = 32,
-                 skip_nonref: bool = True) -> Iterator[np.ndarray]:
+                 skip_nonref: bool = True, threads: int = 0) -> Iterator[np.ndarray]:
     "Yield the frames at the sorted unique indices `wanted` with PyAV: decode straight through, seek only when it pays."
     pos = {p: i for i, p in enumerate(ix.pts)}
     wanted_set = set(int(w) for w in wanted)
@@ -336,6 +350,7 @@ def _decode_pyav(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: 
             if c is not None: c.close()
             c = state["container"] = _open(path)
             c.streams.video[0].thread_type = "AUTO"
+            c.streams.video[0].codec_context.thread_count = threads   # 0: FFmpeg picks (one per core)
         s = c.streams.video[0]
         if key > 0 and state["can_seek"]: c.seek(ix.pts[key], stream=s, backward=True, any_frame=False)
         cc = s.codec_context
@@ -377,11 +392,45 @@ def _decode_pyav(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: 
     finally:
         if state["container"] is not None: state["container"].close()
 
-BACKENDS = ("pyav", "decord")   # fastest first (see the benchmark below): `auto` takes the first installed one
+def _decode_torchcodec(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode: str, chunk: int = 16,
+                       threads: int = 0) -> Iterator[np.ndarray]:
+    "Yield the frames at the sorted unique indices `wanted` with torchcodec (chunked), checked like decord's."
+    from torchcodec.decoders import VideoDecoder
+    check = sorted({len(wanted) // 2, len(wanted) - 1})
+    kept = {}
+    try:
+        dec = VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=threads)
+        for s in range(0, len(wanted), chunk):
+            batch = dec.get_frames_at(wanted[s:s + chunk].tolist())
+            problem = _index_problem("torchcodec", dec.metadata.num_frames or 0, batch.pts_seconds.numpy(), ix, wanted[s:s + chunk])
+            if problem: raise _fail(path, problem, _TORCHCODEC_FIX)
+            frames = batch.data.numpy()
+            kept.update({j: frames[j - s] for j in check if s <= j < s + chunk})
+            yield from (resize_frames(frames, size, resize_mode) if size is not None else frames)
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise _fail(path, f"could not be decoded by torchcodec ({_why(e)}).",
+                    "The file is probably truncated or corrupt: re-download or re-encode it.") from e
+    _check_pixels("torchcodec", path, ix, wanted, kept, _TORCHCODEC_FIX)
+
+BACKENDS = ("pyav", "decord", "torchcodec")   # fastest first (see the benchmark below): `auto` takes the first installed one
+_DECODERS = {"pyav": _decode_pyav, "decord": _decode_decord, "torchcodec": _decode_torchcodec}
+_BACKEND_FIX = {"decord": "`pip install decord` (x86_64 only; `eva-decord` for macOS arm64)",
+                "torchcodec": "`pip install 'vtom[decode]'` (torchcodec 0.16, which pairs with torch 2.14) and FFmpeg's "
+                              "libraries (`apt-get install ffmpeg`)"}
+
+@functools.cache
+def backend_problem(name: str) -> str | None:
+    "Why backend `name` cannot decode here (not installed, or its libraries do not load), or None when it can."
+    if name == "pyav": return None
+    if not has_package(name): return "it is not installed"
+    try: importlib.import_module("torchcodec.decoders" if name == "torchcodec" else name)
+    except Exception as e:  # torchcodec: missing FFmpeg libraries or a torch it was not built for (OSError, RuntimeError)
+        return f"it does not load ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
+    return None
 
 def available_backends() -> list[str]:
-    "Decoding backends installed here, fastest first."
-    return [b for b in BACKENDS if b == "pyav" or has_package(b)]
+    "Decoding backends that work here, fastest first."
+    return [b for b in BACKENDS if backend_problem(b) is None]
 
 # %% ../nbs/01_decode.ipynb #1e278294
 @dataclass(repr=False)
@@ -408,16 +457,17 @@ class VideoClip:
 
 def pick_backend(backend: str) -> str:
     "The backend `read_video` uses for `backend` (`auto`: the fastest installed); a `VtomError` for an unknown or missing one."
-    if backend == "auto": return available_backends()[0]
+    if backend == "auto": return next(b for b in BACKENDS if backend_problem(b) is None)
     if backend not in BACKENDS: raise VtomError(f"Unknown backend {backend!r}; use auto, {', '.join(BACKENDS)}.")
-    if backend not in available_backends():
-        raise VtomError(f"Backend {backend!r} is not installed: `pip install {backend}` (x86_64 only; "
-                        "`eva-decord` for macOS arm64), or use backend='pyav'.")
+    if (problem := backend_problem(backend)) is not None:
+        raise VtomError(f"Backend {backend!r} cannot be used here: {problem}. Install it with {_BACKEND_FIX[backend]}, "
+                        "or use backend='pyav'.")
     return backend
 
 def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", window: tuple[float, float] | None = None,
                size: int | tuple[int, int] | None = None, as_tensor: bool = False, resize_mode: str = "nearest",
-               audio: bool = False, sample_rate: int = 16000, indices: Sequence[int] | None = None) -> VideoClip:
+               audio: bool = False, sample_rate: int = 16000, indices: Sequence[int] | None = None, threads: int = 0,
+               alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None) -> VideoClip:
     "Decode `num_frames` uniformly sampled frames (the reference formula), optionally in a time window, resized, with audio."
     path = video_path(path)
     ix = _scan(path)
@@ -432,10 +482,10 @@ def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", w
     else: idx = sample_frame_indices(total, num_frames)
     name = pick_backend(backend)
     wanted, inverse = np.unique(idx, return_inverse=True)
-    frames = _decode_decord(path, ix, wanted, size, resize_mode) if name == "decord" else _decode_pyav(path, ix, wanted, size, resize_mode)
+    frames = _DECODERS[name](path, ix, wanted, size, resize_mode, threads=threads)
     arr = None
     for j, img in enumerate(frames):   # fill one preallocated array: memory holds only the sampled frames
-        if arr is None: arr = np.empty((len(wanted),) + img.shape, np.uint8)
+        if arr is None: arr = (alloc or functools.partial(np.empty, dtype=np.uint8))((len(wanted),) + img.shape)
         arr[j] = img
     if len(wanted) < len(idx): arr = arr[inverse]
     clip = VideoClip(torch.from_numpy(arr) if as_tensor else arr, idx, index_to_time(idx, ix.fps, ix.start), ix.fps,
@@ -444,6 +494,119 @@ def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", w
         clip.audio, clip.sample_rate = read_audio(path, sample_rate, window)
         clip.audio_start = float(window[0]) if window is not None else 0.0
     return clip
+
+# %% ../nbs/01_decode.ipynb #de49585a
+import concurrent.futures as cf
+import mmap
+import multiprocessing
+import time
+import uuid
+from collections import deque
+
+_SHM = Path("/dev/shm")
+
+def _shared_array(shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    "A uint8 array backed by a new file in /dev/shm, and the file's name."
+    name, size = f"vtom-{os.getpid()}-{uuid.uuid4().hex[:12]}", int(np.prod(shape))
+    fd = os.open(_SHM / name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, max(size, 1))
+        buf = mmap.mmap(fd, max(size, 1))
+    finally: os.close(fd)
+    return np.frombuffer(buf, np.uint8, count=size).reshape(shape), name
+
+def _attach(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    "Map a worker's shared-memory frames and unlink the file: the memory lives as long as the returned array."
+    path = _SHM / name
+    fd = os.open(path, os.O_RDWR)
+    try: buf = mmap.mmap(fd, max(int(np.prod(shape)), 1))
+    finally: os.close(fd); path.unlink()
+    return np.frombuffer(buf, np.uint8, count=int(np.prod(shape))).reshape(shape)
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)   # the resize in `read_video` must not start a thread per core in every worker
+
+def _ready(_: int) -> int:
+    time.sleep(0.05)   # long enough that each warm-up task lands on its own worker
+    return os.getpid()
+
+def _read_shared(path: str | Path, kwargs: dict) -> tuple[VideoClip, str | None, tuple[int, ...]]:
+    "In a worker: `read_video` into shared memory -> the clip without its frames, the memory's name and the frames' shape."
+    if not _SHM.is_dir(): clip = read_video(path, **kwargs); return clip, None, ()
+    made: list[tuple[np.ndarray, str]] = []
+    def alloc(shape):
+        made.append(_shared_array(shape)); return made[-1][0]
+    try:
+        clip = read_video(path, alloc=alloc, **kwargs)
+        if not made or clip.frames is not made[-1][0]:   # repeated indices made a new array: move it to shared memory
+            alloc(clip.frames.shape)[...] = clip.frames
+        name, shape = made[-1][1], clip.frames.shape
+    except BaseException:
+        for _, n in made: (_SHM / n).unlink(missing_ok=True)
+        raise
+    for _, n in made[:-1]: (_SHM / n).unlink(missing_ok=True)
+    clip.frames = None
+    return clip, name, shape
+
+class DecodePool:
+    "Decode many videos in parallel, in order: threads, or spawned processes that hand frames back through shared memory."
+    def __init__(self, workers: int = 2, kind: str = "thread", threads: int | None = None, ahead: int | None = None):
+        if kind not in ("thread", "process"): raise VtomError(f"Unknown decode pool {kind!r}; use 'thread' or 'process'.")
+        if workers < 1: raise VtomError(f"A decode pool needs at least one worker, got {workers}.")
+        self.workers, self.kind = workers, kind
+        self.threads = (1 if kind == "process" or workers > 1 else 0) if threads is None else threads   # FFmpeg threads per decoder
+        self.ahead = ahead or 2 * workers   # videos in flight: every worker busy while the consumer works on one
+        from vtom.decode import _worker_init   # the module's own functions, also when this runs in the notebook: workers import them
+        self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="vtom-decode") if kind == "thread" else \
+            cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+
+    def warm(self) -> "DecodePool":
+        "Start every worker now (spawning and importing take seconds), so that timings and the first videos do not pay it."
+        from vtom.decode import _ready
+        if self.kind == "process": list(self._pool.map(_ready, range(self.workers)))   # one task per worker: each is spawned and imports vtom
+        return self
+
+    def _submit(self, path, kwargs: dict) -> cf.Future:
+        from vtom.decode import _read_shared, read_video
+        if self.kind == "thread": return self._pool.submit(read_video, path, **kwargs)
+        return self._pool.submit(_read_shared, str(path), kwargs)
+
+    def _result(self, fut: cf.Future, as_tensor: bool) -> VideoClip:
+        if self.kind == "thread": return fut.result()
+        clip, name, shape = fut.result()
+        if name is not None: clip.frames = _attach(name, shape)
+        if as_tensor: clip.frames = torch.from_numpy(clip.frames)
+        return clip
+
+    def map(self, paths: Iterable[str | Path], **kwargs) -> Iterator[tuple[str | Path, VideoClip | Exception]]:
+        "`(path, clip)` for each path in order (`read_video` arguments in `kwargs`); a failed video gives `(path, exception)`."
+        kwargs = {"threads": self.threads, **kwargs}
+        as_tensor = kwargs.pop("as_tensor", False) if self.kind == "process" else False
+        todo, queue = iter(paths), deque()
+        def submit():
+            path = next(todo, None)
+            if path is not None: queue.append((path, self._submit(path, kwargs)))
+        for _ in range(self.ahead): submit()
+        try:
+            while queue:
+                path, fut = queue.popleft()
+                submit()
+                try: yield path, self._result(fut, as_tensor)
+                except Exception as e: yield path, e
+        finally:
+            for _, fut in queue: self._discard(fut)
+
+    def _discard(self, fut: cf.Future) -> None:
+        "Cancel a video nobody will read; if it already ran, free its shared memory."
+        if fut.cancel() or self.kind == "thread": return
+        try: _, name, _ = fut.result()
+        except Exception: return
+        if name is not None: (_SHM / name).unlink(missing_ok=True)
+
+    def close(self) -> None: self._pool.shutdown(wait=True, cancel_futures=True)
+    def __enter__(self) -> "DecodePool": return self
+    def __exit__(self, *exc) -> None: self.close()
+    def __repr__(self) -> str: return f"DecodePool({self.workers} {self.kind} workers, FFmpeg threads per decoder: {self.threads or 'auto'})"
 
 # %% ../nbs/01_decode.ipynb #4937247d
 def read_audio(path: str | Path, sample_rate: int = 16000, window: tuple[float, float] | None = None) -> tuple[np.ndarray | None, int]:
