@@ -22,7 +22,7 @@ from .core import cache_dir, get_device, package_versions, write_json
 __all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'VIDEO_CHATGPT_RECIPE', 'try_import', 'machine_report',
            'fitting_presets', 'bench_features', 'bench_decode', 'bench_decode_main', 'cpu_seconds', 'bench_decode_pool',
            'bench_features_main', 'tower_profile', 'random_llama', 'bench_lm_train', 'bench_train', 'bench_train_main',
-           'e2e_check', 'recipe_estimate', 'gpu_check', 'doctor_main']
+           'e2e_check', 'recipe_estimate', 'gpu_check', 'gpu_check_summary', 'doctor_main']
 
 # %% ../nbs/11_bench.ipynb #5642ea50
 from .features import cpu_has_amx
@@ -607,7 +607,7 @@ def recipe_estimate(lm_train: dict, gpu_gib: float | None = None, recipe: dict =
             "hours_one_gpu": round(hours, 2), "per_gpu_batch_size": batch, "gradient_accumulation": max(1, recipe["global_batch"] // batch),
             "gradient_checkpointing": best["checkpointing"], "attn": best["attn"], "tokens_per_s": best["tokens_per_s"], "options": options,
             "summary": (f"Video-ChatGPT recipe ({recipe['samples']:,} videos x {recipe['epochs']} epochs, {tokens_per_sample} tokens each): "
-                        f"about {hours:.1f} h on one of these GPUs at {best['tokens_per_s']:,.0f} tokens/s; per-GPU batch {batch}"
+                        f"about {hours:.1f} h on one such device at {best['tokens_per_s']:,.0f} tokens/s; per-device batch {batch}"
                         f"{'' if best.get('batch_size') else ' (as measured)'} x {max(1, recipe['global_batch'] // batch)} accumulation steps, "
                         f"gradient checkpointing {'on' if best['checkpointing'] else 'off'}, attention {best['attn']}.")}
 
@@ -660,6 +660,25 @@ def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 4
                                                                        [*report["features"], report["lm_train"], report["recipe"]])
     return report
 
+def gpu_check_summary(report: dict) -> str:
+    "A few human lines for a gpu-check report: each end-to-end step, the feature pipeline, training speed, the recipe."
+    def err(r): return f"FAILED {r['error']}" if "error" in (r or {}) else "skipped" if "skipped" in (r or {}) else None
+    e2e = report.get("e2e") or {}
+    lines = [f"gpu-check on {report['device']} ({report['sizes']} sizes): {'ok' if report.get('ok') else 'NOT ok'} in {report.get('seconds')} s"]
+    lines += [f"  e2e {s['step']}: {'pass' if s['ok'] else 'FAIL'} {s.get('seconds', '')} {s.get('skipped', '')}"
+              f"{(chr(10) + s['error'][-600:]) if 'error' in s else ''}" for s in e2e.get("steps", [])] or [f"  e2e: {err(e2e)}"]
+    for f in report.get("features", []):
+        lines.append(f"  features {f.get('dtype')}: " + (err(f) or f"tower {f['tower_frames_per_s']} frames/s, pipeline "
+                     f"{f['pipeline_frames_per_s']} frames/s, busy {f['busy_fraction']}, {f['decode_workers']} {f['decode_pool']} decoders"))
+    def run(r):
+        name = f"{r['attn']}{' + checkpointing' if r.get('checkpointing') else ''}"
+        if "tokens_per_s" not in r: return f"{name} {r.get('error') or r.get('skipped')}"
+        return f"{name} {r['tokens_per_s']:,.0f} tokens/s" + (f" ({r['peak_gpu_gib']} GiB)" if "peak_gpu_gib" in r else "")
+    lt = report.get("lm_train") or {}
+    lines.append("  lm_train: " + (err(lt) or ", ".join(map(run, lt.get("runs", [])))))
+    lines.append("  recipe: " + (err(report.get("recipe")) or report["recipe"]["summary"]))
+    return "\n".join(lines)
+
 def doctor_main(argv: list[str] | None = None) -> int:
     "`vtom doctor [--gpu]`: what this machine can run; with --gpu, speed and memory at real sizes (toy sizes without CUDA)."
     p = argparse.ArgumentParser(prog="vtom doctor", description="What this machine can run: CUDA, bf16, decoders, flash-attn, "
@@ -678,6 +697,6 @@ def doctor_main(argv: list[str] | None = None) -> int:
         res = {"machine": machine_report()}
         res["presets"] = fitting_presets(res["machine"])
     if a.out: write_json(a.out, res)
-    if a.gpu and "summary" in (res.get("recipe") or {}): print(res["recipe"]["summary"], file=sys.stderr)
+    if a.gpu: print(gpu_check_summary(res), file=sys.stderr)
     print(json.dumps(res, indent=1, default=str))
     return 0 if not a.gpu or res["ok"] else 1
