@@ -632,7 +632,8 @@ def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 4
               "machine": machine_report(), "versions": package_versions(("torch", "transformers", "open_clip_torch", "decord", "av", "torchcodec")),
               "e2e": None, "features": [], "lm_train": None, "recipe": None, "social": None}
     def section(key, fn, *args, **kwargs):   # run it unless the budget is spent; save the report so far after each section
-        rec = {"skipped": "time budget"} if time.perf_counter() - t0 > budget_s else _guarded(fn, *args, **kwargs)
+        late = time.perf_counter() - t0 > budget_s
+        rec = ({"dtype": kwargs["dtype"]} if "dtype" in kwargs else {}) | {"skipped": "time budget"} if late else _guarded(fn, *args, **kwargs)
         if isinstance(report[key], list): report[key].append(rec)
         else: report[key] = rec
         report["seconds"] = round(time.perf_counter() - t0, 1)
