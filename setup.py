@@ -35,6 +35,7 @@ setuptools.setup(
     extras_require={
         "gpu": _reqs("gpu_requirements"),
         "audio": _reqs("audio_requirements"),
+        "decode": _reqs("decode_requirements"),
         "dev": _reqs("dev_requirements"),
     },
     python_requires=">=" + min_python,

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import functools
 import json
 import os
@@ -14,14 +13,16 @@ import pickle
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (Interrupted, Store, VtomError, atomic_path, disable_progress_bars, get_device, get_dtype,
-                       get_logger, positive_int, check_writable)
+from .core import (Interrupted, Store, VtomError, atomic_path, check_writable, disable_progress_bars, get_device,
+                       get_dtype, get_logger, positive_int)
+
+if TYPE_CHECKING: from vtom.decode import DecodePool   # for a type hint; imported where it is used
 
 # %% auto #0
 __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD',
@@ -550,14 +551,15 @@ def _check_existing(store: Store, mine: list[tuple[str, Path]], shape: tuple[int
 
 def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = 100,
                      batch_size: int = 32, keep_tokens: bool = False, mode: str = "stretch", backend: str = "auto",
-                     rank: int = 0, world_size: int = 1, workers: int = 2, progress: bool = True) -> dict:
+                     rank: int = 0, world_size: int = 1, workers: int = 2, progress: bool = True, pool: str | DecodePool = "auto") -> dict:
     "Extract features of this rank's share of `videos` into the store `out` (skipping finished ones); returns a summary."
     from tqdm import tqdm
     if not 1 <= num_frames <= MAX_NUM_FRAMES:
         raise VtomError(f"num_frames={num_frames}: use 1 to {MAX_NUM_FRAMES} (the reference uses 100); each frame is one temporal "
                         "token of every video, padded with zeros when the video is shorter.")
-    from vtom.decode import pick_backend, read_video
+    from vtom.decode import DecodePool, pick_backend
     pick_backend(backend)  # an unknown backend is a usage error, not a failure of every video
+    if pool == "auto": pool = "process" if tower.device.type == "cuda" and workers > 1 else "thread"   # see `DecodePool`
     out = Path(out)
     videos = [Path(v) for v in videos]
     ids = [video_id_of(v) for v in videos]
@@ -578,20 +580,12 @@ def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: Visio
         t0 = time.perf_counter()
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="video", disable=not progress, dynamic_ncols=True,
                    desc=f"features{f' rank {rank}/{world_size}' if world_size > 1 else ''}")
-        pool = cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="vtom-decode")
-        queue, it = [], iter(todo)
-        def submit():
-            nxt = next(it, None)
-            if nxt is not None: queue.append((*nxt, pool.submit(read_video, nxt[1], num_frames, backend)))
+        decoder = pool if isinstance(pool, DecodePool) else DecodePool(max(1, workers), pool)   # a given pool stays open
         try:
-            for _ in range(max(1, workers) + 1): submit()
-            while queue:
-                vid, path, fut = queue.pop(0)
-                submit()
-                try: clip = fut.result()
-                except Exception as e:  # unreadable video: record it and go on
+            for (vid, path), (_, clip) in zip(todo, decoder.map([path for _, path in todo], num_frames=num_frames, backend=backend)):
+                if isinstance(clip, Exception):  # unreadable video: record it and go on
                     failed.append(vid)
-                    store.fail(vid, path=str(path), error=type(e).__name__, message=str(e)[:500], rank=rank)
+                    store.fail(vid, path=str(path), error=type(clip).__name__, message=str(clip)[:500], rank=rank)
                     bar.set_postfix(failed=len(failed)); bar.update(); continue
                 try: feats, meta = features_from_clip(clip, tower, num_frames, batch_size, keep_tokens, mode)
                 except VtomError as e:   # e.g. NaN features: a failure of this video, listed, never a result
@@ -612,7 +606,7 @@ def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: Visio
                               f"and kept in {out} (no half-written file is left); rerun the same command to do the other "
                               f"{len(mine) - finished}.") from None
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if decoder is not pool: decoder.close()
             bar.close()
     secs = time.perf_counter() - t0
     return {"out": str(out), "videos": len(mine), "done": done, "skipped": len(mine) - len(todo), "failed": len(failed),
@@ -670,8 +664,10 @@ def features_main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU like the reference, bf16 on CPUs with AMX, else fp32) | fp32 | fp16 | bf16")
     p.add_argument("--mode", choices=("stretch", "crop"), default="stretch", help="resize: reference stretch or center crop")
     p.add_argument("--keep-tokens", action="store_true", help="also store the unpooled T x P x D tokens")
-    p.add_argument("--workers", type=positive_int, default=2, help="decoding threads running ahead of the tower (default %(default)s)")
-    p.add_argument("--backend", default="auto", help="decoding backend (auto | decord | pyav)")
+    p.add_argument("--workers", type=positive_int, default=2, help="videos decoded in parallel ahead of the tower (default %(default)s)")
+    p.add_argument("--pool", choices=("auto", "thread", "process"), default="auto",
+                   help="decoding threads or spawned processes (auto: processes when the tower is on a GPU, else threads)")
+    p.add_argument("--backend", default="auto", help="decoding backend (auto | pyav | decord | torchcodec)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.num_frames > MAX_NUM_FRAMES:
@@ -694,7 +690,7 @@ def features_main(argv: list[str] | None = None) -> int:
     tower = load_vision_tower(a.vision, device=device, dtype=dtype)
     get_logger().info(f"{len(videos)} videos, rank {rank}/{world}, {tower}")
     summary = extract_to_store(videos, a.out, tower, a.num_frames, a.batch_size, a.keep_tokens, a.mode, a.backend,
-                               rank, world, a.workers, progress=not a.no_progress)
+                               rank, world, a.workers, progress=not a.no_progress, pool=a.pool)
     print(json.dumps(summary))
     if summary["padded"]:
         fewest, vid = summary["fewest_frames"]

@@ -435,10 +435,11 @@ class VideoLLM(nn.Module):
     def _set_trainable(self):
         self.projector.requires_grad_(True)
         self.video_embeddings.requires_grad_(self.config.tune_video_embeddings)
-        if self.config.tune_video_embeddings:  # only the start/end rows learn; patch is overwritten, <video> never reaches the LM
-            mask = torch.zeros(len(VIDEO_TOKENS), 1, device=self.video_embeddings.device)
-            mask[[self._row[VID_START_TOKEN], self._row[VID_END_TOKEN]]] = 1
-            if not hasattr(self, "_hook"): self._hook = self.video_embeddings.register_hook(lambda g: g * mask.to(g.dtype))
+        if self.config.tune_video_embeddings and not hasattr(self, "_hook"):  # only the start/end rows learn: patch is
+            # overwritten, <video> never reaches the LM. The hook keeps row numbers, not a tensor: a mask made now would stay
+            # on this device and dtype after `.to(cuda)` (the first backward on a GPU then failed with a device mismatch).
+            frozen = [i for t, i in self._row.items() if t not in (VID_START_TOKEN, VID_END_TOKEN)]
+            self._hook = self.video_embeddings.register_hook(lambda g: g.index_fill(0, torch.tensor(frozen, device=g.device), 0))
 
     @property
     def device(self) -> torch.device: return self.video_embeddings.device

@@ -25,9 +25,10 @@ __all__ = ['SOCIAL_MODELS', 'SOCIAL_CLIPS', 'EXPRESSIONS', 'VAD_RATE', 'VAD_WIND
            'mesh_cues', 'FaceAnalyzer', 'box_iou', 'assign_tracks', 'voice_activity', 'speech_segments', 'frame_voice',
            'espeak', 'transcribe', 'social_timeline', 'timeline_rows', 'timeline_table', 'timeline_path',
            'social_to_store', 'load_timeline', 'plot_timeline', 'with_speech', 'social_json', 'social_main',
-           'bench_social', 'bench_social_main', 'query_expression', 'expression_track', 'locate_expression', 'span_iou',
-           'uniform_prior_r1', 'default_moments', 'evaluate_moments', 'social_locate_main', 'timeline_text',
-           'timeline_prompt_line', 'SignalColumns', 'frame_signals', 'social_signals', 'SignalStore']
+           'bench_social', 'bench_social_main', 'query_expression', 'expression_track', 'threshold_run', 'run_seconds',
+           'locate_expression', 'span_iou', 'uniform_prior_r1', 'default_moments', 'evaluate_moments',
+           'social_locate_main', 'timeline_text', 'timeline_prompt_line', 'SignalColumns', 'frame_signals',
+           'social_signals', 'SignalStore']
 
 # %% ../nbs/02c_social.ipynb #f6ea7e20
 SOCIAL_MODELS: dict[str, tuple[str, str, str]] = {
@@ -481,20 +482,28 @@ def expression_track(record: dict[str, Any], expression: str, smooth: int = 3) -
     if smooth > 1 and len(p) >= smooth: p = np.convolve(np.pad(p, smooth // 2, mode="edge"), np.ones(smooth) / smooth, "valid")
     return p
 
-def locate_expression(record: dict[str, Any], query: str, threshold: float = 0.5) -> dict[str, Any]:
-    "Answer a 'when' question about an expression from a timeline: `{expression, start, end, score}` in seconds."
-    expr = query_expression(query)
-    p = expression_track(record, expr)
-    t = np.array([fr["t"] for fr in record["frames"]])
-    step = float(np.median(np.diff(t))) if len(t) > 1 else record["duration"]
-    runs, a = [], None
+def threshold_run(p: Sequence[float], threshold: float = 0.5) -> tuple[int, int] | None:
+    "The run of consecutive frames with `p >= threshold` whose sum is largest, as `(first, last)` frame indices; None when no frame reaches it."
+    p, runs, a = np.asarray(p, float), [], None
     for i, on in enumerate(np.append(p >= threshold, False)):
         if on and a is None: a = i
         elif not on and a is not None: runs.append((a, i - 1)); a = None
-    if runs: a, b = max(runs, key=lambda r: p[r[0]: r[1] + 1].sum())
-    else: a = b = int(p.argmax())
-    start, end = max(t[a] - step / 2, 0.0), min(t[b] + step / 2, record["duration"])
-    return dict(expression=expr, start=round(float(start), 2), end=round(float(end), 2), score=round(float(p[a: b + 1].mean()), 3))
+    return max(runs, key=lambda r: p[r[0]: r[1] + 1].sum()) if runs else None
+
+def run_seconds(t: Sequence[float], a: int, b: int, duration: float) -> tuple[float, float]:
+    "Sampled frames `a..b` (at times `t`) as a span in seconds: half a frame step either side, inside `[0, duration]`."
+    t = np.asarray(t, float)
+    step = float(np.median(np.diff(t))) if len(t) > 1 else duration
+    return max(float(t[a]) - step / 2, 0.0), min(float(t[b]) + step / 2, duration)
+
+def locate_expression(record: dict[str, Any], query: str, threshold: float = 0.5) -> dict[str, Any]:
+    "Answer a 'when' question about an expression from a timeline: `{expression, start, end, score, found}` in seconds (`found`: some frame reached `threshold`; else the best frame)."
+    expr = query_expression(query)
+    p = expression_track(record, expr)
+    run = threshold_run(p, threshold)
+    a, b = run if run is not None else (int(p.argmax()),) * 2
+    start, end = run_seconds([fr["t"] for fr in record["frames"]], a, b, record["duration"])
+    return dict(expression=expr, start=round(start, 2), end=round(end, 2), score=round(float(p[a: b + 1].mean()), 3), found=run is not None)
 
 def span_iou(a: Sequence[float], b: Sequence[float]) -> float:
     "Temporal IoU of two spans `[start, end]`."
