@@ -578,7 +578,7 @@ def _frame_state(fr: dict) -> str:
     return f"{_COUNT_WORDS.get(n, f'{n} faces')}, " + (tops[0] if len(set(tops)) == 1 else " and ".join(tops))
 
 def timeline_text(record: dict[str, Any]) -> str:
-    "The timeline as text: '[0.0-0.7 s] one face, neutral; [0.7-2.6 s] one face, happy; ... speech: ...; transcript: ...'."
+    "The timeline as text: '[0.0-0.7 s] one face, neutral; [0.7-2.4 s] one face, happy; ... speech: ...; transcript: ...'."
     frames, spans = record["frames"], []
     for fr in frames:
         s = _frame_state(fr)
