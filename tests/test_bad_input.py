@@ -645,7 +645,7 @@ def test_second_eval_on_one_out_stops(tmp_path):
     out = tmp_path / "m.json"
     with FolderLock(tmp_path, "eval-m.json"):   # what a running `vtom eval --out m.json` holds
         res = vtom("eval", "siq2", "--qa", QA_VAL, "--mode", "longest-option", "--out", out, "--no-progress")
-    one_line_exit_2(res, "in use by another writer", f"pid {os.getpid()}")
+    one_line_exit_2(res, f"{out} is in use by another writer", f"pid {os.getpid()}", "write to another file")
     assert not out.exists() and not out.with_suffix(".predictions.jsonl").exists()
 
 

@@ -272,9 +272,9 @@ def _process_facts() -> dict:
 
 class FolderLock:
     "An exclusive lock on `folder` (`folder/.NAME.lock`, holding the owner's pid); freed by the kernel when the owner dies."
-    def __init__(self, folder: str | Path, name: str = "vtom", wait: float = 0.0):
+    def __init__(self, folder: str | Path, name: str = "vtom", wait: float = 0.0, guards: str | Path | None = None):
         self.folder, self.wait, self._fd = Path(folder), float(wait), None
-        self.path = self.folder / f".{name}.lock"
+        self.path, self.guards = self.folder / f".{name}.lock", Path(guards) if guards else self.folder   # what the message names
 
     def holder(self) -> dict | None:
         "Who holds (or last held) the lock: `{pid, host, command, since}`, or None."
@@ -295,9 +295,9 @@ class FolderLock:
                 os.close(fd)
                 if time.monotonic() >= deadline:
                     h = self.holder() or {}
-                    raise VtomError(f"{self.folder} is in use by another writer (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
+                    raise VtomError(f"{self.guards} is in use by another writer (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
                                     f"since {h.get('since', '?')}: `{h.get('command', '?')}`). Wait for it to finish and rerun "
-                                    "(finished work is kept), or write to another folder.") from None
+                                    f"(finished work is kept), or write to another {'folder' if self.guards == self.folder else 'file'}.") from None
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
                 continue
             try: same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino

@@ -794,7 +794,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     outputs = [out, out.with_suffix(".predictions.jsonl"), out.with_suffix(".png")] if out else []
     for path in outputs + ([Path(args.write_submission)] if args.write_submission else []):
         check_writable(path)   # before any work: a read-only or full disk, a folder or a link stops the run now, not after hours
-    with FolderLock(out.parent, f"eval-{out.name}") if out else contextlib.nullcontext():   # one writer per --out
+    with FolderLock(out.parent, f"eval-{out.name}", guards=out) if out else contextlib.nullcontext():   # one writer per --out
         return _run_eval(args, out)
 
 def _run_eval(args: argparse.Namespace, out: Path | None) -> int:
