@@ -36,6 +36,7 @@ setuptools.setup(
         "gpu": _reqs("gpu_requirements"),
         "audio": _reqs("audio_requirements"),
         "dev": _reqs("dev_requirements"),
+        "lmms": _reqs("lmms_requirements"),
     },
     python_requires=">=" + min_python,
     long_description=open("README.md", encoding="utf-8").read(),
