@@ -28,7 +28,7 @@ import torch
 __all__ = ['EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'HUB_REPO_ID', 'VtomError', 'Interrupted',
            'data_dir', 'cache_dir', 'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars',
            'get_logger', 'atomic_path', 'write_json', 'FolderLock', 'Store', 'has_package', 'package_versions',
-           'git_commit', 'peak_rss_mb', 'embedded_llm_gguf', 'embedded_llm_path', 'resolve_pretrained']
+           'git_commit', 'peak_rss_mb', 'embedded_llm_gguf', 'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
 
 # %% ../nbs/00_core.ipynb #a8b7361f
 class VtomError(RuntimeError):
@@ -376,7 +376,8 @@ def embedded_llm_path() -> Path:
 # %% ../nbs/00_core.ipynb #d40d832f
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    "True when the Hugging Face Hub is switched off (`HF_HUB_OFFLINE=1`)."
     from huggingface_hub import constants
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
@@ -393,7 +394,7 @@ def resolve_pretrained(name: str | Path, what: str = "vtom checkpoint") -> Path:
     except Exception: pass   # not cached: download below when online
     how = (f"download it where there is network (`hf download {repo}`) and copy the Hugging Face cache (~/.cache/huggingface/hub) "
            f"here, or pass the folder itself")
-    if _hub_offline():
+    if hub_offline():
         raise VtomError(f"{text} is neither a folder here nor a repo in the local Hugging Face cache, and the Hub is off "
                         f"(HF_HUB_OFFLINE=1): {how}.")
     try: return Path(snapshot_download(repo, revision=revision or None))
