@@ -25,9 +25,10 @@ except ImportError as e:   # the optional extra
                     "if other tools need a newer PyAV).") from e
 
 # %% auto #0
-__all__ = ['TASK_FILES', 'doc_to_visual', 'mc_doc_to_text', 'mc_doc_to_choice', 'mc_doc_to_target', 'gen_doc_to_text',
-           'gen_process_results', 'tomloc_doc_to_text', 'tomloc_process_results', 'VtomLMM', 'continuation_logprobs',
-           'lmms_manifest', 'task_pack_dir', 'mc_docs', 'tomloc_docs', 'write_task_pack', 'lmms_main']
+__all__ = ['TASK_FILES', 'doc_to_visual', 'mc_doc_to_text', 'mc_doc_to_choice', 'mc_doc_to_target', 'mc_process_results',
+           'gen_doc_to_text', 'gen_process_results', 'tomloc_doc_to_text', 'tomloc_process_results', 'VtomLMM',
+           'continuation_logprobs', 'lmms_manifest', 'task_pack_dir', 'mc_docs', 'tomloc_docs', 'write_task_pack',
+           'lmms_main']
 
 # %% ../nbs/12_lmms.ipynb #99c82574
 def _question(doc: dict):
@@ -52,6 +53,15 @@ def mc_doc_to_choice(doc: dict) -> list[str]:
 def mc_doc_to_target(doc: dict) -> int:
     "The index of the correct letter."
     return int(doc["answer_idx"])
+
+def _loss(result: Any) -> float:
+    "The loss of one `loglikelihood` result: `(loss, greedy)`, or its `str()` (lmms-eval 0.7.3 turns non-text results into text)."
+    import ast
+    return float((ast.literal_eval(result) if isinstance(result, str) else result)[0])
+
+def mc_process_results(doc: dict, results: Sequence) -> dict:
+    "Accuracy of the letter with the lowest loss (lmms-eval's models return a loss, lower = more likely; ties: the first letter)."
+    return {"acc": float(int(np.argmin([_loss(r) for r in results])) == doc["answer_idx"])}
 
 def gen_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     "The multiple-choice prompt for generating models (the same words; it already asks for the letter)."
@@ -151,7 +161,7 @@ def continuation_logprobs(model, encoded: Sequence[dict], n_tokens: Sequence[int
 
 @torch.no_grad()
 def _loglikelihood(self: VtomLMM, requests: list[Instance]) -> list[tuple[float, bool]]:
-    "Group requests by (prompt, document): one video and one prompt forward per group, then every continuation's log-prob."
+    "(loss, greedy) per request, the loss being minus the continuation's summed log-prob; one video and one prompt forward per (prompt, document)."
     from tqdm.auto import tqdm
     from vtom.evaluate import _pad_id, encode_choices
     groups: dict[tuple, list[int]] = {}
@@ -166,7 +176,7 @@ def _loglikelihood(self: VtomLMM, requests: list[Instance]) -> list[tuple[float,
         conts = [requests[i].args[1].strip() for i in idx]
         enc = encode_choices(tok, self._user(context, feats), conts, self.setup.template, 0 if feats is None else feats.shape[0])
         n = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in conts]
-        for i, s in zip(idx, continuation_logprobs(self.model, enc, n, _pad_id(tok), feats)): out[i] = s
+        for i, (lp, greedy) in zip(idx, continuation_logprobs(self.model, enc, n, _pad_id(tok), feats)): out[i] = (-lp, greedy)
     return out
 
 def _generate_until(self: VtomLMM, requests: list[Instance]) -> list[str]:
