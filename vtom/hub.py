@@ -134,7 +134,8 @@ def model_card(checkpoint: str | Path, evals: Sequence[str | Path] = (), repo_id
     return "\n".join(L)
 
 def write_model_card(checkpoint: str | Path, evals: Sequence[str | Path] = (), repo_id: str | None = None) -> Path:
-    "Write `model_card`'s text to `CHECKPOINT/README.md`; returns its path."
+    "Write `model_card`'s text to `CHECKPOINT/README.md` (a local folder); returns its path."
+    if not Path(checkpoint).is_dir(): raise VtomError(f"{checkpoint}: no such folder; the card is written into a local checkpoint folder.")
     path = Path(checkpoint) / "README.md"
     text = model_card(checkpoint, evals, repo_id)
     with atomic_path(path) as tmp: tmp.write_text(text)
@@ -143,12 +144,12 @@ def write_model_card(checkpoint: str | Path, evals: Sequence[str | Path] = (), r
 # %% ../nbs/13_hub.ipynb #5ce86b3e
 def push_to_hub(checkpoint: str | Path, repo_id: str, evals: Sequence[str | Path] = (), private: bool = False,
                 commit_message: str = "vtom checkpoint", token: str | None = None, api: Any = None) -> str:
-    "Write the model card into `checkpoint` and upload the folder to the Hub repo `repo_id`; returns the commit URL."
+    "Write the model card into the local folder `checkpoint` and upload the folder to the Hub repo `repo_id`; returns the commit URL."
     if api is None:
         if hub_offline(): raise VtomError(f"Cannot push to {repo_id}: the Hugging Face Hub is off (HF_HUB_OFFLINE=1); push from a machine with network.")
         from huggingface_hub import HfApi
         api = HfApi(token=token)
-    folder = resolve_pretrained(checkpoint)
+    folder = Path(checkpoint)
     write_model_card(folder, evals, repo_id)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message,
@@ -225,7 +226,7 @@ def hub_main(argv: list[str] | None = None) -> int:
     for cmd, helptext in (("card", "write CHECKPOINT/README.md from its config, train_metrics.json and eval results"),
                           ("push", "write the card and upload CHECKPOINT to the Hub repo REPO_ID")):
         s = sub.add_parser(cmd, help=helptext)
-        s.add_argument("checkpoint", help="a folder written by `vtom train` (or a cached Hub repo id)")
+        s.add_argument("checkpoint", help="a folder written by `vtom train`")
         if cmd == "push": s.add_argument("repo_id", help="ORG/NAME on the Hugging Face Hub")
         else: s.add_argument("--repo-id", help="the name the card uses (default: the folder's name)")
         s.add_argument("--eval", nargs="*", default=[], help="metrics files written by `vtom eval --out` (model modes and baselines)")
