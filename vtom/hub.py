@@ -191,8 +191,8 @@ def _split_videos(dataset_dir: Path) -> dict[str, list[str]]:
     return out
 
 def export_features(store: str | Path, dataset_dir: str | Path, name: str | None = None) -> dict:
-    "Write a feature store's videos as `features-{name}/{split}.parquet` in a `vtom synth` folder and add the config to its card."
-    import pyarrow as pa, pyarrow.parquet as pq
+    "Write a feature store's videos as `features-{name}/{split}.jsonl` in a `vtom synth` folder and add the config to its card."
+    from vtom.data import write_jsonl
     from vtom.features import FeatureStore
     from vtom.locate import method_slug
     store, dataset_dir = FeatureStore(store), Path(dataset_dir)
@@ -204,15 +204,14 @@ def export_features(store: str | Path, dataset_dir: str | Path, name: str | None
         have = [v for v in vids if v in store]
         missing += [v for v in vids if v not in store]
         if not have: continue
-        metas = [store.meta(v) for v in have]
-        table = pa.table({"video_id": have, "features": [store[v].float().numpy().tolist() for v in have],
-                          "frames": [int(m.get("frames", 0)) for m in metas], "num_frames": [int(m.get("num_frames", 0)) for m in metas],
-                          "timestamps": [[float(t) for t in m.get("timestamps", [])] for m in metas],
-                          "duration": [float(m.get("duration") or 0.0) for m in metas], "tower": [str(m.get("tower", tower)) for m in metas]})
-        path = dataset_dir / config / f"{split}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp: pq.write_table(table, str(tmp))
-        files.append({"split": split, "path": f"{config}/{split}.parquet"})
+        rows = []
+        for v in have:
+            m = store.meta(v)
+            rows.append({"video_id": v, "features": store[v].float().numpy().tolist(), "frames": int(m.get("frames", 0)),
+                         "num_frames": int(m.get("num_frames", 0)), "timestamps": [float(t) for t in m.get("timestamps", [])],
+                         "duration": float(m.get("duration") or 0.0), "tower": str(m.get("tower", tower))})
+        write_jsonl(dataset_dir / config / f"{split}.jsonl", rows)
+        files.append({"split": split, "path": f"{config}/{split}.jsonl"})
     if not files: raise VtomError(f"{store.folder} has features for none of the videos of {dataset_dir}; extract them with `vtom features`.")
     add_card_config(dataset_dir / "README.md", {"config_name": config, "data_files": files})
     if missing: get_logger("vtom.hub").warning(f"{len(missing)} videos have no features in {store.folder} (e.g. {missing[0]}); left out.")
@@ -231,7 +230,7 @@ def hub_main(argv: list[str] | None = None) -> int:
         else: s.add_argument("--repo-id", help="the name the card uses (default: the folder's name)")
         s.add_argument("--eval", nargs="*", default=[], help="metrics files written by `vtom eval --out` (model modes and baselines)")
         if cmd == "push": s.add_argument("--private", action="store_true")
-    f = sub.add_parser("features", help="add a feature store to a `vtom synth` folder as a datasets config (Parquet)")
+    f = sub.add_parser("features", help="add a feature store to a `vtom synth` folder as a datasets config (JSON lines)")
     f.add_argument("store"); f.add_argument("dataset_dir"); f.add_argument("--name", help="config suffix (default: the store's tower)")
     a = p.parse_args(argv)
     if a.cmd == "card": res = {"card": str(write_model_card(a.checkpoint, a.eval, a.repo_id))}
