@@ -1,7 +1,6 @@
 """Hub-native checkpoints and data, offline: save / load by folder and by a cached repo id, the clear error for a repo id
 that is not cached, the model card from real `vtom eval` runs, and `datasets.load_dataset` on a generated set."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .core import VtomError, hub_offline, atomic_path, get_logger, resolve_pretrained, write_json
+from .core import VtomError, atomic_path, get_logger, hub_offline, resolve_pretrained
 from .model import CONFIG_NAME, LORA_DIR, PROCESSOR_NAME, WEIGHTS_NAME, VideoLLM, VideoLLMConfig, processor_config
 
 # %% auto #0

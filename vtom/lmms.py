@@ -142,7 +142,6 @@ class VtomLMM(lmms):
 def continuation_logprobs(model, encoded: Sequence[dict], n_tokens: Sequence[int], pad_id: int,
                           video_features: torch.Tensor | None = None) -> list[tuple[float, bool]]:
     "(summed log-prob, greedy?) of the first `n` answer tokens of each encoded choice; all one-token: one forward of the shared prompt."
-    from vtom.evaluate import full_sequence_logprobs
     first = [next(j for j, l in enumerate(e["labels"]) if l != -100) for e in encoded]
     if all(n == 1 for n in n_tokens) and len(set(first)) == 1 and len({tuple(e["input_ids"][:first[0]]) for e in encoded}) == 1:
         device = next(model.parameters()).device
