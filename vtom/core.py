@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['positive_int', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'VtomError', 'StorageError',
-           'Interrupted', 'storage_error', 'writing', 'int_at_least', 'float_at_least', 'data_dir', 'cache_dir',
-           'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
+__all__ = ['positive_int', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'HUB_REPO_ID', 'VtomError',
+           'StorageError', 'Interrupted', 'storage_error', 'writing', 'int_at_least', 'float_at_least', 'data_dir',
+           'cache_dir', 'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
            'refuse_link', 'atomic_path', 'json_text', 'write_json', 'write_new', 'open_nofollow', 'append_line',
            'check_writable', 'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit', 'peak_rss_mb',
-           'embedded_llm_gguf', 'embedded_llm_path']
+           'embedded_llm_gguf', 'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
 
 # %% ../nbs/00_core.ipynb #a8b7361f
 class VtomError(RuntimeError):
@@ -502,3 +502,32 @@ def embedded_llm_path() -> Path:
             if not (out / "config.json").is_file(): raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+# %% ../nbs/00_core.ipynb #d40d832f
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+def hub_offline() -> bool:
+    "True when the Hugging Face Hub is switched off (`HF_HUB_OFFLINE=1`)."
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+def resolve_pretrained(name: str | Path, what: str = "vtom checkpoint") -> Path:
+    "A local folder as given; a Hub repo id `ORG/NAME[@REVISION]` -> its local snapshot folder (cache first, then a download when online)."
+    path = Path(name).expanduser()
+    if path.is_dir(): return path
+    text = str(name)
+    if path.exists() or text.startswith((".", "/", "~")) or not HUB_REPO_ID.match(text):
+        raise VtomError(f"{name}: no such folder. Pass a {what} folder or a Hugging Face Hub repo id (ORG/NAME or ORG/NAME@REVISION).")
+    from huggingface_hub import snapshot_download
+    repo, _, revision = text.partition("@")
+    try: return Path(snapshot_download(repo, revision=revision or None, local_files_only=True))
+    except Exception: pass   # not cached: download below when online
+    how = (f"download it where there is network (`hf download {repo}`) and copy the Hugging Face cache (~/.cache/huggingface/hub) "
+           f"here, or pass the folder itself")
+    if hub_offline():
+        raise VtomError(f"{text} is neither a folder here nor a repo in the local Hugging Face cache, and the Hub is off "
+                        f"(HF_HUB_OFFLINE=1): {how}.")
+    try: return Path(snapshot_download(repo, revision=revision or None))
+    except Exception as e:
+        raise VtomError(f"{text} is neither a folder here nor a repo that could be downloaded from the Hugging Face Hub "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}): check the name, or {how}.") from e
