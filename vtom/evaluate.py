@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import inspect
 import json
-import math
 import re
 import sys
 import time
@@ -29,6 +28,7 @@ from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, form
 from .features import FeatureStore
 from .model import VideoLLM, VideoLLMConfig, load_llm, tokenize_conversation
 from .social import TIMELINE_LABEL, SignalStore, load_timeline, social_to_store, timeline_path, timeline_text
+from .stats import bootstrap_ci, paired_comparison
 
 # %% auto #0
 __all__ = ['VIDEO_MODES', 'SOCIAL_MODES', 'TOKEN_MODES', 'SURFACE_MODES', 'MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING',
@@ -37,10 +37,9 @@ __all__ = ['VIDEO_MODES', 'SOCIAL_MODES', 'TOKEN_MODES', 'SURFACE_MODES', 'MODES
            'token_logprobs', 'pad_batch', 'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs',
            'rule_scores', 'null_logprobs', 'length_shortcut', 'rule_length_shortcuts', 'check_num_frames',
            'transform_features', 'parse_choice', 'generate_choice', 'EvalSetup', 'evaluate_question', 'check_timelines',
-           'sample_videos', 'evaluate_questions', 'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact',
-           'paired_comparison', 'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize',
-           'plot_metrics', 'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark', 'eval_main',
-           'load_records', 'bench_eval_main']
+           'sample_videos', 'evaluate_questions', 'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table',
+           'summarize', 'plot_metrics', 'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark',
+           'eval_main', 'load_records', 'bench_eval_main']
 
 # %% ../nbs/06_eval.ipynb #d2e09d4e
 VIDEO_MODES = ("video", "shuffled", "blank", "video+social", "video+social-tokens")
@@ -452,44 +451,6 @@ def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str 
     return out
 
 # %% ../nbs/06_eval.ipynb #9383cee8
-def bootstrap_means(values: Sequence | np.ndarray, clusters: Sequence[str] | None = None, n_boot: int = 2000,
-                    seed: int = 0) -> np.ndarray:
-    "Bootstrap distribution `[n_boot, k]` of the column means of `values` `[n, k]`, resampling whole clusters (e.g. videos)."
-    v = np.asarray(values, dtype=float)
-    if v.ndim == 1: v = v[:, None]
-    if len(v) == 0: raise EvalError("Nothing to bootstrap: no scored question.")
-    inv = np.arange(len(v)) if clusters is None else np.unique(np.asarray(clusters, dtype=str), return_inverse=True)[1]
-    if len(inv) != len(v): raise EvalError(f"{len(inv)} cluster labels for {len(v)} items.")
-    counts = np.bincount(inv)
-    sums = np.stack([np.bincount(inv, weights=v[:, j], minlength=len(counts)) for j in range(v.shape[1])], 1)
-    pick = np.random.default_rng(seed).integers(0, len(counts), size=(n_boot, len(counts)))
-    return sums[pick].sum(1) / counts[pick].sum(1)[:, None]
-
-def bootstrap_ci(correct: Sequence[bool], n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
-                 clusters: Sequence[str] | None = None) -> tuple[float, float]:
-    "Percentile bootstrap CI of the mean of `correct`, resampling whole `clusters` (video ids; the default of every caller that has them) or single items."
-    lo, hi = np.quantile(bootstrap_means(correct, clusters, n_boot, seed)[:, 0], [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
-
-def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float:
-    "Exact two-sided McNemar p-value: binomial(n_discordant, 1/2) tail of the smaller discordant count, doubled."
-    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    n = only_a + only_b
-    if n == 0: return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
-    return min(1.0, 2 * tail / 2 ** n)          # exact integers, one rounding
-
-def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool], clusters: Sequence[str] | None,
-                      n_boot: int = 2000, seed: int = 0) -> dict:
-    "Accuracy of A and B on the same questions, `diff` = A - B with a paired video-clustered bootstrap 95% CI, exact McNemar p."
-    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1: raise EvalError(f"paired_comparison needs two equally long lists ({a.shape} vs {b.shape}).")
-    boot = bootstrap_means(a - b, clusters, n_boot, seed)[:, 0]
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    return {"n": int(len(a)), "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "diff": float(a.mean() - b.mean()),
-            "ci95": [float(lo), float(hi)], "p_mcnemar": mcnemar_exact(a > 0, b > 0)}
-
 def pair_records(records_a: list[dict], records_b: list[dict], names: tuple[str, str] = ("A", "B")) -> tuple[list, list, list]:
     "Align two runs' scored records by question id -> (correct_a, correct_b, video ids); an error names the ids that differ."
     def scored(recs, name):

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import VtomError, atomic_path, get_logger, write_json
-from .evaluate import DEFAULT_SCORING, EvalSetup, bootstrap_ci, evaluate_questions, paired_comparison
-from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, loo_moment_scores, markdown_table, method_windows,
+from .evaluate import DEFAULT_SCORING, EvalSetup, evaluate_questions
+from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, loo_moment_scores, method_windows,
                          evidence_examples, method_slug, moment_examples, retrieval_table, rows_by, temporal_tokens, train_moment_head,
                          write_qvh)
+from .stats import bootstrap_ci, markdown_table, paired_comparison
 
 # %% auto #0
 __all__ = ['PROBE_FACTS', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',

@@ -36,7 +36,8 @@ def load_evals(paths: Sequence[str | Path]) -> list[dict]:
 
 def paired_rows(evals: Sequence[dict]) -> list[dict]:
     "Each model-mode run against each baseline run of the same benchmark, on their common questions (paired, video-clustered)."
-    from vtom.evaluate import pair_records, paired_comparison
+    from vtom.evaluate import pair_records
+    from vtom.stats import paired_comparison
     rows = []
     for a in (e for e in evals if e["mode"] in MODEL_MODES):
         for b in (e for e in evals if e["benchmark"] == a["benchmark"] and e["mode"] not in MODEL_MODES):

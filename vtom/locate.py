@@ -5,7 +5,6 @@
 # %% ../nbs/08_locate.ipynb #a9a689c4
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import VtomError, seed_everything
-from .evaluate import answer_logprobs, bootstrap_ci
+from .evaluate import answer_logprobs
+from .stats import bootstrap_ci
 
 # %% auto #0
 __all__ = ['MR_IOU_THRESHOLDS', 'MOMENT_FIELDS', 'temporal_iou', 'moment_metrics', 'hit_at_k', 'cross_iou',
@@ -25,8 +25,8 @@ __all__ = ['MR_IOU_THRESHOLDS', 'MOMENT_FIELDS', 'temporal_iou', 'moment_metrics
            'window_list', 'centre_window', 'random_window', 'prior_window', 'HashingQueryEncoder', 'MomentExample',
            'temporal_tokens', 'feature_change_scores', 'MomentHead', 'train_moment_head', 'head_scores',
            'loo_importance', 'plot_relevance', 'answer_loglik_fn', 'load_moments', 'moment_examples',
-           'evidence_examples', 'method_windows', 'ranked_of', 'retrieval_table', 'markdown_table', 'qvh_ground_truth',
-           'qvh_predictions', 'method_slug', 'write_qvh', 'rows_by', 'loo_moment_scores']
+           'evidence_examples', 'method_windows', 'ranked_of', 'retrieval_table', 'qvh_ground_truth', 'qvh_predictions',
+           'method_slug', 'write_qvh', 'rows_by', 'loo_moment_scores']
 
 # %% ../nbs/08_locate.ipynb #c327fc59
 def _windows(x: Any, name: str) -> np.ndarray:
@@ -528,16 +528,6 @@ def retrieval_table(examples: Sequence[MomentExample], methods: dict[str, dict],
                 row["hit@1"] = float(np.mean([hit_at_k(m["scores"][j], examples[index[j]].timestamps, examples[index[j]].window, 1) for j in timed]))
             rows.append(row)
     return rows
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:
-    "A markdown table of dict rows (floats rounded, tuples as intervals)."
-    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
-    def fmt(v):
-        if isinstance(v, float): return "" if math.isnan(v) else f"{v:.{digits}f}"
-        if isinstance(v, tuple): return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return "" if v is None else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows])
 
 # %% ../nbs/08_locate.ipynb #f856ad43
 def qvh_ground_truth(examples: Sequence[MomentExample]) -> list[dict]:

@@ -808,7 +808,7 @@ def text_only_baselines(train: list[dict], test: list[dict]) -> dict:
     """Accuracy on `test` of three text-only baselines trained on `train` (95% intervals clustered by video):
     the majority answer position, the majority answer text (names masked), and a bag-of-words option scorer."""
     import collections
-    from vtom.evaluate import bootstrap_ci
+    from vtom.stats import bootstrap_ci
     def mask(r: dict, text: str) -> str:  # agent names out, so "Anna was outside" and "Ben was outside" count together
         for w in r["q"].replace("?", "").replace("'s", "").split():
             if w in NAMES: text = text.replace(w, "X")

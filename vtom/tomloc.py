@@ -256,7 +256,7 @@ def tomloc_methods(test: Sequence, train: Sequence, head=None, encoder=None, lm_
 
 def tomloc_table(test: Sequence, methods: dict[str, dict]) -> list[dict]:
     "Per method: n, R1@0.3/0.5/0.7, mIoU, frame-within-window and exact-index accuracy, answered share, 95% bootstrap CIs, QVHighlights metrics (%)."
-    from vtom.evaluate import bootstrap_ci
+    from vtom.stats import bootstrap_ci
     from vtom.locate import moment_metrics, qvh_ground_truth, qvh_metrics, qvh_predictions, temporal_iou
     gts, truth = [e.window for e in test], qvh_ground_truth(test)
     rows = []
@@ -294,7 +294,8 @@ def evaluate_tomloc(train_dir: str | Path, test_dir: str | Path, out: str | Path
                     lm_steps: int = 60, lm_batch: int = 4, learning_rate: float = 1e-3, device: str = "cpu", seed: int = 0) -> dict:
     "Train the retrieval head (and, with `llm`, the LM route) on one build and score every method on another; writes report.json/.md."
     from vtom.features import FeatureStore
-    from vtom.locate import HashingQueryEncoder, markdown_table, train_moment_head, write_qvh
+    from vtom.locate import HashingQueryEncoder, train_moment_head, write_qvh
+    from vtom.stats import markdown_table
     t0, out = time.time(), check_writable(Path(out), folder=True)   # before training: a read-only or full disk fails now
     train_dir, test_dir = Path(train_dir), Path(test_dir)
     train_rows, test_rows = load_tomloc(train_dir / "tomloc.jsonl"), load_tomloc(test_dir / "tomloc.jsonl")
@@ -349,7 +350,7 @@ def mix_training(qa_file: str | Path, features: str | Path, tomloc_dir: str | Pa
 
 def paired_accuracy(base: Sequence[dict], other: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict:
     "Accuracy of two prediction sets on their common questions, the difference `other - base` and its paired bootstrap 95% CI."
-    from vtom.evaluate import bootstrap_ci
+    from vtom.stats import bootstrap_ci
     a = {r["qid"]: bool(r["correct"]) for r in base if r.get("correct") is not None}
     b = {r["qid"]: bool(r["correct"]) for r in other if r.get("correct") is not None}
     common = sorted(a.keys() & b.keys())
