@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .core import cache_dir, get_device, package_versions, write_json
+from .core import REFERENCE_NUM_FRAMES, cache_dir, get_device, package_versions, write_json
+from .registry import BENCH_TOWER, TEST_TOWER
 
 # %% auto #0
 __all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'VIDEO_CHATGPT_RECIPE', 'try_import', 'machine_report',
@@ -81,8 +82,8 @@ def fitting_presets(report: dict, needs: dict[str, dict] | None = None) -> dict[
 def _sync(device: torch.device):
     if device.type == "cuda": torch.cuda.synchronize(device)
 
-def bench_features(vision: str = "random:ViT-L-14", dtype: str = "fp16", device: str = "auto", video: str | Path | None = None,
-                   num_frames: int = 100, batch_size: int = 50, repeats: int = 3, copies: int = 4, workers: int = 2,
+def bench_features(vision: str = BENCH_TOWER, dtype: str = "fp16", device: str = "auto", video: str | Path | None = None,
+                   num_frames: int = REFERENCE_NUM_FRAMES, batch_size: int = 50, repeats: int = 3, copies: int = 4, workers: int = 2,
                    pool: str = "auto") -> dict:
     "Tower frames/s, decoding frames/s, pipeline frames/s, busy fraction and decode-boundness for one tower and dtype."
     import tempfile
@@ -156,7 +157,7 @@ def _run_child(args: list) -> dict[str, Any]:
     if proc.returncode != 0: return dict(error=(proc.stderr.strip().splitlines() or ["failed"])[-1][:300])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
-def bench_decode(video: str | Path | None = None, num_frames: int = 100, repeats: int = 5,
+def bench_decode(video: str | Path | None = None, num_frames: int = REFERENCE_NUM_FRAMES, repeats: int = 5,
                  backends: Sequence[str] | None = None, seconds: float = 60.0, memory: bool = True) -> dict[str, Any]:
     "Median seconds, frames/s and peak RSS of each backend (and `auto`) sampling `num_frames` frames of `video`."
     path = video_path(video) if video else bench_video(seconds)
@@ -189,7 +190,7 @@ def bench_decode_main(argv: list[str] | None = None) -> int:
     "`vtom bench decode [VIDEO]`: one JSON line comparing the backends; with --workers/--pool one line per decode-pool setting."
     parser = argparse.ArgumentParser(prog="vtom bench decode", description="Time sampling frames with each decoding backend.")
     parser.add_argument("video", nargs="?", help="a video file or packaged clip name (default: a generated 60 s 640x360 long-GOP clip)")
-    parser.add_argument("--num-frames", type=int, default=100, help="frames to sample (default 100)")
+    parser.add_argument("--num-frames", type=int, default=REFERENCE_NUM_FRAMES, help=f"frames to sample (default {REFERENCE_NUM_FRAMES})")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default 5)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="backends to time (default: all installed)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated clip (default 60)")
@@ -226,7 +227,7 @@ def cpu_seconds() -> float:
     return total
 
 def bench_decode_pool(video: str | Path | None = None, workers: Sequence[int] = (1, 2), pools: Sequence[str] = ("thread", "process"),
-                      backends: Sequence[str] = ("pyav",), num_frames: int = 100, videos: int | None = None,
+                      backends: Sequence[str] = ("pyav",), num_frames: int = REFERENCE_NUM_FRAMES, videos: int | None = None,
                       threads: int | None = None, seconds: float = 60.0) -> Iterator[dict[str, Any]]:
     "One record per (backend, pool, workers): frames/s, wall and CPU seconds of decoding `videos` copies of `video` with a `DecodePool`."
     src = video_path(video) if video else bench_video(seconds)
@@ -281,7 +282,7 @@ def _reference_tokens(tower: VisionTower, pixels: torch.Tensor) -> torch.Tensor:
         return out["image_intermediates"][0]
     return tower.encode(pixels)  # an hf tower is already cut after block N-1: same cost as vtom's path
 
-def _reference_features(path: Path, tower: VisionTower, num_frames: int = 100, batch_size: int = 32) -> tuple[np.ndarray, float, float]:
+def _reference_features(path: Path, tower: VisionTower, num_frames: int = REFERENCE_NUM_FRAMES, batch_size: int = 32) -> tuple[np.ndarray, float, float]:
     "Reference-style features of one video (numpy fp16), and the seconds spent preprocessing and in the tower."
     arr = _reference_decode(path, num_frames)
     t0 = time.perf_counter()
@@ -298,8 +299,8 @@ def bench_features_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vtom bench features", description="Feature extraction speed against a reference-style path.")
     p.add_argument("--videos", default="bikes,bigbuckbunny", help="comma-separated packaged names or paths (default %(default)s)")
     p.add_argument("--repeat", type=int, default=1, help="times each video is processed per path (default %(default)s)")
-    p.add_argument("--vision", default="random:ViT-B-32")
-    p.add_argument("--num-frames", type=int, default=100)
+    p.add_argument("--vision", default=TEST_TOWER)
+    p.add_argument("--num-frames", type=int, default=REFERENCE_NUM_FRAMES)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
@@ -368,7 +369,7 @@ def bench_features_main(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/11_bench.ipynb #9c4d2e02
-def tower_profile(vision: str = "random:ViT-B-32", dtype: str = "fp32", frames: int = 32, top: int = 8) -> dict:
+def tower_profile(vision: str = TEST_TOWER, dtype: str = "fp32", frames: int = 32, top: int = 8) -> dict:
     "Share of the self CPU time per torch op in one forward of `frames` random frames through a tower, the biggest `top`."
     from torch.profiler import ProfilerActivity, profile
     tower = load_vision_tower(vision, device="cpu", dtype=dtype)
@@ -474,7 +475,7 @@ def _time_steps(model, batch: dict, steps: int, warmup: int = 1) -> tuple[float,
         model.zero_grad(set_to_none=True)
     return time.perf_counter() - t0, time.process_time() - c0
 
-def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_frames: int = 100, num_spatial_tokens: int = 256,
+def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_frames: int = REFERENCE_NUM_FRAMES, num_spatial_tokens: int = 256,
                 vision_hidden_size: int = 1024, template: str = "chat", device: str = "cpu", dtype: str = "auto",
                 gradient_checkpointing: bool = False, seed: int = 0) -> dict:
     "Frozen-LM versus naive projector-training speed and memory on `llm` (see above); returns the JSON record."
@@ -512,7 +513,7 @@ def bench_train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm", default="embedded", help="LM to train on (default: the embedded SmolLM2-135M)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (after one warm-up step)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--num-frames", type=int, default=100, help="temporal tokens (reference 100)")
+    p.add_argument("--num-frames", type=int, default=REFERENCE_NUM_FRAMES, help=f"temporal tokens (reference {REFERENCE_NUM_FRAMES})")
     p.add_argument("--num-spatial-tokens", type=int, default=256, help="spatial tokens (reference 256)")
     p.add_argument("--vision-hidden-size", type=int, default=1024, help="feature width (reference CLIP ViT-L/14: 1024)")
     p.add_argument("--template", default="chat")
@@ -543,7 +544,7 @@ def _step(name: str, main, argv: list[str]) -> dict:
     if not rec["ok"]: rec["error"] = (f"exit code {rc}\n" + err.getvalue()[-1000:] + tail)[-2500:]
     return rec
 
-def e2e_check(device: str = "auto", llm: str = "tiny", vision: str = "random:ViT-B-32", work: str | Path | None = None,
+def e2e_check(device: str = "auto", llm: str = "tiny", vision: str = TEST_TOWER, work: str | Path | None = None,
               steps: int = 3) -> dict:
     "The pipeline end to end at toy sizes on `device`: synth, features, train (+ temporal LoRA), eval, chat, temporal --dry-run."
     from vtom.evaluate import eval_main
@@ -615,7 +616,7 @@ def recipe_estimate(lm_train: dict, gpu_gib: float | None = None, recipe: dict =
 def _social_section(toy: bool) -> dict:
     "`vtom.social.bench_social` at 100 frames and 60 s of speech (16 frames, 10 s at toy sizes); a missing model or espeak-ng is recorded."
     from vtom.social import bench_social
-    return bench_social(num_frames=16 if toy else 100, audio_seconds=10.0 if toy else 60.0)
+    return bench_social(num_frames=16 if toy else REFERENCE_NUM_FRAMES, audio_seconds=10.0 if toy else 60.0)
 
 def _guarded(fn, *args, **kwargs) -> dict:
     "A section's record, or its error with the traceback's tail: one failing section never loses the others."
@@ -643,8 +644,8 @@ def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 4
         from vtom.decode import make_test_video
         video = make_test_video(Path(tempfile.mkdtemp(prefix="vtom-gpucheck-")) / "toy.mp4", seconds=4, fps=10, size=(160, 120))
     dtypes = ("fp32",) if dev.type == "cpu" else ("fp16", "bf16") if dev.type == "cuda" and torch.cuda.is_bf16_supported() else ("fp16",)
-    fkw = dict(vision="random:ViT-B-32", num_frames=16, batch_size=8, repeats=1, copies=2) if toy else \
-        dict(vision="random:ViT-L-14", num_frames=100, batch_size=50, repeats=3, copies=48, workers=max(2, min(12, (os.cpu_count() or 4) - 2)))
+    fkw = dict(vision=TEST_TOWER, num_frames=16, batch_size=8, repeats=1, copies=2) if toy else \
+        dict(vision=BENCH_TOWER, num_frames=REFERENCE_NUM_FRAMES, batch_size=50, repeats=3, copies=48, workers=max(2, min(12, (os.cpu_count() or 4) - 2)))
     if e2e: section("e2e", e2e_check, str(dev))
     section("features", bench_features, dtype=dtypes[0], device=str(dev), video=video, **fkw)
     if toy: section("lm_train", bench_lm_train, LLAMA_TOY, str(dev), "fp32" if dev.type == "cpu" else "auto", batch_size=2,

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['positive_int', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'HUB_REPO_ID', 'VtomError',
-           'StorageError', 'Interrupted', 'storage_error', 'writing', 'int_at_least', 'float_at_least', 'data_dir',
-           'cache_dir', 'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
-           'refuse_link', 'atomic_path', 'json_text', 'write_json', 'write_new', 'open_nofollow', 'append_line',
-           'check_writable', 'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit', 'peak_rss_mb',
-           'embedded_llm_gguf', 'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
+__all__ = ['positive_int', 'REFERENCE_NUM_FRAMES', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME',
+           'HUB_REPO_ID', 'VtomError', 'StorageError', 'Interrupted', 'storage_error', 'writing', 'int_at_least',
+           'float_at_least', 'data_dir', 'cache_dir', 'runs_dir', 'get_device', 'get_dtype', 'seed_everything',
+           'disable_progress_bars', 'get_logger', 'refuse_link', 'atomic_path', 'json_text', 'write_json', 'write_new',
+           'open_nofollow', 'append_line', 'check_writable', 'FolderLock', 'Store', 'has_package', 'package_versions',
+           'git_commit', 'peak_rss_mb', 'embedded_llm_gguf', 'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
 
 # %% ../nbs/00_core.ipynb #a8b7361f
 class VtomError(RuntimeError):
@@ -89,6 +89,9 @@ def float_at_least(low: float) -> Callable[[str], float]:
     return parse
 
 positive_int = int_at_least(1)
+
+# %% ../nbs/00_core.ipynb #f4a3e002
+REFERENCE_NUM_FRAMES = 100   # frames sampled per video = temporal tokens (Video-ChatGPT's setting): the default everywhere
 
 # %% ../nbs/00_core.ipynb #8d247c51
 def _env_path(var: str, default: Path) -> Path:

@@ -27,7 +27,7 @@ import av
 import numpy as np
 import torch
 
-from .core import VtomError, atomic_path, cache_dir, get_logger, has_package
+from .core import REFERENCE_NUM_FRAMES, VtomError, atomic_path, cache_dir, get_logger, has_package
 
 # %% auto #0
 __all__ = ['COUNTER_BITS', 'CONTAINERS', 'PACKAGED_VIDEOS', 'IMAGE_CODECS', 'BACKENDS', 'VideoDecodeError',
@@ -51,7 +51,7 @@ def _why(e: BaseException) -> str:
     return text.strip()[:200]
 
 # %% ../nbs/01_decode.ipynb #cee48d95
-def sample_frame_indices(total_frames: int, num_frames: int = 100) -> np.ndarray:
+def sample_frame_indices(total_frames: int, num_frames: int = REFERENCE_NUM_FRAMES) -> np.ndarray:
     "Video-ChatGPT's uniform sampling: midpoints of `min(total, num_frames)` equal segments, rounded half-to-even."
     total_frames, num_frames = int(total_frames), int(num_frames)
     if total_frames <= 0: raise VtomError(f"Cannot sample from a video with {total_frames} frames.")
@@ -512,7 +512,7 @@ def pick_backend(backend: str) -> str:
                         "or use backend='pyav'.")
     return backend
 
-def read_video(path: str | Path, num_frames: int = 100, backend: str = "auto", window: tuple[float, float] | None = None,
+def read_video(path: str | Path, num_frames: int = REFERENCE_NUM_FRAMES, backend: str = "auto", window: tuple[float, float] | None = None,
                size: int | tuple[int, int] | None = None, as_tensor: bool = False, resize_mode: str = "nearest",
                audio: bool = False, sample_rate: int = 16000, indices: Sequence[int] | None = None, threads: int = 0,
                alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None) -> VideoClip:

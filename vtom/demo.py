@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from transformers import TextIteratorStreamer
 
-from .core import EMBEDDED_LLM_NAME, VtomError, atomic_path, get_logger, seed_everything
+from .core import EMBEDDED_LLM_NAME, REFERENCE_NUM_FRAMES, VtomError, atomic_path, get_logger, seed_everything
 from .decode import read_video, resize_frames
 from .features import features_from_clip
 from .infer import NoVideoError, VideoChat, social_models_available
 from .locate import answer_loglik_fn, loo_importance, plot_relevance
 from .model import TRACKER_BELIEVERS, TRACKER_COLUMNS, VIDEO_TOKEN
-from .registry import EMBEDDED_ALIASES
+from .registry import EMBEDDED_ALIASES, OFFLINE_TOWER
 from .social import (expression_track, plot_timeline, query_expression, run_seconds, social_clip, social_timeline,
                      threshold_run, timeline_prompt_line, timeline_text)
 from .synth import GENERATOR_VERSION
@@ -280,7 +280,7 @@ class DemoBackend:
     cache (content hash -> `VideoEntry`, least recently used dropped), the tabs' `Session`s, the model's line, timings."""
 
     def __init__(self, load: Callable[[], VideoChat], max_upload_mb: float = 200, max_videos: int = 8, max_new_tokens: int = 128,
-                 temperature: float = 0.0, social_frames: int = 100, limits: Limits | None = None, concurrency: int = 1,
+                 temperature: float = 0.0, social_frames: int = REFERENCE_NUM_FRAMES, limits: Limits | None = None, concurrency: int = 1,
                  max_sessions: int = 1000):
         self.max_upload_mb, self.max_videos, self.max_new_tokens, self.temperature = max_upload_mb, max_videos, max_new_tokens, temperature
         self.social_frames, self.limits, self.max_sessions = social_frames, limits or Limits(), max_sessions
@@ -915,12 +915,12 @@ def demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm", default=None, help="language model: embedded (SmolLM2-135M-Instruct), a local dir or a hub name "
                    "(default: the checkpoint's, else embedded)")
     p.add_argument("--vision", default=None, help="vision tower: hf:ID|hf:DIR, open_clip:ARCH:PRETRAINED, random:ARCH "
-                   "(default: the checkpoint's, else imagenet:mobilenet_v2)")
+                   f"(default: the checkpoint's, else {OFFLINE_TOWER})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--num-frames", type=int, default=None, help="frames sampled per video (default: the checkpoint's, else 100)")
-    p.add_argument("--social-frames", type=int, default=100, help="frames of the social timeline (faces, expressions, voice, "
-                   "words); 0 turns it off (default 100)")
+    p.add_argument("--num-frames", type=int, default=None, help=f"frames sampled per video (default: the checkpoint's, else {REFERENCE_NUM_FRAMES})")
+    p.add_argument("--social-frames", type=int, default=REFERENCE_NUM_FRAMES, help="frames of the social timeline (faces, expressions, voice, "
+                   f"words); 0 turns it off (default {REFERENCE_NUM_FRAMES})")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--max-upload-mb", type=float, default=200, help="largest video accepted (MB)")

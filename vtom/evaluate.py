@@ -21,8 +21,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .core import (FolderLock, Interrupted, StorageError, VtomError, append_line, atomic_path, check_writable, get_device,
-                       get_logger, git_commit, package_versions, positive_int, seed_everything, write_json)
+from .core import (FolderLock, Interrupted, REFERENCE_NUM_FRAMES, StorageError, VtomError, append_line, atomic_path,
+                       check_writable, get_device, get_logger, git_commit, package_versions, positive_int,
+                       seed_everything, write_json)
 from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, format_mc_prompt, load_siq2, question_word, split_available,
                        unique_qids)
 from .features import FeatureStore
@@ -330,7 +331,7 @@ class EvalSetup:
     tokenizer: Any
     template: str = "chat"
     features: Any = None              # mapping video_id -> Tensor[num_frames + P, D] (e.g. vtom.features.FeatureStore)
-    num_frames: int = 100
+    num_frames: int = REFERENCE_NUM_FRAMES
     max_length: int | None = None
     info: dict = field(default_factory=dict)
     social: Any = None                # mapping video_id -> timeline text (social modes; e.g. SocialTexts)
@@ -652,7 +653,7 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
             model = VideoLLM.from_pretrained(checkpoint, lm=lm, tokenizer=tok)
         else:
             log.warning("No --checkpoint: the video projector is UNTRAINED (random); video-mode numbers only test the plumbing.")
-            nf = num_frames or 100
+            nf = num_frames or REFERENCE_NUM_FRAMES
             rows, dim = _feature_shape(store)
             cfg = VideoLLMConfig(lm_name=llm, vision_name=vision or "unknown", vision_hidden_size=dim, num_frames=nf,
                                     num_spatial_tokens=rows - nf, template=template or "chat")
@@ -673,9 +674,9 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
         if not model.config.social_dim:
             raise EvalError(f"mode {mode!r}: the checkpoint {checkpoint} has no social projector (social_dim=0); train one with "
                             "`vtom train ... --social-store DIR`, or evaluate it with --mode video.")
-        signals = SignalStore(social_store, num_frames or 100, lambda v: store.meta(v).get("timestamps") if hasattr(store, "meta") else None)
+        signals = SignalStore(social_store, num_frames or REFERENCE_NUM_FRAMES, lambda v: store.meta(v).get("timestamps") if hasattr(store, "meta") else None)
         info["social_tokens"] = model.config.social_dim
-    return EvalSetup(model, tok, template, store, num_frames or 100, None, info, social, signals)
+    return EvalSetup(model, tok, template, store, num_frames or REFERENCE_NUM_FRAMES, None, info, social, signals)
 
 def _feature_shape(store) -> tuple[int, int]:
     "(rows, width) of the first feature file of a store."
@@ -725,7 +726,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="trained VideoLLM directory (projector); its config names the template")
     p.add_argument("--vision", help="vision tower name the features came from (recorded; needed without a checkpoint)")
     p.add_argument("--template", help="conversation template (default: the checkpoint's, else the LM's chat template)")
-    p.add_argument("--num-frames", type=positive_int, help="temporal rows in the features (default: the checkpoint's, else 100)")
+    p.add_argument("--num-frames", type=positive_int, help=f"temporal rows in the features (default: the checkpoint's, else {REFERENCE_NUM_FRAMES})")
     p.add_argument("--limit", type=_positive_int, help="evaluate a seeded random sample of whole videos holding at least N questions")
     p.add_argument("--prior-qa", help="(majority-position) questions whose most frequent answer position is the guess, e.g. "
                    "qa_train.json (default: the evaluated questions themselves, which is optimistic)")

@@ -20,18 +20,19 @@ from .evaluate import DEFAULT_SCORING, EvalSetup, evaluate_questions
 from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, loo_moment_scores, method_windows,
                          evidence_examples, method_slug, moment_examples, retrieval_table, rows_by, temporal_tokens, train_moment_head,
                          write_qvh)
+from .registry import STUDY_TOWER, TEST_TOWER
 from .stats import bootstrap_ci, markdown_table, paired_comparison
 
 # %% auto #0
-__all__ = ['PROBE_FACTS', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
-           'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'STUDY_QTYPES', 'STUDY_FAMILIES', 'SOURCE_NAMES',
-           'DRY_RUN', 'linear_probe', 'frame_facts', 'probe_data', 'probe_table', 'synth_features', 'split_videos',
-           'mc_predictions', 'mc_table', 'goal_verdicts', 'what_this_run_shows', 'goal_report', 'report_markdown',
-           'tracker_targets', 'tracker_data', 'write_tracker_targets', 'train_tracker', 'tracker_probs',
-           'frame_accuracy', 'tracker_answers', 'belief_false_windows', 'window_success', 'observation_slices',
-           'observation_vector', 'FramePerception', 'perception_loss', 'train_perception', 'perception_accuracy',
-           'observation_stores', 'plot_belief_timeline', 'plot_learning_curves', 'study_markdown', 'temporal_study',
-           'temporal_main', 'goal_main']
+__all__ = ['PROBE_FACTS', 'STUDY_NUM_FRAMES', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'OBSERVATION_GROUPS',
+           'OBSERVATION_COLUMNS', 'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'STUDY_QTYPES',
+           'STUDY_FAMILIES', 'SOURCE_NAMES', 'DRY_RUN', 'linear_probe', 'frame_facts', 'probe_data', 'probe_table',
+           'synth_features', 'split_videos', 'mc_predictions', 'mc_table', 'goal_verdicts', 'what_this_run_shows',
+           'goal_report', 'report_markdown', 'tracker_targets', 'tracker_data', 'write_tracker_targets',
+           'train_tracker', 'tracker_probs', 'frame_accuracy', 'tracker_answers', 'belief_false_windows',
+           'window_success', 'observation_slices', 'observation_vector', 'FramePerception', 'perception_loss',
+           'train_perception', 'perception_accuracy', 'observation_stores', 'plot_belief_timeline',
+           'plot_learning_curves', 'study_markdown', 'temporal_study', 'temporal_main', 'goal_main']
 
 # %% ../nbs/08b_experiments.ipynb #95a3cd5c
 @torch.no_grad()
@@ -106,7 +107,9 @@ def probe_table(store: Any, synth_dir: str | Path, train_ids: Sequence[str], tes
     return rows
 
 # %% ../nbs/08b_experiments.ipynb #5d6924b8
-def synth_features(synth_dir: str | Path, tower_name: str, num_frames: int = 32, out: str | Path | None = None,
+STUDY_NUM_FRAMES = 32   # frames of the synthetic studies: the cartoons are short, and 32 keeps them CPU-sized
+
+def synth_features(synth_dir: str | Path, tower_name: str, num_frames: int = STUDY_NUM_FRAMES, out: str | Path | None = None,
                    device: str = "auto", progress: bool = False) -> Path:
     "Features of all videos of a `vtom synth` folder (resumable) in `out` (default `SYNTH/features/{tower}-{num_frames}`)."
     from vtom.features import extract_to_store, list_videos, load_vision_tower
@@ -207,7 +210,7 @@ def _belief_change_success(examples: Sequence[Any], methods: dict[str, dict]) ->
         out[name] = res
     return out
 
-def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] | None = None, num_frames: int = 32,
+def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] | None = None, num_frames: int = STUDY_NUM_FRAMES,
                 llm: str = "embedded", train_steps: int = 150, train_batch: int = 8, learning_rate: float = 1e-3,
                 head_steps: int = 300, mc_towers: Sequence[str] = ("random CLIP",), loo_towers: Sequence[str] = ("random CLIP",),
                 loo_limit: int | None = None, loo_qtypes: Sequence[str] | None = ("belief",), mc_qtypes: Sequence[str] | None = ("belief",),
@@ -219,7 +222,7 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
     from vtom.train import train
     log = get_logger("vtom.experiments")
     synth_dir, out = Path(synth_dir), Path(out)
-    towers = towers or {"random CLIP": "random:ViT-B-32", "thumbnail": "thumbnail:14"}
+    towers = towers or {"random CLIP": TEST_TOWER, "thumbnail": STUDY_TOWER}
     report: dict[str, Any] = {"synth_dir": str(synth_dir), "towers": towers, "num_frames": num_frames, "llm": llm,
                               "train_steps": train_steps, "train_batch": train_batch, "learning_rate": learning_rate,
                               "head_steps": head_steps, "seed": seed, "loo_limit": loo_limit, "loo_qtypes": loo_qtypes,
@@ -371,7 +374,7 @@ def write_tracker_targets(store: Any, synth_dir: str | Path, video_ids: Sequence
     return Path(path)
 
 # %% ../nbs/08b_experiments.ipynb #769b9298
-def train_tracker(feats: torch.Tensor, targets: torch.Tensor, projector_type: str = "graph", num_frames: int = 32,
+def train_tracker(feats: torch.Tensor, targets: torch.Tensor, projector_type: str = "graph", num_frames: int = STUDY_NUM_FRAMES,
                   graph_cells: int = 16, width: int = 576, steps: int = 200, batch_size: int = 16, learning_rate: float = 1e-3,
                   seed: int = 0, log_every: int = 10) -> tuple[nn.Module, nn.Module, list[dict]]:
     "Train a fresh projector + `MentalStateTracker` on per-frame truth alone (no LM) -> `(projector, tracker, history)`."
@@ -517,7 +520,7 @@ def perception_accuracy(probs: torch.Tensor, obs: torch.Tensor) -> dict[str, flo
 PERCEPTION_SOURCES = ("tower", "learned", "oracle")   # the study's inputs: tower features, FramePerception, the event log
 PERCEPTION_SIZE = 112   # frames are decoded at this side for FramePerception (the object stays a few pixels wide)
 
-def observation_stores(synth_dir: str | Path, num_frames: int = 32, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
+def observation_stores(synth_dir: str | Path, num_frames: int = STUDY_NUM_FRAMES, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
                        size: int = PERCEPTION_SIZE, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     "Feature stores of observation rows for every video of a `vtom synth` folder: `oracle` (the event log) and `learned` (`FramePerception` trained on the train split)."
     from safetensors.torch import load_file, save_file
@@ -675,7 +678,7 @@ def _study_goal(arms: Sequence[str], val_right: dict[str, dict[str, int]], right
             "met": bool(np.mean(model_ok) >= 0.80 and max(others) <= 0.55 and shuf["ci95"][0] > 0)}
     return goal, paired
 
-def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = "thumbnail:14", num_frames: int = 32, grid: int = 4,
+def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = STUDY_TOWER, num_frames: int = STUDY_NUM_FRAMES, grid: int = 4,
                    llm: str = "embedded", lm_arms: Sequence[str] = ("linear", "temporal", "graph"), lm_steps: int = 60,
                    lm_batch: int = 8, learning_rate: float = 1e-3, aux_arms: Sequence[str] = ("graph",), tracker_weight: float = 1.0,
                    tracker_arms: Sequence[str] = ("linear", "temporal", "graph"), perception: Sequence[str] = PERCEPTION_SOURCES,
@@ -824,8 +827,8 @@ def temporal_main(argv: list[str] | None = None) -> int:
                                 "one accuracy table with paired CIs, belief-change retrieval and the belief-timeline figure.")
     p.add_argument("synth_dir", nargs="?", help="a folder written by `vtom synth` (>= 300 videos for the real study)")
     p.add_argument("--out", required=True, help="report folder (report.md, report.json, figures, checkpoints)")
-    p.add_argument("--tower", default="thumbnail:14", help="vision tower (default %(default)s)")
-    p.add_argument("--num-frames", type=int, default=32)
+    p.add_argument("--tower", default=STUDY_TOWER, help="vision tower (default %(default)s)")
+    p.add_argument("--num-frames", type=int, default=STUDY_NUM_FRAMES)
     p.add_argument("--grid", type=int, default=4, help="per-frame grid side for the graph projector (default 4: 16 cells)")
     p.add_argument("--llm", default="embedded")
     p.add_argument("--arms", default="linear,temporal,graph", help="projectors trained into the LM")
@@ -870,9 +873,9 @@ def goal_main(argv: list[str] | None = None) -> int:
                                 "and paired verdicts (method chosen on val, reported on test).")
     p.add_argument("synth_dir", help="a folder written by `vtom synth`")
     p.add_argument("--out", required=True, help="report folder (report.json, report.md, projector checkpoints)")
-    p.add_argument("--vision", default="random:ViT-B-32", help="vision tower for vtom.features (default %(default)s)")
+    p.add_argument("--vision", default=TEST_TOWER, help="vision tower for vtom.features (default %(default)s)")
     p.add_argument("--no-thumbnail", action="store_true", help="skip the thumbnail sanity tower")
-    p.add_argument("--num-frames", type=int, default=32)
+    p.add_argument("--num-frames", type=int, default=STUDY_NUM_FRAMES)
     p.add_argument("--llm", default="embedded", help="language model (embedded, tiny, a local dir or hub name)")
     p.add_argument("--train-steps", type=int, default=60, help="projector steps (0: untrained projector, a plumbing check)")
     p.add_argument("--train-batch", type=int, default=4)
@@ -887,7 +890,7 @@ def goal_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from vtom.core import get_device
     towers = {"random CLIP" if a.vision.startswith("random:") else a.vision: a.vision}
-    if not a.no_thumbnail: towers["thumbnail"] = "thumbnail:14"
+    if not a.no_thumbnail: towers["thumbnail"] = STUDY_TOWER
     first = next(iter(towers))
     split = lambda s: None if s == "all" else tuple(x for x in s.split(",") if x)
     rep = goal_report(a.synth_dir, a.out, towers, num_frames=a.num_frames, llm=a.llm, train_steps=a.train_steps,

@@ -19,15 +19,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (Interrupted, Store, VtomError, atomic_path, check_writable, disable_progress_bars, get_device,
-                       get_dtype, get_logger, positive_int)
+from .core import (Interrupted, REFERENCE_NUM_FRAMES, Store, VtomError, atomic_path, check_writable,
+                       disable_progress_bars, get_device, get_dtype, get_logger, positive_int)
+from .registry import REFERENCE_TOWER, TEST_TOWER
 
 if TYPE_CHECKING: from vtom.decode import DecodePool   # for a type hint; imported where it is used
 
 # %% auto #0
-__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'IMAGENET_WEIGHTS', 'MAX_NUM_FRAMES', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers',
-           'cpu_has_amx', 'tower_dtype', 'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower',
+__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'TOWERS', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENET_WEIGHTS',
+           'MAX_NUM_FRAMES', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers', 'cpu_has_amx',
+           'tower_dtype', 'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower',
            'preprocess_frames', 'reference_preprocess', 'pool_features', 'frame_grid', 'graph_rows', 'video_id_of',
            'encode_frames', 'features_from_clip', 'extract_video_features', 'save_features', 'feature_settings',
            'check_feature_file', 'read_meta', 'load_features', 'FeatureStore', 'feature_shape', 'list_videos',
@@ -36,7 +37,6 @@ __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', '
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-REFERENCE_TOWER = "hf:openai/clip-vit-large-patch14"
 
 class VisionTower:
     "A frozen image encoder that maps normalised pixels `[B,3,S,S]` to penultimate-layer patch tokens `[B,P,D]`."
@@ -176,7 +176,7 @@ def tower_dtype(kind: str, device: torch.device, dtype: str | torch.dtype | None
     if device.type == "cuda": return torch.float16  # 3 more mantissa bits than bf16, and the store keeps fp16 anyway
     return torch.bfloat16 if device.type == "cpu" and kind in BF16_CPU_KINDS and cpu_has_amx() else torch.float32
 
-def load_vision_tower(name: str = "random:ViT-B-32", device: str | torch.device = "auto",
+def load_vision_tower(name: str = TEST_TOWER, device: str | torch.device = "auto",
                       dtype: str | torch.dtype = "auto") -> VisionTower:
     "Load a frozen tower by registered name (`list_towers()`), e.g. `hf:ID_OR_DIR` or `random:ARCH`, in `tower_dtype(kind, device, dtype)`."
     kind, _, ref = name.partition(":")
@@ -294,7 +294,7 @@ def reference_preprocess(frames: np.ndarray, image_size: int = 224) -> torch.Ten
     return proc.preprocess([Image.fromarray(a) for a in arr], return_tensors="pt")["pixel_values"]
 
 # %% ../nbs/02_features.ipynb #6f6afebd
-def pool_features(tokens: torch.Tensor, num_frames: int = 100) -> torch.Tensor:
+def pool_features(tokens: torch.Tensor, num_frames: int = REFERENCE_NUM_FRAMES) -> torch.Tensor:
     "Video-ChatGPT pooling of `[T,P,D]` tokens -> `[num_frames + P, D]` (fp32): padded temporal means, then spatial means."
     if tokens.ndim != 3: raise VtomError(f"pool_features expects tokens [T,P,D], got {tuple(tokens.shape)}.")
     t, p, d = tokens.shape
@@ -337,7 +337,7 @@ def encode_frames(frames: np.ndarray | torch.Tensor, tower: VisionTower, batch_s
         out.append(tower.encode(px))
     return torch.cat(out)
 
-def features_from_clip(clip: Any, tower: VisionTower, num_frames: int = 100, batch_size: int = 32, keep_tokens: bool = False,
+def features_from_clip(clip: Any, tower: VisionTower, num_frames: int = REFERENCE_NUM_FRAMES, batch_size: int = 32, keep_tokens: bool = False,
                        mode: str = "stretch") -> tuple[torch.Tensor, dict]:
     "Pooled fp16 features `[num_frames + P, D]` (CPU) and metadata for a decoded `VideoClip`."
     tokens = encode_frames(clip.frames, tower, batch_size, mode)
@@ -355,7 +355,7 @@ def features_from_clip(clip: Any, tower: VisionTower, num_frames: int = 100, bat
     if keep_tokens: meta["tokens"] = tokens.to("cpu", torch.float16)
     return feats, meta
 
-def extract_video_features(path: str | Path, tower: VisionTower, num_frames: int = 100, batch_size: int = 32,
+def extract_video_features(path: str | Path, tower: VisionTower, num_frames: int = REFERENCE_NUM_FRAMES, batch_size: int = 32,
                            keep_tokens: bool = False, window: tuple[float, float] | None = None,
                            mode: str = "stretch", backend: str = "auto") -> tuple[torch.Tensor, dict]:
     "Decode `path` (reference sampling of up to `num_frames` frames), encode, pool -> fp16 `[num_frames + P, D]`, meta."
@@ -549,13 +549,13 @@ def _check_existing(store: Store, mine: list[tuple[str, Path]], shape: tuple[int
         elif vid not in listed: store.record(meta)  # repair: its manifest line was lost to a kill between the two writes
     return todo
 
-def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = 100,
+def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = REFERENCE_NUM_FRAMES,
                      batch_size: int = 32, keep_tokens: bool = False, mode: str = "stretch", backend: str = "auto",
                      rank: int = 0, world_size: int = 1, workers: int = 2, progress: bool = True, pool: str | DecodePool = "auto") -> dict:
     "Extract features of this rank's share of `videos` into the store `out` (skipping finished ones); returns a summary."
     from tqdm import tqdm
     if not 1 <= num_frames <= MAX_NUM_FRAMES:
-        raise VtomError(f"num_frames={num_frames}: use 1 to {MAX_NUM_FRAMES} (the reference uses 100); each frame is one temporal "
+        raise VtomError(f"num_frames={num_frames}: use 1 to {MAX_NUM_FRAMES} (the reference uses {REFERENCE_NUM_FRAMES}); each frame is one temporal "
                         "token of every video, padded with zeros when the video is shorter.")
     from vtom.decode import DecodePool, pick_backend
     pick_backend(backend)  # an unknown backend is a usage error, not a failure of every video
@@ -616,7 +616,7 @@ def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: Visio
             "padded": len(padded), "fewest_frames": list(min(padded)) if padded else None}
 
 # %% ../nbs/02_features.ipynb #316f4c18
-def extract_grid_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = 100, grid: int = 4,
+def extract_grid_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = REFERENCE_NUM_FRAMES, grid: int = 4,
                        batch_size: int = 32, progress: bool = False) -> Path:
     "A feature store whose files also hold a per-frame `grid x grid` patch grid under the key `grid` (finished videos are skipped)."
     from tqdm import tqdm
@@ -657,7 +657,7 @@ def features_main(argv: list[str] | None = None) -> int:
     p.add_argument("videos", help="a folder of videos (recursive), a text file with one video path per line, or one video")
     p.add_argument("out", help="feature store folder")
     p.add_argument("--vision", default=REFERENCE_TOWER, help="hf:ID_OR_DIR | open_clip:ARCH:PRETRAINED | random:ARCH (default %(default)s)")
-    p.add_argument("--num-frames", type=positive_int, default=100, help=f"frames sampled = temporal tokens, at most {MAX_NUM_FRAMES} "
+    p.add_argument("--num-frames", type=positive_int, default=REFERENCE_NUM_FRAMES, help=f"frames sampled = temporal tokens, at most {MAX_NUM_FRAMES} "
                    "(default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=50, help="frames per tower forward (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto uses cuda:$LOCAL_RANK under torchrun)")
@@ -672,7 +672,7 @@ def features_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.num_frames > MAX_NUM_FRAMES:
         raise VtomError(f"--num-frames {a.num_frames} is more than {MAX_NUM_FRAMES}: every video would get {a.num_frames} temporal rows, "
-                        "most of them zero padding (the reference uses 100).")
+                        f"most of them zero padding (the reference uses {REFERENCE_NUM_FRAMES}).")
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise VtomError(f"The output {a.out} is an existing file; the feature store is a folder: pass a new or existing folder.")
     from vtom.decode import pick_backend

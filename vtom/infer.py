@@ -16,9 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .core import VtomError, cache_dir, float_at_least, get_logger, positive_int, seed_everything, write_json
+from .core import (REFERENCE_NUM_FRAMES, VtomError, cache_dir, float_at_least, get_logger, positive_int,
+                       seed_everything, write_json)
 from .model import VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm
-from .social import load_timeline, model_file, social_signals, social_timeline, timeline_path, timeline_prompt_line
+from .registry import OFFLINE_TOWER
+from .social import (QUICK_TIMELINE_FRAMES, load_timeline, model_file, social_signals, social_timeline,
+                         timeline_path, timeline_prompt_line)
 
 # %% auto #0
 __all__ = ['SOCIAL_CHOICES', 'NoVideoError', 'feature_cache_path', 'VideoChat', 'social_models_available', 'chat_timeline',
@@ -63,7 +66,7 @@ class VideoChat:
             model = VideoLLM.from_pretrained(checkpoint, device=device, lm_name=llm)
             vision = vision or model.config.vision_name
         else:
-            vision = vision or "imagenet:mobilenet_v2"   # real ImageNet weights that ship in a package
+            vision = vision or OFFLINE_TOWER
         tower = load_vision_tower(vision, device=device)
         if checkpoint:
             if tower.hidden_size != model.config.vision_hidden_size:
@@ -73,7 +76,7 @@ class VideoChat:
         else:
             lm, tok = load_llm(llm or "embedded", device=device)
             model = VideoLLM(VideoLLMConfig(lm_name=llm or "embedded", vision_name=vision, vision_hidden_size=tower.hidden_size,
-                                            num_frames=num_frames or 100, num_spatial_tokens=tower.num_patches), lm, tok)
+                                            num_frames=num_frames or REFERENCE_NUM_FRAMES, num_spatial_tokens=tower.num_patches), lm, tok)
         chat = cls(model, tower, num_frames, disk_cache, checkpoint)
         chat.timings["load_s"] = round(time.perf_counter() - t0, 3)
         return chat
@@ -185,7 +188,7 @@ def social_models_available() -> bool:
     return importlib.util.find_spec("mediapipe") is not None
 
 def chat_timeline(video: str | Path, social: str = "auto", store: str | Path | None = None,
-                  num_frames: int = 100) -> tuple[dict | None, str]:
+                  num_frames: int = REFERENCE_NUM_FRAMES) -> tuple[dict | None, str]:
     "The timeline record of `video` for a chat and where it came from (a store, the chat cache, computed now), or (None, why not)."
     if social not in SOCIAL_CHOICES: raise VtomError(f"--social {social!r}: use one of {', '.join(SOCIAL_CHOICES)}.")
     if social == "off": return None, "off"
@@ -213,7 +216,7 @@ def chat_main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm", default=None, help="language model: embedded (SmolLM2-135M-Instruct), a local dir or a hub name "
                    "(default: the checkpoint's, else embedded)")
     p.add_argument("--checkpoint", default=None, help="trained projector directory (from vtom train / save_pretrained)")
-    p.add_argument("--num-frames", type=positive_int, default=None, help="frames sampled from the video (default: checkpoint's, else 100)")
+    p.add_argument("--num-frames", type=positive_int, default=None, help=f"frames sampled from the video (default: checkpoint's, else {REFERENCE_NUM_FRAMES})")
     p.add_argument("--temperature", type=float_at_least(0), default=0.2, help="sampling temperature; 0 = greedy (default 0.2, as the reference)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -223,7 +226,7 @@ def chat_main(argv: list[str] | None = None) -> int:
     p.add_argument("--social", choices=SOCIAL_CHOICES, default="auto", help="read the video's social timeline (faces, "
                    "expressions, voice, words) with the first question: auto (default) = when a store, the cache or the models have it")
     p.add_argument("--social-store", default=None, help="timeline store folder (`vtom social VIDEO --store DIR`)")
-    p.add_argument("--social-frames", type=positive_int, default=50, help="frames sampled for a timeline computed now (default 50)")
+    p.add_argument("--social-frames", type=positive_int, default=QUICK_TIMELINE_FRAMES, help=f"frames sampled for a timeline computed now (default {QUICK_TIMELINE_FRAMES})")
     p.add_argument("--json", action="store_true", help="print one JSON object (answer, models, timings) instead of streaming")
     args = p.parse_args(argv)
     if not Path(args.video).is_file(): raise VtomError(f"Video {args.video} does not exist; pass the path of a video file.")

@@ -14,8 +14,9 @@ import torch
 from fastcore.basics import patch
 from torch import nn
 
-from .core import (VtomError, atomic_path, embedded_llm_path, get_device, get_dtype, get_logger,
-                       has_package, resolve_pretrained, write_json)
+from .core import (REFERENCE_NUM_FRAMES, VtomError, atomic_path, embedded_llm_path, get_device, get_dtype,
+                       get_logger, has_package, resolve_pretrained, write_json)
+from .registry import REFERENCE_TOWER
 
 # %% auto #0
 __all__ = ['PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN',
@@ -108,9 +109,9 @@ PROJECTOR_TYPES = ("linear", "mlp2", "temporal", "graph")
 class VideoLLMConfig:
     "Everything needed to rebuild a `VideoLLM` around its frozen LM (saved as `config.json` next to the projector)."
     lm_name: str = "embedded"                           # `load_llm` name
-    vision_name: str = "hf:openai/clip-vit-large-patch14"  # vision tower of the features (vtom.features.load_vision_tower name)
+    vision_name: str = REFERENCE_TOWER                  # vision tower of the features (vtom.features.load_vision_tower name)
     vision_hidden_size: int = 1024                      # width of the video features
-    num_frames: int = 100                               # temporal tokens
+    num_frames: int = REFERENCE_NUM_FRAMES              # temporal tokens
     num_spatial_tokens: int = 256                       # spatial tokens (P)
     projector_type: str = "linear"                      # "linear" (reference), "mlp2" (Linear-GELU-Linear), "temporal" or "graph"
     graph_cells: int = 16                               # grid cells per frame row of `graph` features (vtom.features.graph_rows)
@@ -304,7 +305,7 @@ class TemporalProjector(nn.Module):
         mixed = self.up(self.mixer(self.down(x[..., :t, :]) + self.time[:t]))
         return torch.cat([out[..., :t, :] + mixed, out[..., t:, :]], dim=-2)
 
-def build_projector(kind: str, in_features: int, out_features: int, num_frames: int = 100, graph_cells: int = 16) -> nn.Module:
+def build_projector(kind: str, in_features: int, out_features: int, num_frames: int = REFERENCE_NUM_FRAMES, graph_cells: int = 16) -> nn.Module:
     "The vision-to-LM projector: `'linear'` (reference), `'mlp2'` (Linear-GELU-Linear), `'temporal'` or `'graph'` (order-aware)."
     if kind == "linear": return nn.Linear(in_features, out_features)
     if kind == "mlp2": return nn.Sequential(nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features))
@@ -693,7 +694,7 @@ def load_video_chatgpt_weights(self: VideoLLM, path: str | Path) -> "VideoLLM":
 @patch(cls_method=True)
 def from_video_chatgpt(cls: VideoLLM, path: str | Path, lm_name: str = VIDEO_CHATGPT_LM, device="auto", dtype="auto") -> "VideoLLM":
     "The reference model: LLaVA-7B-v1.1 + `video_chatgpt-7B.bin`, ViT-L/14 features, video-chatgpt_v1 template."
-    config = VideoLLMConfig(lm_name=lm_name, vision_name="hf:openai/clip-vit-large-patch14", vision_hidden_size=1024,
-                            num_frames=100, num_spatial_tokens=256, projector_type="linear", template="video-chatgpt_v1")
+    config = VideoLLMConfig(lm_name=lm_name, vision_name=REFERENCE_TOWER, vision_hidden_size=1024,
+                            num_frames=REFERENCE_NUM_FRAMES, num_spatial_tokens=256, projector_type="linear", template="video-chatgpt_v1")
     lm, tok = load_llm(lm_name, device, dtype)
     return cls(config, lm, tok).load_video_chatgpt_weights(path)

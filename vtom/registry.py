@@ -14,8 +14,16 @@ from typing import Callable
 from .core import EMBEDDED_LLM_NAME, VtomError, cache_dir, embedded_llm_gguf, embedded_llm_path
 
 # %% auto #0
-__all__ = ['EMBEDDED_ALIASES', 'LLMS', 'UnknownModelName', 'ModelKind', 'Registry', 'model_dir_problem', 'hub_model_problem',
-           'register_llm', 'list_llms', 'llm_help']
+__all__ = ['REFERENCE_TOWER', 'OFFLINE_TOWER', 'TEST_TOWER', 'STUDY_TOWER', 'BENCH_TOWER', 'EMBEDDED_ALIASES', 'LLMS',
+           'UnknownModelName', 'ModelKind', 'Registry', 'model_dir_problem', 'hub_model_problem', 'register_llm',
+           'list_llms', 'llm_help']
+
+# %% ../nbs/02d_registry.ipynb #f4a3e011
+REFERENCE_TOWER = "hf:openai/clip-vit-large-patch14"   # the reference (Video-ChatGPT's CLIP ViT-L/14): features, checkpoints
+OFFLINE_TOWER = "imagenet:mobilenet_v2"                # real weights shipped in a package: chat and the demo without a checkpoint
+TEST_TOWER = "random:ViT-B-32"                         # random weights, every code path, no visual meaning: shape tests, quick runs
+STUDY_TOWER = "thumbnail:14"                           # colour thumbnails: the synthetic studies' sanity tower
+BENCH_TOWER = "random:ViT-L-14"                        # the reference tower's size with random weights: speed and memory
 
 # %% ../nbs/02d_registry.ipynb #328b1208
 class UnknownModelName(VtomError):

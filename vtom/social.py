@@ -16,19 +16,20 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .core import Store, VtomError, atomic_path, check_writable, get_logger, json_text, positive_int, write_json
+from .core import (REFERENCE_NUM_FRAMES, Store, VtomError, atomic_path, check_writable, get_logger, json_text,
+                       positive_int, write_json)
 from .decode import packaged_video, read_audio, read_video
 
 # %% auto #0
 __all__ = ['SOCIAL_MODELS', 'SOCIAL_CLIPS', 'EXPRESSIONS', 'VAD_RATE', 'VAD_WINDOW', 'VAD_CONTEXT', 'EXPRESSION_COLOURS',
-           'BENCH_TEXT', 'QUERY_WORDS', 'TIMELINE_LABEL', 'SIGNAL_COLUMNS', 'SOCIAL_DIM', 'model_file', 'social_clip',
-           'mesh_cues', 'FaceAnalyzer', 'box_iou', 'assign_tracks', 'voice_activity', 'speech_segments', 'frame_voice',
-           'espeak', 'transcribe', 'social_timeline', 'timeline_rows', 'timeline_table', 'timeline_path',
-           'social_to_store', 'load_timeline', 'plot_timeline', 'with_speech', 'social_json', 'social_main',
-           'bench_social', 'bench_social_main', 'query_expression', 'expression_track', 'threshold_run', 'run_seconds',
-           'locate_expression', 'span_iou', 'uniform_prior_r1', 'default_moments', 'evaluate_moments',
-           'social_locate_main', 'timeline_text', 'timeline_prompt_line', 'SignalColumns', 'frame_signals',
-           'social_signals', 'SignalStore']
+           'BENCH_TEXT', 'QUERY_WORDS', 'QUICK_TIMELINE_FRAMES', 'TIMELINE_LABEL', 'SIGNAL_COLUMNS', 'SOCIAL_DIM',
+           'model_file', 'social_clip', 'mesh_cues', 'FaceAnalyzer', 'box_iou', 'assign_tracks', 'voice_activity',
+           'speech_segments', 'frame_voice', 'espeak', 'transcribe', 'social_timeline', 'timeline_rows',
+           'timeline_table', 'timeline_path', 'social_to_store', 'load_timeline', 'plot_timeline', 'with_speech',
+           'social_json', 'social_main', 'bench_social', 'bench_social_main', 'query_expression', 'expression_track',
+           'threshold_run', 'run_seconds', 'locate_expression', 'span_iou', 'uniform_prior_r1', 'default_moments',
+           'evaluate_moments', 'social_locate_main', 'timeline_text', 'timeline_prompt_line', 'SignalColumns',
+           'frame_signals', 'social_signals', 'SignalStore']
 
 # %% ../nbs/02c_social.ipynb #f6ea7e20
 SOCIAL_MODELS: dict[str, tuple[str, str, str]] = {
@@ -239,7 +240,7 @@ def _mouth_motion(frames: list[dict]) -> None:
             nb = [g for _, g in seq[max(j - 1, 0): j + 2] if g is not f and "mouth" in g]
             f["mouth_motion"] = round(float(np.mean([abs(f["mouth"] - g["mouth"]) for g in nb])), 4) if nb and "mouth" in f else 0.0
 
-def social_timeline(video: str | Path, num_frames: int = 100, analyzer: FaceAnalyzer | None = None, audio: bool = True,
+def social_timeline(video: str | Path, num_frames: int = REFERENCE_NUM_FRAMES, analyzer: FaceAnalyzer | None = None, audio: bool = True,
                     speaker_min: float = 0.005) -> dict[str, Any]:
     "One timeline record: per-frame faces (tracks, mesh cues, expressions), voice, speaker; speech segments; words."
     path = social_clip(str(video))
@@ -296,7 +297,7 @@ def timeline_path(store: str | Path, video_id: str) -> Path:
 def _video_id(video: str | Path) -> str:
     return (social_clip(str(video)).name if str(video) in SOCIAL_CLIPS else Path(video).name).split(".")[0]
 
-def social_to_store(videos: Iterable[str | Path], store: str | Path, num_frames: int = 100, audio: bool = True) -> dict[str, int]:
+def social_to_store(videos: Iterable[str | Path], store: str | Path, num_frames: int = REFERENCE_NUM_FRAMES, audio: bool = True) -> dict[str, int]:
     "Timelines of many videos into `store` (resumable; failures recorded); returns counts done / skipped / failed."
     settings = dict(num_frames=num_frames, audio=audio, models={k: v[2] for k, v in SOCIAL_MODELS.items()})
     counts, analyzer, log = dict(done=0, skipped=0, failed=0), None, get_logger("vtom.social")
@@ -407,7 +408,7 @@ def social_main(argv: list[str] | None = None) -> int:
                                 "(`vtom social locate --help`: find moments such as 'when does the person start smiling?').")
     p.add_argument("video", help=f"a video file or a packaged clip ({', '.join(SOCIAL_CLIPS)}, bikes, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object (frames, speech, words)")
-    p.add_argument("--num-frames", type=positive_int, default=100, help="sampled frames (default 100, the reference formula)")
+    p.add_argument("--num-frames", type=positive_int, default=REFERENCE_NUM_FRAMES, help=f"sampled frames (default {REFERENCE_NUM_FRAMES}, the reference formula)")
     p.add_argument("--store", default=None, help="timeline store folder (e.g. the feature store): reuse or add the timeline")
     p.add_argument("--no-audio", action="store_true", help="skip voice activity and speech")
     p.add_argument("--plot", default=None, help="save the timeline figure to this PNG")
@@ -435,7 +436,7 @@ BENCH_TEXT = (  # about 60 s of espeak speech that does not repeat (repeated tex
     "Finally, on Sunday, I took the train to the mountains, climbed to a small lake and watched the clouds move slowly "
     "across the valley before I came home, tired but happy.")
 
-def bench_social(num_frames: int = 100, audio_seconds: float = 60.0, threads: int = 2) -> dict[str, Any]:
+def bench_social(num_frames: int = REFERENCE_NUM_FRAMES, audio_seconds: float = 60.0, threads: int = 2) -> dict[str, Any]:
     "Speed of the social track: frames per second (faces + mesh + expressions), ASR and VAD real-time factors."
     import tempfile
     clip = read_video(social_clip("WolfgangLanger_Pexels"), num_frames=num_frames)
@@ -456,7 +457,7 @@ def bench_social(num_frames: int = 100, audio_seconds: float = 60.0, threads: in
 def bench_social_main(argv: list[str] | None = None) -> int:
     "`vtom bench social`: print `bench_social` as one JSON line."
     p = argparse.ArgumentParser(prog="vtom bench social", description="Speed of faces/mesh/expressions, ASR and VAD.")
-    p.add_argument("--num-frames", type=int, default=100); p.add_argument("--audio-seconds", type=float, default=60.0)
+    p.add_argument("--num-frames", type=int, default=REFERENCE_NUM_FRAMES); p.add_argument("--audio-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=2, help="ASR threads (default 2)")
     a = p.parse_args(argv)
     print(json.dumps(bench_social(a.num_frames, a.audio_seconds, a.threads)))
@@ -521,11 +522,13 @@ def uniform_prior_r1(span: Sequence[float], duration: float, threshold: float, g
     return float((iou >= threshold).mean())
 
 # %% ../nbs/02c_social.ipynb #51aeee74
+QUICK_TIMELINE_FRAMES = 50   # a timeline computed on request (chat, `vtom social locate`): half the reference, enough for expressions
+
 def default_moments() -> Path:
     "The labelled moments file of this repository (`data/moments/moments.jsonl`)."
     return Path(importlib.util.find_spec("vtom").origin).resolve().parents[1] / "data" / "moments" / "moments.jsonl"
 
-def evaluate_moments(labels: str | Path | None = None, num_frames: int = 50, store: str | Path | None = None,
+def evaluate_moments(labels: str | Path | None = None, num_frames: int = QUICK_TIMELINE_FRAMES, store: str | Path | None = None,
                      thresholds: Sequence[float] = (0.3, 0.5, 0.7)) -> dict[str, Any]:
     "R1@IoU and mIoU of `locate_expression` on labelled real-video moments, beside the uniform prior."
     path = Path(labels) if labels else default_moments()
@@ -561,7 +564,7 @@ def social_locate_main(argv: list[str] | None = None) -> int:
     p.add_argument("video", nargs="?", help="a video or packaged clip (omit to score the labelled moments)")
     p.add_argument("--query", default="When does the person start smiling?", help="a 'when' question naming an expression")
     p.add_argument("--labels", default=None, help="moments JSONL (default data/moments/moments.jsonl)")
-    p.add_argument("--num-frames", type=positive_int, default=50); p.add_argument("--store", default=None, help="timeline store folder")
+    p.add_argument("--num-frames", type=positive_int, default=QUICK_TIMELINE_FRAMES); p.add_argument("--store", default=None, help="timeline store folder")
     a = p.parse_args(argv)
     if a.video: print(json.dumps(locate_expression(social_timeline(a.video, a.num_frames, audio=False), a.query)))
     else: print(json.dumps(evaluate_moments(a.labels, a.num_frames, a.store)))
@@ -654,7 +657,7 @@ def social_signals(record: dict[str, Any], times: Sequence[float] | None = None,
 # %% ../nbs/02c_social.ipynb #5aaa5a6c
 class SignalStore:
     "Social signal vectors by video id from a timeline store, aligned to each video's feature timestamps (`times_of(video_id)`; None: the timeline's frames)."
-    def __init__(self, store: str | Path, num_frames: int = 100, times_of: Callable[[str], Sequence[float] | None] | None = None):
+    def __init__(self, store: str | Path, num_frames: int = REFERENCE_NUM_FRAMES, times_of: Callable[[str], Sequence[float] | None] | None = None):
         self.store, self.num_frames, self.times_of, self._cache = Path(store), num_frames, times_of, {}
         if not self.store.is_dir():
             raise VtomError(f"--social-store {store}: no such folder of timelines; make them with `vtom social VIDEO --store {store}` "

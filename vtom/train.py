@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .core import (VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit, has_package, package_versions, runs_dir,
-                       seed_everything, write_json)
+from .core import (REFERENCE_NUM_FRAMES, VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit,
+                       has_package, package_versions, runs_dir, seed_everything, write_json)
 from .data import DataFormatError, convert_videoinstruct, load_siq2, mc_to_conversation, read_jsonl
 from .model import LORA_DIR
 
@@ -171,7 +171,7 @@ class TrainConfig:
     tracker_weight: float = _opt(0.0, "weight of the auxiliary mental-state tracker loss (0: off); needs --tracker-targets")
     tracker_targets: str | None = _opt(None, "safetensors file of per-frame tracker labels per video id ([num_frames, 7], vtom.experiments.write_tracker_targets)")
     tracker_batch: int = _opt(16, "videos per step for the auxiliary tracker loss")
-    num_frames: int | None = _opt(None, "temporal tokens per feature file (default: from the store metadata, else 100)")
+    num_frames: int | None = _opt(None, f"temporal tokens per feature file (default: from the store metadata, else {REFERENCE_NUM_FRAMES})")
     tune_video_embeddings: bool = _opt(True, "also train the <vid_start>/<vid_end> rows")
     lora: bool = _opt(False, "train LoRA adapters on the LM too")
     lora_r: int = 16
@@ -414,7 +414,7 @@ def read_history(output_dir: str | Path) -> list[dict]:
     raise VtomError(f"{output_dir} has no history.json or checkpoint: is it a `vtom train` output folder?")
 
 # %% ../nbs/04_train.ipynb #f32f83e9
-def _num_frames_of(store, records: Sequence[dict], default: int = 100) -> int:
+def _num_frames_of(store, records: Sequence[dict], default: int = REFERENCE_NUM_FRAMES) -> int:
     vid = next((record_video_id(r) for r in records if record_video_id(r) in store), None)
     if vid is None or not hasattr(store, "meta"): return default
     return int(store.meta(vid).get("num_frames") or default)
