@@ -21,13 +21,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .core import (FolderLock, Interrupted, REFERENCE_NUM_FRAMES, StorageError, VtomError, append_line, atomic_path,
+from .core import (REFERENCE_NUM_FRAMES, FolderLock, Interrupted, StorageError, VtomError, append_line, atomic_path,
                        check_writable, get_device, get_logger, git_commit, package_versions, positive_int,
                        seed_everything, write_json)
-from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, format_mc_prompt, load_siq2, question_word, split_available,
-                       unique_qids)
+from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, format_mc_prompt, load_siq2,
+                       question_word, read_jsonl, split_available, unique_qids)
 from .features import FeatureStore
-from .model import VideoLLM, VideoLLMConfig, load_llm, tokenize_conversation
+from .model import VideoLLM, VideoLLMConfig, load_llm, pad_batch, tokenize_conversation
 from .social import TIMELINE_LABEL, SignalStore, load_timeline, social_to_store, timeline_path, timeline_text
 from .stats import bootstrap_ci, paired_comparison
 
@@ -35,12 +35,12 @@ from .stats import bootstrap_ci, paired_comparison
 __all__ = ['VIDEO_MODES', 'SOCIAL_MODES', 'TOKEN_MODES', 'SURFACE_MODES', 'MODES', 'SCORING_RULES', 'SCORINGS', 'DEFAULT_SCORING',
            'EvalError', 'check_mode', 'surface_choice', 'majority_position', 'mode_prompt', 'option_continuation',
            'cloze_prompt', 'rule_inputs', 'encode_choices', 'generation_prompt_ids', 'answer_logprobs',
-           'token_logprobs', 'pad_batch', 'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs',
-           'rule_scores', 'null_logprobs', 'length_shortcut', 'rule_length_shortcuts', 'check_num_frames',
-           'transform_features', 'parse_choice', 'generate_choice', 'EvalSetup', 'evaluate_question', 'check_timelines',
-           'sample_videos', 'evaluate_questions', 'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table',
-           'summarize', 'plot_metrics', 'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark',
-           'eval_main', 'load_records', 'bench_eval_main']
+           'token_logprobs', 'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs', 'rule_scores',
+           'null_logprobs', 'length_shortcut', 'rule_length_shortcuts', 'check_num_frames', 'transform_features',
+           'parse_choice', 'generate_choice', 'EvalSetup', 'evaluate_question', 'check_timelines', 'sample_videos',
+           'evaluate_questions', 'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize',
+           'plot_metrics', 'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark', 'eval_main',
+           'load_predictions', 'bench_eval_main']
 
 # %% ../nbs/06_eval.ipynb #d2e09d4e
 VIDEO_MODES = ("video", "shuffled", "blank", "video+social", "video+social-tokens")
@@ -149,21 +149,10 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     rows = logits[mask].float().log_softmax(-1)               # only the scored positions
     return rows.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1), mask
 
-def pad_batch(encoded: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    "Right-pad encoded choices into input_ids / attention_mask / labels tensors."
-    n = max(len(e["input_ids"]) for e in encoded)
-    ids = torch.full((len(encoded), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(encoded), n), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        k = len(e["input_ids"])
-        ids[i, :k], labels[i, :k], mask[i, :k] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
 @torch.no_grad()
 def full_sequence_logprobs(model, encoded: list[dict], pad_id: int, video_features: torch.Tensor | None = None) -> list[np.ndarray]:
     "Log-probs of each choice's answer tokens from one batched forward of the full `prompt + answer` sequences."
-    batch = pad_batch(encoded, pad_id)
+    batch = pad_batch([{k: torch.tensor(e[k]) for k in ("input_ids", "labels")} for e in encoded], pad_id)   # vtom.model's
     device = next(model.parameters()).device
     kwargs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
     if video_features is not None:
@@ -748,7 +737,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         return _plot_files(args.metrics, args.out)
     if args.benchmark == "compare":
         if len(args.metrics) != 2: raise EvalError("usage: vtom eval compare A.json B.json (metrics files or their .predictions.jsonl)")
-        a, b = (load_records(p) for p in args.metrics)
+        a, b = (load_predictions(p) for p in args.metrics)
         print(json.dumps(paired_comparison(*pair_records(a, b, tuple(args.metrics)), seed=args.seed)))
         return 0
     if not args.qa: raise EvalError("--qa is required: the question file to evaluate.")
@@ -817,21 +806,14 @@ def _run_eval(args: argparse.Namespace, out: Path | None) -> int:
         return 1
     return 0
 
-def load_records(path: str | Path) -> list[dict]:
+def load_predictions(path: str | Path) -> list[dict]:
     "Per-question records of a run: a `.predictions.jsonl`, or a metrics JSON (its `.predictions.jsonl` beside it)."
     path = Path(path)
     if not path.is_file(): raise EvalError(f"{path}: no such file; pass a metrics JSON written by `vtom eval --out` or its .predictions.jsonl.")
     if not path.name.endswith(".jsonl"):
         path = path.with_suffix(".predictions.jsonl")
         if not path.is_file(): raise EvalError(f"{path} is missing: `vtom eval --out M.json` writes M.predictions.jsonl beside M.json.")
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip(): continue
-        try: rec = json.loads(line)
-        except json.JSONDecodeError as e: raise EvalError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
-        if not isinstance(rec, dict) or "qid" not in rec: raise EvalError(f"{path}:{lineno}: not a vtom eval prediction record (no qid).")
-        records.append(rec)
-    return records
+    return [r for _, r in read_jsonl(path, required=("qid",), hint="not a vtom eval prediction record")]
 
 def _plot_files(paths: Sequence[str | Path], out: str | Path, metrics: list[dict] | None = None) -> int:
     import matplotlib

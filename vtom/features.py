@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (Interrupted, REFERENCE_NUM_FRAMES, Store, VtomError, atomic_path, check_writable,
+from .core import (REFERENCE_NUM_FRAMES, Interrupted, Store, VtomError, atomic_path, check_writable,
                        disable_progress_bars, get_device, get_dtype, get_logger, positive_int)
 from .registry import REFERENCE_TOWER, TEST_TOWER
 

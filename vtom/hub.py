@@ -24,14 +24,14 @@ MODEL_MODES = ("video", "video+social", "video+social-tokens")   # modes that re
 
 def load_evals(paths: Sequence[str | Path]) -> list[dict]:
     "Metrics files written by `vtom eval --out` (each with its predictions beside it), checked: benchmark, mode, n, accuracy, ci95."
-    from vtom.evaluate import load_records
+    from vtom.evaluate import load_predictions
     out = []
     for p in map(Path, paths):
         try: m = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e: raise VtomError(f"{p}: not a readable metrics JSON ({e}); pass files written by `vtom eval --out`.") from None
         missing = [k for k in ("benchmark", "mode", "n", "accuracy", "ci95") if k not in m]
         if missing: raise VtomError(f"{p}: no {', '.join(missing)}; pass metrics files written by `vtom eval --out`.")
-        out.append({**m, "file": str(p), "records": load_records(p)})
+        out.append({**m, "file": str(p), "records": load_predictions(p)})
     return out
 
 def paired_rows(evals: Sequence[dict]) -> list[dict]:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .core import VtomError, atomic_path, get_logger, write_json
+from .data import write_jsonl
 from .social import EXPRESSIONS, timeline_path
 
 # %% auto #0
@@ -703,9 +704,6 @@ def assemble_moments(records: list[dict]) -> list[dict]:
              "duration": r["duration"], "family": r["family"], "mtype": m["mtype"]}
             for r in records for k, m in enumerate(r["moments"])]
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows))
-
 # %% ../nbs/07_synth.ipynb #dccc5ecf
 def balance_table(rows: list[dict]) -> dict:
     "Per question type: count, share of each correct position, and for container questions the correct colour share versus its share among options."
@@ -920,7 +918,7 @@ def generate_dataset(out: str | Path, num_videos: int = 20, seed: int = 0, split
     for sp, ps in plans.items():
         recs = [records[p["vid"]] for p in ps if p["vid"] in records]
         rows, moms = assemble_questions(recs, seed, sp), assemble_moments(recs)
-        _write_jsonl(out / f"qa_{sp}.json", rows); _write_jsonl(out / f"moments_{sp}.jsonl", moms)
+        write_jsonl(out / f"qa_{sp}.json", rows); write_jsonl(out / f"moments_{sp}.jsonl", moms)
         all_rows += rows; by_split[sp] = rows
         summary["splits"][sp] = {"videos": len(recs), "questions": len(rows), "moments": len(moms),
                                  "families": {f: sum(r["family"] == f for r in recs) for f in families}}
