@@ -310,7 +310,7 @@ def test_model_names_come_from_one_registry(tmp_path):
     assert batch.check_model(str(tmp_path / "lm"), "llm") is None and resolve_llm(f"hf:{tmp_path / 'lm'}") == str(tmp_path / "lm")
     with pytest.raises(UnknownModelName, match=r"Unknown language model 'gpt-7'; use one of: embedded \("): batch.check_model("gpt-7", "llm")
     with pytest.raises(ModelLoadError, match=r"Unknown language model 'gpt-7'.*hf:ORG/NAME"): resolve_llm("gpt-7")
-    with pytest.raises(UnknownModelName, match="Unknown vision tower 'foo:bar'; towers: "): batch.check_model("foo:bar")
+    with pytest.raises(UnknownModelName, match="Unknown vision tower 'foo:bar'; use one of hf:"): batch.check_model("foo:bar")
     res = subprocess.run([VTOM, "run", "cpu-demo", "-p", "llm", "gpt-7", "--dry-run"], capture_output=True, text=True)
     assert res.returncode == 2 and "  error   [train, " in res.stdout and "llm = gpt-7: Unknown language model 'gpt-7'" in res.stdout
     res = subprocess.run([VTOM, "train", "--help"], capture_output=True, text=True)

@@ -24,7 +24,8 @@ def test_linear_probe_finds_a_linear_fact():
 
 
 def test_thumbnail_tower_is_registered():
-    from vtom.features import load_vision_tower, list_towers
+    from vtom.features import load_vision_tower
+    from vtom.registry import list_towers
     t = load_vision_tower("thumbnail:7", device="cpu")
     px = torch.zeros(1, 3, 224, 224); px[0, 0] = 1.0
     tok = t.encode(px)

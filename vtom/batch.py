@@ -784,17 +784,16 @@ def get_preset(name: str) -> Preset:
 def check_model(name: Any, kind: str = "vision") -> str | None:
     "None when the model `name` (`kind` llm: `vtom.registry.LLMS`; else a vision tower) loads here without a download, else what is missing."
     from vtom.core import has_package
-    from vtom.registry import LLMS, UnknownModelName, hub_model_problem
+    from vtom.registry import LLMS, TOWERS, hub_model_problem, parse_tower, tower_kind
     if name is None or name == "" or not isinstance(name, str): return None
     if kind == "llm":
         LLMS.parse(name)   # an unknown name raises `UnknownModelName`, listing the choices
         return LLMS.check(name)
-    if name.startswith("random:") or name.startswith("open_clip:"):
+    if tower_kind(name) in ("random", "open_clip"):
         return None if has_package("open_clip") else f"{name} needs open_clip: `pip install open_clip_torch`."
-    from vtom.features import TOWERS, list_towers
     tower = name.partition(":")[0]
     if tower in set(TOWERS) - {"hf"}: return None  # other registered towers report missing weights when built
-    if tower != "hf" and ":" in name: raise UnknownModelName(f"Unknown vision tower {name!r}; towers: {', '.join(list_towers())}.")
+    if tower != "hf" and ":" in name: parse_tower(name)   # an unknown kind raises `UnknownModelName`, listing the kinds
     return hub_model_problem(name[3:] if tower == "hf" else name)
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}

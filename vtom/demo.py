@@ -34,7 +34,7 @@ from .features import features_from_clip
 from .infer import NoVideoError, VideoChat, social_models_available
 from .locate import answer_loglik_fn, loo_importance, plot_relevance
 from .model import TRACKER_BELIEVERS, TRACKER_COLUMNS, VIDEO_TOKEN
-from .registry import EMBEDDED_ALIASES, OFFLINE_TOWER
+from .registry import EMBEDDED_ALIASES, OFFLINE_TOWER, tower_kind
 from .social import (expression_track, plot_timeline, query_expression, run_seconds, social_clip, social_timeline,
                      threshold_run, timeline_prompt_line, timeline_text)
 from .synth import GENERATOR_VERSION
@@ -168,7 +168,7 @@ def training_words(card: dict) -> str:
 
 def honesty_line(card: dict) -> str:
     "The line under every answer and window: LM, projector and its training, tower, and a warning while any applies."
-    tower = card["vision"] + (" (RANDOM weights)" if card["vision"].startswith("random:") else "")
+    tower = card["vision"] + (" (RANDOM weights)" if tower_kind(card["vision"]) == "random" else "")
     line = f"{card['llm']} · {card['projector']} projector, {training_words(card)} · tower {tower}"
     return line + (" · ⚠️ not to be trusted: see the warnings at the top" if card["warnings"] else "")
 
@@ -668,7 +668,7 @@ def public_message(text: str) -> str:
 def _info_markdown(info: dict) -> str:
     if info["state"] == "loading": return f"**Model:** loading… ({info['seconds']:.0f} s so far; requests wait in line until it is ready)"
     if info["state"] == "failed": return f"**Model failed to load:** {public_message(info['error'])}"
-    t, tower = info["trained"], f"`{info['vision']}`" + (" (RANDOM weights)" if info["vision"].startswith("random:") else "")
+    t, tower = info["trained"], f"`{info['vision']}`" + (" (RANDOM weights)" if tower_kind(info["vision"]) == "random" else "")
     projector = f"`{info['projector']}`, " + (f"checkpoint `{info['checkpoint']}`, " if info["checkpoint"] else "") + training_words(info)
     if t and t["loss"] is not None: projector += f", batch {t['batch']}, final training loss {t['loss']:.3g}"
     head = (f"**Vision tower:** {tower} · **LM:** {info['llm']} ({info['llm_params'] / 1e6:.0f}M parameters, frozen, context "

@@ -20,7 +20,7 @@ from .evaluate import DEFAULT_SCORING, EvalSetup, evaluate_questions
 from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, loo_moment_scores, method_windows,
                          evidence_examples, method_slug, moment_examples, retrieval_table, rows_by, temporal_tokens, train_moment_head,
                          write_qvh)
-from .registry import STUDY_TOWER, TEST_TOWER
+from .registry import STUDY_TOWER, TEST_TOWER, tower_kind
 from .stats import bootstrap_ci, markdown_table, paired_comparison
 
 # %% auto #0
@@ -889,7 +889,7 @@ def goal_main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     from vtom.core import get_device
-    towers = {"random CLIP" if a.vision.startswith("random:") else a.vision: a.vision}
+    towers = {"random CLIP" if tower_kind(a.vision) == "random" else a.vision: a.vision}
     if not a.no_thumbnail: towers["thumbnail"] = STUDY_TOWER
     first = next(iter(towers))
     split = lambda s: None if s == "all" else tuple(x for x in s.split(",") if x)

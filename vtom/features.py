@@ -13,7 +13,7 @@ import pickle
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,18 +21,18 @@ import torch.nn.functional as F
 
 from .core import (REFERENCE_NUM_FRAMES, Interrupted, Store, VtomError, atomic_path, check_writable,
                        disable_progress_bars, get_device, get_dtype, get_logger, positive_int)
-from .registry import REFERENCE_TOWER, TEST_TOWER
+from .registry import REFERENCE_TOWER, TEST_TOWER, TOWERS, parse_tower, register_tower
 
 if TYPE_CHECKING: from vtom.decode import DecodePool   # for a type hint; imported where it is used
 
 # %% auto #0
-__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'TOWERS', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENET_WEIGHTS',
-           'MAX_NUM_FRAMES', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers', 'cpu_has_amx',
-           'tower_dtype', 'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower',
-           'preprocess_frames', 'reference_preprocess', 'pool_features', 'frame_grid', 'graph_rows', 'video_id_of',
-           'encode_frames', 'features_from_clip', 'extract_video_features', 'save_features', 'feature_settings',
-           'check_feature_file', 'read_meta', 'load_features', 'FeatureStore', 'feature_shape', 'list_videos',
-           'dist_info', 'extract_to_store', 'extract_grid_store', 'graph_store', 'features_main']
+__all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENET_WEIGHTS',
+           'MAX_NUM_FRAMES', 'VIDEO_SUFFIXES', 'VisionTower', 'cpu_has_amx', 'tower_dtype', 'load_vision_tower',
+           'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower', 'preprocess_frames', 'reference_preprocess',
+           'pool_features', 'frame_grid', 'graph_rows', 'video_id_of', 'encode_frames', 'features_from_clip',
+           'extract_video_features', 'save_features', 'feature_settings', 'check_feature_file', 'read_meta',
+           'load_features', 'FeatureStore', 'feature_shape', 'list_videos', 'dist_info', 'extract_to_store',
+           'extract_grid_store', 'graph_store', 'features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -142,25 +142,15 @@ def _load_open_clip(arch: str, pretrained: str | None, device: torch.device, dty
                           pcfg.get("std", OPENAI_CLIP_STD), device, dtype)
 
 # %% ../nbs/02_features.ipynb #c557f391
-TOWERS: dict[str, tuple[Callable[[str, torch.device, torch.dtype, str], VisionTower], str]] = {}
-
-def register_tower(kind: str, builder: Callable[[str, torch.device, torch.dtype, str], VisionTower], example: str) -> None:
-    "Register `builder(ref, device, dtype, name)` for tower names `kind:REF`; `example` is shown in help and errors."
-    TOWERS[kind] = (builder, example)
-
-def list_towers() -> list[str]:
-    "One example name per registered tower kind."
-    return [example for _, example in TOWERS.values()]
-
 def _open_clip_pretrained(ref: str, device: torch.device, dtype: torch.dtype, name: str) -> VisionTower:
     arch, _, pretrained = ref.partition(":")
     if not pretrained:
         raise VtomError(f"{name!r} names no pretrained weights; use open_clip:ARCH:PRETRAINED (e.g. open_clip:ViT-L-14:openai) or random:{arch}.")
     return _load_open_clip(arch, pretrained, device, dtype, name)
 
-register_tower("hf", _load_hf, "hf:openai/clip-vit-large-patch14")
-register_tower("open_clip", _open_clip_pretrained, "open_clip:ViT-L-14:openai")
-register_tower("random", lambda ref, device, dtype, name: _load_open_clip(ref, None, device, dtype, name), "random:ViT-B-32")
+register_tower("hf", _load_hf)                    # the kinds, their examples and name parsing: vtom.registry
+register_tower("open_clip", _open_clip_pretrained)
+register_tower("random", lambda ref, device, dtype, name: _load_open_clip(ref, None, device, dtype, name))
 
 @functools.cache
 def cpu_has_amx() -> bool:
@@ -179,11 +169,10 @@ def tower_dtype(kind: str, device: torch.device, dtype: str | torch.dtype | None
 def load_vision_tower(name: str = TEST_TOWER, device: str | torch.device = "auto",
                       dtype: str | torch.dtype = "auto") -> VisionTower:
     "Load a frozen tower by registered name (`list_towers()`), e.g. `hf:ID_OR_DIR` or `random:ARCH`, in `tower_dtype(kind, device, dtype)`."
-    kind, _, ref = name.partition(":")
-    if kind not in TOWERS or not ref:
-        raise VtomError(f"Unknown vision tower {name!r}; use one of {', '.join(list_towers())} (or hf:LOCAL_DIR).")
+    kind, ref = parse_tower(name)   # an unknown kind: one error listing them
+    if TOWERS[kind].build is None: raise VtomError(f"{name!r}: no builder is registered for {kind}: towers (`register_tower({kind!r}, builder)`).")
     device = get_device(device)
-    return TOWERS[kind][0](ref, device, tower_dtype(kind, device, dtype), name)
+    return TOWERS[kind].build(ref, device, tower_dtype(kind, device, dtype), name)
 
 # %% ../nbs/02_features.ipynb #6bf57a19
 import importlib.util
@@ -215,7 +204,7 @@ def _load_imagenet(ref: str, device: torch.device, dtype: torch.dtype, name: str
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict: every tensor must match
     return _ConvMapTower(name, model.features, 224, 32, model.last_channel, IMAGENET_MEAN, IMAGENET_STD, device, dtype)
 
-register_tower("imagenet", _load_imagenet, "imagenet:mobilenet_v2")
+register_tower("imagenet", _load_imagenet)
 
 # %% ../nbs/02_features.ipynb #16143a64
 def tiny_hf_clip(folder: str | Path, image_size: int = 32, patch_size: int = 8, hidden_size: int = 48, layers: int = 3,
@@ -249,7 +238,7 @@ def _load_thumbnail(ref: str, device: torch.device, dtype: torch.dtype, name: st
     if not ref.isdigit(): raise VtomError(f"{name!r}: write thumbnail:GRID with a whole number, e.g. thumbnail:14.")
     return thumbnail_tower(int(ref), device=device, dtype=dtype)
 
-register_tower("thumbnail", _load_thumbnail, "thumbnail:14")
+register_tower("thumbnail", _load_thumbnail)
 
 # %% ../nbs/02_features.ipynb #39cc6b41
 def preprocess_frames(frames: np.ndarray | torch.Tensor, image_size: int = 224, mean: Sequence[float] = OPENAI_CLIP_MEAN,

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from .core import VtomError, atomic_path, get_logger, hub_offline, resolve_pretrained
 from .model import CONFIG_NAME, LORA_DIR, PROCESSOR_NAME, WEIGHTS_NAME, VideoLLM, VideoLLMConfig, processor_config
+from .registry import tower_kind
 
 # %% auto #0
 __all__ = ['MODEL_MODES', 'load_evals', 'paired_rows', 'can_and_cannot', 'model_card', 'write_model_card', 'push_to_hub',
@@ -67,8 +68,8 @@ def can_and_cannot(cfg: VideoLLMConfig, evals: Sequence[dict], paired: Sequence[
            f"frozen LM `{cfg.lm_name}`{' (with LoRA adapters)' if lora else ''}, and so answer and chat about a video.",
            f"Cannot: read features of any other tower or frame count, or run without `{cfg.lm_name}` (the LM is not in the checkpoint).",
            "Cannot: see pixels by itself: videos go through `vtom features` with the tower above first."]
-    if cfg.vision_name.startswith(("random:", "thumbnail:")):
-        out.append(f"Cannot: see what is in a video: `{cfg.vision_name}` is a {'random-weight' if cfg.vision_name.startswith('random:') else 'colour-thumbnail'} "
+    if tower_kind(cfg.vision_name) in ("random", "thumbnail"):
+        out.append(f"Cannot: see what is in a video: `{cfg.vision_name}` is a {'random-weight' if tower_kind(cfg.vision_name) == 'random' else 'colour-thumbnail'} "
                    "tower, so the video tokens carry no learned visual meaning (a test of the machinery, not a model).")
     for bench in dict.fromkeys(p["benchmark"] for p in paired):
         ps = [p for p in paired if p["benchmark"] == bench]

@@ -19,7 +19,7 @@ import torch
 from .core import (REFERENCE_NUM_FRAMES, VtomError, cache_dir, float_at_least, get_logger, positive_int,
                        seed_everything, write_json)
 from .model import VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm
-from .registry import OFFLINE_TOWER
+from .registry import OFFLINE_TOWER, tower_kind
 from .social import (QUICK_TIMELINE_FRAMES, load_timeline, model_file, social_signals, social_timeline,
                          timeline_path, timeline_prompt_line)
 
@@ -85,7 +85,7 @@ class VideoChat:
         "Which vision tower, LM and projector are in use, with warnings when the weights carry no meaning."
         cfg, warnings = self.model.config, []
         vision = self.tower.name if self.tower is not None else cfg.vision_name
-        if vision.startswith("random:"): warnings.append("the vision tower has RANDOM weights: answers about the video carry no meaning")
+        if tower_kind(vision) == "random": warnings.append("the vision tower has RANDOM weights: answers about the video carry no meaning")
         if not self.checkpoint: warnings.append("the projector is untrained (no --checkpoint): the LM cannot see the video yet")
         return {"vision": vision, "llm": cfg.lm_name, "llm_class": type(self.model.lm).__name__,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None, "num_frames": self.num_frames,

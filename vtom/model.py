@@ -16,18 +16,17 @@ from torch import nn
 
 from .core import (REFERENCE_NUM_FRAMES, VtomError, atomic_path, embedded_llm_path, get_device, get_dtype,
                        get_logger, has_package, resolve_pretrained, write_json)
-from .registry import REFERENCE_TOWER
+from .registry import PROJECTOR_TYPES, REFERENCE_TOWER, UnknownModelName, check_projector
 
 # %% auto #0
-__all__ = ['PROJECTOR_TYPES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN',
-           'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
-           'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR',
-           'PROCESSOR_NAME', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm',
-           'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns',
-           'add_video_tokens', 'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch',
-           'TemporalProjector', 'build_projector', 'zero_projector_output', 'GraphProjector', 'MentalStateTracker',
-           'tracker_loss', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask',
-           'processor_config']
+__all__ = ['VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN', 'VID_START_TOKEN',
+           'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES', 'TRACKER_BELIEVERS',
+           'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'PROCESSOR_NAME',
+           'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable',
+           'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video',
+           'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
+           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'SocialProjector',
+           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'processor_config']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -103,8 +102,6 @@ def load_llm(name: str = "embedded", device: str | torch.device = "auto", dtype:
     return _finish_llm(lm, tok, device)
 
 # %% ../nbs/03_model.ipynb #e983d2eb
-PROJECTOR_TYPES = ("linear", "mlp2", "temporal", "graph")
-
 @dataclass
 class VideoLLMConfig:
     "Everything needed to rebuild a `VideoLLM` around its frozen LM (saved as `config.json` next to the projector)."
@@ -120,8 +117,7 @@ class VideoLLMConfig:
     social_dim: int = 0                                 # columns of the per-frame social signal (vtom.social.SOCIAL_DIM); 0: no social tokens
 
     def __post_init__(self):
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise VtomError(f"projector_type={self.projector_type!r}; use one of {PROJECTOR_TYPES}.")
+        check_projector(self.projector_type)
         if self.template not in TEMPLATE_NAMES:
             raise VtomError(f"template={self.template!r}; use one of {TEMPLATE_NAMES}.")
 
@@ -311,7 +307,7 @@ def build_projector(kind: str, in_features: int, out_features: int, num_frames: 
     if kind == "mlp2": return nn.Sequential(nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features))
     if kind == "temporal": return TemporalProjector(in_features, out_features, num_frames)
     if kind == "graph": return GraphProjector(in_features, out_features, num_frames, graph_cells)
-    raise VtomError(f"Unknown projector type {kind!r}; use one of {PROJECTOR_TYPES}.")
+    raise UnknownModelName(f"Unknown projector type {kind!r}; use one of {PROJECTOR_TYPES}.")
 
 def zero_projector_output(projector: nn.Module) -> nn.Module:
     "Zero the weight and bias of the projector's output layer (in place): untrained video tokens are zero vectors."

@@ -166,7 +166,7 @@ class TrainConfig:
     output_dir: str | None = _opt(None, "output folder (default runs/train-<data name>)")
     llm: str = _opt("embedded", llm_help())
     template: str = _opt("chat", "prompt template shared with inference: chat, vicuna_v1_1, video-chatgpt_v1")
-    projector_type: str = _opt("linear", "linear (reference), mlp2, temporal or graph (order-aware; vtom.model.PROJECTOR_TYPES)")
+    projector_type: str = _opt("linear", "linear (reference), mlp2, temporal or graph (order-aware; vtom.registry.PROJECTOR_TYPES)")
     graph_cells: int = _opt(16, "grid cells per frame row of graph features (vtom.features.graph_rows; 16 = a 4x4 grid)")
     tracker_weight: float = _opt(0.0, "weight of the auxiliary mental-state tracker loss (0: off); needs --tracker-targets")
     tracker_targets: str | None = _opt(None, "safetensors file of per-frame tracker labels per video id ([num_frames, 7], vtom.experiments.write_tracker_targets)")
