@@ -489,10 +489,10 @@ def _decode_nvdec(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode:
             seconds = np.array([f.getPTS() for f in got], dtype=np.float64) * float(ix.time_base)
             problem = _index_problem("nvdec", len(dec), seconds, ix, wanted[s:s + chunk])
             if problem: raise _fail(path, problem, _NVDEC_FIX)
-            batch = torch.stack([torch.from_dlpack(f) for f in got])   # one copy on the GPU, out of the decoder's buffers...
-            if batch.is_cuda: torch.cuda.current_stream(batch.device).synchronize()   # ...done before it reuses them
-            kept.update({j: batch[j - s].cpu().numpy() for j in check if s <= j < s + chunk})
-            yield from (resize_frames(batch, size, resize_mode) if size is not None else batch)
+            views = [torch.from_dlpack(f) for f in got]   # the decoder's own buffers: `read_video` copies each out, on the GPU...
+            kept.update({j: views[j - s].cpu().numpy() for j in check if s <= j < s + chunk})
+            yield from (resize_frames(v, size, resize_mode) if size is not None else v for v in views)
+            if views[0].is_cuda: torch.cuda.current_stream(views[0].device).synchronize()   # ...before the decoder reuses them
     except VtomError: raise
     except Exception as e:   # PyNvVideoCodec raises plain RuntimeError/Exception; a decoder that failed is not reused
         _NVDEC.decoder = None
