@@ -3,7 +3,7 @@
 # From the repository root on the GPU machine, after
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl .whl-nvdec/*.whl
 #   export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1
-# run `bash gpu-nvdec.sh`. Everything goes under $OUT; stdout gets the compact numbers. About 3 minutes, every step under
+# run `OUT=... bash tools/gpu-nvdec.sh`. Everything goes under $OUT; stdout gets the compact numbers. About 3 minutes, every step under
 # `timeout`, and a step that fails does not stop the next.
 set -u
 OUT=${OUT:?set OUT to the results folder}
