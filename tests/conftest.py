@@ -24,13 +24,14 @@ class _FakeNvdecFrame:
 
 
 class FakeNvdec:
-    "PyNvVideoCodec's SimpleDecoder as vtom uses it, on the CPU: frames by index (decoded by PyAV), `pts_shift` misplaces them."
+    """PyNvVideoCodec's SimpleDecoder as vtom uses it, on the CPU: frames by index (decoded by PyAV); `pts_offset` (ticks) shifts every
+    timestamp like NVDEC's demuxer, which skips the mp4 edit list; `pts_shift` (frames) misplaces all but the first frame asked for."""
     calls = 0
     pyav = None   # the real PyAV decoder, kept by the fixture (a test may replace the module's to fake a wrong reference)
 
-    def __init__(self, path, pts_shift: int = 0):
+    def __init__(self, path, pts_shift: int = 0, pts_offset: int = 0):
         from vtom import decode as D
-        self.path, self.ix, self.pts_shift = path, D._scan(path), pts_shift
+        self.path, self.ix, self.pts_shift, self.pts_offset, self.first = path, D._scan(path), pts_shift, pts_offset, None
 
     def __len__(self) -> int: return len(self.ix.pts)
 
@@ -38,7 +39,9 @@ class FakeNvdec:
         import numpy as np
         FakeNvdec.calls += 1
         imgs = FakeNvdec.pyav(self.path, self.ix, np.asarray(indices), None, "nearest")
-        return [_FakeNvdecFrame(img, self.ix.pts[min(i + self.pts_shift, len(self.ix.pts) - 1)]) for i, img in zip(indices, imgs)]
+        self.first = indices[0] if self.first is None else self.first
+        pts = [self.ix.pts[min(i + (self.pts_shift if i != self.first else 0), len(self.ix.pts) - 1)] + self.pts_offset for i in indices]
+        return [_FakeNvdecFrame(img, t) for img, t in zip(imgs, pts)]
 
 
 @pytest.fixture

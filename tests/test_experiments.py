@@ -77,20 +77,61 @@ def test_tracker_targets_columns_and_padding():
 
 
 def test_temporal_study_dry_run(tmp_path):
-    "`vtom temporal --dry-run` (the tom-temporal preset's offline check): every arm, mode and baseline lands in one report."
+    "`vtom temporal --dry-run` (the tom-temporal preset's offline check): every arm, mode and baseline lands in one report, with letters, OOD and decoys."
     import json
-    from vtom.experiments import OBSERVATION_GROUPS, temporal_main
+    from vtom.experiments import BAG_ARM, OBSERVATION_GROUPS, temporal_main
+    from vtom.synth import HEURISTICS, TAGS
     assert temporal_main(["--dry-run", "--out", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "report.json").read_text())
     arms = {(r["arm"], r["mode"]) for r in rep["table"]}
-    lm = [f"{a}, learned perception" for a in ("bag (linear)", "temporal", "graph", "graph + tracker loss")]
-    trackers = [f"tracker alone ({k}), {s}" for k in ("linear", "graph") for s in ("tower features", "learned perception", "oracle perception")]
-    for arm in lm + trackers:
+    sources = ("tower features", "learned perception", "oracle perception")
+    lm = [f"LM, {a}, learned perception" for a in ("linear", "temporal", "graph", "graph + tracker loss")]
+    trackers = [f"tracker alone ({k}), {s}" for k in ("last frame: linear", "graph") for s in sources]
+    bags = [f"{BAG_ARM}, {s}" for s in sources]
+    for arm in lm + trackers + bags:
         assert {(arm, m) for m in ("video", "shuffled", "blank")} <= arms, arm
-    assert ("text (LM, no video)", "text") in arms and any(a.startswith("heuristic: reality") for a, _ in arms)
+    assert ("text (LM, no video)", "text") in arms and {(f"heuristic: {h}", "text") for h in HEURISTICS} <= arms
+    rows = {(r["arm"], r["mode"]): r for r in rep["table"]}
+    for arm in bags:   # order-free by construction: shuffled frames change no answer
+        assert rows[(arm, "video")]["letters (belief)"] == rows[(arm, "shuffled")]["letters (belief)"]
+    assert all("OOD belief" in r and "letters (belief)" in r for r in rep["table"] if r["mode"] in ("video", "text"))
+    assert "belief, letter-cyclic" in rows[(lm[0], "video")] and rep["ood videos"] == 4
+    assert set(TAGS) <= set(rep["decoys"][0]) and rep["best stump (chosen on train)"]["feature"]
     assert {"always 'never'", "tracker alone (graph), learned perception"} <= {r["method"] for r in rep["retrieval"]}
     assert rep["goal"]["chosen on val"] in rep["val belief accuracy"] and any("shuffled" in b for b in rep["paired"])
+    assert any(b.startswith(BAG_ARM) for b in rep["paired"]) and not rep["goal"]["chosen on val"].startswith(BAG_ARM)
     assert "oracle" not in rep["goal"]["chosen on val"] and "oracle" in rep["goal with oracle perception"]["chosen on val"]
-    assert set(rep["perception"]["perception test accuracy"]) <= set(OBSERVATION_GROUPS)
+    assert set(rep["perception"]["perception test accuracy"]) <= set(OBSERVATION_GROUPS) and set(rep["ood perception"]) <= set(OBSERVATION_GROUPS)
     assert (tmp_path / "belief_timeline.png").stat().st_size > 0 and (tmp_path / "learning_curves.png").is_file()
-    assert "Goal" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "Goal" in md and "Decoy subsets" in md and "OOD belief" in md
+
+
+def test_bag_of_frames_ignores_the_order_of_frames():
+    "The bag's features and answers are the same for any permutation of a video's frames; with fewer containers it never picks a missing one."
+    from vtom.experiments import OBSERVATION_COLUMNS, BagOfFrames, bag_features, observation_slices
+    g = torch.Generator().manual_seed(0)
+    def video(t):   # random one-hot observation rows
+        x = torch.zeros(t, len(OBSERVATION_COLUMNS))
+        for s in observation_slices().values(): x[torch.arange(t), s.start + torch.randint(s.stop - s.start, (t,), generator=g)] = 1
+        return x
+    vids = [video(12) for _ in range(40)]
+    x = torch.stack([bag_features(v, 4) for v in vids]); m = torch.ones(40, 4, dtype=torch.bool); m[::2, 3] = False
+    y = torch.randint(3, (40,), generator=g)
+    bag = BagOfFrames(1e-2).fit(x, m, y)
+    shuffled = torch.stack([bag_features(v[torch.randperm(12, generator=g)], 4) for v in vids])
+    assert torch.equal(x, shuffled) and torch.equal(bag.predict(x, m), bag.predict(shuffled, m))
+    assert (bag.predict(x, m)[::2] != 3).all()
+
+
+def test_bag_features_see_within_frame_pairs():
+    "A pair feature fires only when both observations happen in the same frame, for the candidate container."
+    from vtom.experiments import OBSERVATION_COLUMNS, bag_features
+    col = OBSERVATION_COLUMNS.index
+    both, apart = torch.zeros(2, len(OBSERVATION_COLUMNS)), torch.zeros(2, len(OBSERVATION_COLUMNS))
+    both[0, [col("object=slot1"), col("A mode=absent")]] = 1                       # the object at slot 1 while A is outside
+    apart[0, col("object=slot1")] = 1; apart[1, col("A mode=absent")] = 1           # the same two things in different frames
+    fb, fa = bag_features(both, 4), bag_features(apart, 4)
+    single = 2 * 27                                                                  # means and maxima of the 27 candidate-relative columns
+    assert fb.shape == (4, single + 2 * 27 * 28 // 2) and torch.equal(fb[:, :single], fa[:, :single])   # single columns: the same
+    assert fb[1, single:].sum() > fa[1, single:].sum()                                # the pair "candidate seen & A outside" only together

@@ -69,15 +69,19 @@ for line in sys.stdin:
     print(r["backend"], r["pool"], r["workers"], r.get("frames_per_s", r.get("error")), "frames/s, cpu ms/frame", r.get("cpu_ms_per_frame"))'
 
 step "features pipeline: ViT-L/14 fp16, 48 videos x 100 frames (gpu_check's settings), nvdec vs pyav"
-timeout 150 python3 - "$OUT/features.jsonl" 2> "$OUT/features.err" <<'PY'
+cat > /tmp/gpu-nvdec-features.py <<'PY'   # a file, not stdin: the PyAV process pool spawns workers that re-import the main script
 import json, sys, traceback
 from vtom.bench import FEATURES_REAL, NVDEC_WORKERS, bench_features
-for backend, workers in [("nvdec", NVDEC_WORKERS), ("nvdec", 4), ("pyav", 14)]:
-    try: r = bench_features(dtype="fp16", device="cuda", backend=backend, **(FEATURES_REAL | {"workers": workers}))
-    except Exception as e: r = {"error": f"{type(e).__name__}: {str(e)[:300]}", "traceback": traceback.format_exc()[-1500:]}
-    with open(sys.argv[1], "a") as f: f.write(json.dumps(r) + "\n")
-    print(backend, workers, r.get("decode_pool", ""), "| pipeline", r.get("pipeline_frames_per_s"), "frames/s, busy", r.get("busy_fraction"),
-          "| tower", r.get("tower_frames_per_s"), "| one decoder", r.get("decode_frames_per_s"), "| failed", r.get("failed"),
-          r.get("error", ""), flush=True)
+def main():
+    for backend, workers in [("nvdec", NVDEC_WORKERS), ("nvdec", 4), ("pyav", 14)]:
+        try: r = bench_features(dtype="fp16", device="cuda", backend=backend, **(FEATURES_REAL | {"workers": workers}))
+        except Exception as e: r = {"error": f"{type(e).__name__}: {str(e)[:300]}", "traceback": traceback.format_exc()[-1500:]}
+        with open(sys.argv[1], "a") as f: f.write(json.dumps(r) + "\n")
+        print(backend, workers, r.get("decode_pool", ""), "| pipeline", r.get("pipeline_frames_per_s"), "frames/s, busy", r.get("busy_fraction"),
+              "| tower", r.get("tower_frames_per_s"), "| one decoder", r.get("decode_frames_per_s"), "| failed", r.get("failed"),
+              r.get("error", ""), flush=True)
+
+if __name__ == "__main__": main()
 PY
+timeout 150 python3 /tmp/gpu-nvdec-features.py "$OUT/features.jsonl" 2> "$OUT/features.err"
 echo "rc=$?; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -481,12 +481,14 @@ def _decode_nvdec(path: Path, ix: _Index, wanted: np.ndarray, size, resize_mode:
                   threads: int = 0) -> Iterator[torch.Tensor]:
     "Yield the frames at the sorted unique indices `wanted` as CUDA uint8 tensors (H x W x 3) from the GPU's decoder, checked like torchcodec's."
     check = sorted({len(wanted) // 2, len(wanted) - 1})
-    kept = {}
+    kept, shift = {}, None
     try:
         dec = _nvdec_decoder(path)
         for s in range(0, len(wanted), chunk):
             got = dec.get_batch_frames_by_index(wanted[s:s + chunk].tolist())
-            seconds = np.array([f.getPTS() for f in got], dtype=np.float64) * float(ix.time_base)
+            pts = np.array([f.getPTS() for f in got], dtype=np.int64)
+            if shift is None: shift = int(pts[0] - ix.pts[wanted[s]])   # NVDEC's demuxer skips the mp4 edit list (B-frame delay): one
+            seconds = (pts - shift) * float(ix.time_base)              # constant shift; the order is checked after it, the pictures by PyAV
             problem = _index_problem("nvdec", len(dec), seconds, ix, wanted[s:s + chunk])
             if problem: raise _fail(path, problem, _NVDEC_FIX)
             views = [torch.from_dlpack(f) for f in got]   # the decoder's own buffers: `read_video` copies each out, on the GPU...

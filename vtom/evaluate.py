@@ -14,7 +14,7 @@ import sys
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -37,10 +37,10 @@ __all__ = ['VIDEO_MODES', 'SOCIAL_MODES', 'TOKEN_MODES', 'SURFACE_MODES', 'MODES
            'cloze_prompt', 'rule_inputs', 'encode_choices', 'generation_prompt_ids', 'answer_logprobs',
            'token_logprobs', 'full_sequence_logprobs', 'score_choices', 'shared_prefix_logprobs', 'rule_scores',
            'null_logprobs', 'length_shortcut', 'rule_length_shortcuts', 'check_num_frames', 'transform_features',
-           'parse_choice', 'generate_choice', 'EvalSetup', 'evaluate_question', 'check_timelines', 'sample_videos',
-           'evaluate_questions', 'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize',
-           'plot_metrics', 'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark', 'eval_main',
-           'load_predictions', 'bench_eval_main']
+           'parse_choice', 'generate_choice', 'EvalSetup', 'cyclic_letter_scores', 'evaluate_question',
+           'check_timelines', 'sample_videos', 'evaluate_questions', 'pair_records', 'accuracy_table', 'mode_table',
+           'format_mode_table', 'summarize', 'plot_metrics', 'write_submission', 'SocialTexts', 'load_eval_setup',
+           'load_benchmark', 'eval_main', 'load_predictions', 'bench_eval_main']
 
 # %% ../nbs/06_eval.ipynb #d2e09d4e
 VIDEO_MODES = ("video", "shuffled", "blank", "video+social", "video+social-tokens")
@@ -56,6 +56,8 @@ SCORING_RULES = {
     "mean": "'B. option text' + end token after the listed options, mean log-prob per token; the listed text is copied "
             "almost for free, so longer options win (kept for comparison)",
     "sum": "the same continuation as `mean`, summed log-prob (kept for comparison)",
+    "letter-cyclic": "`letter` averaged over the n cyclic rotations of the options (n forwards per question): every option "
+                     "is read under every letter, so a preference for one letter cancels",
 }
 SCORINGS = (*SCORING_RULES, "generate")
 DEFAULT_SCORING = "letter"      # chosen by measurement: see "Choosing the scoring rule" below
@@ -218,7 +220,7 @@ def shared_prefix_logprobs(model, encoded: list[dict], pad_id: int, video_featur
 
 def rule_scores(rule: str, token_lps: Sequence[np.ndarray], options: Sequence[str]) -> np.ndarray:
     "Each option's score under a scoring rule, from its answer-token log-probs (`rule_inputs` says which answers)."
-    if rule == "letter": return np.array([lp[0] for lp in token_lps], dtype=float)
+    if rule in ("letter", "letter-cyclic"): return np.array([lp[0] for lp in token_lps], dtype=float)
     total = np.array([np.sum(lp) for lp in token_lps], dtype=float)
     if rule == "sum": return total
     if rule == "mean": return total / np.array([max(len(lp), 1) for lp in token_lps])
@@ -245,7 +247,7 @@ def rule_length_shortcuts(tokenizer, questions: Sequence[MCQuestion], template: 
     if not answered: raise EvalError("No question has an answer_idx: there is nothing to measure the shortcut on.")
     acc = defaultdict(list)
     for q in answered:
-        for group in (("letter", "mean", "sum"), ("cloze",)):
+        for group in (("letter", "mean", "sum", "letter-cyclic"), ("cloze",)):
             user, answers = rule_inputs(q, mode, group[0])
             n = [sum(l != -100 for l in e["labels"]) for e in encode_choices(tokenizer, user, answers, template)]
             for rule in group:
@@ -335,6 +337,19 @@ def _check_rules(scoring: str, rules: Sequence[str] | None) -> list[str]:
     if bad: raise EvalError(f"Unknown scoring rule(s) {bad}; use {', '.join(SCORING_RULES)}.")
     return [] if scoring == "generate" else list(dict.fromkeys([scoring, *(rules or ())]))
 
+def cyclic_letter_scores(setup: EvalSetup, q: MCQuestion, mode: str, social: str | None = None, feats: torch.Tensor | None = None,
+                         signals: torch.Tensor | None = None) -> np.ndarray:
+    "Each option's `letter` score averaged over the n cyclic rotations of the options (rotation s lists option (i + s) % n as letter i)."
+    n = len(q.options)
+    total = np.zeros(n)
+    for s in range(n):
+        rq = replace(q, options=q.options[s:] + q.options[:s])
+        user, answers = rule_inputs(rq, mode, "letter", social)
+        enc = encode_choices(setup.tokenizer, user, answers, setup.template, 0 if feats is None else feats.shape[0], setup.max_length)
+        lps = shared_prefix_logprobs(setup.model, enc, _pad_id(setup.tokenizer), feats, first_only=True, social_signals=signals)
+        total[(np.arange(n) + s) % n] += rule_scores("letter", lps, answers)
+    return total / n
+
 def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str = DEFAULT_SCORING, seed: int = 0,
                       rules: Sequence[str] | None = None, majority: int = 0) -> dict:
     "Score (or generate an answer to) one question under `mode` (shared-prefix scoring); `rules` adds other scoring rules to the record."
@@ -379,6 +394,9 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
                                     "the model's dtype (fp16 overflow), e.g. with --dtype fp32.")
                 scores[r] = [round(float(x), 6) for x in s]
                 n_tokens[r] = [sum(l != -100 for l in e["labels"]) for e in enc]
+        if "letter-cyclic" in wanted:
+            scores["letter-cyclic"] = [round(float(x), 6) for x in cyclic_letter_scores(setup, q, mode, social, feats, signals)]
+            n_tokens["letter-cyclic"] = [1] * len(q.options)
         preds = {r: int(np.argmax(s)) for r, s in scores.items()}
         rec.update(scores=scores, preds=preds, n_tokens=n_tokens, n_chars=[len(o) for o in q.options], pred=preds[scoring])
     rec["correct"] = None if q.answer_idx is None else bool(rec["pred"] == q.answer_idx)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -22,17 +23,20 @@ from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, 
                          write_qvh)
 from .registry import STUDY_TOWER, TEST_TOWER, tower_kind
 from .stats import bootstrap_ci, markdown_table, paired_comparison
+from .synth import FAMILIES, TAGS
 
 # %% auto #0
 __all__ = ['PROBE_FACTS', 'STUDY_NUM_FRAMES', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'OBSERVATION_GROUPS',
            'OBSERVATION_COLUMNS', 'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'STUDY_QTYPES',
-           'STUDY_FAMILIES', 'SOURCE_NAMES', 'DRY_RUN', 'linear_probe', 'frame_facts', 'probe_data', 'probe_table',
-           'synth_features', 'split_videos', 'mc_predictions', 'mc_table', 'goal_verdicts', 'what_this_run_shows',
-           'goal_report', 'report_markdown', 'tracker_targets', 'tracker_data', 'write_tracker_targets',
-           'train_tracker', 'tracker_probs', 'frame_accuracy', 'tracker_answers', 'belief_false_windows',
-           'window_success', 'observation_slices', 'observation_vector', 'FramePerception', 'perception_loss',
-           'train_perception', 'perception_accuracy', 'observation_stores', 'plot_belief_timeline',
-           'plot_learning_curves', 'study_markdown', 'temporal_study', 'temporal_main', 'goal_main']
+           'STUDY_FAMILIES', 'SOURCE_NAMES', 'BAG_ARM', 'DRY_RUN', 'linear_probe', 'frame_facts', 'probe_data',
+           'probe_table', 'synth_features', 'split_videos', 'mc_predictions', 'mc_table', 'goal_verdicts',
+           'what_this_run_shows', 'goal_report', 'report_markdown', 'tracker_targets', 'tracker_data',
+           'write_tracker_targets', 'train_tracker', 'tracker_probs', 'frame_accuracy', 'container_slots', 'option_of',
+           'tracker_choices', 'tracker_answers', 'belief_false_windows', 'window_success', 'observation_slices',
+           'observation_vector', 'FramePerception', 'perception_loss', 'train_perception', 'perception_accuracy',
+           'observation_stores', 'bag_features', 'pooled_slot_features', 'BagOfFrames', 'fit_bag',
+           'plot_belief_timeline', 'plot_learning_curves', 'study_markdown', 'temporal_study', 'temporal_main',
+           'goal_main']
 
 # %% ../nbs/08b_experiments.ipynb #95a3cd5c
 @torch.no_grad()
@@ -129,16 +133,16 @@ def split_videos(synth_dir: str | Path, split: str) -> list[str]:
 MC_MODES = ("video", "text", "shuffled", "blank")
 
 def mc_predictions(model: nn.Module, questions: Sequence[Any], store: Any, mode: str = "video", seed: int = 0,
-                   progress: bool = False) -> list[dict]:
-    "Per question with features: predicted option (`vtom.evaluate`'s default scoring rule), correctness, qtype and family."
+                   progress: bool = False, rules: Sequence[str] = ()) -> list[dict]:
+    "Per question with features: predicted option (`vtom.evaluate`'s default scoring rule; `preds`: every rule of `rules` too), correctness, qtype and family."
     from vtom.features import FeatureStore
     if mode not in MC_MODES: raise VtomError(f"mode must be one of {MC_MODES}, not {mode!r}.")
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     setup = EvalSetup(model, model.tokenizer, model.config.template, store, model.config.num_frames)
-    res = evaluate_questions(setup, list(questions), mode, scoring=DEFAULT_SCORING, seed=seed, progress=progress)
+    res = evaluate_questions(setup, list(questions), mode, scoring=DEFAULT_SCORING, seed=seed, progress=progress, rules=list(rules) or None)
     if res["failed"]: raise VtomError(f"{len(res['failed'])} questions could not be scored, e.g. {res['failed'][0]}")
-    return [{"qid": r["qid"], "pred": r["pred"], "correct": r["correct"], "qtype": r["qtype"], "family": r["subset"], "mode": mode}
-            for r in res["records"]]
+    return [{"qid": r["qid"], "pred": r["pred"], "correct": r["correct"], "qtype": r["qtype"], "family": r["subset"], "mode": mode,
+             "preds": r.get("preds", {})} for r in res["records"]]
 
 def mc_table(preds: Sequence[dict], by: str = "qtype", videos: dict[str, str] | None = None) -> list[dict]:
     "Accuracy with a 95% bootstrap interval (over whole videos when `videos` maps qid -> video) per mode and group (plus 'all')."
@@ -410,20 +414,32 @@ def frame_accuracy(probs: dict[str, torch.Tensor], targets: torch.Tensor) -> dic
 # %% ../nbs/08b_experiments.ipynb #7c330b31
 TRACKER_QTYPES = {"belief": 0, "second_order": 2}   # question type -> believer column answered from the last frame
 
-def tracker_answers(rows: Sequence[dict], probs: dict[str, torch.Tensor], ids: Sequence[str], synth_dir: str | Path,
+def container_slots(synth_dir: str | Path, vid: str) -> list[str]:
+    "Container names of a video from left to right (slot k of the observations and the tracker is the k-th), from its event log."
+    ev = json.loads((Path(synth_dir) / "events" / f"{vid}.json").read_text())
+    return [c["name"] for c in sorted(ev["layout"]["containers"], key=lambda c: c["x"])]
+
+def option_of(row: dict, container: str) -> int:
+    "The option index of `the {container}` in a question row (-1 when it is not an option)."
+    return next((i for i in range(4) if row[f"a{i}"] == f"the {container}"), -1)
+
+def tracker_choices(rows: Sequence[dict], probs: dict[str, torch.Tensor], ids: Sequence[str], synth_dir: str | Path,
                     frames: dict[str, int]) -> dict[str, int]:
-    "qid -> 1/0 for belief and second-order questions: the container the tracker believes in at the video's last real frame."
+    "qid -> the option the tracker picks for belief and second-order questions: the container believed in at the video's last real frame."
     from vtom.model import TRACKER_PLACES
-    at = {v: i for i, v in enumerate(ids)}
-    out = {}
+    at, out, slots = {v: i for i, v in enumerate(ids)}, {}, {}
     for r in rows:
         if r["qtype"] not in TRACKER_QTYPES or r["vid_name"] not in at: continue
-        ev = json.loads((Path(synth_dir) / "events" / f"{r['vid_name']}.json").read_text())
-        conts = sorted(ev["layout"]["containers"], key=lambda c: c["x"])
+        conts = slots.setdefault(r["vid_name"], container_slots(synth_dir, r["vid_name"]))
         p = probs["places"][at[r["vid_name"]], frames[r["vid_name"]] - 1, TRACKER_QTYPES[r["qtype"]]]
-        slot = int(p[[TRACKER_PLACES.index(f"slot{k}") for k in range(len(conts))]].argmax())
-        out[r["qid"]] = int(f"the {conts[slot]['name']}" == r["ans_corr"])
+        out[r["qid"]] = option_of(r, conts[int(p[[TRACKER_PLACES.index(f"slot{k}") for k in range(len(conts))]].argmax())])
     return out
+
+def tracker_answers(rows: Sequence[dict], probs: dict[str, torch.Tensor], ids: Sequence[str], synth_dir: str | Path,
+                    frames: dict[str, int]) -> dict[str, int]:
+    "qid -> 1/0 for belief and second-order questions: is the tracker's choice (`tracker_choices`) right?"
+    right = {r["qid"]: r["answer_idx"] for r in rows}
+    return {q: int(c == right[q]) for q, c in tracker_choices(rows, probs, ids, synth_dir, frames).items()}
 
 def belief_false_windows(probs: dict[str, torch.Tensor], ids: Sequence[str], timestamps: dict[str, list[float]], length: float,
                          threshold: float = 0.5) -> dict[str, list[float] | None]:
@@ -521,14 +537,16 @@ PERCEPTION_SOURCES = ("tower", "learned", "oracle")   # the study's inputs: towe
 PERCEPTION_SIZE = 112   # frames are decoded at this side for FramePerception (the object stays a few pixels wide)
 
 def observation_stores(synth_dir: str | Path, num_frames: int = STUDY_NUM_FRAMES, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
-                       size: int = PERCEPTION_SIZE, seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    "Feature stores of observation rows for every video of a `vtom synth` folder: `oracle` (the event log) and `learned` (`FramePerception` trained on the train split)."
+                       size: int = PERCEPTION_SIZE, seed: int = 0, progress: bool = False, perception_from: str | Path | None = None) -> dict[str, Any]:
+    """Feature stores of observation rows for every video of a `vtom synth` folder: `oracle` (the event log) and `learned`
+    (`FramePerception` trained on the train split, or the weights file `perception_from` as it is, e.g. for an OOD set)."""
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
     from vtom.decode import read_video
     from vtom.features import FeatureStore, list_videos, save_features, video_id_of
     synth_dir = Path(synth_dir)
-    root = synth_dir / "features" / f"observations-{num_frames}-{size}px"
+    tag = f"-perception-{zlib.crc32(Path(perception_from).read_bytes()):08x}" if perception_from else ""
+    root = synth_dir / "features" / f"observations-{num_frames}-{size}px{tag}"
     paths = {s: root / s for s in ("oracle", "learned")}
     ids = [video_id_of(p) for p in list_videos(synth_dir / "videos")]
     report = root / "perception.json"
@@ -543,10 +561,11 @@ def observation_stores(synth_dir: str | Path, num_frames: int = STUDY_NUM_FRAMES
         meta[v] = {"video_id": v, "num_frames": num_frames, "frames": len(clip.timestamps), "timestamps": [float(t) for t in clip.timestamps]}
         if v not in FeatureStore(paths["oracle"]):
             save_features(paths["oracle"] / f"{v}.safetensors", obs[v].half(), {**meta[v], "layout": "observations", "source": "oracle"})
-    weights = root / "perception.safetensors"
-    train_ids = [v for v in split_videos(synth_dir, "train") if v in frames]
+    weights = Path(perception_from) if perception_from else root / "perception.safetensors"
+    train_ids = [v for v in split_videos(synth_dir, "train") if v in frames] if (synth_dir / "qa_train.json").is_file() and not perception_from else []
     net, history = FramePerception(), []
     if weights.is_file(): net.load_state_dict(load_file(str(weights)))
+    elif perception_from: raise VtomError(f"perception_from: no weights file {weights}; run the study on the training set first.")
     else:
         cat = lambda d, vs: torch.cat([d[v][:meta[v]["frames"]] for v in vs])
         net, history = train_perception(cat(frames, train_ids), cat(obs, train_ids), steps, batch_size, learning_rate, seed)
@@ -560,9 +579,69 @@ def observation_stores(synth_dir: str | Path, num_frames: int = STUDY_NUM_FRAMES
         save_features(paths["learned"] / f"{v}.safetensors", rows.half(), {**meta[v], "layout": "observations", "source": "learned"})
     test_ids = [v for v in split_videos(synth_dir, "test") if v in probs]
     acc = perception_accuracy(torch.cat([probs[v] for v in test_ids]), torch.cat([obs[v][:meta[v]["frames"]] for v in test_ids])) if test_ids else {}
-    info = {"perception test accuracy": acc, "perception history": history, "perception train videos": len(train_ids)}
+    info = {"perception test accuracy": acc, "perception history": history, "perception train videos": len(train_ids),
+            "weights": str(weights)}
     write_json(report, info)
     return {**paths, **info}
+
+# %% ../nbs/08b_experiments.ipynb #bag0002
+def _candidate_maps(n_slots: int = 4) -> torch.Tensor:
+    "`[n_slots, D, D']` 0/1 maps of an observation row onto candidate-relative columns (slot k -> 'candidate', other slots -> 'another')."
+    cols, k_cols = [], []
+    for g, vs in OBSERVATION_GROUPS.items():
+        cols += [f"{g}={v}" for v in vs if not v.startswith("slot")]
+        if any(v.startswith("slot") for v in vs): cols += [f"{g}=candidate", f"{g}=another"]
+    maps = torch.zeros(n_slots, len(OBSERVATION_COLUMNS), len(cols))
+    for k in range(n_slots):
+        for i, c in enumerate(OBSERVATION_COLUMNS):
+            g, v = c.split("=", 1)
+            maps[k, i, cols.index(c if not v.startswith("slot") else f"{g}={'candidate' if v == f'slot{k}' else 'another'}")] = 1
+    return maps
+
+def bag_features(obs: torch.Tensor, n_containers: int) -> torch.Tensor:
+    "Order-free features `[n_containers, F]` of one video's observation rows `[T, D]` (real frames): per candidate, mean and max over time of each column and each within-frame pair."
+    u = torch.einsum("td,kde->kte", obs.float(), _candidate_maps()[:n_containers])      # [K, T, D']
+    i, j = torch.triu_indices(u.shape[-1], u.shape[-1])
+    pairs = u[..., i] * u[..., j]                                                          # [K, T, D'(D'+1)/2]
+    return torch.cat([u.mean(1), u.amax(1), pairs.mean(1), pairs.amax(1)], -1)
+
+def pooled_slot_features(rows: torch.Tensor, n_slots: int = 4) -> torch.Tensor:
+    "Order-free features `[n_slots, n_slots * 2D]` of per-frame rows `[T, D]` without container columns (tower features): mean and max over time, in slot k's block."
+    f = torch.cat([rows.float().mean(0), rows.float().amax(0)])
+    return torch.block_diag(*[f[None]] * n_slots)
+
+class BagOfFrames:
+    "Conditional logistic regression over a video's candidate containers: score_k = w . features_k (standardised), softmax over the real ones."
+    def __init__(self, l2: float = 1e-2, steps: int = 200):
+        self.l2, self.steps = l2, steps
+
+    def fit(self, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> "BagOfFrames":
+        "`x` `[V, K, F]` features, `mask` `[V, K]` real containers, `y` `[V]` the right slot."
+        flat = x[mask]
+        self.mu, self.sd = flat.mean(0), flat.std(0) + 1e-6
+        self.w = torch.zeros(x.shape[-1], requires_grad=True)
+        opt = torch.optim.LBFGS([self.w], lr=0.5, max_iter=self.steps, line_search_fn="strong_wolfe")
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(self._scores(x, mask), y) + self.l2 * self.w.pow(2).sum()
+            loss.backward(); return loss
+        with _threads(1): opt.step(closure)
+        return self
+
+    def _scores(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (((x - self.mu) / self.sd) @ self.w).masked_fill(~mask, -1e9)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        "The chosen slot per video `[V]`."
+        return self._scores(x, mask).argmax(1)
+
+def fit_bag(train: tuple, val: tuple, l2s: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)) -> tuple[BagOfFrames, dict[float, float]]:
+    "Fit a `BagOfFrames` per L2 strength on `train` = (x, mask, y); keep the one most accurate on `val` (ties: the stronger L2)."
+    fits = {l2: BagOfFrames(l2).fit(*train) for l2 in l2s}
+    acc = {l2: float((m.predict(*val[:2]) == val[2]).float().mean()) for l2, m in fits.items()}
+    best = max(acc, key=lambda l2: (acc[l2], l2))
+    return fits[best], acc
 
 # %% ../nbs/08b_experiments.ipynb #59e49b82
 def plot_belief_timeline(events: dict, timestamps: Sequence[float], places: torch.Tensor, title: str = ""):
@@ -603,45 +682,63 @@ def plot_learning_curves(history: dict[str, list[dict]]):
 
 def _verdict(g: dict, what: str) -> str:
     return (f"**Goal {'met' if g['met'] else 'not met'} {what}**: the arm chosen on val is **{g['chosen on val']}**, belief accuracy "
-            f"{g['belief accuracy']:.3f} on {g['n']} test belief questions (false-belief family {g['false-belief family accuracy']:.3f}; goal: >= 0.80 "
-            f"while text, shuffled and the best heuristic ({g['best heuristic']}) stay <= 0.55 and the paired CI of (model - shuffled) excludes 0).\n")
+            f"{g['belief accuracy']:.3f} on {g['n']} test belief questions (false beliefs {g['false-belief accuracy']:.3f}; goal: >= 0.80 "
+            f"while text, shuffled frames, the bag of frames and the best heuristic ({g['best heuristic']}) stay <= 0.60 and every paired "
+            "CI of (model - baseline) excludes 0).\n")
 
 def study_markdown(rep: dict) -> str:
-    "`report.md` of `temporal_study`: the verdicts, the one table, paired differences, belief-change retrieval, perception, set-up."
-    cols = ["arm", "mode", "n belief", "belief", "belief CI", *STUDY_FAMILIES, "second-order q"]
+    "`report.md` of `temporal_study`: the verdicts, the one table, decoy subsets, paired differences, retrieval, perception, set-up."
+    fams = [f for f in STUDY_FAMILIES if any(f in r for r in rep["table"])]
+    cols = ["arm", "mode", "n belief", "belief", "belief CI", *fams, "second-order q", "letters (belief)", "belief, letter-cyclic",
+            "letters, letter-cyclic", "OOD n", "OOD belief"]
     lines = ["# Temporal mental-state study (`vtom run tom-temporal`)\n"]
     if "goal" in rep: lines.append(_verdict(rep["goal"], "from video (tower features or learned perception)"))
     if "goal with oracle perception" in rep: lines.append(_verdict(rep["goal with oracle perception"], "with oracle perception (an upper bound, not video)"))
-    lines += ["## Accuracy (test; belief = 'where will A look first?', all families, then per family; second-order question separately)\n",
-              markdown_table(rep["table"], cols)]
+    lines += ["## Accuracy (test; belief = 'where will A look first?', all families, then per family; second-order question separately; "
+              "letters: how often each answer letter was picked on belief questions; OOD: the same arm on the out-of-distribution test set)\n",
+              markdown_table(rep["table"], [c for c in cols if any(c in r for r in rep["table"])])]
+    if rep.get("decoys"):
+        tags = [t for t in rep["decoys"][0] if t not in ("arm", "mode")]
+        lines += ["\n## Decoy subsets (test belief questions: accuracy (n) per subset; a video can be in several)\n",
+                  markdown_table(rep["decoys"], ["arm", "mode", *tags])]
     for key, what in (("paired", "goal"), ("paired with oracle perception", "goal with oracle perception")):
         if key in rep:
             lines.append(f"\n## Paired differences of the arm chosen on val ({what}; same belief questions, video-clustered bootstrap)\n")
             lines += [f"- {_sentence(rep[what]['chosen on val'], b, c)}" for b, c in rep[key].items()]
     lines += ["\n## 'When does A start to believe something false?' (test; 'never' included)\n", markdown_table(rep["retrieval"]),
               f"\nVal belief accuracy per arm (the choice): `{ {k: round(v, 3) for k, v in rep['val belief accuracy'].items()} }`\n",
+              f"Bag of frames, val accuracy per L2 strength: `{rep.get('bag val accuracy', {})}`\n",
               "## Per-frame accuracy of the tracker alone (what it learned: believed places, then the flags)\n",
               markdown_table(rep.get("tracker frame accuracy", [])) + "\n"]
     if "perception" in rep:
         p = rep["perception"]
+        rows = [{"set": "in-distribution test", "trained on videos": p["perception train videos"], **p["perception test accuracy"]}]
+        if "ood perception" in rep: rows.append({"set": "OOD test", "trained on videos": p["perception train videos"], **rep["ood perception"]})
         lines += ["## Learned perception (`FramePerception` on the train split's frames; per-frame test accuracy per observation group)\n",
-                  markdown_table([{"trained on videos": p["perception train videos"], **p["perception test accuracy"]}]) + "\n"]
-    lines += [f"## Set-up\n\nData `{rep['synth_dir']}` ({rep['videos']} videos), {rep['num_frames']} frames; perception sources "
+                  markdown_table(rows) + "\n"]
+    lines += [f"## Set-up\n\nData `{rep['synth_dir']}` ({rep['videos']} videos; OOD `{rep.get('ood_dir')}`, {rep.get('ood videos')} test videos), "
+              f"{rep['num_frames']} frames; perception sources "
               f"{rep['perception sources']} (tower `{rep['tower']}` with a {rep['grid']}x{rep['grid']} grid per frame; learned: "
               f"{rep['perception_steps']} CNN steps); LM `{rep['llm']}` on {rep['lm perception']}, arms {rep['lm_arms']} (+ tracker loss: "
               f"{rep['aux_arms']}): {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr {rep['learning_rate']} per LM arm; tracker arms "
               f"{rep['tracker_arms']}: {rep['tracker_steps']} steps x batch {rep['tracker_batch']} at lr {rep['tracker_lr']}. On tower features "
-              "bag and temporal read the temporal tokens + time-mean grid cells and graph one row per frame with its grid cells; on "
-              "observations every projector reads one row per frame + the time mean.\n",
+              "linear and temporal read the temporal tokens + time-mean grid cells and graph one row per frame with its grid cells; on "
+              "observations every projector reads one row per frame + the time mean. The tracker alone with the linear projector reads the "
+              "last frame only (`last frame`); the bag of frames pools every frame (`bag_features`, `BagOfFrames`).\n",
               "Figures: `belief_timeline.png`, `learning_curves.png`.\n", f"Seconds: `{rep['seconds']}`\n"]
     return "\n".join(lines)
 
 # %% ../nbs/08b_experiments.ipynb #798f4e37
 STUDY_QTYPES = ("belief", "second_order")
-STUDY_FAMILIES = ("false_belief", "true_belief", "no_move", "second_order", "two_moves")
+STUDY_FAMILIES = FAMILIES   # vtom.synth's families: the table's per-family columns
 
-def _acc_row(arm: str, mode: str, right: dict[str, int], qinfo: dict[str, dict]) -> dict:
-    "One table row: belief accuracy (all families) with a video-clustered CI, per family, and second-order accuracy."
+def _letters(picks: dict[str, int], qids: Sequence[str]) -> str:
+    "How often each answer letter was picked, e.g. 'A 40 B 45 C 50 D 45'."
+    n = np.bincount([picks[q] for q in qids if picks[q] >= 0], minlength=4)
+    return " ".join(f"{'ABCD'[i]} {n[i]}" for i in range(4))
+
+def _acc_row(arm: str, mode: str, right: dict[str, int], qinfo: dict[str, dict], picks: dict[str, int] | None = None, **extra) -> dict:
+    "One table row: belief accuracy (all families) with a video-clustered CI, per family, second-order accuracy, the letters picked, `extra` columns."
     bel = [q for q in right if qinfo[q]["qtype"] == "belief"]
     row = {"arm": arm, "mode": mode, "n belief": len(bel),
            "belief": float(np.mean([right[q] for q in bel])) if bel else float("nan"),
@@ -651,6 +748,16 @@ def _acc_row(arm: str, mode: str, right: dict[str, int], qinfo: dict[str, dict])
         row[f] = float(np.mean(sel)) if sel else float("nan")
     so = [right[q] for q in right if qinfo[q]["qtype"] == "second_order"]
     row["second-order q"] = float(np.mean(so)) if so else float("nan")
+    if picks: row["letters (belief)"] = _letters(picks, bel)
+    return row | extra
+
+def _decoy_row(arm: str, mode: str, right: dict[str, int], qinfo: dict[str, dict]) -> dict:
+    "Belief accuracy (n) of an arm on each decoy subset (`vtom.synth.TAGS`)."
+    bel = [q for q in right if qinfo[q]["qtype"] == "belief"]
+    row = {"arm": arm, "mode": mode}
+    for t in TAGS:
+        sel = [right[q] for q in bel if t in qinfo[q]["tags"]]
+        row[t] = f"{np.mean(sel):.3f} ({len(sel)})" if sel else ""
     return row
 
 def _shuffled(feats: torch.Tensor, ids: Sequence[str], num_frames: int, mode: str, seed: int) -> torch.Tensor:
@@ -658,9 +765,10 @@ def _shuffled(feats: torch.Tensor, ids: Sequence[str], num_frames: int, mode: st
     return torch.stack([transform_features(f.float(), mode, num_frames, key=v, seed=seed).half() for f, v in zip(feats, ids)])
 
 SOURCE_NAMES = {"tower": "tower features", "learned": "learned perception", "oracle": "oracle perception"}
+BAG_ARM = "bag of frames (pooled pairs, logistic)"
 
 def _study_goal(arms: Sequence[str], val_right: dict[str, dict[str, int]], right: dict, qinfo: dict[str, dict]) -> tuple[dict, dict]:
-    "The arm of `arms` best on val belief questions, paired on test against its shuffled and blank frames, text and the best heuristic."
+    "The arm of `arms` best on val belief questions, paired on test against its shuffled and blank frames, text, the bag of frames on its input and the best heuristic."
     val_acc = {a: float(np.mean([v for q, v in val_right[a].items() if qinfo[q]["qtype"] == "belief"])) for a in arms}
     chosen = max(val_acc, key=lambda a: (val_acc[a], a))
     bel = sorted(q for q in right[(chosen, "video")] if qinfo[q]["qtype"] == "belief")
@@ -668,15 +776,48 @@ def _study_goal(arms: Sequence[str], val_right: dict[str, dict[str, int]], right
     best_h = max(heur, key=lambda a: np.mean([heur[a][q] for q in bel]))
     bases = {f"{chosen}, shuffled frames": right[(chosen, "shuffled")], f"{chosen}, blank frames": right[(chosen, "blank")], best_h: heur[best_h]}
     if ("text (LM, no video)", "text") in right: bases["text (LM, no video)"] = right[("text (LM, no video)", "text")]
+    bag = f"{BAG_ARM}, {chosen.rsplit(', ', 1)[-1]}"   # the order-free baseline on the chosen arm's input
+    if (bag, "video") in right: bases[bag] = right[(bag, "video")]
     model_ok = [right[(chosen, "video")][q] for q in bel]
     paired = {b: paired_comparison(model_ok, [r[q] for q in bel], [qinfo[q]["video"] for q in bel]) for b, r in bases.items()}
-    others = [c["accuracy_b"] for b, c in paired.items() if "blank" not in b]
-    shuf = paired[f"{chosen}, shuffled frames"]
-    fb = [right[(chosen, "video")][q] for q in bel if qinfo[q]["family"] == "false_belief"]
+    fair = {b: c for b, c in paired.items() if "blank" not in b}
+    fb = [right[(chosen, "video")][q] for q in bel if "false belief" in qinfo[q]["tags"]]
     goal = {"chosen on val": chosen, "belief accuracy": float(np.mean(model_ok)), "n": len(bel), "best heuristic": best_h,
-            "false-belief family accuracy": float(np.mean(fb)) if fb else float("nan"),
-            "met": bool(np.mean(model_ok) >= 0.80 and max(others) <= 0.55 and shuf["ci95"][0] > 0)}
+            "false-belief accuracy": float(np.mean(fb)) if fb else float("nan"),
+            "best baseline": max(c["accuracy_b"] for c in fair.values()),
+            "met": bool(np.mean(model_ok) >= 0.80 and max(c["accuracy_b"] for c in fair.values()) <= 0.60 and all(c["ci95"][0] > 0 for c in fair.values()))}
     return goal, paired
+
+def _study_sources(synth_dir: Path, needed: set[str], tower: str, num_frames: int, grid: int, perception_steps: int, seed: int,
+                   device: str, progress: bool, perception_from: str | None = None) -> tuple[dict, dict]:
+    "Per perception source: ({projector kind: feature store}, graph cells per frame); and the observation stores' report."
+    from vtom.features import extract_grid_store, graph_store, list_videos, load_vision_tower
+    sources, obs = {}, {}
+    if "tower" in needed:
+        gname = f"{tower.replace(':', '-').replace('/', '_')}-{num_frames}-grid{grid}"
+        gstore = extract_grid_store(list_videos(synth_dir / "videos"), synth_dir / "features" / gname,
+                                    load_vision_tower(tower, device=device), num_frames, grid, progress=progress)
+        pooled = graph_store(gstore, layout="pooled")
+        sources["tower"] = ({"linear": pooled, "temporal": pooled, "graph": graph_store(gstore)}, grid * grid)
+    if {"learned", "oracle"} & needed:
+        obs = observation_stores(synth_dir, num_frames, perception_steps, seed=seed, progress=progress, perception_from=perception_from)
+        for s in ("learned", "oracle"): sources[s] = (dict.fromkeys(("linear", "temporal", "graph"), obs[s]), 1)
+    return sources, obs
+
+def _bag_inputs(store: Any, synth_dir: Path, rows: Sequence[dict], qtype: str, observations: bool, num_frames: int,
+                mode: str = "video", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict]]:
+    "The bag's inputs for the `qtype` questions of `rows`: features `[Q, 4, F]`, real containers `[Q, 4]`, the right slot `[Q]`, the rows."
+    from vtom.evaluate import transform_features
+    xs, ms, ys, rs = [], [], [], []
+    for r in rows:
+        if r["qtype"] != qtype or r["vid_name"] not in store: continue
+        slots, f = container_slots(synth_dir, r["vid_name"]), store[r["vid_name"]].float()
+        if mode != "video": f = transform_features(f, mode, num_frames, key=r["vid_name"], seed=seed)
+        real = f[:int(store.meta(r["vid_name"])["frames"])]
+        x = bag_features(real, len(slots)) if observations else pooled_slot_features(real)[:len(slots)]
+        xs.append(torch.cat([x, torch.zeros(4 - len(slots), x.shape[1])])); ms.append(torch.arange(4) < len(slots))
+        ys.append(slots.index(r["ans_corr"][4:])); rs.append(r)
+    return torch.stack(xs), torch.stack(ms), torch.tensor(ys), rs
 
 def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = STUDY_TOWER, num_frames: int = STUDY_NUM_FRAMES, grid: int = 4,
                    llm: str = "embedded", lm_arms: Sequence[str] = ("linear", "temporal", "graph"), lm_steps: int = 60,
@@ -684,53 +825,91 @@ def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = STUDY_TO
                    tracker_arms: Sequence[str] = ("linear", "temporal", "graph"), perception: Sequence[str] = PERCEPTION_SOURCES,
                    lm_perception: str = "learned", perception_steps: int = 600,
                    tracker_steps: int = 300, tracker_batch: int = 16, tracker_lr: float = 1e-3, device: str = "cpu", seed: int = 0,
-                   progress: bool = False) -> dict:
-    "Bag vs temporal vs graph projectors into the LM, and the tracker alone, on each perception source: one table, paired CIs, R1@0.5, figures."
+                   ood_dir: str | Path | None = None, progress: bool = False) -> dict:
+    """The LM arms (linear, temporal, graph projectors), the tracker alone and a bag of frames on each perception source, beside
+    every order-free heuristic: one table (letters picked, OOD accuracy), decoy subsets, paired CIs, R1@0.5, figures."""
     from vtom.data import load_siq2, read_jsonl
-    from vtom.features import FeatureStore, extract_grid_store, graph_store, list_videos, load_vision_tower
+    from vtom.features import FeatureStore
     from vtom.model import VideoLLM
-    from vtom.synth import heuristic_correct
+    from vtom.synth import RULES, best_stump, stump_answer
     from vtom.train import read_history, train
     unknown = sorted((set(perception) | {lm_perception}) - set(PERCEPTION_SOURCES))
     if unknown: raise VtomError(f"Unknown perception source(s) {unknown}; use {', '.join(PERCEPTION_SOURCES)}.")
     log, tick = get_logger("vtom.experiments"), time.time
     synth_dir, out = Path(synth_dir), Path(out)
+    ood_dir = Path(ood_dir) if ood_dir else None
+    if ood_dir and not (ood_dir / "qa_test.json").is_file():
+        raise VtomError(f"--ood {ood_dir} has no qa_test.json; make it with `vtom synth {ood_dir} --domain ood --splits test=120`.")
     out.mkdir(parents=True, exist_ok=True)
-    rep: dict[str, Any] = {"synth_dir": str(synth_dir), "tower": tower, "num_frames": num_frames, "grid": grid, "llm": llm,
-                           "lm_arms": list(lm_arms), "aux_arms": list(aux_arms), "tracker_arms": list(tracker_arms),
+    rep: dict[str, Any] = {"synth_dir": str(synth_dir), "ood_dir": str(ood_dir) if ood_dir else None, "tower": tower, "num_frames": num_frames,
+                           "grid": grid, "llm": llm, "lm_arms": list(lm_arms), "aux_arms": list(aux_arms), "tracker_arms": list(tracker_arms),
                            "perception sources": list(perception), "lm perception": lm_perception, "lm_steps": lm_steps, "lm_batch": lm_batch,
                            "tracker_weight": tracker_weight, "learning_rate": learning_rate, "tracker_steps": tracker_steps,
                            "tracker_batch": tracker_batch, "tracker_lr": tracker_lr, "perception_steps": perception_steps, "seed": seed,
                            "seconds": {}, "history": {}}
-    sources: dict[str, tuple[dict[str, Path], int]] = {}   # source -> (projector kind -> feature store, graph cells per frame)
-    if "tower" in (*perception, lm_perception):
-        t = tick()
-        gname = f"{tower.replace(':', '-').replace('/', '_')}-{num_frames}-grid{grid}"
-        gstore = extract_grid_store(list_videos(synth_dir / "videos"), synth_dir / "features" / gname,
-                                    load_vision_tower(tower, device=device), num_frames, grid, progress=progress)
-        pooled = graph_store(gstore, layout="pooled")
-        sources["tower"] = ({"linear": pooled, "temporal": pooled, "graph": graph_store(gstore)}, grid * grid)
-        rep["seconds"]["tower features"] = round(tick() - t, 1)
-    if {"learned", "oracle"} & {*perception, lm_perception}:
-        t = tick()
-        obs = observation_stores(synth_dir, num_frames, perception_steps, seed=seed, progress=progress)
-        for s in ("learned", "oracle"): sources[s] = (dict.fromkeys(("linear", "temporal", "graph"), obs[s]), 1)
-        rep["perception"] = {k: obs[k] for k in ("perception test accuracy", "perception train videos", "perception history")}
-        rep["seconds"]["observations + learned perception"] = round(tick() - t, 1)
+    t = tick()
+    needed = {*perception, lm_perception}
+    sources, obs = _study_sources(synth_dir, needed, tower, num_frames, grid, perception_steps, seed, device, progress)
+    if obs: rep["perception"] = {k: obs[k] for k in ("perception test accuracy", "perception train videos", "perception history")}
+    rep["seconds"]["inputs"] = round(tick() - t, 1)
     splits = ("train", "val", "test")
     rows = {sp: [r for _, r in read_jsonl(synth_dir / f"qa_{sp}.json")] for sp in splits}
     ids = {sp: sorted({r["vid_name"] for r in rows[sp]}) for sp in splits}
-    rep["videos"] = {sp: len(v) for sp, v in ids.items()}
-    qinfo = {r["qid"]: {"qtype": r["qtype"], "family": r["family"], "video": r["vid_name"]} for sp in ("val", "test") for r in rows[sp]
-             if r["qtype"] in STUDY_QTYPES}
+    facts = {v: json.loads((synth_dir / "events" / f"{v}.json").read_text())["facts"] for sp in splits for v in ids[sp]}
+    info = lambda r: {"qtype": r["qtype"], "family": r["family"], "video": r["vid_name"], "tags": r.get("tags", [])}
+    qinfo = {r["qid"]: info(r) for sp in ("val", "test") for r in rows[sp] if r["qtype"] in STUDY_QTYPES}
     mcq = {sp: [q for q in load_siq2(synth_dir / f"qa_{sp}.json", source="synth") if q.qid in qinfo] for sp in ("val", "test")}
-    test_q = [q.qid for q in mcq["test"]]
-    right: dict[tuple[str, str], dict[str, int]] = {}   # (arm, mode) -> qid -> 0/1 on test
+    rep["videos"] = {sp: len(v) for sp, v in ids.items()}
+    if ood_dir:   # the out-of-distribution test set: inputs with the perception trained here, no training there
+        t = tick()
+        ood_sources, ood_obs = _study_sources(ood_dir, needed, tower, num_frames, grid, perception_steps, seed, device, progress,
+                                              perception_from=obs.get("weights"))
+        if ood_obs: rep["ood perception"] = ood_obs["perception test accuracy"]
+        rows["ood"] = [r for _, r in read_jsonl(ood_dir / "qa_test.json")]
+        ids["ood"] = sorted({r["vid_name"] for r in rows["ood"]})
+        facts |= {v: json.loads((ood_dir / "events" / f"{v}.json").read_text())["facts"] for v in ids["ood"]}
+        qinfo |= {r["qid"]: info(r) for r in rows["ood"] if r["qtype"] in STUDY_QTYPES}
+        mcq["ood"] = [q for q in load_siq2(ood_dir / "qa_test.json", source="synth") if q.qid in qinfo]
+        rep["ood videos"] = len(ids["ood"])
+        rep["seconds"]["OOD inputs"] = round(tick() - t, 1)
+    answer = {r["qid"]: r["answer_idx"] for rs in rows.values() for r in rs}
+    scored = lambda p: {q: int(c == answer[q]) for q, c in p.items()}
+    picks: dict[tuple[str, str], dict[str, int]] = {}   # (arm, mode) -> qid -> option picked, on test ("ood": the OOD test set)
     val_right: dict[str, dict[str, int]] = {}
-    for h, ok in heuristic_correct(rows["test"]).items(): right[(f"heuristic: {h}", "text")] = {q: int(ok[q]) for q in test_q}
+    extra: dict[tuple[str, str], dict] = {}             # more columns of a table row
+    # every order-free heuristic (the best stump chosen on train), and the majority answer position of train
+    stump = best_stump(rows["train"], facts)
+    rep["best stump (chosen on train)"] = stump
     major = int(np.bincount([r["answer_idx"] for r in rows["train"]], minlength=4).argmax())
-    ans = {r["qid"]: r["answer_idx"] for r in rows["test"]}
-    right[("heuristic: majority position", "text")] = {q: int(ans[q] == major) for q in test_q}
+    for sp, key in (("test", "text"), ("ood", "ood")):
+        sel = [r for r in rows.get(sp, []) if r["qid"] in qinfo]
+        if not sel: continue
+        for h, rule in RULES.items(): picks[(f"heuristic: {h}", key)] = {r["qid"]: option_of(r, rule(facts[r["vid_name"]])) for r in sel}
+        picks[("heuristic: best stump", key)] = {r["qid"]: option_of(r, stump_answer(stump, facts[r["vid_name"]])) for r in sel}
+        picks[("heuristic: longest option", key)] = {r["qid"]: int(np.argmax([len(r[f"a{i}"]) for i in range(4)])) for r in sel}
+        picks[("heuristic: majority position", key)] = {r["qid"]: major for r in sel}
+    # the bag of frames: pooled observations (or tower rows) and within-frame pairs, conditional logistic regression per question type
+    rep["bag val accuracy"] = {}
+    for src in perception:
+        t, arm = tick(), f"{BAG_ARM}, {SOURCE_NAMES[src]}"
+        observations = src != "tower"
+        inputs = lambda d, srcs, sp, qt, mode="video": _bag_inputs(FeatureStore(srcs[src][0]["linear"]), d, rows[sp], qt, observations, num_frames, mode, seed)
+        val_right[arm] = {}
+        for qt in STUDY_QTYPES:
+            tr = inputs(synth_dir, sources, "train", qt)
+            if len(set(tr[2].tolist())) < 2: continue
+            va = inputs(synth_dir, sources, "val", qt)
+            bag, rep["bag val accuracy"][f"{arm}, {qt}"] = fit_bag(tr[:3], va[:3])
+            pick = lambda x, m, rs: {r["qid"]: option_of(r, container_slots(synth_dir if r["domain"] != "ood" else ood_dir, r["vid_name"])[int(k)])
+                                     for r, k in zip(rs, bag.predict(x, m))}
+            val_right[arm] |= scored(pick(va[0], va[1], va[3]))
+            for mode in ("video", "shuffled", "blank"):
+                te = inputs(synth_dir, sources, "test", qt, mode)
+                picks.setdefault((arm, mode), {}).update(pick(te[0], te[1], te[3]))
+            if ood_dir:
+                od = inputs(ood_dir, ood_sources, "ood", qt)
+                picks.setdefault((arm, "ood"), {}).update(pick(od[0], od[1], od[3]))
+        rep["seconds"][arm] = round(tick() - t, 1)
     # the tracker alone: projector + tracker on per-frame truth, answers from the last frame, belief-false moments from its flags
     moments = {sp: [m for _, m in read_jsonl(synth_dir / f"moments_{sp}.jsonl") if m.get("mtype") == "belief_false"] for sp in ("train", "test")}
     spans = [m["window"][1] - m["window"][0] for m in moments["train"] if m.get("window")]
@@ -751,28 +930,33 @@ def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = STUDY_TO
             stamps = {v: store.meta(v)["timestamps"] for v in data["test"][0]}
             proj, trk, hist = train_tracker(data["train"][1], data["train"][2], kind, num_frames, cells, steps=tracker_steps,
                                             batch_size=tracker_batch, learning_rate=tracker_lr, seed=seed)
-            arm = f"tracker alone ({kind}), {SOURCE_NAMES[src]}"
+            arm = f"tracker alone ({'last frame: linear' if kind == 'linear' else kind}), {SOURCE_NAMES[src]}"
             rep["history"][arm] = hist
             rep.setdefault("tracker frame accuracy", []).append(
                 {"arm": arm, "split": "train (first 60 videos)", **frame_accuracy(tracker_probs(proj, trk, data["train"][1][:60], num_frames), data["train"][2][:60])})
-            val_right[arm] = tracker_answers(rows["val"], tracker_probs(proj, trk, data["val"][1], num_frames), data["val"][0], synth_dir, frames)
+            val_right[arm] = scored(tracker_choices(rows["val"], tracker_probs(proj, trk, data["val"][1], num_frames), data["val"][0], synth_dir, frames))
             for mode in ("video", "shuffled", "blank"):
                 feats = data["test"][1] if mode == "video" else _shuffled(data["test"][1], data["test"][0], num_frames, mode, seed)
                 probs = tracker_probs(proj, trk, feats, num_frames)
-                right[(arm, mode)] = tracker_answers(rows["test"], probs, data["test"][0], synth_dir, frames)
+                picks[(arm, mode)] = tracker_choices(rows["test"], probs, data["test"][0], synth_dir, frames)
                 if mode == "video":
                     wins = belief_false_windows(probs, data["test"][0], stamps, length)
                     retrieval[arm] = {v: window_success(wins.get(v), w) for v, w in truth.items() if v in wins}
                     rep["tracker frame accuracy"].append({"arm": arm, "split": "test", **frame_accuracy(probs, data["test"][2])})
                     timelines[arm] = (float(np.mean(list(val_right[arm].values()))), probs, data["test"][0], stamps)
+            if ood_dir:
+                ostore = FeatureStore(ood_sources[src][0][kind])
+                oids, ofeats, _ = tracker_data(ostore, ood_dir, ids["ood"])
+                picks[(arm, "ood")] = tracker_choices(rows["ood"], tracker_probs(proj, trk, ofeats, num_frames), oids, ood_dir,
+                                                      {v: int(ostore.meta(v)["frames"]) for v in oids})
             rep["seconds"][arm] = round(tick() - t, 1)
-            log.info(f"{arm}: {rep['seconds'][arm]} s, test belief {np.mean([v for q, v in right[(arm, 'video')].items() if qinfo[q]['qtype'] == 'belief']):.3f}")
+            log.info(f"{arm}: {rep['seconds'][arm]} s, test belief {np.mean([v for q, v in scored(picks[(arm, 'video')]).items() if qinfo[q]['qtype'] == 'belief']):.3f}")
     # the projector trained into the LM, with the same budget per arm, on the features of `lm_perception`
     lm_stores, lm_cells = sources[lm_perception]
     labels = write_tracker_targets(lm_stores["graph"], synth_dir, ids["train"], out / "tracker_targets.safetensors")
     for j, (kind, weight) in enumerate([(k, 0.0) for k in lm_arms] + [(k, tracker_weight) for k in aux_arms]):
         t = tick()
-        arm = {"linear": "bag (linear)"}.get(kind, kind) + (" + tracker loss" if weight else "") + f", {SOURCE_NAMES[lm_perception]}"
+        arm = f"LM, {kind}" + (" + tracker loss" if weight else "") + f", {SOURCE_NAMES[lm_perception]}"
         run = out / f"lm-{lm_perception}-{kind}{'-tracker' if weight else ''}"
         ckpt = train(dict(train_data=str(synth_dir / "qa_train.json"), features=str(lm_stores[kind]), output_dir=str(run), llm=llm,
                           num_frames=num_frames, projector_type=kind, max_steps=lm_steps, batch_size=lm_batch, global_batch_size=lm_batch,
@@ -782,19 +966,35 @@ def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = STUDY_TO
         rep["history"][arm] = [{"step": h["step"], "loss": h["loss"]} for h in read_history(run) if "loss" in h]
         if weight: rep["history"][f"tracker loss inside {arm}"] = [{"step": h["step"], "loss": h["tracker_loss"]} for h in read_history(run) if "tracker_loss" in h]
         model = VideoLLM.from_pretrained(ckpt, device=device).eval()
-        ok = lambda preds: {p["qid"]: int(p["correct"]) for p in preds}
-        val_right[arm] = ok(mc_predictions(model, mcq["val"], lm_stores[kind], "video", seed, progress))
+        val_right[arm] = {p["qid"]: int(p["correct"]) for p in mc_predictions(model, mcq["val"], lm_stores[kind], "video", seed, progress)}
         for mode in ("video", "shuffled", "blank") + (("text",) if j == 0 else ()):
-            right[("text (LM, no video)" if mode == "text" else arm, mode)] = ok(mc_predictions(model, mcq["test"], lm_stores[kind], mode, seed, progress))
+            preds = mc_predictions(model, mcq["test"], lm_stores[kind], mode, seed, progress, rules=("letter-cyclic",) if mode == "video" else ())
+            name = "text (LM, no video)" if mode == "text" else arm
+            picks[(name, mode)] = {p["qid"]: p["pred"] for p in preds}
+            if mode == "video":
+                cyc = {p["qid"]: p["preds"]["letter-cyclic"] for p in preds}
+                bel = [q for q in cyc if qinfo[q]["qtype"] == "belief"]
+                extra[(name, mode)] = {"belief, letter-cyclic": float(np.mean([scored(cyc)[q] for q in bel])), "letters, letter-cyclic": _letters(cyc, bel)}
+            if ood_dir and mode in ("video", "text"):
+                picks[(name, "ood")] = {p["qid"]: p["pred"] for p in mc_predictions(model, mcq["ood"], ood_sources[lm_perception][0][kind], mode, seed, progress)}
         del model
         rep["seconds"][arm] = round(tick() - t, 1)
         log.info(f"{arm}: {rep['seconds'][arm]} s")
-    rep["table"] = [_acc_row(a, m, r, qinfo) for (a, m), r in right.items()]
+    right = {k: scored(p) for k, p in picks.items() if k[1] != "ood"}
+    ood = {a: scored(p) for (a, m), p in picks.items() if m == "ood"}
+    for (a, m) in right:
+        if m in ("video", "text") and a in ood:
+            bel = [q for q in ood[a] if qinfo[q]["qtype"] == "belief"]
+            extra.setdefault((a, m), {}).update({"OOD n": len(bel), "OOD belief": float(np.mean([ood[a][q] for q in bel])) if bel else float("nan")})
+    rep["table"] = [_acc_row(a, m, r, qinfo, picks[(a, m)], **extra.get((a, m), {})) for (a, m), r in right.items()]
+    rep["decoys"] = [_decoy_row(a, m, r, qinfo) for (a, m), r in right.items() if m in ("video", "text")]
     rep["val belief accuracy"] = {a: float(np.mean([v for q, v in r.items() if qinfo[q]["qtype"] == "belief"])) for a, r in val_right.items()}
-    # the goal is judged on arms that see video (tower features or learned perception); oracle perception is an upper bound
-    video_arms = [a for a in val_right if SOURCE_NAMES["oracle"] not in a]
+    # the goal is judged on arms that see video (tower features or learned perception); oracle perception is an upper bound;
+    # the bags of frames are baselines, never candidates
+    cands = [a for a in val_right if not a.startswith(BAG_ARM)]
+    video_arms = [a for a in cands if SOURCE_NAMES["oracle"] not in a]
     if video_arms: rep["goal"], rep["paired"] = _study_goal(video_arms, val_right, right, qinfo)
-    oracle_arms = [a for a in val_right if SOURCE_NAMES["oracle"] in a]
+    oracle_arms = [a for a in cands if SOURCE_NAMES["oracle"] in a]
     if oracle_arms: rep["goal with oracle perception"], rep["paired with oracle perception"] = _study_goal(oracle_arms, val_right, right, qinfo)
     rep["retrieval"] = [{"method": m, "n": len(s), "n never": sum(truth[v] is None for v in s),
                          "success ('never' right or R1@0.5)": float(np.mean(list(s.values()))) if s else float("nan"),
@@ -805,7 +1005,7 @@ def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = STUDY_TO
     if seen:
         arm = max(seen, key=lambda a: (timelines[a][0], a))
         _, probs, vids, stamps = timelines[arm]
-        vid = next((v for v in vids if json.loads((synth_dir / "events" / f"{v}.json").read_text())["family"] == "false_belief"), vids[0])
+        vid = next((v for v in vids if "false belief" in facts[v]["tags"]), vids[0])
         fig = plot_belief_timeline(json.loads((synth_dir / "events" / f"{vid}.json").read_text()), stamps[vid], probs["places"][vids.index(vid)], title=f"{vid}: {arm}")
         fig.savefig(out / "belief_timeline.png", dpi=90, bbox_inches="tight"); rep["timeline"] = {"video": vid, "arm": arm}
     fig = plot_learning_curves(rep["history"])
@@ -818,15 +1018,16 @@ def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = STUDY_TO
 DRY_RUN = dict(tower="thumbnail:7", num_frames=8, grid=2, llm="tiny", lm_steps=2, lm_batch=2, tracker_steps=5, tracker_batch=4, perception_steps=5)
 
 def temporal_main(argv: list[str] | None = None) -> int:
-    "`vtom temporal SYNTH --out DIR` (`vtom run tom-temporal`): bag vs temporal vs graph vs the tracker alone, per perception source; `--dry-run`: a tiny offline check."
+    "`vtom temporal SYNTH --out DIR [--ood OOD]` (`vtom run tom-temporal`): LM arms, the tracker alone and a bag of frames per perception source; `--dry-run`: a tiny offline check."
     import argparse
     import tempfile
     p = argparse.ArgumentParser(prog="vtom temporal", description="The temporal mental-state study on a `vtom synth` folder: projectors "
-                                "trained into the LM with the same budget (bag, temporal, graph, graph + tracker loss), the tracker alone on tower features, "
-                                "learned perception and oracle perception, "
-                                "one accuracy table with paired CIs, belief-change retrieval and the belief-timeline figure.")
+                                "trained into the LM with the same budget (linear, temporal, graph, graph + tracker loss), the tracker alone and a bag of "
+                                "frames on tower features, learned perception and oracle perception, every order-free heuristic, "
+                                "one accuracy table with letter counts, decoy subsets and OOD accuracy, paired CIs, belief-change retrieval and the belief-timeline figure.")
     p.add_argument("synth_dir", nargs="?", help="a folder written by `vtom synth` (>= 300 videos for the real study)")
     p.add_argument("--out", required=True, help="report folder (report.md, report.json, figures, checkpoints)")
+    p.add_argument("--ood", default=None, help="an out-of-distribution set (`vtom synth OOD --domain ood`): every arm is also scored on its test split")
     p.add_argument("--tower", default=STUDY_TOWER, help="vision tower (default %(default)s)")
     p.add_argument("--num-frames", type=int, default=STUDY_NUM_FRAMES)
     p.add_argument("--grid", type=int, default=4, help="per-frame grid side for the graph projector (default 4: 16 cells)")
@@ -845,22 +1046,24 @@ def temporal_main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracker-batch", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true", help="generate 10 tiny videos and run every arm for a few steps with a tiny LM (seconds)")
+    p.add_argument("--dry-run", action="store_true", help="generate 10 tiny videos (and 4 OOD ones) and run every arm for a few steps with a tiny LM (seconds)")
     a = p.parse_args(argv)
     split = lambda s: tuple(x for x in s.split(",") if x)
     kw = dict(tower=a.tower, num_frames=a.num_frames, grid=a.grid, llm=a.llm, lm_steps=a.lm_steps, lm_batch=a.lm_batch, tracker_steps=a.tracker_steps,
               tracker_batch=a.tracker_batch, perception_steps=a.perception_steps)
-    synth_dir = a.synth_dir
+    synth_dir, ood_dir = a.synth_dir, a.ood
     if a.dry_run:
         from vtom.synth import generate_dataset
-        synth_dir = Path(tempfile.mkdtemp(prefix="vtom-temporal-")) / "synth"
+        root = Path(tempfile.mkdtemp(prefix="vtom-temporal-"))
+        synth_dir, ood_dir = root / "synth", root / "ood"
         generate_dataset(synth_dir, num_videos=10, seed=a.seed, size=96, progress=False, sheet=False)
+        generate_dataset(ood_dir, num_videos=4, seed=a.seed, size=96, splits={"test": 4}, progress=False, sheet=False, domain="ood")
         kw.update(DRY_RUN)
     if not synth_dir: p.error("give SYNTH_DIR (a `vtom synth` folder) or --dry-run")
     if not (Path(synth_dir) / "videos").is_dir(): raise VtomError(f"{synth_dir} has no videos/ folder; generate it with `vtom synth {synth_dir} --num-videos 600`.")
     rep = temporal_study(synth_dir, a.out, lm_arms=split(a.arms), learning_rate=a.learning_rate, aux_arms=split(a.aux_arms),
                          tracker_weight=a.tracker_weight, tracker_arms=split(a.tracker_arms), perception=split(a.perception),
-                         lm_perception=a.lm_perception, device=a.device, seed=a.seed, progress=not a.dry_run, **kw)
+                         lm_perception=a.lm_perception, device=a.device, seed=a.seed, ood_dir=ood_dir, progress=not a.dry_run, **kw)
     print(json.dumps({k: rep[k] for k in ("goal", "goal with oracle perception") if k in rep}))
     return 0
 
