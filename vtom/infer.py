@@ -211,7 +211,7 @@ def chat_timeline(video: str | Path, social: str = "auto", store: str | Path | N
     write_json(cache, record)
     return record, "computed"
 
-# %% ../nbs/05_infer.ipynb #94bd4e4b
+# %% ../nbs/05_infer.ipynb #e53f1aab
 BELIEF_QUERY = re.compile(r"\b(believ\w*|think\w*|thought|false|mistaken|wrong\w*|expects?)\b", re.I)
 
 def is_belief_query(query: str) -> bool:
