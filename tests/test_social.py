@@ -126,21 +126,24 @@ def test_bench_social_reports_the_three_numbers():
 
 
 def test_social_signals_of_a_synthetic_video_and_missing_timelines(tmp_path):
-    "The signal vector of a synthetic timeline: one row per frame, A's surprise from the search on in a false-belief video; SignalStore names a missing video."
+    "The signal vector of a synthetic timeline: one row per frame, A's expression episodes from the event log; SignalStore names a missing video."
     from vtom.social import SIGNAL_COLUMNS, SOCIAL_DIM, SignalColumns, SignalStore, social_signals, timeline_path
     from vtom.synth import make_scenario, scenario_record, synth_timeline
     assert SIGNAL_COLUMNS == SignalColumns._fields and SOCIAL_DIM == 17 and SIGNAL_COLUMNS[2:9] == EXPRESSIONS
-    sc = make_scenario(3, "false_belief", size=112)
+    sc = make_scenario(1, "away", size=112)   # A smiles and is surprised in this one
     rec = synth_timeline(json.loads(json.dumps(scenario_record(sc))))
     sig = social_signals(rec)
     t = np.array([fr["t"] for fr in rec["frames"]])
-    search = sc.marks["search"][0]
     col = SIGNAL_COLUMNS.index
     assert sig.shape == (len(t), SOCIAL_DIM) and (sig[:, col("frame")] == 1).all()
-    assert (sig[t >= search + 0.01, col("surprise")] == 1).all() and (sig[t < search - 0.01, col("surprise")] == 0).all()
+    st = sc.state   # the first face is A's while A is in the room or at the window, else B's
+    first_face = [ea if ma != "absent" else eb for ea, ma, eb in zip(st["expression_A"], st["mode_A"], st["expression_B"])]
+    assert (sig[:, col("surprise")] == np.array([e == "surprise" for e in first_face])).all()
+    assert (sig[:, col("happy")] == np.array([e == "happy" for e in first_face])).all() and "happy" in first_face
+    search = float(t[first_face.index("happy")])
     assert set(np.unique(sig[:, col("faces")])) <= {0.0, 0.25, 0.5}         # 0-2 agents in the room
-    padded = social_signals(rec, times=[0.0, search + 0.5], num_frames=4)
-    assert padded.shape == (4, SOCIAL_DIM) and padded[1, col("surprise")] == 1 and not padded[2:].any()
+    padded = social_signals(rec, times=[0.0, search], num_frames=4)
+    assert padded.shape == (4, SOCIAL_DIM) and padded[1, col("happy")] == 1 and not padded[2:].any()
     with pytest.raises(VtomError, match="do not fit"): social_signals(rec, times=[0.0, 1.0], num_frames=1)
     timeline_path(tmp_path, sc.vid).write_text(json.dumps(rec))
     store = SignalStore(tmp_path, num_frames=len(t) + 2)

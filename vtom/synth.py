@@ -22,28 +22,27 @@ from .core import VtomError, atomic_path, get_logger, write_json
 from .social import EXPRESSIONS, timeline_path
 
 # %% auto #0
-__all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'DEAL', 'QTYPES', 'NAMES', 'AGENT_SHAPES', 'AGENT_COLOURS',
-           'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'PERCEPTION_OPTIONS', 'REACTION_OPTIONS',
-           'DEFAULT_SPLITS', 'HEURISTICS', 'make_layout', 'Scenario', 'make_scenario', 'scenario_questions',
-           'scenario_moments', 'render_frames', 'plot_scenario', 'encode_mp4', 'scenario_record', 'generate_video',
-           'synth_timeline', 'video_seed', 'plan_split', 'assemble_questions', 'assemble_moments', 'balance_table',
-           'dataset_card', 'heuristic_correct', 'heuristic_accuracies', 'text_only_baselines', 'scenario_rows',
-           'contact_sheet', 'generate_dataset', 'synth_main']
+__all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'DEAL', 'SITUATIONS', 'DECOY_P', 'QTYPES', 'NAMES', 'AGENT_SHAPES',
+           'AGENT_COLOURS', 'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'DOMAINS', 'COLOURS',
+           'PERCEPTION_OPTIONS', 'REACTION_OPTIONS', 'MAX_DURATION', 'ORDINALS', 'TAGS', 'DEFAULT_SPLITS', 'RULES',
+           'HEURISTICS', 'STUMP_FEATURES', 'STUMP_ANSWERS', 'make_layout', 'Scenario', 'make_scenario',
+           'scenario_questions', 'scenario_moments', 'scenario_facts', 'render_frames', 'plot_scenario', 'encode_mp4',
+           'scenario_record', 'generate_video', 'synth_timeline', 'video_seed', 'plan_split', 'assemble_questions',
+           'assemble_moments', 'balance_table', 'dataset_card', 'best_stump', 'stump_answer', 'heuristic_correct',
+           'heuristic_accuracies', 'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset',
+           'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
-GENERATOR_VERSION = "vtom-synth 1.3"   # 1.3: faces with expressions, the search at the end, reaction questions
-FAMILIES = ("false_belief", "true_belief", "no_move", "second_order", "two_moves")
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "false_belief": ("away", "lookaway"),
-    "true_belief": ("watch", "window"),
-    "no_move": ("away", "lookaway"),
-    "second_order": ("watch", "lookaway", "away", "window_secret", "window_noticed"),
-    "two_moves": ("away", "lookaway"),
-}
-# the order in which `plan_split` deals variants: the two window peeks share one slot of the second-order cycle, so
-# the four perception answers (watching, looking away, outside, at the window) are equally common
-DEAL: dict[str, tuple[str, ...]] = dict(VARIANTS, second_order=("watch", "lookaway", "away", "window_secret",
-                                                                 "watch", "lookaway", "away", "window_noticed"))
+GENERATOR_VERSION = "vtom-synth 2.0"   # 2.0: three moves in every video (twins), decoys, no answer on A's face, an OOD domain
+FAMILIES = ("away", "lookaway", "window", "second_order")
+# which of the two identical moves (X -> Y, the first and the third) A misses; second order: B notices A at the window or not
+VARIANTS: dict[str, tuple[str, ...]] = {f: ("miss_first", "miss_last") for f in FAMILIES[:3]}
+VARIANTS["second_order"] = ("secret_first", "secret_last", "noticed_first", "noticed_last")
+DEAL = VARIANTS   # the order in which `plan_split` deals variants inside a family (round-robin, then shuffled)
+# A's situation during the move A misses and during the X -> Y move A sees; the middle move (Y -> X) A always watches
+SITUATIONS: dict[str, tuple[str, str]] = {"away": ("away", "watch"), "lookaway": ("lookaway", "watch"),
+                                          "window": ("away", "window"), "second_order": ("lookaway", "window")}
+DECOY_P = 0.35   # chance of a leave-and-return (or turn-away-and-back) without a move before the first move, and after the last
 QTYPES = ("belief", "reality", "memory", "perception", "second_order", "reaction")
 NAMES = ("Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Kira", "Leo",
          "Mia", "Noah", "Olga", "Paul", "Rosa", "Sam", "Tina", "Umar", "Vera", "Walt", "Yara", "Zoe")
@@ -55,11 +54,25 @@ CONTAINER_COLOURS = {"red": (210, 40, 40), "blue": (40, 90, 220), "green": (40, 
 CONTAINER_KINDS = ("box", "basket", "drawer", "bag", "jar")
 OBJECTS = {"ball": (255, 60, 60), "apple": (120, 200, 40), "key": (220, 180, 20), "marble": (60, 60, 255),
            "coin": (200, 170, 60), "toy car": (255, 120, 0)}
+# the out-of-distribution domain: every look, the room and the number of containers are ones no training set uses
+DOMAINS: dict[str, dict[str, Any]] = {
+    "standard": dict(agent_shapes=AGENT_SHAPES, agent_colours=AGENT_COLOURS, container_colours=CONTAINER_COLOURS,
+                     container_kinds=CONTAINER_KINDS, objects=OBJECTS, object_shape="circle", containers=4, room="side door"),
+    "ood": dict(agent_shapes=("pentagon", "star", "cross"),
+                agent_colours={"crimson": (200, 20, 60), "olive": (110, 120, 30), "indigo": (75, 0, 130), "silver": (185, 185, 200)},
+                container_colours={"lime": (150, 230, 40), "maroon": (120, 20, 40), "violet": (170, 120, 240), "beige": (225, 205, 160),
+                                   "salmon": (250, 140, 120), "gold": (200, 160, 0)},
+                container_kinds=("crate", "pot", "bucket", "tin"),
+                objects={"cup": (250, 250, 250), "shell": (255, 180, 200), "ring": (255, 215, 0), "pear": (170, 210, 90)},
+                object_shape="diamond", containers=3, room="back door"),
+}
+COLOURS = {**CONTAINER_COLOURS, **DOMAINS["ood"]["container_colours"]}       # every container colour by name, for drawing
 PERCEPTION_OPTIONS = {"watch": "{A} was in the room, watching",
                       "lookaway": "{A} was in the room, looking away",
                       "away": "{A} was outside the room",
                       "window": "{A} was outside, looking in through the window"}
-# A's face when A goes for the object at the end: only surprise and happy occur; all four texts are equally long
+# A's feeling on finding (or not) the object right after the video: surprised when A's belief is false, delighted when it is
+# true; the other two never happen. All four texts are equally long.
 REACTION_OPTIONS = {"surprise": "{A} is surprised", "happy": "{A} is delighted", "disgust": "{A} is disgusted",
                     "fear": "{A} is terrified"}
 
@@ -147,14 +160,14 @@ class _Script:
 
     def leave(self, agent: str) -> None:
         t0 = self.t
-        self.walk(agent, self.L["door_in"], kind="walk_to_door")
+        self.walk(agent, self.L["door_in"], 0.9, 1.5, kind="walk_to_door")
         self.mode[agent].set(self.t, "absent"); self.pos[agent].set(self.t, tuple(self.L["door_out"]))
         self._act("leave", agent, t0)
 
     def enter(self, agent: str) -> None:
         t0 = self.t
         self.mode[agent].set(self.t, "room"); self.pos[agent].set(self.t, tuple(self.L["door_in"]))
-        self.walk(agent, self.L["home"][agent], kind="walk_home")
+        self.walk(agent, self.L["home"][agent], 0.9, 1.5, kind="walk_home")
         self._act("enter", agent, t0)
 
     def to_window(self, agent: str) -> None:
@@ -166,34 +179,47 @@ class _Script:
         self._act("leave_window", agent, self.t)
 
 # %% ../nbs/07_synth.ipynb #5db9bf96
-def make_layout(rng: np.random.Generator, colours: tuple[str, str] | None = None) -> dict:
+def make_layout(rng: np.random.Generator, colours: tuple[str, str] | None = None, domain: str = "standard") -> dict:
     "Random room, agents, containers, object and distractor for one video (224-pixel design coordinates); `colours` forces two container colours in."
+    D = DOMAINS[domain]
+    n = D["containers"]
     names = rng.choice(len(NAMES), 2, replace=False)
-    shapes = rng.choice(len(AGENT_SHAPES), 2, replace=False)
-    acols = rng.choice(list(AGENT_COLOURS), 2, replace=False)
-    ccols = [str(c) for c in rng.choice(list(CONTAINER_COLOURS), 4, replace=False)]
+    shapes = rng.choice(len(D["agent_shapes"]), 2, replace=False)
+    acols = rng.choice(list(D["agent_colours"]), 2, replace=False)
+    ccols = [str(c) for c in rng.choice(list(D["container_colours"]), n + 1, replace=False)]
     if colours:
-        rest = [c for c in ccols if c not in colours][:2]
-        ccols = [str(c) for c in rng.permutation(list(colours) + rest)]
-    kinds = rng.choice(len(CONTAINER_KINDS), 4, replace=False)
-    slots = np.linspace(34, 190, 4) + rng.uniform(-6, 6, 4)
-    side = str(rng.choice(["left", "right"]))
-    door_x = 8 if side == "left" else 216
+        rest = [c for c in ccols if c not in colours][:n - 1]
+        ccols = [str(c) for c in rng.permutation(list(colours) + rest[:n - 2])] + rest[n - 2:]
+    kinds = [D["container_kinds"][k] for k in rng.choice(len(D["container_kinds"]), n + 1, replace=n + 1 > len(D["container_kinds"]))]
+    if domain == "standard": slots, row = np.linspace(34, 190, 4) + rng.uniform(-6, 6, 4), 186.0
+    else: slots, row = np.sort(rng.uniform(30, 194, n)), 172.0          # a shelf higher up, containers at uneven gaps
+    while domain != "standard" and np.diff(slots).min() < 44: slots = np.sort(rng.uniform(30, 194, n))
+    if D["room"] == "side door":
+        side = str(rng.choice(["left", "right"]))
+        door_x = 8 if side == "left" else 216
+        door_in, door_out = (door_x + (14 if side == "left" else -14), 100.0), (-30.0 if side == "left" else 254.0, 100.0)
+        window_x = float(round(rng.uniform(60, 164), 1))
+    else:                                                                  # a door in the back wall, the window beside it
+        side, door_x = "back", float(round(rng.uniform(40, 184), 1))
+        door_in, door_out = (door_x, 86.0), (door_x, 60.0)
+        window_x = float(round(door_x + (60 if door_x < 112 else -60) + rng.uniform(-8, 8), 1))
     homes = rng.permutation([float(rng.uniform(50, 90)), float(rng.uniform(134, 174))])
-    obj = str(rng.choice(list(OBJECTS)))
-    wall = tuple(int(v) for v in rng.integers(170, 235, 3))
-    floor = tuple(int(v) for v in rng.integers(120, 190, 3))
+    obj = str(rng.choice(list(D["objects"])))
+    lo, hi = (170, 235) if domain == "standard" else (90, 150)            # OOD rooms are darker
+    wall = tuple(int(v) for v in rng.integers(lo, hi, 3))
+    floor = tuple(int(v) for v in rng.integers(lo - 50, hi - 45, 3))
+    containers = [{"name": f"{ccols[i]} {kinds[i]}", "colour": str(ccols[i]), "kind": kinds[i], "x": float(round(slots[i], 1)), "y": row}
+                  for i in range(n)]
+    absent = f"{ccols[n]} {kinds[n]}"   # a container that is not in the room: the fourth option when there are only three
     return {
-        "agents": {r: {"name": NAMES[names[i]], "shape": AGENT_SHAPES[shapes[i]], "colour": str(acols[i])}
+        "agents": {r: {"name": NAMES[names[i]], "shape": D["agent_shapes"][shapes[i]], "colour": str(acols[i])}
                    for i, r in enumerate("AB")},
-        "containers": [{"name": f"{ccols[i]} {CONTAINER_KINDS[kinds[i]]}", "colour": str(ccols[i]),
-                        "kind": CONTAINER_KINDS[kinds[i]], "x": float(round(slots[i], 1)), "y": 186.0} for i in range(4)],
-        "object": {"name": obj, "colour": list(OBJECTS[obj])},
-        "door": side, "door_in": (door_x + (14 if side == "left" else -14), 100.0),
-        "door_out": (-30.0 if side == "left" else 254.0, 100.0),
-        "window_x": float(round(rng.uniform(60, 164), 1)), "window_spot": (0.0, 30.0),
+        "containers": containers, "absent_options": [absent] if n < 4 else [],
+        "object": {"name": obj, "colour": list(D["objects"][obj]), "shape": D["object_shape"]},
+        "door": side, "door_x": door_x, "door_in": door_in, "door_out": door_out,
+        "window_x": window_x, "window_spot": (0.0, 30.0),
         "home": {"A": (round(float(homes[0]), 1), 104.0), "B": (round(float(homes[1]), 1), 104.0)},
-        "wall": wall, "floor": floor, "cat": bool(rng.random() < 0.7),
+        "wall": wall, "floor": floor, "cat": bool(rng.random() < 0.7), "domain": domain,
     }
 
 # %% ../nbs/07_synth.ipynb #af332a52
@@ -201,21 +227,48 @@ def _container_at(L: dict, name: str, dy: float = -34.0) -> tuple[float, float]:
     c = next(c for c in L["containers"] if c["name"] == name)
     return (c["x"], c["y"] + dy)
 
-def _move(s: _Script, x: str, y: str, noticed: bool = False) -> tuple[float, float]:
-    "B takes the object out of x and puts it into y; returns the (start, end) of the move."
-    L = s.L
-    s.walk("B", _container_at(L, x), kind="walk_to", container=x)
+def _carry(s: _Script, x: str, y: str, noticed: bool = False) -> tuple[float, float]:
+    "B, standing at container x, takes the object out, carries it to y and puts it in; returns the (start, end) of the move."
     t0 = s.t
     s.take("B", x)
-    s.walk("B", _container_at(L, y), kind="carry", src=x, dst=y)
+    s.walk("B", _container_at(s.L, y), 0.9, 1.5, kind="carry", src=x, dst=y)
     if noticed: s.gaze_to("B", "window", "look_at_window")
     s.put("B", y)
     t1 = s.t
     if noticed:
         s.t += 0.5
         s.gaze_to("B", "scene", "look_back")
-    s.walk("B", L["home"]["B"], kind="walk_home")
     return t0, t1
+
+def _stop_seeing(s: _Script, how: str) -> None:
+    "A leaves the room (`away`), turns away (`lookaway`) or leaves and looks in through the window (`window`)."
+    if how == "away": s.leave("A")
+    elif how == "lookaway": s.gaze_to("A", "away", "turn_away")
+    elif how == "window": s.leave("A"); s.wait(0.3, 0.8); s.to_window("A")
+
+def _back(s: _Script, how: str) -> None:
+    "Undo `_stop_seeing`: A comes back in and walks home, or turns back to the scene."
+    if how == "away": s.enter("A")
+    elif how == "lookaway": s.gaze_to("A", "scene", "turn_back")
+    elif how == "window": s.from_window("A"); s.wait(0.3, 0.8); s.enter("A")
+
+def _visit(s: _Script, rng: np.random.Generator, names: list[str]) -> tuple[float, float]:
+    "B walks to a random container and back without touching the object (a decoy: B near a container is not a move)."
+    t0, z = s.t, str(rng.choice(names))
+    s.walk("B", _container_at(s.L, z), 0.9, 1.5, kind="walk_to", container=z); s.wait(0.3, 0.8)
+    s.walk("B", s.L["home"]["B"], 0.9, 1.5, kind="walk_home")
+    return t0, s.t
+
+def _decoy(s: _Script, rng: np.random.Generator, names: list[str]) -> list:
+    "A leaves and comes back (or turns away and back, or peeks in at the window) while no move happens; B may visit a container."
+    how = str(rng.choice(["away", "lookaway", "window"], p=[0.5, 0.3, 0.2]))
+    t0 = s.t
+    _stop_seeing(s, how); s.wait(0.3, 0.8)
+    if rng.random() < 0.5: _visit(s, rng, names)
+    else: s.wait(1.0, 2.0)
+    s.wait(0.3, 0.8)
+    _back(s, how)
+    return [round(t0, 3), round(s.t, 3), how, False]
 
 def _script(rng: np.random.Generator, L: dict, family: str, variant: str,
             colours: tuple[str, str] | None = None) -> tuple[_Script, dict]:
@@ -223,62 +276,37 @@ def _script(rng: np.random.Generator, L: dict, family: str, variant: str,
     names = [c["name"] for c in L["containers"]]
     x, y = (str(v) for v in rng.choice(names, 2, replace=False))
     if colours: x, y = (next(c["name"] for c in L["containers"] if c["colour"] == col) for col in colours)
-    marks: dict[str, Any] = {"X": x, "Y": y}
-    pre, post = s.r(0.3, 8.0), s.r(1.0, 8.0)           # idle time before and after the story: moves the events around
-    decoy_b = family != "no_move" and rng.random() < 0.5  # B visits a container without touching the object ...
-    decoy_early = rng.random() < 0.5                      # ... before A goes away, or after A is back
-    def visit():
-        z = str(rng.choice(names))
-        s.walk("B", _container_at(L, z), kind="walk_to", container=z); s.wait(0.3, 0.8)
-        s.walk("B", L["home"]["B"], kind="walk_home"); s.wait(0.3, 1.0)
-    s.idle(pre)
+    missed, seen = SITUATIONS[family]
+    # the twin structure: X -> Y, Y -> X, X -> Y; A misses the first or the last of the two identical X -> Y moves
+    situations = [seen, "watch", missed] if variant.endswith("_last") else [missed, "watch", seen]
+    noticed = variant.startswith("noticed")
+    before, after = rng.random() < DECOY_P, rng.random() < DECOY_P     # decoy absences, independent of the variant
+    visit = str(rng.choice(["before", "after"])) if rng.random() < 0.5 else None   # B's decoy visit to a container
+    marks: dict[str, Any] = {"X": x, "Y": y, "ask": "last" if rng.random() < 0.5 else "first", "situations": situations}
+    s.idle(s.r(0.3, 2.5))
     t0 = s.t
-    s.walk("A", _container_at(L, x), kind="walk_to", container=x)
+    s.walk("A", _container_at(L, x), 0.9, 1.5, kind="walk_to", container=x)
     s.put("A", x)
     marks["put"] = (t0, s.t)
-    s.walk("A", L["home"]["A"], kind="walk_home")
+    s.walk("A", L["home"]["A"], 0.9, 1.5, kind="walk_home")
     s.wait()
-    if decoy_b and decoy_early: visit()
-    away = {"away": "away", "lookaway": "lookaway", "window_secret": "window", "window_noticed": "window",
-            "window": "window", "watch": "watch"}[variant]
-    if family == "true_belief" and rng.random() < 0.5:   # decoy: A is away for a while, but not during the move
+    episodes, moves = [], []
+    if before: episodes.append(_decoy(s, rng, names)); s.wait(0.3, 1.0)
+    if visit == "before": _visit(s, rng, names); s.wait(0.3, 1.0)
+    s.walk("B", _container_at(L, x), 0.9, 1.5, kind="walk_to", container=x)   # B shuttles the object and waits between moves
+    s.wait(0.3, 1.0)
+    for (src, dst), how in zip(((x, y), (y, x), (x, y)), situations):
         a0 = s.t
-        if rng.random() < 0.5: s.leave("A"); s.wait(0.3, 1.0); s.enter("A")
-        else: s.gaze_to("A", "away", "turn_away"); s.wait(1.0, 2.0); s.gaze_to("A", "scene", "turn_back")
-        marks["decoy"] = (a0, s.t); s.wait(0.3, 1.0)
-    if family == "two_moves":                            # the first move happens in A's view
-        marks["move1"], marks["M"] = _move(s, x, y), y
-        s.wait()
-    a0 = s.t
-    if away == "away": s.leave("A")
-    elif away == "lookaway": s.gaze_to("A", "away", "turn_away")
-    elif away == "window": s.leave("A"); s.wait(0.3, 1.0); s.to_window("A")
+        if how != "watch": _stop_seeing(s, how); s.wait(0.3, 1.0)
+        moves.append(_carry(s, src, dst, noticed=noticed and how == "window"))
+        if how != "watch": s.wait(0.3, 1.0); _back(s, how); episodes.append([round(a0, 3), round(s.t, 3), how, True])
+        s.wait(0.3, 1.0)
+    s.walk("B", L["home"]["B"], 0.9, 1.5, kind="walk_home")
     s.wait()
-    if family == "no_move":
-        z = str(rng.choice(names))
-        m0 = s.t
-        s.walk("B", _container_at(L, z), kind="walk_to", container=z); s.wait(0.4, 1.0)
-        s.walk("B", L["home"]["B"], kind="walk_home")
-        marks["visit"] = (m0, s.t)
-        marks["Y"] = x
-    elif family == "two_moves":                          # ... the second one out of it, to a third container
-        z = str(rng.choice([n for n in names if n not in (x, y)]))
-        marks["move"], marks["Y"] = _move(s, y, z), z
-    else:
-        marks["move"] = _move(s, x, y, noticed=variant == "window_noticed")
-    s.wait()
-    if away in ("away", "lookaway", "window"): a1 = s.t
-    if away == "away": s.enter("A")
-    elif away == "lookaway": s.gaze_to("A", "scene", "turn_back")
-    elif away == "window": s.from_window("A"); s.wait(0.3, 1.0); s.enter("A")
-    if away != "watch": marks["away"] = (a0, a1, away)
-    marks["perception"] = away
-    if decoy_b and not decoy_early: s.wait(0.3, 1.0); visit()
-    react = s.r(1.5, 2.5)                                # A goes for the object at the end: the face answers (_add_expressions)
-    s.idle(max(post - react, 0.0))                       # inside the idle time after the story, so durations stay as they were
-    t0 = s.t
-    s.t += react
-    marks["search"] = (t0, s.t)
+    if visit == "after": _visit(s, rng, names); s.wait(0.3, 1.0)
+    if after: episodes.append(_decoy(s, rng, names))
+    s.idle(s.r(0.5, 2.5))
+    marks.update(moves=moves, route=[[x, y], [y, x], [x, y]], move=moves[-1], episodes=episodes)
     s.duration = s.t
     return s, marks
 
@@ -290,14 +318,19 @@ def _cat_path(rng: np.random.Generator, duration: float) -> _Track:
         t += float(rng.uniform(1.5, 3.5))
     return tr
 
-def _add_expressions(st: dict, marks: dict, actions: list[dict]) -> None:
-    "Faces: A is surprised from the search on when the object is not where A believes, delighted when it is; neutral otherwise (B always)."
-    found = st["belief_A"][-1] == st["location"][-1]
-    face, (t0, t1) = "happy" if found else "surprise", marks["search"]
-    st["expression_A"] = [face if t >= t0 else "neutral" for t in st["t"]]
-    st["expression_B"] = ["neutral"] * len(st["t"])
-    actions.append(dict(kind="search", agent="A", t0=round(t0, 3), t1=round(t1, 3), container=st["belief_A"][-1],
-                        found=found, expression=face))
+def _add_expressions(st: dict, rng: np.random.Generator, actions: list[dict]) -> None:
+    """Faces that say nothing about the story: each agent smiles or looks surprised for 1-2 s at 0-2 random times, and A
+    half the time at the very end (happy or surprised, equally often). Neutral otherwise."""
+    t, end = np.array(st["t"]), float(st["t"][-1]) + 1e-6
+    for r in "AB":
+        faces = np.array(["neutral"] * len(t), dtype=object)
+        spans = [(float(rng.uniform(0, max(end - 2, 0.1))), float(rng.uniform(1, 2))) for _ in range(int(rng.integers(3)))]
+        if r == "A" and rng.random() < 0.5: spans.append((end - float(rng.uniform(1.5, 2.5)), 3.0))
+        for t0, dur in spans:
+            face = str(rng.choice(["happy", "surprise"]))
+            faces[(t >= t0) & (t < t0 + dur)] = face
+            actions.append(dict(kind="expression", agent=r, t0=round(t0, 3), t1=round(min(t0 + dur, end), 3), expression=face))
+        st[f"expression_{r}"] = [str(f) for f in faces]
 
 def _simulate(s: _Script, times: np.ndarray) -> dict:
     "Sample the script at `times` and apply the perception rule; returns per-frame lists."
@@ -328,6 +361,8 @@ def _simulate(s: _Script, times: np.ndarray) -> dict:
     return st
 
 # %% ../nbs/07_synth.ipynb #df468553
+MAX_DURATION = 40.0   # seconds; longer scripts are redrawn
+
 @dataclass
 class Scenario:
     "Everything true about one synthetic video: layout, action log, per-frame state, questions and moments."
@@ -349,23 +384,24 @@ class Scenario:
 
 
 def make_scenario(seed: int, family: str, variant: str | None = None, fps: float = 4.0, size: int = 224,
-                  vid: str | None = None, colours: tuple[str, str] | None = None) -> Scenario:
-    "Script and simulate one video of `family` (and `variant`, random if None), deterministic in `seed`; `colours` = (X, Y) container colours."
+                  vid: str | None = None, colours: tuple[str, str] | None = None, domain: str = "standard") -> Scenario:
+    "Script and simulate one video of `family` (and `variant`, random if None) in `domain`, deterministic in `seed`; `colours` = (X, Y) container colours."
     if family not in FAMILIES: raise VtomError(f"Unknown scenario family {family!r}; choose from {', '.join(FAMILIES)}.")
+    if domain not in DOMAINS: raise VtomError(f"Unknown domain {domain!r}; choose from {', '.join(DOMAINS)}.")
     rng = np.random.default_rng(seed)
     variant = variant or str(rng.choice(VARIANTS[family]))
     if variant not in VARIANTS[family]:
         raise VtomError(f"Unknown variant {variant!r} of {family}; choose from {', '.join(VARIANTS[family])}.")
-    for attempt in range(50):  # redraw the scripts longer than 30 s; still a pure function of the seed
+    for attempt in range(50):  # redraw the scripts longer than MAX_DURATION; still a pure function of the seed
         if attempt: rng = np.random.default_rng([seed, attempt])
-        layout = make_layout(rng, colours)
+        layout = make_layout(rng, colours, domain)
         s, marks = _script(rng, layout, family, variant, colours)
-        if s.duration <= 30: break
-    else: raise VtomError(f"Generator bug: no script of {family}/{variant} under 30 s for seed {seed}.")
+        if s.duration <= MAX_DURATION: break
+    else: raise VtomError(f"Generator bug: no script of {family}/{variant} under {MAX_DURATION} s for seed {seed}.")
     duration = float(s.duration)
     times = np.arange(int(math.ceil(duration * fps))) / fps
     state = _simulate(s, times)
-    _add_expressions(state, marks, s.actions)
+    _add_expressions(state, rng, s.actions)
     cat = _cat_path(rng, duration) if layout["cat"] else None
     return Scenario(vid or f"synth-{seed}", int(seed), family, variant, float(fps), int(size), layout, s.actions,
                     state, marks, round(len(times) / fps, 6), cat)
@@ -381,8 +417,8 @@ def _perception_answer(st: dict, t0: float, t1: float) -> str:
     return max(set(cats), key=cats.count)
 
 def _events(sc: Scenario) -> list[tuple[float, float]]:
-    "The windows in which the object changes place: A's put and B's move(s)."
-    return [tuple(sc.marks[k]) for k in ("put", "move1", "move") if k in sc.marks]
+    "The windows in which the object changes place: A's put and B's moves."
+    return [tuple(sc.marks["put"])] + [tuple(w) for w in sc.marks["moves"]]
 
 def _event_at(sc: Scenario, t: float) -> tuple[float, float]:
     "The put or move window that contains time `t` (one frame of slack), else the nearest one."
@@ -395,31 +431,34 @@ def _evidence(sc: Scenario, values: list) -> tuple[float, float]:
     while i > 0 and values[i - 1] == values[-1]: i -= 1
     return _event_at(sc, sc.state["t"][i])
 
+ORDINALS = ("first", "second", "third")
+
 def scenario_questions(sc: Scenario) -> list[dict]:
     "Unordered questions of a scenario: qtype, question, correct answer, the option set (positions not yet fixed) and the evidence window."
-    L, st = sc.layout, sc.state
+    L, st, m = sc.layout, sc.state, sc.marks
     A, B, obj = L["agents"]["A"]["name"], L["agents"]["B"]["name"], L["object"]["name"]
-    conts = [c["name"] for c in L["containers"]]
+    conts = [c["name"] for c in L["containers"]] + L.get("absent_options", [])   # four options even with three containers
     the = lambda c: f"the {c}"
     r3 = lambda w: [round(float(w[0]), 3), round(min(float(w[1]), sc.duration), 3)]
-    qs = [dict(qtype="memory", q=f"Where did {A} put the {obj} at the beginning?", answer=the(sc.marks["X"]), evidence=r3(sc.marks["put"])),
+    belief_ev = r3(_evidence(sc, st["belief_A"]))
+    qs = [dict(qtype="memory", q=f"Where did {A} put the {obj} at the beginning?", answer=the(m["X"]), evidence=r3(m["put"])),
           dict(qtype="reality", q=f"Where is the {obj} at the end of the video?", answer=the(st["location"][-1]),
                evidence=r3(_evidence(sc, st["location"]))),
           dict(qtype="belief", q=f"When {A} wants the {obj} at the end, where will {A} look for it first?",
-               answer=the(st["belief_A"][-1]), evidence=r3(_evidence(sc, st["belief_A"])))]
+               answer=the(st["belief_A"][-1]), evidence=belief_ev)]
     for q in qs: q["options"] = [the(c) for c in conts]
-    if "move" in sc.marks and "move1" not in sc.marks:   # with two moves "while B moved it" would be ambiguous
-        opts = [o.format(A=A) for o in PERCEPTION_OPTIONS.values()]
-        ans = PERCEPTION_OPTIONS[_perception_answer(st, *sc.marks["move"])].format(A=A)
-        qs.append(dict(qtype="perception", q=f"Where was {A} while {B} moved the {obj}?", answer=ans, options=opts,
-                       evidence=r3(sc.marks["move"])))
+    asked = m["moves"][0 if m["ask"] == "first" else -1]     # one of the two identical moves, dealt so the four answers balance
+    opts = [o.format(A=A) for o in PERCEPTION_OPTIONS.values()]
+    qs.append(dict(qtype="perception", q=f"Where was {A} when {B} moved the {obj} for the {m['ask']} time?",
+                   answer=PERCEPTION_OPTIONS[_perception_answer(st, *asked)].format(A=A), options=opts, evidence=r3(asked)))
     if sc.family == "second_order":
         qs.append(dict(qtype="second_order", q=f"Where does {B} think {A} will look for the {obj}?",
                        answer=the(st["B_thinks_A_believes"][-1]), options=[the(c) for c in conts],
                        evidence=r3(_evidence(sc, st["B_thinks_A_believes"]))))
-    qs.append(dict(qtype="reaction", q=f"How does {A} react when {A} goes to get the {obj} at the end?",
-                   answer=REACTION_OPTIONS[st["expression_A"][-1]].format(A=A),
-                   options=[o.format(A=A) for o in REACTION_OPTIONS.values()], evidence=r3(sc.marks["search"])))
+    found = st["belief_A"][-1] == st["location"][-1]   # A's face is not drawn for this: it is a prediction, not a perception
+    qs.append(dict(qtype="reaction", q=f"Right after the video, {A} goes to get the {obj}. How does {A} react?",
+                   answer=REACTION_OPTIONS["happy" if found else "surprise"].format(A=A),
+                   options=[o.format(A=A) for o in REACTION_OPTIONS.values()], evidence=belief_ev))
     for q in qs:
         if q["answer"] not in q["options"]:
             raise VtomError(f"Generator bug in {sc.vid}: answer {q['answer']!r} is not an option of {q['qtype']}.")
@@ -441,11 +480,8 @@ def scenario_moments(sc: Scenario) -> list[dict]:
     A, B, obj = L["agents"]["A"]["name"], L["agents"]["B"]["name"], L["object"]["name"]
     r3 = lambda w: [round(float(w[0]), 3), round(min(float(w[1]), sc.duration), 3)]
     ms = [dict(mtype="hide", query=f"When does {A} put the {obj} into a container?", window=r3(sc.marks["put"]))]
-    if "move1" in sc.marks:
-        ms.append(dict(mtype="move", query=f"When does {B} first move the {obj}?", window=r3(sc.marks["move1"])))
-        ms.append(dict(mtype="move", query=f"When does {B} move the {obj} a second time?", window=r3(sc.marks["move"])))
-    elif "move" in sc.marks:
-        ms.append(dict(mtype="move", query=f"When does {B} move the {obj}?", window=r3(sc.marks["move"])))
+    ms += [dict(mtype="move", query=f"When does {B} move the {obj} for the {ORDINALS[k]} time?", window=r3(w))
+           for k, w in enumerate(sc.marks["moves"])]
     false = [t for t, f in zip(st["t"], st["belief_false_A"]) if f]   # asked of every video: "never" when A saw every move
     ms.append(dict(mtype="belief_false", query=f"When does {A} start to believe something false about where the {obj} is?",
                    window=r3(_event_at(sc, false[0])) if false else None))
@@ -455,6 +491,35 @@ def scenario_moments(sc: Scenario) -> list[dict]:
                        window=r3((st["t"][run[0]], st["t"][run[1]] + 1 / sc.fps))))
     return ms
 
+# %% ../nbs/07_synth.ipynb #fac70002
+TAGS = ("left and came back before a move", "away after the last move", "away twice or more", "looked-away move",
+        "window move", "false belief")
+
+def scenario_facts(sc: Scenario) -> dict:
+    """What a rule that ignores *when* things happened may use (counts, sets, co-occurrences, A's face at the end), and the
+    video's decoy tags (`TAGS`) for reporting subsets."""
+    st, m = sc.state, sc.marks
+    count = lambda kind, agent="A": sum(a["kind"] == kind and a["agent"] == agent for a in sc.actions)
+    seen = [_perception_answer(st, *w) in ("watch", "window") for w in m["moves"]]
+    visits = [a["container"] for a in sc.actions if a["kind"] == "walk_to" and a["agent"] == "B"]
+    last_face = next((e for e in reversed(st["expression_A"]) if e != "neutral"), "neutral")
+    ends = [w[1] for w in m["moves"]]
+    eps = m["episodes"]
+    tags = {"left and came back before a move": any(not moved and e1 <= ends[-1] for e0, e1, _, moved in eps),
+            "away after the last move": any(e0 >= ends[-1] for e0, *_ in eps),
+            "away twice or more": len(eps) >= 2,
+            "looked-away move": any(how == "lookaway" for *_, how, moved in eps if moved),
+            "window move": "window" in m["situations"],
+            "false belief": st["belief_A"][-1] != st["location"][-1]}
+    return {"first": m["X"], "final": st["location"][-1], "last taken from": m["route"][-1][0],
+            "moves": len(m["moves"]), "left the room": count("leave"), "looked away": count("turn_away"), "at the window": count("appear_at_window"),
+            "ever away": any(md != "room" for md in st["mode_A"]), "ever looked away": any(g == "away" for g in st["gaze_A"]),
+            "missed a move": not all(seen), "seen destinations": sorted({r[1] for r, s in zip(m["route"], seen) if s}),
+            "B visits": {c: visits.count(c) for c in sorted(set(visits))}, "A's last expression": last_face,
+            "A smiles": sum(a["kind"] == "expression" and a["agent"] == "A" and a["expression"] == "happy" for a in sc.actions),
+            "A is surprised": sum(a["kind"] == "expression" and a["agent"] == "A" and a["expression"] == "surprise" for a in sc.actions),
+            "duration": sc.duration, "tags": [t for t in TAGS if tags[t]]}
+
 # %% ../nbs/07_synth.ipynb #f7033470
 _DIRS = {"scene": (0.0, 1.0), "away": (0.87, -0.5), "window": (0.0, -1.0)}
 
@@ -463,10 +528,39 @@ def _font(px: int):
     except TypeError: return ImageFont.load_default()
 
 def _poly(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
-    n, rot = {"triangle": (3, -90), "diamond": (4, 0), "hexagon": (6, 0), "square": (4, 45)}.get(shape, (0, 0))
+    "The outline of an agent's (or the OOD object's) shape, None for a circle."
+    if shape in ("star", "cross"):
+        radii = (r, 0.45 * r) if shape == "star" else (r, 0.55 * r, 0.55 * r)
+        n = 5 if shape == "star" else 4
+        if shape == "cross":   # a plus sign: 12 corners
+            a, b = r, 0.38 * r
+            return [(cx + x, cy + y) for x, y in ((-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b))]
+        return [(cx + radii[k % 2] * math.cos(math.radians(-90 + 180 * k / n)), cy + radii[k % 2] * math.sin(math.radians(-90 + 180 * k / n)))
+                for k in range(2 * n)]
+    n, rot = {"triangle": (3, -90), "diamond": (4, 0), "hexagon": (6, 0), "square": (4, 45), "pentagon": (5, -90)}.get(shape, (0, 0))
     if not n: return None
     return [(cx + r * math.cos(math.radians(rot + 360 * k / n)), cy + r * math.sin(math.radians(rot + 360 * k / n)))
             for k in range(n)]
+
+def _draw_container(d: ImageDraw.ImageDraw, c: dict, k: float, font) -> None:
+    "One container: its kind's outline in its colour, and the kind written under it."
+    col, (x, y), kind = COLOURS[c["colour"]], (c["x"], c["y"]), c["kind"]
+    box = [(x - 17) * k, (y - 14) * k, (x + 17) * k, (y + 14) * k]
+    black = (0, 0, 0)
+    if kind == "basket": d.polygon([((x - 19) * k, (y - 14) * k), ((x + 19) * k, (y - 14) * k), ((x + 13) * k, (y + 14) * k), ((x - 13) * k, (y + 14) * k)], fill=col, outline=black)
+    elif kind == "bag": d.rounded_rectangle(box, radius=10 * k, fill=col, outline=black)
+    elif kind == "jar": d.rectangle(box, fill=col, outline=black); d.rectangle([(x - 12) * k, (y - 19) * k, (x + 12) * k, (y - 14) * k], fill=(90, 90, 90))
+    elif kind == "crate":   # slats and a cross brace
+        d.rectangle(box, fill=col, outline=black)
+        d.line([box[0], box[1], box[2], box[3]], fill=black, width=max(1, int(2 * k))); d.line([box[0], box[3], box[2], box[1]], fill=black, width=max(1, int(2 * k)))
+    elif kind == "pot": d.ellipse([(x - 18) * k, (y - 12) * k, (x + 18) * k, (y + 16) * k], fill=col, outline=black); d.rectangle([(x - 20) * k, (y - 15) * k, (x + 20) * k, (y - 10) * k], fill=col, outline=black)
+    elif kind == "bucket":  # wider at the top, with a handle
+        d.polygon([((x - 13) * k, (y - 14) * k), ((x + 13) * k, (y - 14) * k), ((x + 9) * k, (y + 14) * k), ((x - 9) * k, (y + 14) * k)], fill=col, outline=black)
+        d.arc([(x - 13) * k, (y - 26) * k, (x + 13) * k, (y - 4) * k], 180, 360, fill=black, width=max(1, int(2 * k)))
+    elif kind == "tin": d.rounded_rectangle([(x - 11) * k, (y - 16) * k, (x + 11) * k, (y + 14) * k], radius=4 * k, fill=col, outline=black); d.line([(x - 11) * k, (y - 10) * k, (x + 11) * k, (y - 10) * k], fill=black)
+    else: d.rectangle(box, fill=col, outline=black)
+    if kind == "drawer": d.rectangle([(x - 5) * k, (y - 2) * k, (x + 5) * k, (y + 2) * k], fill=black)
+    d.text((x * k, (y + 21) * k), kind, fill=black, font=font, anchor="mm")
 
 def _background(sc: Scenario) -> Image.Image:
     L, k = sc.layout, sc.size / 224
@@ -476,19 +570,12 @@ def _background(sc: Scenario) -> Image.Image:
     d.rectangle([0, 0, sc.size - 1, sc.size - 1], outline=(60, 50, 40), width=max(2, int(4 * k)))
     wx = L["window_x"]
     d.rectangle([(wx - 22) * k, 8 * k, (wx + 22) * k, 50 * k], fill=(170, 215, 245), outline=(90, 70, 50), width=max(1, int(3 * k)))
-    dx = 0 if L["door"] == "left" else 224 - 10
-    d.rectangle([dx * k, 70 * k, (dx + 10) * k, 132 * k], fill=(95, 60, 35))
+    if L["door"] == "back": dx = L["door_x"]; d.rectangle([(dx - 11) * k, 58 * k, (dx + 11) * k, 120 * k], fill=(95, 60, 35))
+    else:
+        dx = 0 if L["door"] == "left" else 224 - 10
+        d.rectangle([dx * k, 70 * k, (dx + 10) * k, 132 * k], fill=(95, 60, 35))
     font = _font(max(8, int(9 * k)))
-    for c in L["containers"]:
-        col, (x, y) = CONTAINER_COLOURS[c["colour"]], (c["x"], c["y"])
-        box = [(x - 17) * k, (y - 14) * k, (x + 17) * k, (y + 14) * k]
-        kind = c["kind"]
-        if kind == "basket": d.polygon([((x - 19) * k, (y - 14) * k), ((x + 19) * k, (y - 14) * k), ((x + 13) * k, (y + 14) * k), ((x - 13) * k, (y + 14) * k)], fill=col, outline=(0, 0, 0))
-        elif kind == "bag": d.rounded_rectangle(box, radius=10 * k, fill=col, outline=(0, 0, 0))
-        elif kind == "jar": d.rectangle(box, fill=col, outline=(0, 0, 0)); d.rectangle([(x - 12) * k, (y - 19) * k, (x + 12) * k, (y - 14) * k], fill=(90, 90, 90))
-        else: d.rectangle(box, fill=col, outline=(0, 0, 0))
-        if kind == "drawer": d.rectangle([(x - 5) * k, (y - 2) * k, (x + 5) * k, (y + 2) * k], fill=(0, 0, 0))
-        d.text((x * k, (y + 21) * k), c["kind"], fill=(0, 0, 0), font=font, anchor="mm")
+    for c in L["containers"]: _draw_container(d, c, k, font)
     return im
 
 def _draw_mouth(d: ImageDraw.ImageDraw, x: float, y: float, r: float, k: float, expression: str) -> None:
@@ -501,7 +588,7 @@ def _draw_mouth(d: ImageDraw.ImageDraw, x: float, y: float, r: float, k: float, 
 def _draw_agent(d: ImageDraw.ImageDraw, sc: Scenario, role: str, pos, mode: str, gaze: str, font, expression: str = "neutral") -> None:
     k, ag = sc.size / 224, sc.layout["agents"][role]
     if mode == "absent": return
-    col = AGENT_COLOURS[ag["colour"]]
+    col = AGENT_COLOURS.get(ag["colour"]) or DOMAINS["ood"]["agent_colours"][ag["colour"]]
     if mode == "window": cx, cy, r = sc.layout["window_x"], 32.0, 9.0
     else: (cx, cy), r = pos, 13.0
     if gaze == "away": col = tuple(int(0.55 * v + 0.45 * 255) for v in col)
@@ -542,7 +629,9 @@ def render_frames(sc: Scenario) -> np.ndarray:
                     c = next(a for a in sc.actions if a["kind"] == "take" and a["t0"] <= st["t"][i] < a["t1"])
                     ox, oy = _container_at(sc.layout, c["container"], -18)
             else: ox, oy = _container_at(sc.layout, loc, -18)
-            d.ellipse([(ox - 5) * k, (oy - 5) * k, (ox + 5) * k, (oy + 5) * k], fill=ocol, outline=(0, 0, 0))
+            pts = _poly(sc.layout["object"].get("shape", "circle"), ox * k, oy * k, 6 * k)
+            if pts: d.polygon(pts, fill=ocol, outline=(0, 0, 0))
+            else: d.ellipse([(ox - 5) * k, (oy - 5) * k, (ox + 5) * k, (oy + 5) * k], fill=ocol, outline=(0, 0, 0))
         frames[i] = np.asarray(im)
     return frames
 
@@ -560,7 +649,7 @@ def plot_scenario(sc: Scenario, n_frames: int = 8, fig=None):
                   f"B = {sc.layout['agents']['B']['name']}, X = {sc.marks['X']}, Y = {sc.marks['Y']})", fontsize=9)
     names = [c["name"] for c in sc.layout["containers"]]
     code = lambda v: names.index(v) if v in names else -1   # -1: carried
-    conts = {c["name"]: np.array(CONTAINER_COLOURS[c["colour"]]) / 255 for c in sc.layout["containers"]}
+    conts = {c["name"]: np.array(COLOURS[c["colour"]]) / 255 for c in sc.layout["containers"]}
     where = {"room": (0.2, 0.65, 0.2), "window": (0.25, 0.45, 0.9), "absent": (0.85, 0.85, 0.85)}
     lanes = [("A is (room/window/out)", [where[m] for m in st["mode_A"]], "rgb"),
              ("A sees scene", [float(v) for v in st["sees_scene_A"]], None),
@@ -603,7 +692,7 @@ def encode_mp4(frames: np.ndarray, path: str | Path, fps: float = 4.0, crf: int 
 def scenario_record(sc: Scenario, split: str | None = None) -> dict:
     "The JSON-able event log of a scenario (what `events/{vid}.json` holds)."
     return {"vid": sc.vid, "generator": GENERATOR_VERSION, "seed": sc.seed, "split": split, "family": sc.family,
-            "variant": sc.variant, "fps": sc.fps, "size": sc.size, "duration": sc.duration, "num_frames": sc.num_frames,
+            "variant": sc.variant, "domain": sc.layout["domain"], "facts": scenario_facts(sc), "fps": sc.fps, "size": sc.size, "duration": sc.duration, "num_frames": sc.num_frames,
             "layout": sc.layout, "marks": sc.marks, "actions": sc.actions, "frames": sc.state,
             "questions": scenario_questions(sc), "moments": scenario_moments(sc)}
 
@@ -655,21 +744,23 @@ def video_seed(seed: int, split: str, index: int) -> int:
     "The seed of video `index` of `split`: a hash of (seed, split, index), different for every triple."
     return int(np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index)]).generate_state(2, np.uint64)[0]) % 2**63
 
-def plan_split(seed: int, split: str, n: int, families: tuple[str, ...] = FAMILIES) -> list[dict]:
-    "Ids, seeds, families and variants of the `n` videos of one split (balanced round-robin, shuffled)."
-    rng = _sub_rng(seed, split, "plan")
+def plan_split(seed: int, split: str, n: int, families: tuple[str, ...] = FAMILIES, domain: str = "standard") -> list[dict]:
+    "Ids, seeds, families and variants of the `n` videos of one split of `domain` (balanced round-robin, shuffled)."
+    key = split if domain == "standard" else f"{domain}-{split}"   # OOD videos never share a seed with a standard split
+    rng = _sub_rng(seed, key, "plan")
     off = int(rng.integers(len(families)))  # so that tiny splits do not all start with the same family
     fams = [families[(i + off) % len(families)] for i in range(n)]
     fams = [fams[i] for i in rng.permutation(n)]
     plan, seen = [], {f: 0 for f in families}
-    cols, o1 = list(CONTAINER_COLOURS), int(rng.integers(len(CONTAINER_COLOURS)))
+    cols = list(DOMAINS[domain]["container_colours"])
+    o1 = int(rng.integers(len(cols)))
     xcols = [cols[(i + o1) % len(cols)] for i in rng.permutation(n)]          # X colour dealt round-robin
     shifts = [1 + (i + o1) % (len(cols) - 1) for i in rng.permutation(n)]     # Y = X shifted by 1..7: also uniform
     var_order = {f: [DEAL[f][j] for j in rng.permutation(len(DEAL[f]))] for f in families}
     for i, fam in enumerate(fams):
         var = var_order[fam][seen[fam] % len(DEAL[fam])]; seen[fam] += 1
-        plan.append({"vid": f"tom{seed}-{split}-{i:05d}", "seed": video_seed(seed, split, i), "family": fam,
-                     "variant": var, "split": split,
+        plan.append({"vid": f"{'tom' if domain == 'standard' else domain}{seed}-{split}-{i:05d}", "seed": video_seed(seed, key, i),
+                     "family": fam, "variant": var, "split": split, "domain": domain,
                      "colours": [xcols[i], cols[(cols.index(xcols[i]) + shifts[i]) % len(cols)]]})
     return plan
 
@@ -693,7 +784,8 @@ def assemble_questions(records: list[dict], seed: int, split: str) -> list[dict]
                    "ans_corr": q["answer"], "answer_idx": p,
                    "idx_types": ["corr" if i == p else "distractor" for i in range(4)]}
             row.update({f"a{i}": o for i, o in enumerate(opts)})
-            row.update(family=r["family"], qtype=q["qtype"], variant=r["variant"], evidence=q["evidence"])
+            row.update(family=r["family"], qtype=q["qtype"], variant=r["variant"], evidence=q["evidence"],
+                       tags=r.get("facts", {}).get("tags", []), domain=r.get("domain", "standard"))
             rows.append(row)
     return rows
 
@@ -726,14 +818,22 @@ def balance_table(rows: list[dict]) -> dict:
         out[qt] = e
     return out
 
+def _heuristic_table(e: dict) -> list[str]:
+    "Markdown rows: per heuristic its accuracy overall and per family (`heuristic_accuracies` of one question type)."
+    fams = [f for f in e.get("n", {}) if f != "all"]
+    rows = ["| heuristic | all | " + " | ".join(fams) + " |", "|---" * (2 + len(fams)) + "|"]
+    for h in HEURISTICS:
+        if h in e: rows.append(f"| {h} | {e[h]['all']:.3f} | " + " | ".join(f"{e[h][f]:.3f}" for f in fams) + " |")
+    return rows + [f"| n | {e['n']['all']} | " + " | ".join(str(e["n"][f]) for f in fams) + " |"] if e else rows
+
 def dataset_card(summary: dict) -> str:
     "The markdown dataset card (`README.md`) of a generated dataset."
     lines = ["# vtom synthetic false-belief video benchmark", "",
-             f"Generated by `{summary['generator']}` (`vtom synth`) with seed {summary['seed']}, {summary['fps']} fps, "
+             f"Generated by `{summary['generator']}` (`vtom synth`) with seed {summary['seed']}, domain {summary.get('domain', 'standard')}, {summary['fps']} fps, "
              f"{summary['size']}x{summary['size']} px. Every answer and moment is read off a per-frame simulation of who is "
              "present, who attends, where the object is and what each agent believes (see `events/{vid}.json`).", "",
              "## Files", "", "- `videos/{vid}.mp4` H.264 yuv420p", "- `qa_{split}.json` JSON lines, Social-IQ 2.0 fields "
-             "(qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0-a3) plus family, qtype, variant, evidence [start, end] s",
+             "(qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0-a3) plus family, qtype, variant, evidence [start, end] s, tags, domain",
              "- `moments_{split}.jsonl` {qid, vid_name, query, window [start, end] s or null (\"never\"), duration, family, mtype}",
              "- `events/{vid}.json` event log and per-frame state", "", "## Counts", "",
              "| split | videos | questions | moments | " + " | ".join(FAMILIES) + " |", "|---" * (4 + len(FAMILIES)) + "|"]
@@ -748,11 +848,20 @@ def dataset_card(summary: dict) -> str:
     if "perception" in summary["balance"]:
         lines.append("- perception answers: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["balance"]["perception"]["answer_share"].items()))
     if summary.get("heuristics"):
-        lines += ["", "## Heuristics that need no theory of mind (all splits)", "",
-                  "Accuracy of answering with the object's final place (`reality`), its first container and the longest option:", "",
-                  "| qtype | n | " + " | ".join(HEURISTICS) + " |", "|---" * (2 + len(HEURISTICS)) + "|"]
+        lines += ["", "## Rules that ignore when things happened (all splits)", "",
+                  "Accuracy on the belief question (\"where will A look first?\") of rules that use counts, sets, co-occurrences and "
+                  "A's face at the end, never the order of events (`vtom.synth.RULES`; `best stump`: the best one-split rule on "
+                  "order-free features, chosen on half the videos and scored on the other half), overall and per family:", ""]
+        lines += _heuristic_table(summary["heuristics"].get("belief", {}))
+        if "best stump rule" in summary["heuristics"].get("belief", {}):
+            st = summary["heuristics"]["belief"]["best stump rule"]
+            lines += ["", f"Best stump on all videos: if {st['feature']} > {st['threshold']:g} answer {st['above']}, else {st['below']} "
+                                      f"({st['accuracy']:.3f} in-sample)."]
+        lines += ["", "Every question type, all families:", "", "| qtype | n | " + " | ".join(HEURISTICS) + " |", "|---" * (2 + len(HEURISTICS)) + "|"]
         for qt, e in summary["heuristics"].items():
             lines.append(f"| {qt} | {e['n']['all']} | " + " | ".join(f"{e[h]['all']:.3f}" if h in e else "" for h in HEURISTICS) + " |")
+    if summary.get("tags"):
+        lines += ["", "Videos with each decoy tag: " + ", ".join(f"{t} {n}" for t, n in summary["tags"].items()) + "."]
     if summary.get("text_only_test"):
         lines += ["", "Text-only baselines trained on train, accuracy on test (chance 0.25; 95% interval clustered by video):", ""]
         lines += [f"- {k}: {v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] (n={v['n']})" for k, v in summary["text_only_test"].items()]
@@ -761,30 +870,92 @@ def dataset_card(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/07_synth.ipynb #d3ba8654
-HEURISTICS = ("reality", "first container", "longest option")
+def _most_visited(f: dict) -> str:
+    v = f["B visits"]
+    return max(sorted(v), key=lambda c: v[c]) if v else f["final"]
 
-def heuristic_correct(rows: list[dict]) -> dict[str, dict[str, bool]]:
-    "Per heuristic, per question id: is the final place (`reality`), the first container or the longest option the right answer?"
-    first = {r["vid_name"]: r["ans_corr"] for r in rows if r["qtype"] == "memory"}
-    final = {r["vid_name"]: r["ans_corr"] for r in rows if r["qtype"] == "reality"}
-    pick = {"reality": lambda r: final.get(r["vid_name"]), "first container": lambda r: first.get(r["vid_name"]),
-            "longest option": lambda r: max((r[f"a{i}"] for i in range(4)), key=len)}
-    return {h: {r["qid"]: pick[h](r) == r["ans_corr"] for r in rows} for h in HEURISTICS}
+# order-free rules: each maps a video's facts (`scenario_facts`) to a container; none knows *when* anything happened
+RULES: dict[str, Any] = {
+    "reality": lambda f: f["final"],
+    "first container": lambda f: f["first"],
+    "last taken from": lambda f: f["last taken from"],
+    "ever away -> last taken from": lambda f: f["last taken from"] if f["ever away"] or f["ever looked away"] else f["final"],
+    "expression at end": lambda f: f["final"] if f["A's last expression"] == "happy" else f["last taken from"],
+    "missed a move -> first container": lambda f: f["first"] if f["missed a move"] else f["final"],
+    "saw a move -> its destination": lambda f: (f["final"] if f["final"] in f["seen destinations"] else
+                                                f["seen destinations"][0] if f["seen destinations"] else f["first"]),
+    "B's most visited container": _most_visited,
+}
+HEURISTICS = (*RULES, "longest option", "best stump")
+STUMP_FEATURES = ("left the room", "looked away", "at the window", "ever away", "ever looked away", "missed a move",
+                  "A smiles", "A is surprised", "happy at end", "surprised at end", "B visits", "B visits to first", "duration")
+STUMP_ANSWERS = ("reality", "first container", "last taken from", "B's most visited container")
 
-def heuristic_accuracies(rows: list[dict]) -> dict:
-    "Per question type, overall and per family: accuracy of answering the final place (`reality`), the first container or the longest option."
-    right = heuristic_correct(rows)
+def _stump_value(f: dict, feature: str) -> float:
+    if feature == "happy at end": return float(f["A's last expression"] == "happy")
+    if feature == "surprised at end": return float(f["A's last expression"] == "surprise")
+    if feature == "B visits": return float(sum(f["B visits"].values()))
+    if feature == "B visits to first": return float(f["B visits"].get(f["first"], 0))
+    return float(f[feature])
+
+def best_stump(rows: list[dict], facts: dict[str, dict]) -> dict:
+    """The best one-split rule on `rows` (belief questions): "if FEATURE > t answer P, else Q", over order-free features
+    (`STUMP_FEATURES`) and answers (`STUMP_ANSWERS`); its `accuracy` is on these rows (in-sample, optimistic)."""
+    rs = [r for r in rows if r["qtype"] == "belief" and r["vid_name"] in facts]
+    if not rs: return {"feature": None, "threshold": None, "above": None, "below": None, "accuracy": float("nan")}
+    hit = {a: np.array([f"the {RULES[a](facts[r['vid_name']])}" == r["ans_corr"] for r in rs]) for a in STUMP_ANSWERS}
+    best = None
+    for feat in STUMP_FEATURES:
+        v = np.array([_stump_value(facts[r["vid_name"]], feat) for r in rs])
+        for t in np.unique(v):
+            for hi in STUMP_ANSWERS:
+                for lo in STUMP_ANSWERS:
+                    acc = float(np.where(v > t, hit[hi], hit[lo]).mean())
+                    if best is None or acc > best["accuracy"] + 1e-12:
+                        best = {"feature": feat, "threshold": float(t), "above": hi, "below": lo, "accuracy": acc}
+    return best
+
+def stump_answer(stump: dict, f: dict) -> str:
+    "The container a stump from `best_stump` answers for a video's facts."
+    return RULES[stump["above"] if _stump_value(f, stump["feature"]) > stump["threshold"] else stump["below"]](f)
+
+def _fold(vid: str) -> int: return zlib.crc32(vid.encode()) % 2
+
+def heuristic_correct(rows: list[dict], facts: dict[str, dict] | None = None, stump: dict | None = None) -> dict[str, dict[str, bool]]:
+    """Per heuristic, per question id: is its answer right? Container questions only for the rules (`RULES`, which need each
+    video's `facts`; without them: the final place and the first container from the rows); `longest option` everywhere;
+    `best stump`: `stump` (e.g. chosen on a train split), else cross-fitted (chosen on one half of the videos, scored on the other)."""
+    if facts is None:
+        first = {r["vid_name"]: r["ans_corr"][4:] for r in rows if r["qtype"] == "memory"}
+        final = {r["vid_name"]: r["ans_corr"][4:] for r in rows if r["qtype"] == "reality"}
+        facts = {v: {"first": first.get(v), "final": final.get(v)} for v in first.keys() | final.keys()}
+        rules = {h: RULES[h] for h in ("reality", "first container")}
+    else: rules = RULES
+    out = {h: {r["qid"]: r["vid_name"] in facts and r["qtype"] not in ("perception", "reaction") and f"the {rule(facts[r['vid_name']])}" == r["ans_corr"]
+               for r in rows} for h, rule in rules.items()}
+    out["longest option"] = {r["qid"]: max((r[f"a{i}"] for i in range(4)), key=len) == r["ans_corr"] for r in rows}
+    if len(rules) == len(RULES):
+        pick = (lambda r: stump) if stump else (lambda r, half={k: best_stump([x for x in rows if _fold(x["vid_name"]) != k], facts)
+                                                                  for k in (0, 1)}: half[_fold(r["vid_name"])])
+        out["best stump"] = {r["qid"]: pick(r)["feature"] is not None and r["vid_name"] in facts and r["qtype"] not in ("perception", "reaction")
+                             and f"the {stump_answer(pick(r), facts[r['vid_name']])}" == r["ans_corr"] for r in rows}
+    return out
+
+def heuristic_accuracies(rows: list[dict], facts: dict[str, dict] | None = None) -> dict:
+    "Per question type, overall and per family: the accuracy of every heuristic (`heuristic_correct`; container rules on container questions only)."
+    right = heuristic_correct(rows, facts)
     out = {}
     for qt in QTYPES:
         rs = [r for r in rows if r["qtype"] == qt]
         if not rs: continue
         e: dict[str, Any] = {"n": {"all": len(rs), **{f: sum(r["family"] == f for r in rs) for f in sorted({r["family"] for r in rs})}}}
-        for h in HEURISTICS:
-            if h != "longest option" and qt == "perception": continue   # its options are not containers
+        for h in right:
+            if h != "longest option" and qt in ("perception", "reaction"): continue   # their options are not containers
             ok = np.array([right[h][r["qid"]] for r in rs])
             fam = np.array([r["family"] for r in rs])
             e[h] = {"all": round(float(ok.mean()), 3), **{f: round(float(ok[fam == f].mean()), 3) for f in e["n"] if f != "all"}}
         out[qt] = e
+    if facts is not None and "belief" in out: out["belief"]["best stump rule"] = best_stump(rows, facts)
     return out
 
 # %% ../nbs/07_synth.ipynb #bd1e1a80
@@ -814,13 +985,14 @@ def text_only_baselines(train: list[dict], test: list[dict]) -> dict:
                      "n": len(test)}
     return res
 
-def scenario_rows(seed: int, split: str, n: int, fps: float = 4.0) -> list[dict]:
-    "Question rows of a split built from scenarios only (no rendering): for shortcut checks on many videos."
+def scenario_rows(seed: int, split: str, n: int, fps: float = 4.0, facts: dict | None = None, domain: str = "standard") -> list[dict]:
+    "Question rows of a split built from scenarios only (no rendering): for shortcut checks on many videos; `facts` (a dict) receives each video's facts."
     recs = []
-    for p in plan_split(seed, split, n):
-        sc = make_scenario(p["seed"], p["family"], p["variant"], fps, vid=p["vid"], colours=tuple(p["colours"]))
+    for p in plan_split(seed, split, n, domain=domain):
+        sc = make_scenario(p["seed"], p["family"], p["variant"], fps, vid=p["vid"], colours=tuple(p["colours"]), domain=domain)
         recs.append({"vid": sc.vid, "seed": sc.seed, "family": sc.family, "variant": sc.variant, "duration": sc.duration,
-                     "questions": scenario_questions(sc)})
+                     "questions": scenario_questions(sc), "facts": scenario_facts(sc), "domain": domain})
+        if facts is not None: facts[sc.vid] = recs[-1]["facts"]
     return assemble_questions(recs, seed, split)
 
 # %% ../nbs/07_synth.ipynb #e609e9a6
@@ -835,7 +1007,7 @@ def contact_sheet(scenarios: list[Scenario], n_frames: int = 6, thumb: int = 112
         w, st = thumb * n_frames, sc.state
         tl = Image.new("RGB", (w, 5 * lane + 14), (255, 255, 255))
         d = ImageDraw.Draw(tl)
-        cols = {c["name"]: CONTAINER_COLOURS[c["colour"]] for c in sc.layout["containers"]}
+        cols = {c["name"]: COLOURS[c["colour"]] for c in sc.layout["containers"]}
         for i in range(sc.num_frames):
             x0, x1 = w * i / sc.num_frames, w * (i + 1) / sc.num_frames
             m = st["mode_A"][i]
@@ -853,22 +1025,23 @@ def contact_sheet(scenarios: list[Scenario], n_frames: int = 6, thumb: int = 112
 def _make_one(p: dict, out: Path, fps: float, size: int) -> tuple[str, dict | None, str | None]:
     "Make one planned video; returns (vid, record or None, error or None) so that one failure never stops a batch."
     try:
-        sc = make_scenario(p["seed"], p["family"], p["variant"], fps, size, vid=p["vid"], colours=tuple(p["colours"]))
+        sc = make_scenario(p["seed"], p["family"], p["variant"], fps, size, vid=p["vid"], colours=tuple(p["colours"]), domain=p["domain"])
         return p["vid"], generate_video(sc, out, p["split"], plan=p), None
     except Exception as e: return p["vid"], None, repr(e)
 
 def generate_dataset(out: str | Path, num_videos: int = 20, seed: int = 0, splits: dict | None = None,
                      fps: float = 4.0, size: int = 224, families: tuple[str, ...] = FAMILIES,
-                     overwrite: bool = False, progress: bool = True, sheet: bool = True, workers: int = 1) -> dict:
-    "Generate (or resume) a synthetic false-belief dataset in `out` (`workers` processes); returns the summary that `summary.json` holds."
+                     overwrite: bool = False, progress: bool = True, sheet: bool = True, workers: int = 1, domain: str = "standard") -> dict:
+    "Generate (or resume) a synthetic false-belief dataset of `domain` in `out` (`workers` processes); returns the summary that `summary.json` holds."
     from tqdm.auto import tqdm
     out, log = Path(out), get_logger("vtom.synth")
     if size < 64 or size % 2: raise VtomError(f"--size must be an even number >= 64 (H.264 needs even sizes), got {size}.")
     if fps <= 0: raise VtomError(f"--fps must be positive, got {fps}.")
+    if domain not in DOMAINS: raise VtomError(f"Unknown domain {domain!r}; choose from {', '.join(DOMAINS)}.")
     bad = [f for f in families if f not in FAMILIES]
     if bad: raise VtomError(f"Unknown families {bad}; choose from {', '.join(FAMILIES)}.")
     counts = _split_counts(num_videos, splits or DEFAULT_SPLITS)
-    plans = {sp: plan_split(seed, sp, n, tuple(families)) for sp, n in counts.items()}
+    plans = {sp: plan_split(seed, sp, n, tuple(families), domain) for sp, n in counts.items()}
     seeds = [p["seed"] for ps in plans.values() for p in ps]
     assert len(set(seeds)) == len(seeds), "video seeds collide across splits"
     records: dict[str, dict] = {}
@@ -897,7 +1070,7 @@ def generate_dataset(out: str | Path, num_videos: int = 20, seed: int = 0, split
         for p in todo: done(*_make_one(p, out, fps, size))
     bar.close()
     failures.sort(key=lambda f: f["vid"])
-    summary = {"generator": GENERATOR_VERSION, "seed": seed, "fps": fps, "size": size, "num_videos": num_videos,
+    summary = {"generator": GENERATOR_VERSION, "seed": seed, "domain": domain, "fps": fps, "size": size, "num_videos": num_videos,
                "made": made, "skipped": skipped, "failures": failures, "seconds": round(time.perf_counter() - t0, 2),
                "splits": {}}
     all_rows, by_split = [], {}
@@ -909,7 +1082,8 @@ def generate_dataset(out: str | Path, num_videos: int = 20, seed: int = 0, split
         summary["splits"][sp] = {"videos": len(recs), "questions": len(rows), "moments": len(moms),
                                  "families": {f: sum(r["family"] == f for r in recs) for f in families}}
     summary["balance"] = balance_table(all_rows)
-    summary["heuristics"] = heuristic_accuracies(all_rows)
+    summary["heuristics"] = heuristic_accuracies(all_rows, {v: r["facts"] for v, r in records.items()})
+    summary["tags"] = {t: sum(t in r["facts"]["tags"] for r in records.values()) for t in TAGS}
     tr, te = by_split.get("train"), by_split.get("test")
     if tr and te: summary["text_only_test"] = text_only_baselines(tr, te)
     if sheet and records:
@@ -917,7 +1091,8 @@ def generate_dataset(out: str | Path, num_videos: int = 20, seed: int = 0, split
         for ps in plans.values():
             for p in ps:
                 if p["vid"] in records: firsts.setdefault(p["family"], p)
-        scs = [make_scenario(p["seed"], p["family"], p["variant"], fps, size, vid=p["vid"], colours=tuple(p["colours"])) for p in firsts.values()]
+        scs = [make_scenario(p["seed"], p["family"], p["variant"], fps, size, vid=p["vid"], colours=tuple(p["colours"]), domain=domain)
+               for p in firsts.values()]
         with atomic_path(out / "contact_sheet.png") as tmp: contact_sheet(scs).save(tmp, format="PNG")
         summary["contact_sheet"] = "contact_sheet.png"
     with atomic_path(out / "README.md") as tmp: Path(tmp).write_text(dataset_card(summary))
@@ -937,6 +1112,8 @@ def synth_main(argv: list[str] | None = None) -> int:
                    help="split fractions or counts, e.g. train=0.7,val=0.15,test=0.15 or train=80,val=10,test=10")
     p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated subset of {','.join(FAMILIES)}")
     p.add_argument("--workers", type=int, default=1, help="processes rendering videos in parallel (default 1)")
+    p.add_argument("--domain", default="standard", choices=list(DOMAINS),
+                   help="standard (default), or ood: shapes, colours, room, looks and a number of containers no training set uses")
     p.add_argument("--overwrite", action="store_true", help="regenerate videos that already exist")
     p.add_argument("--no-contact-sheet", action="store_true", help="skip contact_sheet.png")
     a = p.parse_args(argv)
@@ -950,7 +1127,7 @@ def synth_main(argv: list[str] | None = None) -> int:
         raise VtomError(f"Cannot read --splits {a.splits!r}; write it like train=0.7,val=0.15,test=0.15.") from e
     fams = tuple(f.strip() for f in a.families.split(",") if f.strip())
     s = generate_dataset(a.out, a.num_videos, a.seed, splits, a.fps, a.size, fams, a.overwrite, sheet=not a.no_contact_sheet,
-                         workers=a.workers)
-    heur = {qt: {h: e[h]["all"] for h in HEURISTICS if h in e} for qt, e in s["heuristics"].items()}
+                         workers=a.workers, domain=a.domain)
+    heur = {qt: {h: e[h]["all"] for h in HEURISTICS if h in e} for qt, e in s["heuristics"].items() if qt == "belief"}
     print(json.dumps({k: s[k] for k in ("made", "skipped", "seconds", "splits")} | {"heuristics": heur, "failures": len(s["failures"]), "out": str(a.out)}))
     return 1 if s["failures"] else 0
