@@ -66,16 +66,15 @@ class VideoChat:
             vision = vision or model.config.vision_name
         else:
             vision = vision or "imagenet:mobilenet_v2"   # real ImageNet weights that ship in a package
-        whole = checkpoint and model.perception is not None
+        whole = bool(checkpoint) and model.perception is not None
         if whole and num_frames and num_frames != model.config.num_frames:
             raise VtomError(f"The checkpoint {checkpoint} reads {model.config.num_frames} frames (its tracker's time steps); drop --num-frames.")
         tower = None if whole else load_vision_tower(vision, device=device)
-        if checkpoint and not whole:
-            if tower.hidden_size != model.config.vision_hidden_size:
-                raise VtomError(f"The vision tower {vision} gives {tower.hidden_size}-wide features but the checkpoint "
-                                f"{checkpoint} expects {model.config.vision_hidden_size} ({model.config.vision_name}); "
-                                f"use --vision {model.config.vision_name}.")
-        else:
+        if checkpoint and not whole and tower.hidden_size != model.config.vision_hidden_size:
+            raise VtomError(f"The vision tower {vision} gives {tower.hidden_size}-wide features but the checkpoint "
+                            f"{checkpoint} expects {model.config.vision_hidden_size} ({model.config.vision_name}); "
+                            f"use --vision {model.config.vision_name}.")
+        if not checkpoint:
             lm, tok = load_llm(llm or "embedded", device=device)
             model = VideoLLM(VideoLLMConfig(lm_name=llm or "embedded", vision_name=vision, vision_hidden_size=tower.hidden_size,
                                             num_frames=num_frames or 100, num_spatial_tokens=tower.num_patches), lm, tok)
