@@ -100,3 +100,11 @@ def test_chat_names_the_believed_container_on_held_out_clips():
     clips = list(dict.fromkeys(r["vid_name"] for r in rows))[:3]
     talk = chat_transcripts(CHECKPOINT, SYNTH, clips)
     assert all(c["container right"] for c in talk), [(c["video"], c["believed"], c["turns"][0][1]) for c in talk]
+
+
+def test_tom_mind_preset_dry_run_is_clean_offline():
+    "`vtom run tom-mind --dry-run` finds the pipeline, its parameters and the embedded LM (the study's own check is `vtom mind --dry-run` above)."
+    import subprocess
+    import sys
+    res = subprocess.run([Path(sys.executable).parent / "vtom", "run", "tom-mind", "--dry-run"], capture_output=True, text=True)
+    assert res.returncode == 0 and "OK, ready to run" in res.stdout, res.stdout + res.stderr

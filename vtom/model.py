@@ -21,15 +21,15 @@ from .core import (VtomError, atomic_path, embedded_llm_path, get_device, get_dt
 __all__ = ['PROJECTOR_TYPES', 'MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES',
            'VIDEO_TOKEN', 'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX',
            'TRACKER_PLACES', 'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS',
-           'OBSERVATION_COLUMNS', 'NUM_SLOTS', 'MIND_STATE_DIM', 'MIND_LABEL', 'CONFIG_NAME', 'WEIGHTS_NAME',
-           'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation',
-           'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns',
-           'add_video_tokens', 'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch',
-           'TemporalProjector', 'build_projector', 'zero_projector_output', 'GraphProjector', 'MentalStateTracker',
-           'tracker_loss', 'observation_slices', 'FramePerception', 'perception_loss', 'observation_rows',
-           'MindTracker', 'MindReading', 'place_name', 'mind_segments', 'false_belief_onset', 'layout_line',
-           'mind_timeline', 'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask',
-           'save_mind', 'mind_config']
+           'OBSERVATION_COLUMNS', 'NUM_SLOTS', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME',
+           'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'VIDEO_CHATGPT_LM', 'ModelLoadError',
+           'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig',
+           'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
+           'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
+           'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'FramePerception',
+           'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name', 'mind_segments',
+           'false_belief_onset', 'layout_line', 'mind_timeline', 'with_mind', 'SocialProjector', 'add_social_tokens',
+           'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -533,13 +533,14 @@ def _situation(obs_row: torch.Tensor | None, sees: float) -> str:
     return "looks away" if gaze == "away" else "watches"
 
 def mind_segments(reading: MindReading) -> list[dict]:
-    "Runs of frames in which A's situation, A's believed place, B's idea of it and A's false-belief flag stay the same, with the object's path."
+    "Runs of frames in which A's situation, A's believed place, B's idea of it and A's false-belief flag stay the same, with the object's path (and B's belief at the run's end)."
     n, ts = len(reading.timestamps), list(reading.timestamps)
     if n == 0: return []
     obs = reading.observations
     a_sit = _smooth([_situation(None if obs is None else obs[i], float(reading.flags[i, 0])) for i in range(n)])
     a_thinks = _smooth([TRACKER_PLACES[int(reading.places[i, 0].argmax())] for i in range(n)])
     b_thinks_a = _smooth([TRACKER_PLACES[int(reading.places[i, 2].argmax())] for i in range(n)])
+    b_thinks = _smooth([TRACKER_PLACES[int(reading.places[i, 1].argmax())] for i in range(n)])
     wrong = _smooth([bool(reading.flags[i, 2] > 0.5) for i in range(n)])
     seen = None
     if obs is not None:
@@ -553,7 +554,8 @@ def mind_segments(reading: MindReading) -> list[dict]:
         path = [] if seen is None else [p for p in seen[start:i] if p != "hidden"]
         path = [p for j, p in enumerate(path) if j == 0 or p != path[j - 1]]
         segs.append({"start": round(ts[start], 1), "end": round(ts[i] if i < n else ts[-1] + step, 1), "A": keys[start][0],
-                     "A thinks": keys[start][1], "B thinks A thinks": keys[start][2], "A wrong": keys[start][3], "object": path})
+                     "A thinks": keys[start][1], "B thinks A thinks": keys[start][2], "A wrong": keys[start][3], "object": path,
+                     "B thinks": b_thinks[i - 1]})
         start = i
     return segs
 
@@ -567,17 +569,23 @@ def layout_line(containers: Sequence[str] | None) -> str:
     "The perceived containers as one line (what the LM needs to name a slot)."
     return f"Containers, left to right: {', '.join(containers)}." if containers else "Containers: not seen."
 
+MIND_KEYS = ("A thinks", "B thinks A thinks", "A wrong")
+
 def mind_timeline(reading: MindReading) -> str:
-    "The text route: the layout line, then one line per segment ('[3.1-6.0 s] A away; object: red box > blue jar; A thinks: red box (wrong)')."
+    "The text route: the layout line, then a line per segment in which the object moves or a belief changes ('3.1s A away; object B's hand > blue jar; A thinks red box (wrong)')."
     segs, cont = mind_segments(reading), reading.containers
-    lines = [f"{MIND_LABEL}. {layout_line(cont)}"]
+    name = lambda p: place_name(p, cont)
+    lines, last = [f"{MIND_LABEL}. {layout_line(cont)}"], None
     for k, s in enumerate(segs):
-        name = lambda p: place_name(p, cont)
-        parts = [f"[{s['start']:.1f}-{s['end']:.1f} s] A {s['A']}"]
-        if s["object"]: parts.append("object: " + " > ".join(name(p) for p in s["object"]))
-        parts.append(f"A thinks: {name(s['A thinks'])}" + (" (wrong)" if s["A wrong"] else ""))
-        if s["B thinks A thinks"] != s["A thinks"] or k == len(segs) - 1: parts.append(f"B thinks A thinks: {name(s['B thinks A thinks'])}")
+        end = k == len(segs) - 1
+        if not (s["object"] or end or last is None or any(s[x] != last[x] for x in MIND_KEYS)): continue   # only A's whereabouts changed
+        parts = [f"{s['start']:.1f}s A {s['A']}"]
+        if s["object"]: parts.append("object " + " > ".join(name(p) for p in s["object"]))
+        parts.append(f"A thinks {name(s['A thinks'])}" + (" (wrong)" if s["A wrong"] else ""))
+        if s["B thinks A thinks"] != s["A thinks"] or end: parts.append(f"B thinks A thinks {name(s['B thinks A thinks'])}")
+        if end: parts.append(f"B thinks {name(s['B thinks'])}")   # B moved it: where it is at the end
         lines.append("; ".join(parts))
+        last = s
     return "\n".join(lines)
 
 def with_mind(text: str, mind: str | None) -> str:

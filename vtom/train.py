@@ -190,6 +190,8 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
+    lora_layers: int = _opt(0, "LoRA on the last N decoder layers only (0: every layer); with --no-train-projector the backward pass stops below them")
+    train_projector: bool = _opt(True, "train the video projector and the <vid_start>/<vid_end> rows (--no-train-projector: keep them as initialised)")
     preset: str = _opt("auto", "defaults for unset options: auto (reference on CUDA, cpu otherwise), reference, cpu")
     learning_rate: float | None = _opt(None, "default: from the preset")
     epochs: float | None = _opt(None, "default: from the preset")
@@ -285,15 +287,19 @@ def training_arguments(cfg: TrainConfig, derived: dict, evaluate: bool = False, 
         ddp_find_unused_parameters=text_only, disable_tqdm=not sys.stderr.isatty())
 
 # %% ../nbs/04_train.ipynb #a0bf9408
-def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str | Sequence[str] = "q_proj,k_proj,v_proj,o_proj"):
-    "Wrap `model.lm` with peft LoRA adapters (trainable) on the `targets` linear layers; returns the model."
+def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str | Sequence[str] = "q_proj,k_proj,v_proj,o_proj",
+             last_layers: int = 0):
+    "Wrap `model.lm` with peft LoRA adapters (trainable) on the `targets` linear layers (of the last `last_layers` decoder layers; 0: all); returns the model."
     from peft import LoraConfig, get_peft_model
     targets = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
     names = {n.split(".")[-1] for n, _ in model.lm.named_modules()}
     if targets != ["all-linear"] and not set(targets) & names:
         raise VtomError(f"LoRA targets {targets} match no module of {model.config.lm_name}; e.g. {sorted(names)[:12]}.")
+    n = model.lm.config.num_hidden_layers
+    if last_layers < 0: raise VtomError(f"lora_layers={last_layers}: give a number of decoder layers (0: all {n}).")
+    layers = list(range(max(n - last_layers, 0), n)) if last_layers else None   # more layers than the LM has: all of them
     model.lm = get_peft_model(model.lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                                                   task_type="CAUSAL_LM"))
+                                                   layers_to_transform=layers, task_type="CAUSAL_LM"))
     return model
 
 def _has_lora(model) -> bool: return hasattr(model.lm, "peft_config")
@@ -464,7 +470,8 @@ def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: in
                             **{k: v for k, v in mind.items() if k in MIND_FIELDS})
     model = VideoLLM(config, lm, tok)
     if cfg.mind: model.load_mind(cfg.mind)
-    if cfg.lora: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if not cfg.train_projector: model.projector.requires_grad_(False), model.video_embeddings.requires_grad_(False)
+    if cfg.lora: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.lora_layers)
     model.lm.config.use_cache = False
     return model
 
