@@ -26,10 +26,10 @@ __all__ = ['PROJECTOR_TYPES', 'MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYS
            'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig',
            'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
            'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
-           'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'FramePerception',
-           'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name', 'mind_segments',
-           'false_belief_onset', 'layout_line', 'mind_timeline', 'with_mind', 'SocialProjector', 'add_social_tokens',
-           'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config']
+           'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'LayoutReader',
+           'FramePerception', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name',
+           'mind_segments', 'false_belief_onset', 'layout_line', 'mind_timeline', 'with_mind', 'SocialProjector',
+           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -427,6 +427,20 @@ def observation_slices() -> dict[str, slice]:
     for g, vs in OBSERVATION_GROUPS.items(): out[g], i = slice(i, i + len(vs)), i + len(vs)
     return out
 
+class LayoutReader(nn.Module):
+    "Per container slot, a learned query attends over a feature map (content + learned positions) and names what it finds: logits `[B, slots, classes]`."
+    def __init__(self, channels: int, slots: int, classes: int, grid: int = 14, width: int = 64):
+        super().__init__()
+        self.pool, self.proj = nn.AdaptiveAvgPool2d(grid), nn.Conv2d(channels, width, 1)
+        self.pos = nn.Parameter(torch.randn(width, grid, grid) * 0.1)
+        self.query = nn.Parameter(torch.randn(slots, width) * 0.1)
+        self.out = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Linear(128, classes))
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        f = self.proj(self.pool(fmap)).flatten(2)                                           # [B, w, g*g]
+        att = torch.einsum("kw,bwn->bkn", self.query, f + self.pos.flatten(1)).softmax(-1)   # where slot k's container is
+        return self.out(torch.einsum("bkn,bwn->bkw", att, f))
+
 class FramePerception(nn.Module):
     "A small CNN from uint8 frames `[B, H, W, 3]` to logits over `OBSERVATION_COLUMNS` (one softmax per group); with `colours`/`kinds`, it also names the containers."
     def __init__(self, channels: Sequence[int] = (32, 48, 64, 96), hidden: int = 256, colours: Sequence[str] = (), kinds: Sequence[str] = ()):
@@ -436,14 +450,15 @@ class FramePerception(nn.Module):
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten())   # 7 x 7 keeps where things are
         self.head = nn.Sequential(nn.Linear(c * 49, hidden), nn.ReLU(), nn.Linear(hidden, len(OBSERVATION_COLUMNS)))
         self.colours, self.kinds = tuple(colours), tuple(kinds)   # container vocabularies, "none" first (an empty slot)
-        self.layout = nn.Linear(c * 49, NUM_SLOTS * (len(self.colours) + len(self.kinds))) if self.colours else None
+        self.split = 3 * (len(channels) - 1)   # body[:split]: the feature map (1/8 of the frame side) the layout reader looks at
+        self.layout = LayoutReader(channels[-2], NUM_SLOTS, len(self.colours) + len(self.kinds)) if self.colours else None
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(frames.permute(0, 3, 1, 2).float() / 255))
 
     def layout_logits(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Per frame and slot: colour logits `[B, 4, C]` and kind logits `[B, 4, K]`."
-        z = self.layout(self.body(frames.permute(0, 3, 1, 2).float() / 255)).unflatten(-1, (NUM_SLOTS, -1))
+        z = self.layout(self.body[:self.split](frames.permute(0, 3, 1, 2).float() / 255))
         return z[..., :len(self.colours)], z[..., len(self.colours):]
 
     @torch.no_grad()
@@ -460,7 +475,7 @@ class FramePerception(nn.Module):
         self.eval()
         col, kind = (torch.cat(z).log_softmax(-1).sum(0) for z in zip(*(self.layout_logits(frames[i:i + 128]) for i in range(0, len(frames), 128))))
         names = [(self.colours[int(c)], self.kinds[int(k)]) for c, k in zip(col.argmax(-1), kind.argmax(-1))]
-        return [f"{c} {k}" for c, k in names if c != "none"]
+        return [" ".join(x for x in (c, k) if x != "none") for c, k in names if c != "none"]
 
 def perception_loss(logits: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
     "Sum over groups of the cross-entropy against one-hot observation rows `[B, D]`."
