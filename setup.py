@@ -30,12 +30,15 @@ setuptools.setup(
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=["vtom", "vtom.*"]),
     include_package_data=True,
-    package_data={"vtom": ["pipelines/*.yaml", "presets/*.yaml"]},  # `vtom run`'s pipelines and presets (data)
+    package_data={"vtom": ["pipelines/*.yaml", "presets/*.yaml",   # `vtom run`'s pipelines and presets (data)
+                           "lmms_tasks/*.yaml", "lmms_tasks/_*_yaml", "lmms_tasks/utils.py"]},   # the lmms-eval task pack
     install_requires=_reqs("requirements"),
     extras_require={
         "gpu": _reqs("gpu_requirements"),
         "audio": _reqs("audio_requirements"),
+        "decode": _reqs("decode_requirements"),
         "dev": _reqs("dev_requirements"),
+        "lmms": _reqs("lmms_requirements"),
     },
     python_requires=">=" + min_python,
     long_description=open("README.md", encoding="utf-8").read(),
@@ -44,6 +47,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": cfg["console_scripts"].split(),
         "nbdev": [f'{cfg["lib_path"]}={cfg["lib_path"]}._modidx:d'],
+        "lmms_eval.models": cfg["lmms_entry_points"].split(),
     },
     author=cfg["author"],
     author_email=cfg["author_email"],

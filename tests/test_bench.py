@@ -55,6 +55,18 @@ def test_make_gpu_check_runs_on_cpu_at_toy_sizes(tmp_path):
     assert any(run.get("tokens_per_s") for run in rep["lm_train"]["runs"]) and rep["machine"]["cpu"]["cores"] >= 1
     social = rep["social"]  # the social signals at toy size: frames/s and real-time factors (espeak-ng makes the speech)
     assert social["frames_per_s"] > 0 and social["frames"] == 16 and 0 < social["asr_rtf"] and 0 < social["vad_rtf"], social
+    check_e2e_and_recipe(rep)
+
+
+def check_e2e_and_recipe(rep: dict) -> None:
+    "The end-to-end section (every step passed, on the check's device) and the recipe estimate of a gpu-check report."
+    e2e = rep["e2e"]
+    assert e2e["ok"] and e2e["device"] == rep["device"], [s for s in e2e["steps"] if not s["ok"]]
+    assert [s["step"] for s in e2e["steps"]] == ["synth", "features", "train", "train temporal + lora", "eval", "chat", "temporal --dry-run"]
+    assert all(s["seconds"] > 0 and "error" not in s for s in e2e["steps"]) and rep["ok"]
+    recipe = rep["recipe"]
+    assert recipe["hours_one_gpu"] > 0 and recipe["per_gpu_batch_size"] >= 1 and "Video-ChatGPT recipe" in recipe["summary"]
+    assert recipe["recipe"]["tokens"] == 100_000 * 3 * rep["lm_train"]["tokens_per_sample"]
 
 
 def test_bench_list_and_routes(capsys):
@@ -82,3 +94,28 @@ def test_bench_train_prints_one_json_line(capsys):
     assert bench_train_main(["--llm", "tiny", "--steps", "1", "--num-frames", "4", "--num-spatial-tokens", "4", "--vision-hidden-size", "16"]) == 0
     rec = json.loads(capsys.readouterr().out.strip())
     assert rec["frozen"]["params_with_grad"] < rec["naive"]["params_with_grad"] and rec["frozen_speedup"] > 0
+
+
+def test_bench_decode_pool_one_line_per_setting(tmp_path, capsys):
+    "`vtom bench decode --workers 1 2 --pool thread process`: one JSON line per setting, CPU time beside wall time."
+    from vtom.bench import bench_decode_main
+    from vtom.decode import make_test_video
+    clip = make_test_video(tmp_path / "c.mp4", seconds=2.0, fps=10, size=(64, 48))
+    assert bench_decode_main([str(clip), "--workers", "1", "2", "--pool", "thread", "process", "--num-frames", "5", "--videos", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(r["pool"], r["workers"]) for r in lines] == [("thread", 1), ("thread", 2), ("process", 1), ("process", 2)]
+    assert all(r["frames"] == 10 and r["cpu_s"] > 0 and r["ffmpeg_threads"] == 1 for r in lines)
+    assert "speedup_vs_1_worker" in lines[1] and "speedup_vs_1_worker" in lines[3]
+
+
+def test_recipe_estimate_picks_what_fits():
+    from vtom.bench import recipe_estimate
+    rec = {"batch_size": 4, "tokens_per_sample": 456, "lm_parameters": 6_738_415_616, "dtype": "bfloat16",
+           "runs": [{"attn": "sdpa", "checkpointing": True, "tokens_per_s": 10649.0, "peak_gpu_gib": 13.8},
+                    {"attn": "sdpa", "checkpointing": False, "tokens_per_s": 15077.0, "peak_gpu_gib": 20.5},
+                    {"attn": "eager", "checkpointing": False, "error": "out of memory"}]}
+    big, small = recipe_estimate(rec, 139.8), recipe_estimate(rec, 16.0)
+    assert (big["per_gpu_batch_size"], big["gradient_checkpointing"], big["gradient_accumulation"]) == (32, False, 1)
+    assert (small["per_gpu_batch_size"], small["gradient_checkpointing"], small["gradient_accumulation"]) == (4, True, 8)
+    assert abs(big["hours_one_gpu"] - 100_000 * 3 * 456 / 15077 / 3600) < 0.01 and small["hours_one_gpu"] > big["hours_one_gpu"]
+    assert recipe_estimate({"runs": []}) == {"skipped": "no training run was measured"}

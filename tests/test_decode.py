@@ -331,3 +331,43 @@ def test_pyav_refuses_frames_it_cannot_place(videos, monkeypatch):
     monkeypatch.setattr(D, "_scan", shifted)
     with pytest.raises(D.VideoDecodeError, match=r"frame \d+ could not be checked"):
         D.read_video(videos["counter"], num_frames=4, backend="pyav")
+
+
+def test_backend_that_does_not_load_is_one_clear_error(monkeypatch):
+    "A backend that is missing (or whose libraries do not load, e.g. torchcodec without FFmpeg) is refused by name, with the fix."
+    monkeypatch.setattr(D, "has_package", lambda name: False)
+    D.backend_problem.cache_clear()
+    try:
+        assert D.available_backends() == ["pyav"] and D.pick_backend("auto") == "pyav"
+        with pytest.raises(VtomError, match="torchcodec.*not installed.*apt-get install ffmpeg"): D.pick_backend("torchcodec")
+    finally: D.backend_problem.cache_clear()
+
+
+@pytest.mark.skipif("torchcodec" not in BACKENDS, reason="torchcodec not usable here")
+def test_torchcodec_frames_are_checked_like_decords(videos, monkeypatch):
+    "torchcodec's frames equal PyAV's; a picture that differs from PyAV's at the same timestamp fails the video."
+    a = D.read_video(videos["short_gop"], num_frames=12, backend="torchcodec", threads=1)
+    b = D.read_video(videos["short_gop"], num_frames=12, backend="pyav")
+    assert np.array_equal(a.frames, b.frames) and a.backend == "torchcodec"
+    real = D._decode_pyav
+    monkeypatch.setattr(D, "_decode_pyav", lambda *args, **kw: (f // 2 for f in real(*args, **kw)))   # a wrong reference
+    with pytest.raises(D.VideoDecodeError, match="torchcodec returned the wrong picture for frame"):
+        D.read_video(videos["short_gop"], num_frames=12, backend="torchcodec")
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_decode_pool_in_order_with_errors_and_no_leftovers(videos, tmp_path, kind):
+    "A pool gives each video's clip in order (the same frames as read_video), a bad file as its error, and frees its memory."
+    bad = tmp_path / "bad.mp4"; bad.write_bytes(b"not a video")
+    paths = [videos["counter"], bad, videos["short_gop"], videos["counter"]]
+    before = set(D._SHM.glob("vtom-*")) if D._SHM.is_dir() else set()
+    with D.DecodePool(2, kind) as pool:
+        got = list(pool.map(paths, num_frames=7, as_tensor=True))
+        assert [p for p, _ in got] == paths and isinstance(got[1][1], D.VideoDecodeError) and "bad.mp4" in str(got[1][1])
+        for (p, clip) in (got[0], got[2]):
+            assert np.array_equal(clip.frames.numpy(), D.read_video(p, num_frames=7).frames) and len(clip) == 7
+        repeated = next(pool.map([videos["counter"]], indices=[3, 3, 5]))[1]   # repeated indices: a copy, still shared
+        assert [D.read_counter(f) for f in repeated.frames] == [3, 3, 5]
+        del got, repeated
+    assert pool.threads == 1 and (not D._SHM.is_dir() or set(D._SHM.glob("vtom-*")) == before)
+    with pytest.raises(VtomError, match="thread.*process"): D.DecodePool(2, "fork")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vtom.core import VtomError
-from vtom.model import (IGNORE_INDEX, VID_PATCH_TOKEN, VIDEO_TOKEN, ModelLoadError, VideoLLM, VideoLLMConfig, add_video_tokens, build_prompt,
+from vtom.model import (IGNORE_INDEX, VID_PATCH_TOKEN, VID_START_TOKEN, VIDEO_TOKEN, ModelLoadError, VideoLLM, VideoLLMConfig, add_video_tokens, build_prompt,
                         load_llm, pad_batch, tiny_llm, tokenize_conversation)
 
 
@@ -213,3 +213,43 @@ def test_social_tokens_shapes_splice_and_checkpoint_round_trip(tmp_path):
     plain = VideoLLM(VideoLLMConfig(lm_name="tiny", vision_hidden_size=16, num_frames=3, num_spatial_tokens=4), lm, tok)
     with pytest.raises(ModelLoadError, match="social projector"): plain.load_weights(tmp_path / "ck")
     with pytest.raises(VtomError, match="--social-store"): plain(**batch)
+
+
+def _kept_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    "Tensors `model` keeps outside its parameters and buffers: plain attributes of any submodule, and what its hooks captured."
+    from torch.utils.hooks import RemovableHandle
+    found = []
+    def captured(where, fn):
+        fn = getattr(fn, "func", fn)  # a functools.partial
+        cells = [c.cell_contents for c in getattr(fn, "__closure__", None) or () if c.cell_contents is not None]
+        found.extend((where, v) for v in cells + list(getattr(fn, "__defaults__", None) or ()) if isinstance(v, torch.Tensor))
+    for name, mod in model.named_modules():
+        for key, val in vars(mod).items():
+            if isinstance(val, torch.Tensor): found.append((f"{name}.{key}", val))
+            elif isinstance(val, RemovableHandle) and (hooks := val.hooks_dict_ref()) is not None:
+                for fn in hooks.values(): captured(f"{name}.{key}", fn)
+        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            for fn in (getattr(mod, kind, None) or {}).values(): captured(f"{name}.{kind}", fn)
+    return found
+
+
+@pytest.mark.parametrize("projector_type", ["linear", "temporal"])
+def test_everything_the_model_keeps_follows_to_and_backward_runs(projector_type):
+    "Regression (issue 25): the video_embeddings gradient hook kept a CPU float32 mask, so `.to(cuda)` training crashed."
+    lm, tok = tiny_llm()
+    cfg = VideoLLMConfig(vision_hidden_size=16, num_frames=3, num_spatial_tokens=4, projector_type=projector_type, social_dim=5)
+    model = VideoLLM(cfg, lm, tok)
+    item = tokenize_conversation(tok, [{"role": "user", "content": "<video> why?"}, {"role": "assistant", "content": "because"}], "chat", 7)
+    batch = pad_batch([dict(item, video_features=torch.randn(7, 16))], tok.pad_token_id)
+    model.to(torch.float64).train()   # a second dtype: a full forward and backward on the CPU
+    model(**batch).loss.backward()
+    g, rows = model.video_embeddings.grad, model._row
+    assert g.dtype == torch.float64 and g[rows[VID_PATCH_TOKEN]].abs().sum() == 0 and g[rows[VIDEO_TOKEN]].abs().sum() == 0
+    assert g[rows[VID_START_TOKEN]].abs().sum() > 0 and all(p.grad is not None for p in model.projector.parameters())
+    for where, t in _kept_tensors(model):
+        assert t.device == model.device and (not t.is_floating_point() or t.dtype == torch.float64), f"{where} stayed {t.device} {t.dtype}"
+    model.to("meta")                  # another device: the hook runs on a meta gradient, and nothing kept stayed behind
+    model.zero_grad(set_to_none=True)
+    (model.video_embeddings * 2).sum().backward()
+    assert model.video_embeddings.grad.device.type == "meta"
+    for where, t in _kept_tensors(model): assert t.device.type == "meta", f"{where} stayed on {t.device}"

@@ -8,12 +8,18 @@ from pathlib import Path
 import nbdev.test as nbtest  # imported as a module so pytest does not collect nbdev's `test_nb`
 import pytest
 
+from vtom.core import has_package
+
 NBS = sorted((Path(__file__).resolve().parents[1] / "nbs").glob("[0-9]*.ipynb"))
 FORCE = [f for f in os.environ.get("VTOM_TEST_FLAGS", "").split(",") if f]
+# notebooks of an optional extra: skipped (with the reason) where it is not installed; `make install` installs them all
+NEEDS = {"12_lmms": ("lmms_eval", "lmms-eval is not installed: pip install -e '.[lmms]' (`make install` does)")}
 
 
 @pytest.mark.parametrize("notebook", NBS, ids=[p.stem for p in NBS])
 def test_notebook(notebook: Path):
+    package, reason = NEEDS.get(notebook.stem, (None, ""))
+    if package and not has_package(package): pytest.skip(reason)
     ok, seconds = nbtest.test_nb(notebook, skip_flags=["slow", "gpu"], force_flags=FORCE, showerr=True)
     assert ok, f"{notebook.name} failed (the traceback is printed above); open it in Jupyter to debug"
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import nbformat
 
-from .core import FolderLock, Interrupted, VtomError, atomic_path, get_logger, git_commit, package_versions, runs_dir, write_json
+from .core import FolderLock, Interrupted, VtomError, atomic_path, open_nofollow, get_logger, git_commit, package_versions, runs_dir, write_json
 
 # %% auto #0
 __all__ = ['PIPELINES', 'PRESETS', 'PipelineError', 'package_dir', 'nbs_dir', 'find_notebook', 'Stage', 'Preset',
@@ -37,7 +37,7 @@ __all__ = ['PIPELINES', 'PRESETS', 'PipelineError', 'package_dir', 'nbs_dir', 'f
            'execute_command', 'package_hashes', 'changed_code', 'environment', 'mark_stale_report', 'clean_outputs',
            'run_pipeline', 'merge_metrics', 'flatten', 'write_report', 'load_pipeline', 'load_preset',
            'load_definitions', 'get_pipeline', 'get_preset', 'check_model', 'parameter_type_problem', 'notebook_names',
-           'metric_problems', 'check_pipeline', 'run_main']
+           'metric_problems', 'check_pipeline', 'from_cwd', 'run_main']
 
 # %% ../nbs/09_batch.ipynb #9c56d72f
 class PipelineError(VtomError):
@@ -206,7 +206,7 @@ def cell_flags(source: str) -> set[str]:
 
 def _collect_metrics(namespace: dict, expressions: dict, path: str) -> dict:
     "Runs inside the stage's kernel: write the namespace's `vtom_metrics` dict plus evaluated expressions to `path` as JSON."
-    import json, math, os, warnings
+    import json, math, warnings
     def plain(v, depth=0):
         if depth > 6: return str(v)
         if hasattr(v, "detach"): v = v.detach().cpu()
@@ -236,9 +236,8 @@ def _collect_metrics(namespace: dict, expressions: dict, path: str) -> dict:
         found["_resources"] = {"cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 1),
                                "peak_rss_mb": round(peak_rss_mb())}
     except Exception: pass
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f: json.dump(found, f, indent=2)
-    os.replace(tmp, path)
+    from vtom.core import write_json   # atomic, never through a link planted at `path`
+    write_json(path, found)
     return found
 
 _COLLECTOR_SOURCE = inspect.getsource(_collect_metrics)  # read once: the file may change while a long run goes on
@@ -297,6 +296,11 @@ def _stage_error(e: Exception) -> dict:
     return {"type": getattr(e, "ename", type(e).__name__), "message": str(getattr(e, "evalue", e))[:2000],
             "cell": getattr(e, "exec_count", None), "source": (getattr(e, "source", "") or "")[:600]}
 
+def _log_file(path: str | Path, mode: str = "w"):
+    "A log file of the run folder, opened for writing (`w`) or appending (`ab`) without following a link planted there."
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+    return os.fdopen(open_nofollow(path, flags), mode)
+
 def _kernel_manager_class(log_path: str | Path | None = None):
     "Jupyter's kernel manager, on private IPC sockets where possible, with the kernel's own stdout/stderr sent to `log_path`."
     from jupyter_client.manager import AsyncKernelManager
@@ -310,7 +314,7 @@ def _kernel_manager_class(log_path: str | Path | None = None):
         def _default_ip(self): return os.path.join(tempfile.mkdtemp(prefix="vtom-kernel-"), "ipc") if ipc else "127.0.0.1"
         async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
             if log_path is None: return await super()._async_launch_kernel(kernel_cmd, **kw)
-            with open(log_path, "ab") as f:  # C-level output (FFmpeg warnings...) and kernel warnings, not cell outputs
+            with _log_file(log_path, "ab") as f:  # C-level output (FFmpeg warnings...) and kernel warnings, not cell outputs
                 kw.setdefault("stdout", f)
                 kw.setdefault("stderr", f)
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
@@ -370,8 +374,8 @@ def _vtom_argv(argv: list[str], modules_file: str | Path | None = None) -> list[
     "`vtom ...` -> this interpreter's vtom (never another installation from PATH); at exit it writes the vtom modules it loaded and its peak memory to `modules_file`."
     if not argv or argv[0] != "vtom": return argv
     record = "" if modules_file is None else (
-        "import atexit, json; from vtom.core import peak_rss_mb; atexit.register(lambda: open(%r, 'w').write(json.dumps({'modules': "
-        "sorted(m for m in sys.modules if m == 'vtom' or m.startswith('vtom.')), 'peak_rss_mb': peak_rss_mb()}))); " % str(modules_file))
+        "import atexit; from vtom.core import peak_rss_mb, write_json; atexit.register(lambda: write_json(%r, {'modules': "
+        "sorted(m for m in sys.modules if m == 'vtom' or m.startswith('vtom.')), 'peak_rss_mb': peak_rss_mb()})); " % str(modules_file))
     return [sys.executable, "-c", f"import sys; {record}from vtom.cli import main; sys.exit(main())", *argv[1:]]
 
 def _run_measured(argv: list[str], cwd: Path, out: Any, timeout: float | None = None) -> tuple[int, dict]:
@@ -405,7 +409,7 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
     places = {**_places(run_dir), **{k: "" if v is None else str(v) for k, v in parameters.items()}}
     argv = [re.sub(r"\{(\w+)\}", lambda m: places.get(m.group(1), m.group(0)), a) for a in stage.command]
     start, error, used = time.time(), None, {}
-    with open(log, "w") as f:
+    with _log_file(log, "w") as f:
         f.write("$ " + " ".join(argv) + "\n")
         f.flush()
         try:
@@ -432,7 +436,7 @@ def execute_command(stage: Stage, index: int, parameters: dict[str, Any], run_di
         for k, fig in enumerate(fill_placeholders(list(stage.figures), places), 1):
             if Path(fig).is_file():
                 dest = run_dir / "figures" / f"{index:02d}_{stage.name}_{k}.png"
-                shutil.copyfile(fig, dest)
+                with atomic_path(dest) as tmp: shutil.copyfile(fig, tmp)
                 figures.append(str(dest.relative_to(run_dir)))
     loaded = json.loads(modules.read_text()) if modules.is_file() else {}   # a `vtom` command's own report
     modules.unlink(missing_ok=True)
@@ -934,6 +938,16 @@ def _listing(target: str | None, preset_name: str | None) -> str:
             rows.append(f"     {p} = {val}" + (f"   # {info['help']}" if info["help"] else ""))
     return "\n".join(rows + [f"problem: {m}" for m in problems])
 
+def from_cwd(key: str, value: Any, stages: list[Stage]) -> Any:
+    "A `-p` value that is a relative path, made absolute against the folder the command was typed in (the notebooks run in nbs/)."
+    if not isinstance(value, str) or not value or os.path.isabs(value) or value.startswith(("~", "{")) or ":" in value: return value
+    name, here = key.split(".")[-1], Path.cwd() / value
+    inputs = {p for s in stages for p in s.inputs}
+    models = {p for s in stages for p in s.models}
+    if here.exists() or name in inputs or value.startswith(("./", "../")) or ("/" in value and name not in models):
+        return str(here)
+    return value   # a name (a tower, an LM on the hub, "auto"...), not a path
+
 def run_main(argv: list[str] | None = None) -> int:
     "`vtom run TARGET [-p KEY VALUE ...] [--preset P] [--out DIR] [--dry-run] [--from STAGE] [--list]`."
     parser = argparse.ArgumentParser(prog="vtom run", description="Run the pipeline notebooks with papermill into a run folder "
@@ -956,7 +970,7 @@ def run_main(argv: list[str] | None = None) -> int:
         return 0
     if not args.target: parser.error("give a preset, pipeline or notebook to run (see `vtom run --list`)")
     name, stages, preset = _target(args.target, args.preset)
-    overrides = {k: parse_value(v) for k, v in args.param}
+    overrides = {k: from_cwd(k, parse_value(v), stages) for k, v in args.param}
     out = Path(args.out) if args.out else runs_dir() / name
     if args.dry_run:
         problems = check_pipeline(stages, preset, overrides, out)

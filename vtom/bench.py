@@ -19,9 +19,10 @@ import torch
 from .core import cache_dir, get_device, package_versions, write_json
 
 # %% auto #0
-__all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'try_import', 'machine_report', 'fitting_presets',
-           'bench_features', 'bench_decode', 'bench_decode_main', 'bench_features_main', 'tower_profile',
-           'random_llama', 'bench_lm_train', 'bench_train', 'bench_train_main', 'gpu_check', 'doctor_main']
+__all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'VIDEO_CHATGPT_RECIPE', 'try_import', 'machine_report',
+           'fitting_presets', 'bench_features', 'bench_decode', 'bench_decode_main', 'cpu_seconds', 'bench_decode_pool',
+           'bench_features_main', 'tower_profile', 'random_llama', 'bench_lm_train', 'bench_train', 'bench_train_main',
+           'e2e_check', 'recipe_estimate', 'gpu_check', 'gpu_check_summary', 'doctor_main']
 
 # %% ../nbs/11_bench.ipynb #5642ea50
 from .features import cpu_has_amx
@@ -82,16 +83,18 @@ def _sync(device: torch.device):
     if device.type == "cuda": torch.cuda.synchronize(device)
 
 def bench_features(vision: str = "random:ViT-L-14", dtype: str = "fp16", device: str = "auto", video: str | Path | None = None,
-                   num_frames: int = 100, batch_size: int = 50, repeats: int = 3, copies: int = 4, workers: int = 2) -> dict:
+                   num_frames: int = 100, batch_size: int = 50, repeats: int = 3, copies: int = 4, workers: int = 2,
+                   pool: str = "auto") -> dict:
     "Tower frames/s, decoding frames/s, pipeline frames/s, busy fraction and decode-boundness for one tower and dtype."
     import tempfile
-    from vtom.decode import bench_video, read_video
+    from vtom.decode import DecodePool, bench_video, clear_index_cache, read_video
     from vtom.features import extract_to_store, load_vision_tower, preprocess_frames
     dev = get_device(device)
     video = Path(video) if video else bench_video()
     t_dec = []
-    for _ in range(2):
-        t0 = time.perf_counter(); clip = read_video(video, num_frames); t_dec.append(time.perf_counter() - t0)
+    for _ in range(2):   # one decoder with one FFmpeg thread: what each pool worker delivers
+        clear_index_cache()
+        t0 = time.perf_counter(); clip = read_video(video, num_frames, threads=1); t_dec.append(time.perf_counter() - t0)
     n = len(clip.frames)
     tower = load_vision_tower(vision, device=dev, dtype=dtype)
     px = preprocess_frames(clip.frames, tower.image_size, tower.mean, tower.std, device=dev, dtype=tower.dtype)
@@ -106,13 +109,17 @@ def bench_features(vision: str = "random:ViT-L-14", dtype: str = "fp16", device:
     for k in range(copies):
         links.append(tmp / "videos" / f"copy{k}{video.suffix}"); links[-1].parent.mkdir(exist_ok=True); links[-1].symlink_to(video.resolve())
     if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    s = extract_to_store(links, tmp / "store", tower, num_frames, batch_size, workers=workers, progress=False)
-    _sync(dev); wall = time.perf_counter() - t0
+    kind = pool if pool != "auto" else "process" if dev.type == "cuda" and workers > 1 else "thread"
+    with DecodePool(workers, kind) as decoder:
+        decoder.warm()   # workers spawned and imported before the clock starts, as in a long run
+        t0 = time.perf_counter()
+        s = extract_to_store(links, tmp / "store", tower, num_frames, batch_size, workers=workers, progress=False, pool=decoder)
+        _sync(dev); wall = time.perf_counter() - t0
     import shutil; shutil.rmtree(tmp, ignore_errors=True)
     decode_fps = n / min(t_dec)
     rec = {"bench": "features", "tower": vision, "dtype": dtype, "device": str(dev), "frames": n, "batch_size": batch_size,
            "tower_frames_per_s": round(tower_fps, 1), "decode_frames_per_s": round(decode_fps, 1), "decode_workers": workers,
+           "decode_pool": kind,
            "pipeline_frames_per_s": round(copies * n / wall, 1), "videos": copies, "failed": s["failed"],
            "busy_fraction": round(min(1.0, copies * n / tower_fps / wall), 3), "decode_bound": bool(decode_fps * workers < tower_fps)}
     if dev.type == "cuda": rec["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
@@ -124,7 +131,7 @@ def bench_features(vision: str = "random:ViT-L-14", dtype: str = "fp16", device:
 import statistics
 import subprocess
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .core import VtomError
 from .decode import BACKENDS, available_backends, bench_video, clear_index_cache, read_video, video_info, video_path
@@ -180,7 +187,7 @@ def bench_decode(video: str | Path | None = None, num_frames: int = 100, repeats
     return result
 
 def bench_decode_main(argv: list[str] | None = None) -> int:
-    "`vtom bench decode [VIDEO]`: print one JSON line comparing the decoding backends."
+    "`vtom bench decode [VIDEO]`: one JSON line comparing the backends; with --workers/--pool one line per decode-pool setting."
     parser = argparse.ArgumentParser(prog="vtom bench decode", description="Time sampling frames with each decoding backend.")
     parser.add_argument("video", nargs="?", help="a video file or packaged clip name (default: a generated 60 s 640x360 long-GOP clip)")
     parser.add_argument("--num-frames", type=int, default=100, help="frames to sample (default 100)")
@@ -188,10 +195,67 @@ def bench_decode_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="backends to time (default: all installed)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated clip (default 60)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-backend peak-memory runs")
+    parser.add_argument("--workers", type=int, nargs="+", help="decode-pool sizes to time, e.g. 1 2 (one JSON line per setting)")
+    parser.add_argument("--pool", nargs="+", choices=("thread", "process"), help="decode-pool kinds to time (default: both)")
+    parser.add_argument("--threads", type=int, help="FFmpeg threads per decoder in a pool (default: 1; 0 = FFmpeg's choice)")
+    parser.add_argument("--videos", type=int, help="copies of the clip each pool setting decodes (default: 4 per worker of the largest setting)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.num_frames < 1: raise VtomError("--repeats and --num-frames must be at least 1.")
+    if args.workers or args.pool:
+        if min(args.workers or [1]) < 1: raise VtomError("--workers must be at least 1.")
+        for rec in bench_decode_pool(args.video, args.workers or [1, 2], args.pool or ["thread", "process"], args.backends or ["pyav"],
+                                     args.num_frames, args.videos, args.threads, args.seconds):
+            print(json.dumps(rec), flush=True)
+        return 0
     print(json.dumps(bench_decode(args.video, args.num_frames, args.repeats, args.backends, args.seconds, not args.no_memory)))
     return 0
+
+# %% ../nbs/11_bench.ipynb #d447a866
+import shutil
+import tempfile
+
+from .decode import DecodePool
+
+def cpu_seconds() -> float:
+    "User + system CPU seconds of this process and its live children (decode workers) so far."
+    import psutil
+    total = 0.0
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
+        try: t = p.cpu_times(); total += t.user + t.system
+        except psutil.Error: pass   # a child that just ended
+    return total
+
+def bench_decode_pool(video: str | Path | None = None, workers: Sequence[int] = (1, 2), pools: Sequence[str] = ("thread", "process"),
+                      backends: Sequence[str] = ("pyav",), num_frames: int = 100, videos: int | None = None,
+                      threads: int | None = None, seconds: float = 60.0) -> Iterator[dict[str, Any]]:
+    "One record per (backend, pool, workers): frames/s, wall and CPU seconds of decoding `videos` copies of `video` with a `DecodePool`."
+    src = video_path(video) if video else bench_video(seconds)
+    n = videos or 4 * max(workers)
+    tmp = Path(tempfile.mkdtemp(prefix="vtom-bench-decode-"))
+    try:
+        copies = [tmp / f"copy{i}{src.suffix}" for i in range(n)]   # real copies: every video is opened and indexed afresh
+        for c in copies: shutil.copyfile(src, c)
+        for backend in backends:
+            for kind in pools:
+                one = None
+                for w in workers:
+                    clear_index_cache()
+                    with DecodePool(w, kind, 1 if threads is None else threads) as pool:
+                        pool.warm()   # spawning and importing happen before the clock starts
+                        c0, t0, frames = cpu_seconds(), time.perf_counter(), 0
+                        for path, clip in pool.map(copies, num_frames=num_frames, backend=backend):
+                            if isinstance(clip, Exception): raise VtomError(f"The benchmark could not decode {src}: {clip}")
+                            frames += len(clip)
+                        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+                    rec = {"bench": "decode-pool", "backend": backend, "pool": kind, "workers": w, "ffmpeg_threads": pool.threads,
+                           "videos": n, "frames": frames, "seconds": round(wall, 3), "frames_per_s": round(frames / wall, 1),
+                           "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(1000 * cpu / frames, 2), "cpus": os.cpu_count(),
+                           "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, "video": str(src)}
+                    if w == 1: one = rec
+                    elif one: rec["speedup_vs_1_worker"] = round(rec["frames_per_s"] / one["frames_per_s"], 3)
+                    yield rec
+    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/11_bench.ipynb #a2793145
 import numpy as np
@@ -463,57 +527,178 @@ def bench_train_main(argv: list[str] | None = None) -> int:
     print(json.dumps(rec))
     return 0
 
+# %% ../nbs/11_bench.ipynb #2881ea11
+import contextlib
+import io
+import traceback
+
+def _step(name: str, main, argv: list[str]) -> dict:
+    "Run one `vtom` entry point in this process: pass/fail, seconds and, on failure, the tail of the error."
+    out, err = io.StringIO(), io.StringIO()
+    t0, tail = time.perf_counter(), ""
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): rc = main(argv)
+    except SystemExit as e: rc = e.code            # argparse refused the arguments
+    except Exception: rc, tail = 1, traceback.format_exc()
+    rec = {"step": name, "ok": rc in (0, None), "seconds": round(time.perf_counter() - t0, 2)}
+    if not rec["ok"]: rec["error"] = (f"exit code {rc}\n" + err.getvalue()[-1000:] + tail)[-2500:]
+    return rec
+
+def e2e_check(device: str = "auto", llm: str = "tiny", vision: str = "random:ViT-B-32", work: str | Path | None = None,
+              steps: int = 3) -> dict:
+    "The pipeline end to end at toy sizes on `device`: synth, features, train (+ temporal LoRA), eval, chat, temporal --dry-run."
+    from vtom.evaluate import eval_main
+    from vtom.experiments import temporal_main
+    from vtom.features import features_main
+    from vtom.infer import chat_main
+    from vtom.synth import synth_main
+    from vtom.train import train_main
+    dev = str(get_device(device))
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="vtom-e2e-"))
+    synth, feats, ckpt = work / "synth", work / "features", work / "train"
+    train = [str(synth / "qa_train.json"), "--features", str(feats), "--llm", llm, "--device", dev, "--max-steps", str(steps),
+             "--batch-size", "2", "--global-batch-size", "2", "--no-eval-before"]
+    plan = [("synth", synth_main, lambda: [str(synth), "--num-videos", "4", "--size", "96", "--splits", "train=0.5,test=0.5",
+                                           "--no-contact-sheet"], ()),
+            ("features", features_main, lambda: [str(synth / "videos"), str(feats), "--vision", vision, "--num-frames", "8",
+                                                 "--device", dev, "--workers", "2", "--pool", "process", "--no-progress"], ("synth",)),
+            ("train", train_main, lambda: [*train, "-o", str(ckpt)], ("features",)),
+            ("train temporal + lora", train_main, lambda: [*train, "-o", str(work / "train-temporal-lora"), "--projector-type",
+                                                           "temporal", "--lora"], ("features",)),
+            ("eval", eval_main, lambda: ["synth", "--qa", str(synth / "qa_test.json"), "--features", str(feats), "--mode", "video",
+                                         "--checkpoint", str(ckpt), "--llm", llm, "--device", dev, "--out", str(work / "eval.json"),
+                                         "--no-progress"], ("train",)),
+            ("chat", chat_main, lambda: [str(min((synth / "videos").glob("*.mp4"))), "Where will she look for the ball?",
+                                         "--checkpoint", str(ckpt), "--llm", llm, "--device", dev, "--max-new-tokens", "8",
+                                         "--social", "off", "--no-cache", "--json"], ("train",)),
+            ("temporal --dry-run", temporal_main, lambda: ["--dry-run", "--out", str(work / "temporal"), "--device", dev], ())]
+    t0, results = time.perf_counter(), {}
+    for name, main, argv, needs in plan:
+        failed = [n for n in needs if not results[n]["ok"]]
+        results[name] = {"step": name, "ok": False, "skipped": f"needs {failed[0]}"} if failed else _step(name, main, argv())
+    steps_ = list(results.values())
+    return {"device": dev, "llm": llm, "vision": vision, "work": str(work), "steps": steps_, "ok": all(s["ok"] for s in steps_),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+# %% ../nbs/11_bench.ipynb #8a658c10
+VIDEO_CHATGPT_RECIPE = dict(samples=100_000, epochs=3, global_batch=32)   # VideoInstruct-100K, 3 epochs, batch 32 (DESIGN.md)
+
+def recipe_estimate(lm_train: dict, gpu_gib: float | None = None, recipe: dict = VIDEO_CHATGPT_RECIPE,
+                    headroom: float = 0.9) -> dict:
+    "Hours of the Video-ChatGPT recipe at the tokens/s of `bench_lm_train`, and the per-GPU batch and checkpointing that fit `gpu_gib`."
+    runs = [r for r in lm_train.get("runs", []) if r.get("tokens_per_s")]
+    if not runs: return {"skipped": "no training run was measured"}
+    b, tokens_per_sample = lm_train["batch_size"], lm_train["tokens_per_sample"]
+    weights_gib = lm_train["lm_parameters"] * torch.finfo(getattr(torch, lm_train["dtype"])).bits / 8 / 2**30
+    options = []
+    for r in runs:
+        opt = {"attn": r["attn"], "checkpointing": r["checkpointing"], "tokens_per_s": r["tokens_per_s"]}
+        if gpu_gib and r.get("peak_gpu_gib"):   # memory grows by one sample's activations per sample of batch
+            per_sample = max((r["peak_gpu_gib"] - weights_gib) / b, 1e-3)
+            fits = int((headroom * gpu_gib - weights_gib) / per_sample)
+            opt |= {"gib_per_sample": round(per_sample, 3), "max_batch": fits,
+                    "batch_size": 2 ** int(np.log2(min(fits, recipe["global_batch"]))) if fits >= 1 else 0}
+        options.append(opt)
+    fitting = [o for o in options if o.get("batch_size", b) >= 1] or options
+    best = max(fitting, key=lambda o: o["tokens_per_s"])   # the fastest measured setting whose batch fits
+    batch = best.get("batch_size") or b
+    tokens = recipe["samples"] * recipe["epochs"] * tokens_per_sample
+    hours = tokens / best["tokens_per_s"] / 3600
+    return {"recipe": {**recipe, "tokens_per_sample": tokens_per_sample, "tokens": tokens}, "gpu_gib": gpu_gib,
+            "hours_one_gpu": round(hours, 2), "per_gpu_batch_size": batch, "gradient_accumulation": max(1, recipe["global_batch"] // batch),
+            "gradient_checkpointing": best["checkpointing"], "attn": best["attn"], "tokens_per_s": best["tokens_per_s"], "options": options,
+            "summary": (f"Video-ChatGPT recipe ({recipe['samples']:,} videos x {recipe['epochs']} epochs, {tokens_per_sample} tokens each): "
+                        f"about {hours:.1f} h on one such device at {best['tokens_per_s']:,.0f} tokens/s; per-device batch {batch}"
+                        f"{'' if best.get('batch_size') else ' (as measured)'} x {max(1, recipe['global_batch'] // batch)} accumulation steps, "
+                        f"gradient checkpointing {'on' if best['checkpointing'] else 'off'}, attention {best['attn']}.")}
+
 # %% ../nbs/11_bench.ipynb #02f4f022
 def _social_section(toy: bool) -> dict:
     "`vtom.social.bench_social` at 100 frames and 60 s of speech (16 frames, 10 s at toy sizes); a missing model or espeak-ng is recorded."
     from vtom.social import bench_social
-    try: return bench_social(num_frames=16 if toy else 100, audio_seconds=10.0 if toy else 60.0)
-    except Exception as e: return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    return bench_social(num_frames=16 if toy else 100, audio_seconds=10.0 if toy else 60.0)
 
-def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 480.0, video: str | Path | None = None) -> dict:
-    "Speed and memory at real sizes on a GPU (toy sizes without CUDA): feature extraction, the social signals and 7B-shaped frozen-LM training."
+def _guarded(fn, *args, **kwargs) -> dict:
+    "A section's record, or its error with the traceback's tail: one failing section never loses the others."
+    try: return fn(*args, **kwargs)
+    except Exception as e: return {"error": f"{type(e).__name__}: {str(e)[:300]}", "traceback": traceback.format_exc()[-2000:]}
+
+def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 480.0, video: str | Path | None = None,
+              out: str | Path | None = None, e2e: bool = True) -> dict:
+    "Speed and memory at real sizes on a GPU (toy sizes without CUDA): the pipeline end to end, features, 7B-shaped training, social signals."
     dev = get_device(device)
     toy = dev.type != "cuda" if toy is None else toy
     t0 = time.perf_counter()
     report = {"bench": "gpu-check", "sizes": "toy" if toy else "real", "device": str(dev), "budget_s": budget_s,
-              "machine": machine_report(), "versions": package_versions(("torch", "transformers", "open_clip_torch", "decord", "av")),
-              "features": [], "social": None, "lm_train": None}
+              "machine": machine_report(), "versions": package_versions(("torch", "transformers", "open_clip_torch", "decord", "av", "torchcodec")),
+              "e2e": None, "features": [], "lm_train": None, "recipe": None, "social": None}
+    def section(key, fn, *args, **kwargs):   # run it unless the budget is spent; save the report so far after each section
+        late = time.perf_counter() - t0 > budget_s
+        rec = ({"dtype": kwargs["dtype"]} if "dtype" in kwargs else {}) | {"skipped": "time budget"} if late else _guarded(fn, *args, **kwargs)
+        if isinstance(report[key], list): report[key].append(rec)
+        else: report[key] = rec
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        if out: write_json(out, report)
+        return rec
     if toy and video is None:
-        import tempfile
         from vtom.decode import make_test_video
         video = make_test_video(Path(tempfile.mkdtemp(prefix="vtom-gpucheck-")) / "toy.mp4", seconds=4, fps=10, size=(160, 120))
     dtypes = ("fp32",) if dev.type == "cpu" else ("fp16", "bf16") if dev.type == "cuda" and torch.cuda.is_bf16_supported() else ("fp16",)
     fkw = dict(vision="random:ViT-B-32", num_frames=16, batch_size=8, repeats=1, copies=2) if toy else \
-        dict(vision="random:ViT-L-14", num_frames=100, batch_size=50, repeats=3, copies=8, workers=4)
-    for dt in dtypes:
-        if time.perf_counter() - t0 > budget_s: report["features"].append({"dtype": dt, "skipped": "time budget"}); continue
-        report["features"].append(bench_features(dtype=dt, device=str(dev), video=video, **fkw))
-    report["social"] = {"skipped": "time budget"} if time.perf_counter() - t0 > budget_s else _social_section(toy)
-    if time.perf_counter() - t0 > budget_s: report["lm_train"] = {"skipped": "time budget"}
-    elif toy:
-        report["lm_train"] = bench_lm_train(LLAMA_TOY, str(dev), "fp32" if dev.type == "cpu" else "auto", batch_size=2, video_tokens=12,
-                                            text_tokens=8, vision_dim=32, steps=2, warmup=1)
-    else: report["lm_train"] = bench_lm_train(LLAMA_7B, str(dev), "bf16")
+        dict(vision="random:ViT-L-14", num_frames=100, batch_size=50, repeats=3, copies=48, workers=max(2, min(12, (os.cpu_count() or 4) - 2)))
+    if e2e: section("e2e", e2e_check, str(dev))
+    section("features", bench_features, dtype=dtypes[0], device=str(dev), video=video, **fkw)
+    if toy: section("lm_train", bench_lm_train, LLAMA_TOY, str(dev), "fp32" if dev.type == "cpu" else "auto", batch_size=2,
+                    video_tokens=12, text_tokens=8, vision_dim=32, steps=2, warmup=1)
+    else: section("lm_train", bench_lm_train, LLAMA_7B, str(dev), "bf16")
+    gpu_gib = max((g["total_gib"] for g in report["machine"]["gpus"]), default=None)
+    section("recipe", recipe_estimate, report["lm_train"], gpu_gib)
+    for dt in dtypes[1:]: section("features", bench_features, dtype=dt, device=str(dev), video=video, **fkw)
+    section("social", _social_section, toy)
     report["presets"] = fitting_presets(report["machine"])
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["within_budget"] = report["seconds"] <= budget_s
+    report["ok"] = bool(not e2e or report["e2e"].get("ok")) and not any("error" in (r or {}) for r in
+                                                                       [*report["features"], report["lm_train"], report["recipe"]])
     return report
+
+def gpu_check_summary(report: dict) -> str:
+    "A few human lines for a gpu-check report: each end-to-end step, the feature pipeline, training speed, the recipe."
+    def err(r): return f"FAILED {r['error']}" if "error" in (r or {}) else "skipped" if "skipped" in (r or {}) else None
+    e2e = report.get("e2e") or {}
+    lines = [f"gpu-check on {report['device']} ({report['sizes']} sizes): {'ok' if report.get('ok') else 'NOT ok'} in {report.get('seconds')} s"]
+    lines += [f"  e2e {s['step']}: {'pass' if s['ok'] else 'FAIL'} {s.get('seconds', '')} {s.get('skipped', '')}"
+              f"{(chr(10) + s['error'][-600:]) if 'error' in s else ''}" for s in e2e.get("steps", [])] or [f"  e2e: {err(e2e)}"]
+    for f in report.get("features", []):
+        lines.append(f"  features {f.get('dtype')}: " + (err(f) or f"tower {f['tower_frames_per_s']} frames/s, pipeline "
+                     f"{f['pipeline_frames_per_s']} frames/s, busy {f['busy_fraction']}, {f['decode_workers']} {f['decode_pool']} decoders"))
+    def run(r):
+        name = f"{r['attn']}{' + checkpointing' if r.get('checkpointing') else ''}"
+        if "tokens_per_s" not in r: return f"{name} {r.get('error') or r.get('skipped')}"
+        return f"{name} {r['tokens_per_s']:,.0f} tokens/s" + (f" ({r['peak_gpu_gib']} GiB)" if "peak_gpu_gib" in r else "")
+    lt = report.get("lm_train") or {}
+    lines.append("  lm_train: " + (err(lt) or ", ".join(map(run, lt.get("runs", [])))))
+    lines.append("  recipe: " + (err(report.get("recipe")) or report["recipe"]["summary"]))
+    return "\n".join(lines)
 
 def doctor_main(argv: list[str] | None = None) -> int:
     "`vtom doctor [--gpu]`: what this machine can run; with --gpu, speed and memory at real sizes (toy sizes without CUDA)."
     p = argparse.ArgumentParser(prog="vtom doctor", description="What this machine can run: CUDA, bf16, decoders, flash-attn, "
                                 "free memory, which presets fit; --gpu adds the speed/memory check (one JSON report).")
-    p.add_argument("--gpu", action="store_true", help="run the GPU check (ViT-L/14 features fp16/bf16, 7B-shaped frozen-LM training)")
+    p.add_argument("--gpu", action="store_true", help="run the GPU check (the pipeline end to end, ViT-L/14 features fp16/bf16, "
+                                                      "7B-shaped frozen-LM training and what it means for the Video-ChatGPT recipe)")
     p.add_argument("--toy", action="store_true", help="toy sizes even on a GPU (the default without CUDA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--budget", type=float, default=480.0, help="seconds; sections that would start later are skipped (default 480)")
     p.add_argument("--video", help="video for the decoding/pipeline measurement (default: a generated 60 s 640x360 H.264 clip)")
-    p.add_argument("--out", help="also write the JSON report here")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end section (synth, features, train, eval, chat, temporal)")
+    p.add_argument("--out", help="also write the JSON report here (after every section, so a cut-short run keeps what it measured)")
     a = p.parse_args(argv)
-    if a.gpu: res = gpu_check(a.device, True if a.toy else None, a.budget, a.video)
+    if a.gpu: res = gpu_check(a.device, True if a.toy else None, a.budget, a.video, a.out, not a.no_e2e)
     else:
         res = {"machine": machine_report()}
         res["presets"] = fitting_presets(res["machine"])
     if a.out: write_json(a.out, res)
+    if a.gpu: print(gpu_check_summary(res), file=sys.stderr)
     print(json.dumps(res, indent=1, default=str))
-    return 0
+    return 0 if not a.gpu or res["ok"] else 1

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import signal
 import sys
-from typing import Callable
-
+import threading
+from typing import Callable, Iterator
 
 # %% auto #0
 __all__ = ['COMMANDS', 'BENCHMARKS', 'main', 'bench_main', 'info_main']
@@ -33,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),
     "demo": ("vtom.demo", "demo_main", "Chat with a video and find moments in it in the browser (offline gradio app)."),
+    "hub": ("vtom.hub", "hub_main", "Model cards, uploads to the Hugging Face Hub, a feature store as a `datasets` config."),
+    "lmms": ("vtom.lmms", "lmms_main", "vtom's lmms-eval task pack with local data (`vtom lmms tasks OUT --synth S`); needs the lmms extra."),
 }
 
 BENCHMARKS: dict[str, tuple[str, str, str]] = {
@@ -59,20 +63,47 @@ def _usage(prog: str, table: dict[str, tuple[str, str, str]], blurb: str) -> str
     rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, _, help_) in table.items())
     return f"usage: {prog} COMMAND [options]\n\n{blurb}\n\ncommands:\n{rows}\n\nRun `{prog} COMMAND --help` for the options of a command."
 
+class _Stopped(KeyboardInterrupt):
+    "SIGTERM, raised where the job is, so that it cleans up like after Ctrl-C."
+
+def _raise_stopped(signum: int, frame) -> None: raise _Stopped()
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    "Inside, SIGTERM raises a `KeyboardInterrupt` (the job keeps what it finished and says so) instead of killing silently."
+    if threading.current_thread() is not threading.main_thread(): yield; return   # handlers live in the main thread
+    old = signal.signal(signal.SIGTERM, _raise_stopped)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)
+
+def _caused_by_sigterm(e: BaseException | None) -> bool:
+    "Whether SIGTERM started this exception (a job re-raises it as its own `Interrupted`: look down the chain)."
+    while e is not None:
+        if isinstance(e, _Stopped): return True
+        e = e.__cause__ or e.__context__
+    return False
+
 def _dispatch(argv: list[str], table: dict[str, tuple[str, str, str]], prog: str, blurb: str) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage(prog, table, blurb))
         return 0 if argv else 2
-    try: return _run(table, argv, prog)
+    terminated = False
+    try:
+        with _sigterm_as_interrupt():
+            try: return _run(table, argv, prog)
+            except KeyboardInterrupt as e:   # a job turns it into its own `Interrupted` line; remember what the signal was
+                terminated = _caused_by_sigterm(e)
+                raise
     except KeyboardInterrupt as e:  # an `Interrupted` carries its own line; a bare Ctrl-C (e.g. while importing) a generic one
-        print(f"interrupted: {e}" if str(e) else
-              f"interrupted: `{prog} {argv[0]}` was stopped by Ctrl-C; finished outputs are kept, rerun the command to resume.",
-              file=sys.stderr)
-        return 130
+        how = "SIGTERM" if terminated else "Ctrl-C"
+        print(f"{'terminated' if terminated else 'interrupted'}: {e}" if str(e) else
+              f"{'terminated' if terminated else 'interrupted'}: `{prog} {argv[0]}` was stopped by {how}; finished outputs are kept, "
+              "rerun the command to resume.", file=sys.stderr)
+        return 143 if terminated else 130
 
 def _run(table: dict[str, tuple[str, str, str]], argv: list[str], prog: str) -> int:
-    "Run one command; user-caused errors become one line on stderr and exit code 2."
-    from vtom.core import VtomError
+    "Run one command; user-caused errors and the machine's (read-only, full disk) become one line on stderr and exit code 2."
+    from vtom.core import VtomError, storage_error
     try: return int(_resolve(table, argv[0], prog)(argv[1:]) or 0)
     except VtomError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -81,11 +112,18 @@ def _run(table: dict[str, tuple[str, str, str]], argv: list[str], prog: str) -> 
         print(f"error: {e.filename}: {e.strerror}. Check the paths given to `{prog} {argv[0]}` (a file where a folder "
               "is needed, or the other way round, or no permission to write there).", file=sys.stderr)
         return 2
-    except Exception:  # a bug: show where, and keep exit code 1 for "some inputs failed"
-        import traceback
-        traceback.print_exc()
-        print(f"error: `{prog} {argv[0]}` hit an unexpected error (a bug in vtom: please report the traceback above).", file=sys.stderr)
-        return 3
+    except OSError as e:   # read-only file system, full disk, quota: the machine's, not a bug
+        if (err := storage_error(e, e.filename or "a file")) is e: return _bug(prog, argv)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception: return _bug(prog, argv)
+
+def _bug(prog: str, argv: list[str]) -> int:
+    "A bug: show where (the exception being handled), and keep exit code 1 for \"some inputs failed\"."
+    import traceback
+    traceback.print_exc()
+    print(f"error: `{prog} {argv[0]}` hit an unexpected error (a bug in vtom: please report the traceback above).", file=sys.stderr)
+    return 3
 
 # %% ../nbs/99_cli.ipynb #b317002a
 def main(argv: list[str] | None = None) -> int:

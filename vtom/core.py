@@ -5,37 +5,90 @@
 # %% ../nbs/00_core.ipynb #75994bf0
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
 import os
 import random
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'VtomError', 'Interrupted', 'data_dir', 'cache_dir',
-           'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
-           'atomic_path', 'write_json', 'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit',
-           'peak_rss_mb', 'embedded_llm_gguf', 'embedded_llm_path']
+__all__ = ['positive_int', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME', 'HUB_REPO_ID', 'VtomError',
+           'StorageError', 'Interrupted', 'storage_error', 'writing', 'int_at_least', 'float_at_least', 'data_dir',
+           'cache_dir', 'runs_dir', 'get_device', 'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger',
+           'refuse_link', 'atomic_path', 'json_text', 'write_json', 'write_new', 'open_nofollow', 'append_line',
+           'check_writable', 'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit', 'peak_rss_mb',
+           'embedded_llm_gguf', 'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
 
 # %% ../nbs/00_core.ipynb #a8b7361f
 class VtomError(RuntimeError):
     "An error caused by input or environment, with a message that says what to do about it."
 
+class StorageError(VtomError):
+    "Writing failed because of the machine (read-only file system, full disk, no permission); the message names the path."
+
 class Interrupted(KeyboardInterrupt):
     "Ctrl-C stopped a job; the message says what was interrupted, what is kept and how to resume."
+
+_STORAGE_FIXES = {errno.EROFS: "the file system is read-only: write somewhere else",
+                  errno.ENOSPC: "the disk is full: free some space or write somewhere else",
+                  errno.EDQUOT: "the disk quota is used up: free some space or write somewhere else",
+                  errno.EFBIG: "the file is too large for this file system: write somewhere else",
+                  errno.EACCES: "no permission to write there: fix the permissions or write somewhere else",
+                  errno.EPERM: "the operation is not permitted there: fix the permissions or write somewhere else"}
+
+def storage_error(e: OSError, path: str | Path) -> StorageError | OSError:
+    "`e` as a `StorageError` naming `path` when the environment caused it (read-only, full, no permission); else `e` itself."
+    if e.errno not in _STORAGE_FIXES: return e
+    return StorageError(f"cannot write {path}: {os.strerror(e.errno)} ({_STORAGE_FIXES[e.errno]}).")
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    "Inside, an `OSError` of the environment (read-only, full, no permission) becomes one `StorageError` naming `path`."
+    try: yield
+    except OSError as e:
+        err = storage_error(e, path)
+        if err is e: raise
+        raise err from e
+
+# %% ../nbs/00_core.ipynb #c3d1a004
+def int_at_least(low: int) -> Callable[[str], int]:
+    "An argparse `type`: a whole number `>= low`."
+    def parse(text: str) -> int:
+        try: n = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < low: raise argparse.ArgumentTypeError(f"must be at least {low}, got {n}")
+        return n
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+def float_at_least(low: float) -> Callable[[str], float]:
+    "An argparse `type`: a finite number `>= low` (no nan, no inf)."
+    def parse(text: str) -> float:
+        try: x = float(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(x) or x < low: raise argparse.ArgumentTypeError(f"must be a finite number >= {low:g}, got {text}")
+        return x
+    parse.__name__ = f"number >= {low:g}"
+    return parse
+
+positive_int = int_at_least(1)
 
 # %% ../nbs/00_core.ipynb #8d247c51
 def _env_path(var: str, default: Path) -> Path:
@@ -109,25 +162,108 @@ def get_logger(name: str = "vtom", level: int | str | None = None) -> logging.Lo
 
 # %% ../nbs/00_core.ipynb #2b6a1ba0
 _UMASK = os.umask(0o022); os.umask(_UMASK)  # read once: the umask can only be read by setting it
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+def refuse_link(path: str | Path) -> Path:
+    "`path`, unless it is a symbolic link (then a `VtomError`: vtom writes its files, never through a link)."
+    path = Path(path)
+    if path.is_symlink():
+        raise VtomError(f"{path} is a symbolic link where vtom writes a file of its own; vtom never writes through a link "
+                        "(it could point anywhere, e.g. into your home folder). Remove the link, or write to another folder.")
+    return path
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     "Yield a temporary path beside `path`; on success it is renamed to `path`, on error it is removed."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = refuse_link(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # what open() would have given the file
-        os.replace(tmp, path)
+        with writing(path):
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # what open() would have given the file
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
 
-def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    "Write `obj` as JSON to `path` atomically."
-    with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps(obj, indent=indent, default=str) + "\n")
+def _nonfinite(obj: Any, where: str = "") -> str | None:
+    "Where in `obj` a float is NaN or infinite (`a.b[3]`), else None."
+    if isinstance(obj, float): return None if math.isfinite(obj) else (where or "the value")
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        hit = _nonfinite(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k))
+        if hit: return hit
+    return None
+
+def json_text(obj: Any, path: str | Path, indent: int | None = None, strict: bool = True) -> str:
+    "`obj` as JSON for the file `path`; `strict`: a NaN or infinity raises a `VtomError` naming its key."
+    try: return json.dumps(obj, indent=indent, default=str, allow_nan=not strict)
+    except ValueError:
+        raise VtomError(f"{path}: {_nonfinite(obj)} is not a finite number (NaN or infinity); vtom writes no such value "
+                        "where it reads numbers back. This is a bug in the step that made it, or its input holds such values.") from None
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2, strict: bool = False) -> Path:
+    "Write `obj` as JSON to `path` atomically (`strict`: refuse NaN and infinity)."
+    text = json_text(obj, path, indent, strict) + "\n"
+    with atomic_path(path) as tmp: Path(tmp).write_text(text)
     return Path(path)
+
+def write_new(path: str | Path, text: str) -> bool:
+    "Create `path` holding `text`, whole, unless it exists (then False: what another writer recorded first stays)."
+    path = refuse_link(path)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f: f.write(text)
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            try: os.link(tmp, path); return True      # link: never replaces an existing file
+            except FileExistsError: return False
+        finally: os.unlink(tmp)
+
+def open_nofollow(path: str | Path, flags: int) -> int:
+    "`os.open(path, flags)` that never follows a symbolic link and opens only a plain file with one name; a file descriptor."
+    path = Path(path)
+    try: fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink(): refuse_link(path)
+        raise storage_error(e, path) from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "a hard link to a file that has another name too" if stat.S_ISREG(st.st_mode) else "not a plain file"
+        raise VtomError(f"{path} is {what}; vtom writes only files of its own there. Remove it, or write to another folder.")
+    return fd
+
+def append_line(path: str | Path, row: dict) -> None:
+    "Append `row` as one strict JSON line with a single write (lines never interleave), flushed; never half a line."
+    data = (json_text(row, path) + "\n").encode()
+    fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        with writing(path):
+            try:
+                if os.write(fd, data) != len(data): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)   # take a partial line back: the next append must start a line of its own
+                raise
+    finally: os.close(fd)
+
+def check_writable(path: str | Path, folder: bool = False) -> Path:
+    "Before a long job: make sure the file (or `folder`) `path` can be written there; a `VtomError`/`StorageError` naming it if not."
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir(): raise VtomError(f"{path} is an existing file; pass a folder.")
+    if not folder:
+        refuse_link(path)
+        if path.is_dir(): raise VtomError(f"{path} is a folder; pass the name of a file to write.")
+    where = path if folder else path.parent
+    with writing(path):
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".vtom-write-check.", dir=where)
+        os.close(fd); os.unlink(probe)
+    return path
 
 # %% ../nbs/00_core.ipynb #e2b6fed6
 def _process_facts() -> dict:
@@ -136,38 +272,41 @@ def _process_facts() -> dict:
 
 class FolderLock:
     "An exclusive lock on `folder` (`folder/.NAME.lock`, holding the owner's pid); freed by the kernel when the owner dies."
-    def __init__(self, folder: str | Path, name: str = "vtom", wait: float = 0.0):
+    def __init__(self, folder: str | Path, name: str = "vtom", wait: float = 0.0, guards: str | Path | None = None):
         self.folder, self.wait, self._fd = Path(folder), float(wait), None
-        self.path = self.folder / f".{name}.lock"
+        self.path, self.guards = self.folder / f".{name}.lock", Path(guards) if guards else self.folder   # what the message names
 
     def holder(self) -> dict | None:
         "Who holds (or last held) the lock: `{pid, host, command, since}`, or None."
-        try: return json.loads(self.path.read_text() or "null")
-        except (OSError, json.JSONDecodeError): return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd) as f: return json.loads(f.read(4096) or "null")
+        except (OSError, ValueError): return None
 
     def acquire(self) -> "FolderLock":
         "Take the lock, waiting up to `wait` seconds for another holder; raises `VtomError` naming the holder."
         import fcntl
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with writing(self.folder): self.folder.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.wait
         while self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
             try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 if time.monotonic() >= deadline:
                     h = self.holder() or {}
-                    raise VtomError(f"{self.folder} is in use by another writer (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
+                    raise VtomError(f"{self.guards} is in use by another writer (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
                                     f"since {h.get('since', '?')}: `{h.get('command', '?')}`). Wait for it to finish and rerun "
-                                    "(finished work is kept), or write to another folder.") from None
+                                    f"(finished work is kept), or write to another {'folder' if self.guards == self.folder else 'file'}.") from None
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
                 continue
-            try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            try: same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
             except FileNotFoundError: same = False
             if not same:  # the previous holder removed the file while we waited for it: lock the new one
                 os.close(fd); continue
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(_process_facts()).encode())
+            try:
+                with writing(self.path): os.ftruncate(fd, 0); os.write(fd, json.dumps(_process_facts()).encode())
+            except BaseException: os.close(fd); raise
             self._fd = fd
         return self
 
@@ -185,14 +324,6 @@ class FolderLock:
     def __repr__(self) -> str: return f"FolderLock({str(self.path)!r}, held={self.held})"
 
 # %% ../nbs/00_core.ipynb #88eb5cc9
-def _append_line(path: Path, row: dict) -> None:
-    "Append one JSON line with a single write (lines from one process never interleave), flushed to disk."
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-    try:
-        os.write(fd, (json.dumps(row, default=str) + "\n").encode())
-        os.fsync(fd)
-    finally: os.close(fd)
-
 def _read_lines(path: Path) -> list[dict]:
     "The JSON rows of a `.jsonl` file; a line cut by a crash is skipped."
     rows = []
@@ -221,7 +352,9 @@ class Store:
         if self.folder.exists() and not self.folder.is_dir():
             raise VtomError(f"{self.folder} is a file, not a folder; pass a folder for the {self.kind}.")
         self.lock.acquire()
-        try: self.check_settings()
+        try:
+            (self.folder / f".{self.SETTINGS}.new").unlink(missing_ok=True)   # a second name of settings.json left by older vtom
+            self.check_settings()
         except BaseException: self.lock.release(); raise
         self._failures = {str(r.get(self.key)): r for r in _read_lines(self.failures_path)}  # older versions kept duplicates
         return self
@@ -240,11 +373,8 @@ class Store:
     def check_settings(self) -> dict:
         "Record the settings if the store is new, else raise `VtomError` when they differ from the recorded ones."
         old = self.recorded_settings()
-        if old is None:
-            with atomic_path(self.folder / f".{self.SETTINGS}.new") as tmp:
-                tmp.write_text(json.dumps(self.settings, indent=2) + "\n")
-                try: os.link(tmp, self.folder / self.SETTINGS)  # never replaces settings another writer recorded first
-                except FileExistsError: pass
+        if old is None:   # never replaces settings another writer recorded first
+            write_new(self.folder / self.SETTINGS, json_text(self.settings, self.folder / self.SETTINGS, indent=2) + "\n")
             old = self.recorded_settings()
         diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
         if diff:
@@ -258,7 +388,7 @@ class Store:
 
     def record(self, row: dict) -> None:
         "Add the row of a finished item to the manifest; the item leaves the failures list."
-        _append_line(self.manifest_path, row)
+        append_line(self.manifest_path, row)
         if self._failures is not None and self._failures.pop(str(row.get(self.key)), None) is not None: self._write_failures()
 
     def fail(self, item: str, **info: Any) -> dict:
@@ -271,8 +401,8 @@ class Store:
 
     def _write_failures(self) -> None:
         if not self._failures: self.failures_path.unlink(missing_ok=True); return
-        with atomic_path(self.failures_path) as tmp:
-            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in self._failures.values()))
+        text = "".join(json_text(r, self.failures_path) + "\n" for r in self._failures.values())
+        with atomic_path(self.failures_path) as tmp: tmp.write_text(text)
 
     def manifest(self) -> list[dict]:
         "Manifest rows of all parts (one per item, the latest wins), sorted by item."
@@ -372,3 +502,32 @@ def embedded_llm_path() -> Path:
             if not (out / "config.json").is_file(): raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+# %% ../nbs/00_core.ipynb #d40d832f
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+def hub_offline() -> bool:
+    "True when the Hugging Face Hub is switched off (`HF_HUB_OFFLINE=1`)."
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+def resolve_pretrained(name: str | Path, what: str = "vtom checkpoint") -> Path:
+    "A local folder as given; a Hub repo id `ORG/NAME[@REVISION]` -> its local snapshot folder (cache first, then a download when online)."
+    path = Path(name).expanduser()
+    if path.is_dir(): return path
+    text = str(name)
+    if path.exists() or text.startswith((".", "/", "~")) or not HUB_REPO_ID.match(text):
+        raise VtomError(f"{name}: no such folder. Pass a {what} folder or a Hugging Face Hub repo id (ORG/NAME or ORG/NAME@REVISION).")
+    from huggingface_hub import snapshot_download
+    repo, _, revision = text.partition("@")
+    try: return Path(snapshot_download(repo, revision=revision or None, local_files_only=True))
+    except Exception: pass   # not cached: download below when online
+    how = (f"download it where there is network (`hf download {repo}`) and copy the Hugging Face cache (~/.cache/huggingface/hub) "
+           f"here, or pass the folder itself")
+    if hub_offline():
+        raise VtomError(f"{text} is neither a folder here nor a repo in the local Hugging Face cache, and the Hub is off "
+                        f"(HF_HUB_OFFLINE=1): {how}.")
+    try: return Path(snapshot_download(repo, revision=revision or None))
+    except Exception as e:
+        raise VtomError(f"{text} is neither a folder here nor a repo that could be downloaded from the Hugging Face Hub "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}): check the name, or {how}.") from e

@@ -17,7 +17,7 @@ from .core import VtomError, get_logger
 
 # %% auto #0
 __all__ = ['QUESTION_WORDS', 'SIQ2_FIELDS', 'SIQ1_CORRECT', 'SIQ1_INCORRECT', 'VIDEO_PLACEHOLDER', 'LETTERS', 'DataFormatError',
-           'read_jsonl', 'write_jsonl', 'question_word', 'MCQuestion', 'parse_ts', 'load_video_subsets',
+           'read_text', 'read_jsonl', 'write_jsonl', 'question_word', 'MCQuestion', 'parse_ts', 'load_video_subsets',
            'siq2_record_to_question', 'unique_qids', 'load_siq2', 'siq1_to_mc', 'load_siq1', 'mc_record_to_question',
            'load_mc_table', 'load_tinysocial', 'split_available', 'video_overlap', 'exclude_videos',
            'conversation_record', 'convert_videoinstruct', 'format_mc_prompt', 'format_mc_answer', 'mc_to_conversation']
@@ -26,12 +26,29 @@ __all__ = ['QUESTION_WORDS', 'SIQ2_FIELDS', 'SIQ1_CORRECT', 'SIQ1_INCORRECT', 'V
 class DataFormatError(VtomError):
     "A dataset file is missing or not in the expected format; the message names the file (and line)."
 
+def _utf8(raw: bytes, path: Path, lineno: int) -> str:
+    "One line of a text file, which must be UTF-8 (JSON is); else a `DataFormatError` naming the line and the byte."
+    try: return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                              "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+
+def read_text(path: str | Path) -> str:
+    "A whole UTF-8 text file; a `DataFormatError` naming the first line that is not UTF-8."
+    path = Path(path)
+    data = path.read_bytes()
+    try: return data.decode("utf-8")
+    except UnicodeDecodeError:
+        for lineno, raw in enumerate(data.splitlines(keepends=True), 1): _utf8(raw, path, lineno)
+        raise
+
 def read_jsonl(path: str | Path, required: Sequence[str] = (), hint: str = "") -> Iterator[tuple[int, dict]]:
     "Yield `(line_number, record)` for each non-empty line of a JSON-lines file; malformed lines or missing `required` fields raise `DataFormatError`."
     path = Path(path)
     if not path.is_file(): raise DataFormatError(f"{path}: file not found.")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _utf8(raw, path, lineno)
             if not line.strip(): continue
             try: record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -96,7 +113,7 @@ def load_video_subsets(split_file: str | Path) -> dict[str, str]:
     "Map video id -> subset from Social-IQ 2.0's `original_split.json`; a video listed in two subsets gets the first listed (with a warning)."
     path = Path(split_file)
     if not path.is_file(): raise DataFormatError(f"{path}: file not found.")
-    try: subsets = json.loads(path.read_text())["subsets"]
+    try: subsets = json.loads(read_text(path))["subsets"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataFormatError(f"{path}: expected {{'subsets': {{subset: {{split: [video ids]}}}}}} ({e}).") from None
     seen: dict[str, list[str]] = {}
@@ -114,7 +131,7 @@ def siq2_record_to_question(record: dict, where: str = "", subsets: dict[str, st
     missing = [k for k in SIQ2_FIELDS if k not in record]
     if missing: raise DataFormatError(f"{where}: missing field(s) {', '.join(missing)} (Social-IQ 2.0 records have {', '.join(SIQ2_FIELDS)}).")
     answer = record.get("answer_idx")
-    if answer is not None and answer not in (0, 1, 2, 3):
+    if answer is not None and (type(answer) is not int or answer not in (0, 1, 2, 3)):   # `true` and `1.0` equal 1 in Python, not in the data
         raise DataFormatError(f"{where}: answer_idx must be 0-3, got {answer!r}.")
     start, end = parse_ts(record["ts"], where) if record.get("ts") else (None, None)
     vid = record["vid_name"]
@@ -215,7 +232,7 @@ def mc_record_to_question(r: dict, where: str, source: str) -> MCQuestion:
     if isinstance(answer, str):
         if answer not in options: raise DataFormatError(f"{where}: answer {answer[:40]!r} is not one of the options.")
         answer = options.index(answer)
-    if answer is not None and not (isinstance(answer, int) and 0 <= answer < len(options)):
+    if answer is not None and not (isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(options)):
         raise DataFormatError(f"{where}: answer must be an option index 0-{len(options) - 1} or an option's text, got {answer!r}.")
     vid = re.split(r"\.", Path(str(video)).name)[0]
     return MCQuestion(qid=str(qid), question=question, options=list(options), video_id=vid, answer_idx=answer,
@@ -225,7 +242,7 @@ def load_mc_table(path: str | Path, source: str = "mc") -> list[MCQuestion]:
     "Load generic multiple-choice records from JSON lines (or one JSON list) into `MCQuestion`s."
     path = Path(path)
     if not path.is_file(): raise DataFormatError(f"{path}: file not found.")
-    text = path.read_text(encoding="utf-8").lstrip()
+    text = read_text(path).lstrip()
     if text.startswith("["):
         try: rows = list(enumerate(json.loads(text), 1))
         except json.JSONDecodeError as e: raise DataFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}).") from None

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -16,13 +17,13 @@ import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .core import (VtomError, atomic_path, get_device, get_logger, git_commit, package_versions,
-                       seed_everything, write_json)
+from .core import (FolderLock, Interrupted, StorageError, VtomError, append_line, atomic_path, check_writable, get_device,
+                       get_logger, git_commit, package_versions, positive_int, seed_everything, write_json)
 from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, format_mc_prompt, load_siq2, question_word, split_available,
                        unique_qids)
 from .features import FeatureStore
@@ -387,7 +388,11 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
             enc = encode_choices(setup.tokenizer, user, answers, setup.template, nvt, setup.max_length)
             lps = shared_prefix_logprobs(setup.model, enc, _pad_id(setup.tokenizer), feats, first_only=todo == ["letter"], social_signals=signals)
             for r in todo:
-                scores[r] = [round(float(x), 6) for x in rule_scores(r, lps, answers)]
+                s = rule_scores(r, lps, answers)
+                if not np.isfinite(s).all():   # argmax would silently pick a NaN's position: a failed question instead
+                    raise EvalError(f"the model's {r} scores for {q.qid} are not finite ({s.tolist()}); check the features and "
+                                    "the model's dtype (fp16 overflow), e.g. with --dtype fp32.")
+                scores[r] = [round(float(x), 6) for x in s]
                 n_tokens[r] = [sum(l != -100 for l in e["labels"]) for e in enc]
         preds = {r: int(np.argmax(s)) for r, s in scores.items()}
         rec.update(scores=scores, preds=preds, n_tokens=n_tokens, n_chars=[len(o) for o in q.options], pred=preds[scoring])
@@ -415,8 +420,8 @@ def sample_videos(questions: list[MCQuestion], limit: int, seed: int = 0) -> lis
 
 def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str = "text", scoring: str = DEFAULT_SCORING,
                        seed: int = 0, limit: int | None = None, progress: bool = True, rules: Sequence[str] | None = None,
-                       prior: Sequence[MCQuestion] | None = None) -> dict:
-    "Run one mode over questions (those with features, when features are given): records, skipped and failed qids."
+                       prior: Sequence[MCQuestion] | None = None, on_record: Callable[[dict], None] | None = None) -> dict:
+    "Run one mode over questions (those with features, when features are given): records, skipped and failed qids; `on_record(rec)` as each is done."
     check_mode(mode)
     majority = majority_position(prior if prior is not None else questions) if mode == "majority-position" else 0
     seed_everything(seed)
@@ -438,10 +443,13 @@ def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str 
     records, failed = [], []
     from tqdm.auto import tqdm
     for q in tqdm(questions, desc=f"eval {mode}", disable=not progress, unit="q"):
-        try: records.append(evaluate_question(setup, q, mode, scoring, seed, rules, majority))
+        try: rec = evaluate_question(setup, q, mode, scoring, seed, rules, majority)
         except (EvalError, KeyError, ValueError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not isinstance(e, VtomError) and "out of memory" in str(e): raise
             failed.append({"qid": q.qid, "error": f"{type(e).__name__}: {e}"})
+            continue
+        records.append(rec)
+        if on_record is not None: on_record(rec)
     out = {"records": records, "skipped": [q.qid for q in skipped], "failed": failed, "mode": mode,
            "scoring": "none" if mode in SURFACE_MODES else scoring, "rules": [] if mode in SURFACE_MODES else _check_rules(scoring, rules)}
     if mode == "majority-position": out.update(majority_position=majority, majority_from="prior" if prior is not None else "in-sample")
@@ -760,7 +768,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="trained VideoLLM directory (projector); its config names the template")
     p.add_argument("--vision", help="vision tower name the features came from (recorded; needed without a checkpoint)")
     p.add_argument("--template", help="conversation template (default: the checkpoint's, else the LM's chat template)")
-    p.add_argument("--num-frames", type=int, help="temporal rows in the features (default: the checkpoint's, else 100)")
+    p.add_argument("--num-frames", type=positive_int, help="temporal rows in the features (default: the checkpoint's, else 100)")
     p.add_argument("--limit", type=_positive_int, help="evaluate a seeded random sample of whole videos holding at least N questions")
     p.add_argument("--prior-qa", help="(majority-position) questions whose most frequent answer position is the guess, e.g. "
                    "qa_train.json (default: the evaluated questions themselves, which is optimistic)")
@@ -786,6 +794,15 @@ def eval_main(argv: list[str] | None = None) -> int:
         print(json.dumps(paired_comparison(*pair_records(a, b, tuple(args.metrics)), seed=args.seed)))
         return 0
     if not args.qa: raise EvalError("--qa is required: the question file to evaluate.")
+    out = Path(args.out) if args.out else None
+    outputs = [out, out.with_suffix(".predictions.jsonl"), out.with_suffix(".png")] if out else []
+    for path in outputs + ([Path(args.write_submission)] if args.write_submission else []):
+        check_writable(path)   # before any work: a read-only or full disk, a folder or a link stops the run now, not after hours
+    with FolderLock(out.parent, f"eval-{out.name}", guards=out) if out else contextlib.nullcontext():   # one writer per --out
+        return _run_eval(args, out)
+
+def _run_eval(args: argparse.Namespace, out: Path | None) -> int:
+    "The body of `vtom eval BENCHMARK`: predictions streamed to `out`'s .predictions.jsonl, metrics at the end."
     t0 = time.time()
     kw = {"split": args.split} if args.benchmark == "siq1" and args.split else {}
     questions = load_benchmark(args.benchmark, args.qa, args.split_file, **kw)
@@ -796,8 +813,21 @@ def eval_main(argv: list[str] | None = None) -> int:
     setup = load_eval_setup(args.llm, args.mode, args.checkpoint, args.features, args.vision, args.template,
                             args.device, args.dtype, args.num_frames, args.social_store, args.videos, args.compute_social)
     prior = load_benchmark(args.benchmark, args.prior_qa, **kw) if args.prior_qa else None
-    result = evaluate_questions(setup, questions, args.mode, args.scoring, args.seed, args.limit, not args.no_progress,
-                                list(SCORING_RULES) if args.all_rules else None, prior)
+    preds_path, done = out.with_suffix(".predictions.jsonl") if out else None, []
+    if out is not None:   # this run's results replace an earlier run's: never a new predictions file beside old metrics
+        for old in (out, out.with_suffix(".png")): old.unlink(missing_ok=True)
+        with atomic_path(preds_path) as tmp: tmp.write_text("")
+    def keep(rec: dict) -> None:   # streamed: an interrupted or failed run keeps every finished prediction
+        if preds_path is not None: append_line(preds_path, rec)
+        done.append(rec["qid"])
+    kept = lambda: f"the {len(done)} predictions finished are in {preds_path}" if preds_path else "nothing was written (no --out)"
+    try:
+        result = evaluate_questions(setup, questions, args.mode, args.scoring, args.seed, args.limit, not args.no_progress,
+                                    list(SCORING_RULES) if args.all_rules else None, prior, on_record=keep)
+    except KeyboardInterrupt:
+        raise Interrupted(f"vtom eval was interrupted after {len(done)} questions; {kept()} (no metrics were written); "
+                          "rerun the same command to evaluate again.") from None
+    except StorageError as e: raise StorageError(f"{e} Of this run, {kept()}.") from e
     metrics = summarize(result, clusters="video_id" if args.bootstrap == "video" else None, benchmark=args.benchmark,
                         qa_file=str(args.qa), n_questions=len(questions), seed=args.seed, **setup.info,
                         versions=package_versions(), git_commit=git_commit(Path(__file__).parent if '__file__' in globals() else '.'), seconds=None)
@@ -817,12 +847,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         raise EvalError(f"No scoreable question in {args.qa}: {len(questions)} loaded, {metrics['skipped']} without features, "
                         f"{metrics['failed']} failed ({result['failed'][:1]}), {metrics['unanswered']} without an answer.")
     metrics["seconds"] = round(time.time() - t0, 2)
-    if args.out:
-        out = Path(args.out)
-        json.dumps(metrics, allow_nan=False)           # a metrics file is strict JSON: no NaN
-        write_json(out, metrics)
-        with atomic_path(out.with_suffix(".predictions.jsonl")) as tmp:
-            Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in result["records"]))
+    if out is not None:
+        write_json(out, metrics, strict=True)           # a metrics file is strict JSON: no NaN
         if metrics["n"]: _plot_files([out], out.with_suffix(".png"), metrics=[metrics])
     short = {k: metrics[k] for k in ("benchmark", "mode", "scoring", "accuracy", "ci95", "n", "skipped", "failed")}
     short.update({k: metrics[k] for k in metrics if k.startswith("accuracy_") or k == "length_shortcut"})

@@ -19,7 +19,8 @@ from .core import VtomError, atomic_path, get_logger, write_json
 from .evaluate import DEFAULT_SCORING, EvalSetup, bootstrap_ci, evaluate_questions, paired_comparison
 from .model import OBSERVATION_COLUMNS, OBSERVATION_GROUPS, FramePerception, observation_slices, perception_loss
 from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, loo_moment_scores, markdown_table, method_windows,
-                         evidence_examples, moment_examples, retrieval_table, rows_by, temporal_tokens, train_moment_head)
+                         evidence_examples, method_slug, moment_examples, retrieval_table, rows_by, temporal_tokens, train_moment_head,
+                         write_qvh)
 
 # %% auto #0
 __all__ = ['PROBE_FACTS', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'AT_CONTAINER_Y', 'PERCEPTION_SOURCES',
@@ -254,6 +255,7 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
         for m in ("head", "feature change"):
             report["paired"][goal_rt]["candidates"][f"{m} ({k})"] = {"val": succ["val"][m], "test": succ["test"][m], "baselines": base}
         report["retrieval"] += [{"features": k, **r} for r in retrieval_table(ex["test"], methods["test"])]
+        write_qvh(out / "qvh" / method_slug(k), ex["test"], methods["test"])   # the field's format: ground truth + ranked predictions
         report["retrieval_by_mtype"] += [{"features": k, **r} for r in rows_by(ex["test"], methods["test"])]
         if k in mc_towers or k in loo_towers:
             if train_steps == 0:   # plumbing check: an untrained projector
@@ -299,18 +301,19 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
 
 def report_markdown(report: dict) -> str:
     "`report.md`: what this run shows (paired differences and verdicts), then the metrics."
-    cols = ["features", "method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "hit@1", "R1@0.5 CI", "n never", "never acc", "never acc CI"]
+    cols = ["features", "method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "hit@1", "R1@0.5 CI", "n never", "never acc", "never acc CI",
+            "MR-R1@0.5", "MR-R1@0.7", "MR-mAP@0.5", "MR-mAP@0.75", "MR-mAP"]
     parts = ["# Synthetic false-belief benchmark: goal report\n", what_this_run_shows(report["goals"]),
              f"## Set-up\n\nData `{report['synth_dir']}` ({report['videos']} videos), {report['num_frames']} frames, towers {report['towers']}, "
              f"LM `{report['llm']}`, projector steps {report['train_steps']}, head steps {report['head_steps']}, seed {report['seed']}.\n",
              "## Probes (per-frame temporal tokens, held-out videos)\n",
              markdown_table(report["probes"], ["features", "fact", "accuracy", "majority", "gain", "train_accuracy", "n_train", "n_test"]),
-             "\n## Moment retrieval (test split; R1 over queries with a window, 'never' scored apart)\n",
+             "\n## Moment retrieval (test split; R1 over queries with a window, 'never' scored apart; MR-*: QVHighlights metrics in %, files in `qvh/`)\n",
              markdown_table([r for r in report["retrieval"] if r["family"] == "all"], cols),
              "\n### By moment type\n", markdown_table(report["retrieval_by_mtype"], ["mtype"] + cols),
              "\n### By family\n", markdown_table([r for r in report["retrieval"] if r["family"] != "all"], ["family"] + cols),
              "\n### Leave-one-out against the evidence window of the question's answer\n",
-             markdown_table([r for r in report["evidence"] if r["family"] == "all"], cols[:9])]
+             markdown_table([r for r in report["evidence"] if r["family"] == "all"], cols[:9] + cols[12:])]
     if report.get("mc"):
         parts += ["\n## Multiple choice\n", "Training: `" + json.dumps(report["training"]) + "`\n",
                   markdown_table([r for r in report["mc"] if "qtype" in r], ["features", "split", "mode", "qtype", "n", "accuracy", "95% CI"]),

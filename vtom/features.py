@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import functools
 import json
 import os
@@ -14,18 +13,21 @@ import pickle
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import Interrupted, Store, VtomError, atomic_path, disable_progress_bars, get_device, get_dtype, get_logger
+from .core import (Interrupted, Store, VtomError, atomic_path, check_writable, disable_progress_bars, get_device,
+                       get_dtype, get_logger, positive_int)
+
+if TYPE_CHECKING: from vtom.decode import DecodePool   # for a type hint; imported where it is used
 
 # %% auto #0
 __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'REFERENCE_TOWER', 'TOWERS', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'IMAGENET_WEIGHTS', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers', 'cpu_has_amx',
-           'tower_dtype', 'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower',
+           'IMAGENET_WEIGHTS', 'MAX_NUM_FRAMES', 'VIDEO_SUFFIXES', 'VisionTower', 'register_tower', 'list_towers',
+           'cpu_has_amx', 'tower_dtype', 'load_vision_tower', 'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower',
            'preprocess_frames', 'reference_preprocess', 'pool_features', 'frame_grid', 'graph_rows', 'video_id_of',
            'encode_frames', 'features_from_clip', 'extract_video_features', 'save_features', 'feature_settings',
            'check_feature_file', 'read_meta', 'load_features', 'FeatureStore', 'feature_shape', 'list_videos',
@@ -340,6 +342,9 @@ def features_from_clip(clip: Any, tower: VisionTower, num_frames: int = 100, bat
     "Pooled fp16 features `[num_frames + P, D]` (CPU) and metadata for a decoded `VideoClip`."
     tokens = encode_frames(clip.frames, tower, batch_size, mode)
     feats = pool_features(tokens, num_frames).to("cpu", torch.float16)
+    if not torch.isfinite(feats).all():   # e.g. an fp16 overflow in the tower: never stored as a result
+        raise VtomError(f"{getattr(clip, 'path', 'the video')}: the tower {tower.name} gave NaN or infinite features "
+                        f"({int((~torch.isfinite(feats)).sum())} values); try --dtype fp32, or check the tower's weights.")
     path = getattr(clip, "path", None)
     meta = {"video_id": video_id_of(path) if path else None, "path": str(path) if path else None, "frames": int(tokens.shape[0]),
             "total_frames": int(getattr(clip, "total_frames", tokens.shape[0])), "fps": float(getattr(clip, "fps", 0.0) or 0.0),
@@ -363,13 +368,17 @@ def _rank_suffix(rank: int, world_size: int) -> str: return f".rank{rank}" if wo
 
 def save_features(path: str | Path, features: torch.Tensor, meta: dict | None = None, tokens: torch.Tensor | None = None) -> Path:
     "Write features (and optional tokens) with `meta` (JSON in the header) to a safetensors file, atomically."
-    from safetensors.torch import save_file
     meta = dict(meta or {})
     tokens = meta.pop("tokens", None) if tokens is None else tokens
     tensors = {"features": features.detach().to("cpu").contiguous()}
     if tokens is not None: tensors["tokens"] = tokens.detach().to("cpu").contiguous()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"vtom": json.dumps(meta, default=str), "format": "pt"})
+    return _write_safetensors(path, tensors, meta)
+
+def _write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    "Serialise in memory, then one atomic write: a full disk is an `OSError` (one line from the CLI), not a Rust error."
+    from safetensors.torch import save
+    data = save(tensors, metadata={"vtom": json.dumps(meta, default=str), "format": "pt"})
+    with atomic_path(path) as tmp: Path(tmp).write_bytes(data)
     return Path(path)
 
 def feature_settings(tower: VisionTower, num_frames: int, mode: str = "stretch") -> dict:
@@ -378,8 +387,8 @@ def feature_settings(tower: VisionTower, num_frames: int, mode: str = "stretch")
     return {"tower": tower.name, "num_frames": int(num_frames), "pooling": "video-chatgpt temporal+spatial means",
             "mode": mode, "dtype": str(tower.dtype).replace("torch.", ""), "stored_dtype": "float16", "vtom": __version__}
 
-def check_feature_file(path: str | Path, shape: Sequence[int] | None = None) -> str | None:
-    "What is wrong with a safetensors feature file (cut short, unreadable header, wrong shape), from its header and size; None if whole."
+def check_feature_file(path: str | Path, shape: Sequence[int] | None = None, values: bool = False) -> str | None:
+    "What is wrong with a safetensors feature file (cut short, unreadable header, wrong shape; with `values`, NaN or Inf); None if whole."
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -393,6 +402,11 @@ def check_feature_file(path: str | Path, shape: Sequence[int] | None = None) -> 
     if "features" not in header: return "no 'features' tensor"
     if shape is not None and list(header["features"]["shape"]) != list(shape):
         return f"features of shape {header['features']['shape']}, expected {list(shape)}"
+    if values:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            bad = [k for k in f.keys() if f.get_tensor(k).is_floating_point() and not torch.isfinite(f.get_tensor(k)).all()]
+        if bad: return f"its {', '.join(bad)} hold NaN or infinite values"
     return None
 
 def read_meta(path: str | Path) -> dict:
@@ -410,6 +424,13 @@ class _NumpyOnly(pickle.Unpickler):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a feature pickle (only numpy arrays are allowed)")
 
+def _finite(x: torch.Tensor, path: Path) -> torch.Tensor:
+    "`x`, unless it holds NaN or Inf (then a `VtomError`: such numbers would be scored and trained on as if they were features)."
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise VtomError(f"{path} holds NaN or infinite values ({int((~torch.isfinite(x)).sum())} of {x.numel()}); rerun "
+                        f"`vtom features VIDEOS {path.parent}` (it recomputes such files), or delete the file.")
+    return x
+
 def _load_file(path: Path, key: str = "features") -> torch.Tensor:
     if not path.is_file(): raise VtomError(f"Feature file {path} does not exist; run `vtom features VIDEOS {path.parent}` first.")
     if path.suffix == ".pkl":
@@ -418,15 +439,16 @@ def _load_file(path: Path, key: str = "features") -> torch.Tensor:
         except Exception as e: raise VtomError(f"{path}: not a reference feature pickle ({e}); expected a pickled numpy array.") from e
         if not isinstance(arr, np.ndarray) or arr.ndim != 2:
             raise VtomError(f"{path}: expected a 2-D numpy array (e.g. 356 x 1024), got {type(arr).__name__} {getattr(arr, 'shape', '')}.")
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return _finite(torch.from_numpy(np.ascontiguousarray(arr)), path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
         try:
             with safe_open(str(path), framework="pt") as f:
                 if key not in f.keys(): raise VtomError(f"{path} has no {key!r} tensor (it has {list(f.keys())}).")
-                return f.get_tensor(key)
+                tensor = f.get_tensor(key)
         except VtomError: raise
         except Exception as e: raise VtomError(f"{path}: unreadable feature file ({e}); delete it and rerun `vtom features`.") from e
+        return _finite(tensor, path)
     raise VtomError(f"{path}: unknown feature file type; expected .safetensors (vtom) or .pkl (reference).")
 
 def load_features(store: str | Path, video_id: str | None = None, key: str = "features") -> torch.Tensor:
@@ -478,9 +500,15 @@ class FeatureStore:
 def feature_shape(store: FeatureStore, video_ids: Sequence[str] | None = None) -> tuple[int, int] | None:
     "(rows, width) of the features of the first of `video_ids` (default: every video) the store holds; None when it holds none."
     vid = next((v for v in (store.ids() if video_ids is None else video_ids) if v in store), None)
-    return None if vid is None else tuple(int(n) for n in store[vid].shape)
+    if vid is None: return None
+    path = store._file(vid)
+    if path.suffix == ".safetensors" and check_feature_file(path) is None:   # from the header: no tensor read
+        with open(path, "rb") as f: header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        return tuple(int(n) for n in header["features"]["shape"])
+    return tuple(int(n) for n in store[vid].shape)
 
 # %% ../nbs/02_features.ipynb #2c4a669d
+MAX_NUM_FRAMES = 4096   # temporal tokens per video; far beyond any video LLM's use (the reference: 100)
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts", ".gif"}
 
 def list_videos(src: str | Path) -> list[Path]:
@@ -509,7 +537,7 @@ def _check_existing(store: Store, mine: list[tuple[str, Path]], shape: tuple[int
     for vid, path in mine:
         f = store.folder / f"{vid}.safetensors"
         if not f.is_file(): todo.append((vid, path)); continue
-        problem = check_feature_file(f, shape)
+        problem = check_feature_file(f, shape, values=True)
         meta = read_meta(f) if problem is None else {}
         other = {k: meta[k] for k in want if k in meta and meta[k] != want[k]}
         if other or (problem or "").startswith("features of shape"):
@@ -523,11 +551,15 @@ def _check_existing(store: Store, mine: list[tuple[str, Path]], shape: tuple[int
 
 def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = 100,
                      batch_size: int = 32, keep_tokens: bool = False, mode: str = "stretch", backend: str = "auto",
-                     rank: int = 0, world_size: int = 1, workers: int = 2, progress: bool = True) -> dict:
+                     rank: int = 0, world_size: int = 1, workers: int = 2, progress: bool = True, pool: str | DecodePool = "auto") -> dict:
     "Extract features of this rank's share of `videos` into the store `out` (skipping finished ones); returns a summary."
     from tqdm import tqdm
-    from vtom.decode import pick_backend, read_video
+    if not 1 <= num_frames <= MAX_NUM_FRAMES:
+        raise VtomError(f"num_frames={num_frames}: use 1 to {MAX_NUM_FRAMES} (the reference uses 100); each frame is one temporal "
+                        "token of every video, padded with zeros when the video is shorter.")
+    from vtom.decode import DecodePool, pick_backend
     pick_backend(backend)  # an unknown backend is a usage error, not a failure of every video
+    if pool == "auto": pool = "process" if tower.device.type == "cuda" and workers > 1 else "thread"   # see `DecodePool`
     out = Path(out)
     videos = [Path(v) for v in videos]
     ids = [video_id_of(v) for v in videos]
@@ -544,26 +576,24 @@ def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: Visio
             if tmp.name[1:].split(".safetensors.")[0] in pending_ids: tmp.unlink(missing_ok=True)
         done = frames = 0
         failed: list[str] = []
+        padded: list[tuple[int, str]] = []   # (frames, id) of videos shorter than num_frames: zero-padded temporal rows
         t0 = time.perf_counter()
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="video", disable=not progress, dynamic_ncols=True,
                    desc=f"features{f' rank {rank}/{world_size}' if world_size > 1 else ''}")
-        pool = cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="vtom-decode")
-        queue, it = [], iter(todo)
-        def submit():
-            nxt = next(it, None)
-            if nxt is not None: queue.append((*nxt, pool.submit(read_video, nxt[1], num_frames, backend)))
+        decoder = pool if isinstance(pool, DecodePool) else DecodePool(max(1, workers), pool)   # a given pool stays open
         try:
-            for _ in range(max(1, workers) + 1): submit()
-            while queue:
-                vid, path, fut = queue.pop(0)
-                submit()
-                try: clip = fut.result()
-                except Exception as e:  # unreadable video: record it and go on
+            for (vid, path), (_, clip) in zip(todo, decoder.map([path for _, path in todo], num_frames=num_frames, backend=backend)):
+                if isinstance(clip, Exception):  # unreadable video: record it and go on
+                    failed.append(vid)
+                    store.fail(vid, path=str(path), error=type(clip).__name__, message=str(clip)[:500], rank=rank)
+                    bar.set_postfix(failed=len(failed)); bar.update(); continue
+                try: feats, meta = features_from_clip(clip, tower, num_frames, batch_size, keep_tokens, mode)
+                except VtomError as e:   # e.g. NaN features: a failure of this video, listed, never a result
                     failed.append(vid)
                     store.fail(vid, path=str(path), error=type(e).__name__, message=str(e)[:500], rank=rank)
-                    bar.set_postfix(failed=len(failed)); bar.update(); continue
-                feats, meta = features_from_clip(clip, tower, num_frames, batch_size, keep_tokens, mode)
+                    bar.update(); continue
                 meta["video_id"] = vid
+                if meta["frames"] < num_frames: padded.append((meta["frames"], vid))
                 save_features(out / f"{vid}.safetensors", feats, meta)
                 meta.pop("tokens", None)
                 store.record(meta)
@@ -576,32 +606,30 @@ def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: Visio
                               f"and kept in {out} (no half-written file is left); rerun the same command to do the other "
                               f"{len(mine) - finished}.") from None
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if decoder is not pool: decoder.close()
             bar.close()
     secs = time.perf_counter() - t0
     return {"out": str(out), "videos": len(mine), "done": done, "skipped": len(mine) - len(todo), "failed": len(failed),
             "seconds": round(secs, 3), "videos_per_s": round(done / secs, 3) if secs else None,
             "frames_per_s": round(frames / secs, 2) if secs else None, "rank": rank, "world_size": world_size,
-            "tower": tower.name, "failed_ids": failed, "failures_file": str(store.failures_path) if failed else None}
+            "tower": tower.name, "failed_ids": failed, "failures_file": str(store.failures_path) if failed else None,
+            "padded": len(padded), "fewest_frames": list(min(padded)) if padded else None}
 
 # %% ../nbs/02_features.ipynb #316f4c18
 def extract_grid_store(videos: Iterable[str | Path], out: str | Path, tower: VisionTower, num_frames: int = 100, grid: int = 4,
                        batch_size: int = 32, progress: bool = False) -> Path:
     "A feature store whose files also hold a per-frame `grid x grid` patch grid under the key `grid` (finished videos are skipped)."
-    from safetensors.torch import save_file
     from tqdm import tqdm
     out = Path(out)
     settings = {**feature_settings(tower, num_frames), "frame_grid": int(grid)}
     with Store(out, settings, kind="feature store") as store:
         for path in tqdm(list(videos), unit="video", disable=not progress, desc="grid features"):
             vid = video_id_of(path)
-            if (out / f"{vid}.safetensors").is_file(): continue
+            if (out / f"{vid}.safetensors").is_file() and check_feature_file(out / f"{vid}.safetensors", values=True) is None: continue
             feats, meta = extract_video_features(path, tower, num_frames, batch_size, keep_tokens=True)
             cells = frame_grid(meta.pop("tokens"), grid).to(torch.float16)
             meta.update(video_id=vid, frame_grid=int(grid))
-            with atomic_path(out / f"{vid}.safetensors") as tmp:
-                save_file({"features": feats.contiguous(), "grid": cells.contiguous()}, str(tmp),
-                          metadata={"vtom": json.dumps(meta, default=str), "format": "pt"})
+            _write_safetensors(out / f"{vid}.safetensors", {"features": feats.contiguous(), "grid": cells.contiguous()}, meta)
             store.record(meta)
     return out
 
@@ -629,17 +657,22 @@ def features_main(argv: list[str] | None = None) -> int:
     p.add_argument("videos", help="a folder of videos (recursive), a text file with one video path per line, or one video")
     p.add_argument("out", help="feature store folder")
     p.add_argument("--vision", default=REFERENCE_TOWER, help="hf:ID_OR_DIR | open_clip:ARCH:PRETRAINED | random:ARCH (default %(default)s)")
-    p.add_argument("--num-frames", type=int, default=100, help="frames sampled = temporal tokens (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=50, help="frames per tower forward (default %(default)s)")
+    p.add_argument("--num-frames", type=positive_int, default=100, help=f"frames sampled = temporal tokens, at most {MAX_NUM_FRAMES} "
+                   "(default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="frames per tower forward (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto uses cuda:$LOCAL_RANK under torchrun)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU like the reference, bf16 on CPUs with AMX, else fp32) | fp32 | fp16 | bf16")
     p.add_argument("--mode", choices=("stretch", "crop"), default="stretch", help="resize: reference stretch or center crop")
     p.add_argument("--keep-tokens", action="store_true", help="also store the unpooled T x P x D tokens")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads running ahead of the tower (default %(default)s)")
-    p.add_argument("--backend", default="auto", help="decoding backend (auto | decord | pyav)")
+    p.add_argument("--workers", type=positive_int, default=2, help="videos decoded in parallel ahead of the tower (default %(default)s)")
+    p.add_argument("--pool", choices=("auto", "thread", "process"), default="auto",
+                   help="decoding threads or spawned processes (auto: processes when the tower is on a GPU, else threads)")
+    p.add_argument("--backend", default="auto", help="decoding backend (auto | pyav | decord | torchcodec)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if a.num_frames < 1 or a.batch_size < 1: raise VtomError("--num-frames and --batch-size must be positive.")
+    if a.num_frames > MAX_NUM_FRAMES:
+        raise VtomError(f"--num-frames {a.num_frames} is more than {MAX_NUM_FRAMES}: every video would get {a.num_frames} temporal rows, "
+                        "most of them zero padding (the reference uses 100).")
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise VtomError(f"The output {a.out} is an existing file; the feature store is a folder: pass a new or existing folder.")
     from vtom.decode import pick_backend
@@ -653,11 +686,17 @@ def features_main(argv: list[str] | None = None) -> int:
     dtype, recorded = a.dtype, FeatureStore(a.out).settings() if Path(a.out).is_dir() else None
     if dtype == "auto" and recorded and recorded.get("tower") == a.vision and recorded.get("dtype") in ("float32", "bfloat16", "float16"):
         dtype = recorded["dtype"]  # resume a store in the dtype it was started with (stores from before bf16 became the CPU default: fp32)
+    check_writable(a.out, folder=True)   # a read-only or full disk fails now, not after the tower has loaded
     tower = load_vision_tower(a.vision, device=device, dtype=dtype)
     get_logger().info(f"{len(videos)} videos, rank {rank}/{world}, {tower}")
     summary = extract_to_store(videos, a.out, tower, a.num_frames, a.batch_size, a.keep_tokens, a.mode, a.backend,
-                               rank, world, a.workers, progress=not a.no_progress)
+                               rank, world, a.workers, progress=not a.no_progress, pool=a.pool)
     print(json.dumps(summary))
+    if summary["padded"]:
+        fewest, vid = summary["fewest_frames"]
+        print(f"note: {summary['padded']} of {summary['done']} new videos have fewer frames than --num-frames {a.num_frames} "
+              f"(fewest: {fewest} in {vid}); their temporal rows are zero-padded, as in the reference. Lower --num-frames if "
+              "that is not what you want.", file=sys.stderr)
     if not summary["failed"]: return 0
     rows = {r["video_id"]: r for r in FeatureStore(a.out).failures()}
     for vid in summary["failed_ids"][:20]: print(f"failed: {vid}: {rows.get(vid, {}).get('message', '?')}", file=sys.stderr)

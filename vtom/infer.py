@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import importlib.util
 import json
+import math
 import re
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .core import VtomError, cache_dir, get_logger, seed_everything, write_json
+from .core import VtomError, cache_dir, float_at_least, get_logger, positive_int, seed_everything, write_json
 from .model import VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm, mind_segments, mind_timeline, with_mind
 from .social import load_timeline, model_file, social_signals, social_timeline, timeline_path, timeline_prompt_line
 
@@ -95,6 +96,13 @@ class VideoChat:
                 "warnings": warnings}
 
 # %% ../nbs/05_infer.ipynb #74f036ae
+def _readable(cache: Path) -> bool:
+    "Whether a cached feature file is whole and finite (else it is recomputed, never used)."
+    from vtom.features import check_feature_file
+    problem = check_feature_file(cache, values=True)
+    if problem: get_logger().warning(f"{cache}: {problem}; recomputing it.")
+    return problem is None
+
 def _load_video(self: VideoChat, path: str | Path) -> torch.Tensor:
     "Make `path` the current video (features from memory, the disk cache, or the vision tower) and start a new conversation."
     from vtom.features import extract_video_features, load_features, read_meta, save_features
@@ -104,7 +112,7 @@ def _load_video(self: VideoChat, path: str | Path) -> torch.Tensor:
     cache = feature_cache_path(path, self.tower.name if self.tower is not None else self.model.config.vision_name, self.num_frames)
     if key in self._memory: (feats, meta), source = self._memory[key], "memory"
     elif self.model.perception is not None: (feats, meta), source = perceive_video(self.model, path), "perception"   # cheap: never on disk
-    elif self.disk_cache and cache.is_file(): feats, meta, source = load_features(cache), read_meta(cache), "disk cache"
+    elif self.disk_cache and cache.is_file() and _readable(cache): feats, meta, source = load_features(cache), read_meta(cache), "disk cache"
     else:
         if self.tower is None: raise VtomError("This VideoChat has no vision tower; pass features with set_features().")
         feats, meta = extract_video_features(path, self.tower, num_frames=self.num_frames)
@@ -158,6 +166,8 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
     if self.features is None:
         raise NoVideoError("No video is loaded: call load_video(PATH) (or set_features) before asking about it.")
     if not question.strip(): raise VtomError("The question is empty.")
+    if not (math.isfinite(temperature) and temperature >= 0): raise VtomError(f"temperature must be a number >= 0 (0 = greedy), not {temperature}.")
+    if max_new_tokens < 1: raise VtomError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
     content = question if self.turns or VIDEO_TOKEN in question else f"{question}\n{VIDEO_TOKEN}"
     if not self.turns and self.notes:   # a whole model: the video, what it makes of it, then the question (as it was trained)
         content = with_mind(question if VIDEO_TOKEN in question else f"{VIDEO_TOKEN}\n{question}", self.notes)
@@ -242,17 +252,17 @@ def chat_main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm", default=None, help="language model: embedded (SmolLM2-135M-Instruct), a local dir or a hub name "
                    "(default: the checkpoint's, else embedded)")
     p.add_argument("--checkpoint", default=None, help="trained projector directory (from vtom train / save_pretrained)")
-    p.add_argument("--num-frames", type=int, default=None, help="frames sampled from the video (default: checkpoint's, else 100)")
-    p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2, as the reference)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--num-frames", type=positive_int, default=None, help="frames sampled from the video (default: checkpoint's, else 100)")
+    p.add_argument("--temperature", type=float_at_least(0), default=0.2, help="sampling temperature; 0 = greedy (default 0.2, as the reference)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 is fastest on a busy shared CPU)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (1 is fastest on a busy shared CPU)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk feature cache")
     p.add_argument("--social", choices=SOCIAL_CHOICES, default="auto", help="read the video's social timeline (faces, "
                    "expressions, voice, words) with the first question: auto (default) = when a store, the cache or the models have it")
     p.add_argument("--social-store", default=None, help="timeline store folder (`vtom social VIDEO --store DIR`)")
-    p.add_argument("--social-frames", type=int, default=50, help="frames sampled for a timeline computed now (default 50)")
+    p.add_argument("--social-frames", type=positive_int, default=50, help="frames sampled for a timeline computed now (default 50)")
     p.add_argument("--json", action="store_true", help="print one JSON object (answer, models, timings) instead of streaming")
     args = p.parse_args(argv)
     if not Path(args.video).is_file(): raise VtomError(f"Video {args.video} does not exist; pass the path of a video file.")

@@ -20,11 +20,13 @@ from .core import VtomError, seed_everything
 from .evaluate import answer_logprobs, bootstrap_ci
 
 # %% auto #0
-__all__ = ['MOMENT_FIELDS', 'temporal_iou', 'moment_metrics', 'hit_at_k', 'frame_bounds', 'scores_to_window', 'centre_window',
-           'random_window', 'prior_window', 'HashingQueryEncoder', 'MomentExample', 'temporal_tokens',
-           'feature_change_scores', 'MomentHead', 'train_moment_head', 'head_scores', 'loo_importance',
-           'plot_relevance', 'answer_loglik_fn', 'load_moments', 'moment_examples', 'evidence_examples',
-           'method_windows', 'retrieval_table', 'markdown_table', 'rows_by', 'loo_moment_scores']
+__all__ = ['MR_IOU_THRESHOLDS', 'MOMENT_FIELDS', 'temporal_iou', 'moment_metrics', 'hit_at_k', 'cross_iou',
+           'query_average_precision', 'qvh_metrics', 'frame_bounds', 'scores_to_window', 'ranked_windows',
+           'window_list', 'centre_window', 'random_window', 'prior_window', 'HashingQueryEncoder', 'MomentExample',
+           'temporal_tokens', 'feature_change_scores', 'MomentHead', 'train_moment_head', 'head_scores',
+           'loo_importance', 'plot_relevance', 'answer_loglik_fn', 'load_moments', 'moment_examples',
+           'evidence_examples', 'method_windows', 'ranked_of', 'retrieval_table', 'markdown_table', 'qvh_ground_truth',
+           'qvh_predictions', 'method_slug', 'write_qvh', 'rows_by', 'loo_moment_scores']
 
 # %% ../nbs/08_locate.ipynb #c327fc59
 def _windows(x: Any, name: str) -> np.ndarray:
@@ -59,6 +61,59 @@ def hit_at_k(scores: Sequence[float], timestamps: Sequence[float], window: Seque
     top = np.argsort(-s, kind="stable")[:k]
     start, end = _windows(window, "window")[0]
     return bool(((t[top] >= start) & (t[top] <= end)).any())
+
+# %% ../nbs/08_locate.ipynb #30dadc89
+MR_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))   # 0.50, 0.55, ..., 0.95
+
+def cross_iou(a: Any, b: Any) -> np.ndarray:
+    "IoU of every window in `a` (N x 2) with every window in `b` (M x 2) -> (N, M); identical empty windows score 1."
+    a, b = _windows(a, "windows"), _windows(b, "windows")
+    inter = np.clip(np.minimum(a[:, None, 1], b[None, :, 1]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter
+    same = np.isclose(a[:, None, 0], b[None, :, 0]) & np.isclose(a[:, None, 1], b[None, :, 1])
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), same.astype(float))
+
+def _interpolated_ap(tp: np.ndarray, n_true: int) -> float:
+    "VOC-2011 AP of a ranked list of hits: precision made monotone from the right, summed over the recall steps."
+    hits = np.cumsum(tp)
+    prec = np.concatenate([[0.0], hits / np.arange(1, len(tp) + 1), [0.0]])
+    rec = np.concatenate([[0.0], hits / n_true, [1.0]])
+    prec = np.maximum.accumulate(prec[::-1])[::-1]
+    step = np.flatnonzero(rec[1:] != rec[:-1]) + 1
+    return float(np.sum((rec[step] - rec[step - 1]) * prec[step]))
+
+def query_average_precision(pred: Sequence, gt: Sequence, thresholds: Sequence[float] = MR_IOU_THRESHOLDS,
+                            max_windows: int = 10) -> np.ndarray:
+    "One query's AP per IoU threshold: its first `max_windows` `[start, end, score]` windows against its true `[start, end]` windows."
+    g = _windows(gt, "relevant_windows")
+    p = np.asarray(pred, float).reshape(-1, 3)[:max_windows]
+    if len(p) == 0: return np.zeros(len(thresholds))
+    p = p[np.argsort(-p[:, 2], kind="stable")]
+    iou = cross_iou(p[:, :2], g)
+    out = []
+    for t in thresholds:
+        taken, tp = np.zeros(len(g), bool), np.zeros(len(p))
+        for r in range(len(p)):
+            free = (iou[r] >= t - 1e-9) & ~taken
+            if free.any():
+                taken[np.flatnonzero(free)[np.argmax(iou[r][free])]] = True
+                tp[r] = 1
+        out.append(_interpolated_ap(tp, len(g)))
+    return np.array(out)
+
+def qvh_metrics(predictions: Sequence[dict], ground_truth: Sequence[dict], thresholds: Sequence[float] = MR_IOU_THRESHOLDS) -> dict:
+    "QVHighlights moment-retrieval metrics in percent (MR-R1@0.5/0.7, MR-mAP@0.5/0.75, MR-mAP) over the queries with a true window."
+    preds = {r["qid"]: r.get("pred_relevant_windows") or [] for r in predictions}
+    timed = [r for r in ground_truth if r["relevant_windows"]]
+    missing = [r["qid"] for r in timed if r["qid"] not in preds]
+    if missing: raise VtomError(f"qvh_metrics: {len(missing)} queries have no prediction row (e.g. {missing[0]!r}).")
+    if not timed: return {"MR-R1@0.5": float("nan"), "MR-R1@0.7": float("nan"), "MR-mAP@0.5": float("nan"),
+                          "MR-mAP@0.75": float("nan"), "MR-mAP": float("nan"), "n": 0}
+    ap = np.stack([query_average_precision(preds[r["qid"]], r["relevant_windows"], thresholds) for r in timed])
+    best = [cross_iou(np.asarray(preds[r["qid"]][0][:2], float), r["relevant_windows"]).max() if preds[r["qid"]] else 0.0 for r in timed]
+    by_t = dict(zip(thresholds, 100 * ap.mean(0)))
+    return {"MR-R1@0.5": 100 * float(np.mean(np.asarray(best) >= 0.5 - 1e-9)), "MR-R1@0.7": 100 * float(np.mean(np.asarray(best) >= 0.7 - 1e-9)),
+            "MR-mAP@0.5": float(by_t[0.5]), "MR-mAP@0.75": float(by_t[0.75]), "MR-mAP": float(np.mean(list(by_t.values()))), "n": len(timed)}
 
 # %% ../nbs/08_locate.ipynb #28abac98
 def frame_bounds(timestamps: Sequence[float], duration: float | None = None) -> np.ndarray:
@@ -97,6 +152,41 @@ def scores_to_window(scores: Sequence[float], timestamps: Sequence[float], durat
         i = int(np.argmax(sums)); j = i + k - 1
     else: raise VtomError(f"scores_to_window: unknown rule {rule!r}; use 'maxsum' or 'fixed'.")
     return float(bounds[i, 0]), float(bounds[j, 1])
+
+# %% ../nbs/08_locate.ipynb #9a5ca86d
+def _runs(s: np.ndarray, bounds: np.ndarray, rule: str, threshold: float | None, width: float | None) -> tuple[np.ndarray, np.ndarray]:
+    "Every candidate run of frames as `[start, end]` seconds and its objective under `rule` (see `scores_to_window`)."
+    T = len(s)
+    if rule == "maxsum":
+        c = np.concatenate([[0.0], np.cumsum(s - (s.mean() if threshold is None else threshold))])
+        i, j = np.triu_indices(T)
+        obj = c[j + 1] - c[i]
+    else:
+        k = int(np.clip(round(width / ((bounds[-1, 1] - bounds[0, 0]) / T)), 1, T))
+        i = np.arange(T - k + 1); j = i + k - 1
+        obj = np.convolve(s, np.ones(k), mode="valid")
+    return np.stack([bounds[i, 0], bounds[j, 1]], 1), obj
+
+def ranked_windows(scores: Sequence[float], timestamps: Sequence[float], duration: float | None = None, rule: str = "maxsum",
+                   threshold: float | None = None, width: float | None = None, k: int = 10, nms: float = 0.7) -> list[list[float]]:
+    "Up to `k` `[start, end, score]` windows ranked by the rule's objective, `scores_to_window`'s window first, overlaps above IoU `nms` dropped."
+    s = np.asarray(scores, float)
+    top = scores_to_window(s, timestamps, duration, rule, threshold, width)   # checks the inputs
+    if rule == "maxsum" and threshold is None and np.ptp(s) < 1e-12: return [[*top, 0.0]]
+    wins, obj = _runs(s, frame_bounds(timestamps, duration), rule, threshold, width)
+    first = int(np.flatnonzero(np.isclose(wins, top).all(1))[0])
+    order = np.concatenate([[first], [o for o in np.argsort(-obj, kind="stable") if o != first]])
+    keep, alive = [], np.ones(len(wins), bool)
+    for o in order:
+        if not alive[o]: continue
+        keep.append(int(o))
+        if len(keep) == k: break
+        alive &= cross_iou(wins[o], wins)[0] <= nms
+    return [[float(wins[o, 0]), float(wins[o, 1]), float(obj[o])] for o in keep]
+
+def window_list(window: Sequence[float] | None, score: float = 1.0) -> list[list[float]]:
+    "A one-window ranked list `[[start, end, score]]` for a method without per-frame scores; `[]` for 'never' (None)."
+    return [] if window is None else [[float(window[0]), float(window[1]), float(score)]]
 
 # %% ../nbs/08_locate.ipynb #d14f1a70
 def centre_window(duration: float, width: float) -> tuple[float, float]:
@@ -364,7 +454,7 @@ def evidence_examples(questions: Sequence[Any], store: Any, qtypes: Sequence[str
 # %% ../nbs/08_locate.ipynb #2c566cfe
 def method_windows(examples: Sequence[MomentExample], train: Sequence[MomentExample], head: MomentHead | None = None,
                    encoder: Callable | None = None, loo: dict[str, np.ndarray] | None = None, seed: int = 0) -> dict[str, dict]:
-    "Windows (None: 'never') and per-frame scores of the baselines, feature change, the head and (given, by qid) leave-one-out."
+    "Windows (None: 'never'), ranked scored windows (`ranked`) and per-frame scores of the baselines, feature change, the head and leave-one-out."
     timed = [e for e in train if e.window is not None]
     if not timed: raise VtomError("method_windows: no training example has a window.")
     width = float(np.mean([e.window[1] - e.window[0] for e in timed]))
@@ -384,17 +474,25 @@ def method_windows(examples: Sequence[MomentExample], train: Sequence[MomentExam
                                                for e in examples]}
     ch = [feature_change_scores(e.frames) for e in examples]
     out["feature change"] = {"scores": ch, "windows": [scores_to_window(s, e.timestamps, e.duration, rule="fixed", width=width)
-                                                        for s, e in zip(ch, examples)]}
+                                                        for s, e in zip(ch, examples)],
+                             "ranked": [ranked_windows(s, e.timestamps, e.duration, rule="fixed", width=width) for s, e in zip(ch, examples)]}
     if head is not None:   # the head says "never" when no frame reaches probability 0.5
         hs = head_scores(head, examples, encoder)
         out["head"] = {"scores": hs, "windows": [scores_to_window(s, e.timestamps, e.duration, threshold=0.5) if s.max() >= 0.5 else None
-                                                 for s, e in zip(hs, examples)]}
+                                                 for s, e in zip(hs, examples)],
+                       "ranked": [ranked_windows(s, e.timestamps, e.duration, threshold=0.5) if s.max() >= 0.5 else []
+                                  for s, e in zip(hs, examples)]}
     if loo:
         keep = [i for i, e in enumerate(examples) if e.qid in loo]
         ls = [loo[examples[i].qid] for i in keep]
         out["leave-one-out"] = {"index": keep, "scores": ls, "windows": [
-            scores_to_window(s, examples[i].timestamps, examples[i].duration, rule="fixed", width=width) for s, i in zip(ls, keep)]}
+            scores_to_window(s, examples[i].timestamps, examples[i].duration, rule="fixed", width=width) for s, i in zip(ls, keep)],
+            "ranked": [ranked_windows(s, examples[i].timestamps, examples[i].duration, rule="fixed", width=width) for s, i in zip(ls, keep)]}
     return out
+
+def ranked_of(method: dict) -> list[list[list[float]]]:
+    "A method's ranked `[start, end, score]` windows per query: its `ranked` lists, else one window per query (none for 'never')."
+    return method.get("ranked") or [window_list(w) for w in method["windows"]]
 
 def _ious(preds: Sequence, gts: Sequence) -> np.ndarray:
     "IoU per (predicted, true) window pair; a predicted 'never' (None) scores 0."
@@ -402,8 +500,9 @@ def _ious(preds: Sequence, gts: Sequence) -> np.ndarray:
 
 def retrieval_table(examples: Sequence[MomentExample], methods: dict[str, dict], by_family: bool = True,
                     thresholds: Sequence[float] = (0.3, 0.5, 0.7)) -> list[dict]:
-    """Per method and family: R1@IoU, mIoU, hit@1 (methods with scores) and a video-clustered 95% CI of R1@0.5 over the queries
-    with a true window; and, where "never" is a possible answer, the accuracy of the never/window decision (`never acc`)."""
+    """Per method and family: R1@IoU, mIoU, hit@1 (methods with scores), a video-clustered 95% CI of R1@0.5 and the QVHighlights
+    metrics in percent (`qvh_metrics`) over the queries with a true window; and, where "never" is a possible answer, the
+    accuracy of the never/window decision (`never acc`)."""
     rows = []
     for name, m in methods.items():
         index = m.get("index", list(range(len(examples))))
@@ -418,6 +517,9 @@ def retrieval_table(examples: Sequence[MomentExample], methods: dict[str, dict],
             row = {"method": name, "family": fam, **{f"R1@{t}": float((iou >= t - 1e-9).mean()) if len(iou) else float("nan") for t in thresholds},
                    "mIoU": float(iou.mean()) if len(iou) else float("nan"), "n": len(timed),
                    "R1@0.5 CI": bootstrap_ci(iou >= 0.5 - 1e-9, clusters=[examples[index[j]].video_id for j in timed])}
+            ranked = ranked_of(m)
+            row |= {k: v for k, v in qvh_metrics([{"qid": j, "pred_relevant_windows": ranked[j]} for j in timed],
+                                                 [{"qid": j, "relevant_windows": [examples[index[j]].window]} for j in timed]).items() if k != "n"}
             if can_be_never:
                 ok = [(m["windows"][j] is None) == (examples[index[j]].window is None) for j in can_be_never]
                 row |= {"never acc": float(np.mean(ok)), "n never": sum(examples[index[j]].window is None for j in can_be_never),
@@ -436,6 +538,32 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, d
         return "" if v is None else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows])
+
+# %% ../nbs/08_locate.ipynb #f856ad43
+def qvh_ground_truth(examples: Sequence[MomentExample]) -> list[dict]:
+    "QVHighlights ground-truth rows: qid, query, vid, duration, relevant_windows (`[]`: 'never'), relevant_clip_ids (sampled frames inside)."
+    return [{"qid": e.qid, "query": e.query, "vid": e.video_id, "duration": float(e.duration),
+             "relevant_windows": [] if e.window is None else [[float(e.window[0]), float(e.window[1])]],
+             "relevant_clip_ids": np.flatnonzero(e.labels()).tolist()} for e in examples]
+
+def qvh_predictions(examples: Sequence[MomentExample], method: dict) -> list[dict]:
+    "QVHighlights prediction rows of one method: ranked `pred_relevant_windows` and, with per-frame scores, `pred_saliency_scores`."
+    index, ranked = method.get("index", list(range(len(examples)))), ranked_of(method)
+    return [{"qid": examples[i].qid, "query": examples[i].query, "vid": examples[i].video_id, "pred_relevant_windows": ranked[j],
+             **({"pred_saliency_scores": [round(float(v), 6) for v in method["scores"][j]]} if "scores" in method else {})}
+            for j, i in enumerate(index)]
+
+def method_slug(name: str) -> str:
+    "A file name for a method: lower case, runs of other characters as `_` ('train prior' -> 'train_prior')."
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_").replace("__", "_")
+
+def write_qvh(folder: str | Path, examples: Sequence[MomentExample], methods: dict[str, dict]) -> dict[str, Path]:
+    "Write `ground_truth.jsonl` and one `{method}.jsonl` of predictions per method in the QVHighlights format; returns name -> path."
+    from vtom.data import write_jsonl
+    folder = Path(folder)
+    out = {"ground truth": write_jsonl(folder / "ground_truth.jsonl", qvh_ground_truth(examples))}
+    for name, m in methods.items(): out[name] = write_jsonl(folder / f"{method_slug(name)}.jsonl", qvh_predictions(examples, m))
+    return out
 
 # %% ../nbs/08_locate.ipynb #400533dc
 def rows_by(examples: Sequence[MomentExample], methods: dict[str, dict], key: str = "mtype") -> list[dict]:

@@ -15,21 +15,21 @@ from fastcore.basics import patch
 from torch import nn
 
 from .core import (VtomError, atomic_path, embedded_llm_path, get_device, get_dtype, get_logger,
-                       has_package, write_json)
+                       has_package, resolve_pretrained, write_json)
 
 # %% auto #0
 __all__ = ['PROJECTOR_TYPES', 'MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES',
            'VIDEO_TOKEN', 'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX',
            'TRACKER_PLACES', 'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS',
            'OBSERVATION_COLUMNS', 'NUM_SLOTS', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME',
-           'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'VIDEO_CHATGPT_LM', 'ModelLoadError',
-           'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig',
-           'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
+           'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'VIDEO_CHATGPT_LM',
+           'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm',
+           'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
            'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
            'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'LayoutReader',
            'FramePerception', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name',
            'mind_segments', 'false_belief_onset', 'layout_line', 'mind_timeline', 'with_mind', 'SocialProjector',
-           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config']
+           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config', 'processor_config']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -660,10 +660,11 @@ class VideoLLM(nn.Module):
     def _set_trainable(self):
         self.projector.requires_grad_(True)
         self.video_embeddings.requires_grad_(self.config.tune_video_embeddings)
-        if self.config.tune_video_embeddings:  # only the start/end rows learn; patch is overwritten, <video> never reaches the LM
-            mask = torch.zeros(len(VIDEO_TOKENS), 1, device=self.video_embeddings.device)
-            mask[[self._row[VID_START_TOKEN], self._row[VID_END_TOKEN]]] = 1
-            if not hasattr(self, "_hook"): self._hook = self.video_embeddings.register_hook(lambda g: g * mask.to(g.dtype))
+        if self.config.tune_video_embeddings and not hasattr(self, "_hook"):  # only the start/end rows learn: patch is
+            # overwritten, <video> never reaches the LM. The hook keeps row numbers, not a tensor: a mask made now would stay
+            # on this device and dtype after `.to(cuda)` (the first backward on a GPU then failed with a device mismatch).
+            frozen = [i for t, i in self._row.items() if t not in (VID_START_TOKEN, VID_END_TOKEN)]
+            self._hook = self.video_embeddings.register_hook(lambda g: g.index_fill(0, torch.tensor(frozen, device=g.device), 0))
 
     def train(self, mode: bool = True) -> "VideoLLM":
         "Train mode for the LM side; perception and tracker (trained before, frozen) stay in eval mode."
@@ -888,9 +889,21 @@ def mind_config(path: str | Path) -> dict:
 
 
 # %% ../nbs/03_model.ipynb #0f231607
+PROCESSOR_NAME = "processor_config.json"
+
+def processor_config(config: VideoLLMConfig) -> dict:
+    "What turns a video into this model's input: the vision tower, frames, pooling and token counts (`processor_config.json`)."
+    pooling = (f"graph rows: {config.graph_cells} grid cells per frame (vtom.features.graph_rows)" if config.projector_type == "graph"
+               else "video-chatgpt temporal+spatial means (vtom.features.pool_features)")
+    return {"processor_class": "vtom.features", "vision_tower": config.vision_name, "num_frames": config.num_frames,
+            "frame_sampling": "uniform, Video-ChatGPT's rule (vtom.decode)", "pooling": pooling,
+            "num_spatial_tokens": config.num_spatial_tokens, "num_video_tokens": config.num_video_tokens,
+            "vision_hidden_size": config.vision_hidden_size,
+            "extract": f"vtom features VIDEOS STORE --vision {config.vision_name} --num-frames {config.num_frames}"}
+
 @patch
 def save_pretrained(self: VideoLLM, path: str | Path) -> Path:
-    "Write `config.json` + `projector.safetensors` (projector, social/mind projectors if any, video-token rows) and `mind.safetensors` (perception, tracker); never the frozen LM."
+    "Write `config.json`, `processor_config.json`, `projector.safetensors` (projector, social/mind projectors if any, video-token rows) and `mind.safetensors` (perception, tracker); never the frozen LM."
     from safetensors.torch import save_file
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -901,6 +914,7 @@ def save_pretrained(self: VideoLLM, path: str | Path) -> Path:
     if self.perception is not None or self.mind is not None:
         with atomic_path(path / MIND_NAME) as tmp: save_file(_state("perception", self.perception) | _state("tracker", self.mind), str(tmp))
     write_json(path / CONFIG_NAME, {"vtom_type": "VideoLLM", **self.config.to_dict(), "parts": self.config.parts, "video_tokens": list(VIDEO_TOKENS)})
+    write_json(path / PROCESSOR_NAME, processor_config(self.config))
     return path
 
 @patch
@@ -951,9 +965,9 @@ def load_mind(self: VideoLLM, path: str | Path) -> "VideoLLM":
 @patch(cls_method=True)
 def from_pretrained(cls: VideoLLM, path: str | Path, lm=None, tokenizer=None, device: str | torch.device = "auto",
                     dtype: str | torch.dtype = "auto", lm_name: str | None = None) -> "VideoLLM":
-    "Rebuild a saved model: the LM named in `config.json` (or `lm_name`, or the given `lm`/`tokenizer`) + its LoRA adapters if any."
+    "Rebuild a saved model from a folder or a Hub repo id: the LM named in `config.json` (or `lm_name`, or the given `lm`/`tokenizer`) + LoRA adapters."
     import json
-    path = Path(path)
+    path = resolve_pretrained(path)
     if not (path / CONFIG_NAME).is_file():
         raise ModelLoadError(f"{path} is not a vtom checkpoint (no {CONFIG_NAME}); pass a directory written by save_pretrained / vtom train.")
     config = VideoLLMConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .core import Store, VtomError, get_logger, write_json
+from .core import Store, VtomError, atomic_path, check_writable, get_logger, json_text, positive_int, write_json
 from .decode import packaged_video, read_audio, read_video
 
 # %% auto #0
@@ -25,9 +25,10 @@ __all__ = ['SOCIAL_MODELS', 'SOCIAL_CLIPS', 'EXPRESSIONS', 'VAD_RATE', 'VAD_WIND
            'mesh_cues', 'FaceAnalyzer', 'box_iou', 'assign_tracks', 'voice_activity', 'speech_segments', 'frame_voice',
            'espeak', 'transcribe', 'social_timeline', 'timeline_rows', 'timeline_table', 'timeline_path',
            'social_to_store', 'load_timeline', 'plot_timeline', 'with_speech', 'social_json', 'social_main',
-           'bench_social', 'bench_social_main', 'query_expression', 'expression_track', 'locate_expression', 'span_iou',
-           'uniform_prior_r1', 'default_moments', 'evaluate_moments', 'social_locate_main', 'timeline_text',
-           'timeline_prompt_line', 'SignalColumns', 'frame_signals', 'social_signals', 'SignalStore']
+           'bench_social', 'bench_social_main', 'query_expression', 'expression_track', 'threshold_run', 'run_seconds',
+           'locate_expression', 'span_iou', 'uniform_prior_r1', 'default_moments', 'evaluate_moments',
+           'social_locate_main', 'timeline_text', 'timeline_prompt_line', 'SignalColumns', 'frame_signals',
+           'social_signals', 'SignalStore']
 
 # %% ../nbs/02c_social.ipynb #f6ea7e20
 SOCIAL_MODELS: dict[str, tuple[str, str, str]] = {
@@ -309,10 +310,11 @@ def social_to_store(videos: Iterable[str | Path], store: str | Path, num_frames:
                 try:
                     analyzer = analyzer or FaceAnalyzer()
                     rec = social_timeline(v, num_frames, analyzer, audio)
+                    json_text(rec, out)   # NaN or Inf anywhere in it (a model's output): this video failed, nothing is stored
                 except VtomError as e:
                     counts["failed"] += 1; log.warning(str(e))
                     st.fail(vid, video=str(v), error=str(e)[:500]); continue
-                write_json(out, rec)
+                write_json(out, rec, strict=True)
                 st.record(dict(video_id=vid, video=rec["video"], frames=rec["num_frames"], seconds=round(time.perf_counter() - t0, 2)))
                 counts["done"] += 1
         finally:
@@ -323,7 +325,10 @@ def load_timeline(store: str | Path, video_id: str) -> dict[str, Any]:
     "A stored timeline record; a clear error when it is not there."
     p = timeline_path(store, video_id)
     if not p.exists(): raise VtomError(f"No timeline for {video_id!r} in {store}: run `vtom social {video_id} --store {store}`.")
-    return json.loads(p.read_text())
+    def refuse(word: str):
+        raise VtomError(f"{p} holds {word}, not a number; delete it and rerun `vtom social {video_id} --store {store}`.")
+    try: return json.loads(p.read_text(), parse_constant=refuse)
+    except json.JSONDecodeError as e: raise VtomError(f"{p} is not valid JSON ({e}); delete it and rerun `vtom social {video_id} --store {store}`.") from None
 
 # %% ../nbs/02c_social.ipynb #572648ab
 EXPRESSION_COLOURS = dict(angry="#d62728", disgust="#8c564b", fear="#9467bd", happy="#2ca02c", sad="#1f77b4",
@@ -361,7 +366,8 @@ def plot_timeline(record: dict[str, Any], strip: int = 8, path: str | Path | Non
             ax.add_patch(Rectangle((x0 + b[0] / w_img * w, y0 + hh * (1 - b[3] / h_img)), (b[2] - b[0]) / w_img * w,
                                    hh * (b[3] - b[1]) / h_img, fill=False, lw=1.5, color=col))
     ax.set_ylim(0.5 - max(hh, 1) / 2, 0.5 + max(hh, 1) / 2); ax.set_yticks([]); ax.set_title(f"{record['video_id']}: {record['tracks']} face track(s)")
-    if path is not None: fig.savefig(path, dpi=80, bbox_inches="tight")
+    if path is not None:
+        with atomic_path(path) as tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or "png", dpi=80, bbox_inches="tight")
     return fig
 
 # %% ../nbs/02c_social.ipynb #4f2e24f5
@@ -401,11 +407,12 @@ def social_main(argv: list[str] | None = None) -> int:
                                 "(`vtom social locate --help`: find moments such as 'when does the person start smiling?').")
     p.add_argument("video", help=f"a video file or a packaged clip ({', '.join(SOCIAL_CLIPS)}, bikes, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object (frames, speech, words)")
-    p.add_argument("--num-frames", type=int, default=100, help="sampled frames (default 100, the reference formula)")
+    p.add_argument("--num-frames", type=positive_int, default=100, help="sampled frames (default 100, the reference formula)")
     p.add_argument("--store", default=None, help="timeline store folder (e.g. the feature store): reuse or add the timeline")
     p.add_argument("--no-audio", action="store_true", help="skip voice activity and speech")
     p.add_argument("--plot", default=None, help="save the timeline figure to this PNG")
     a = p.parse_args(argv)
+    if a.plot: check_writable(a.plot)   # before the (slow) timeline
     if a.store:
         vid = _video_id(a.video)
         counts = social_to_store([a.video], a.store, a.num_frames, not a.no_audio)
@@ -475,20 +482,28 @@ def expression_track(record: dict[str, Any], expression: str, smooth: int = 3) -
     if smooth > 1 and len(p) >= smooth: p = np.convolve(np.pad(p, smooth // 2, mode="edge"), np.ones(smooth) / smooth, "valid")
     return p
 
-def locate_expression(record: dict[str, Any], query: str, threshold: float = 0.5) -> dict[str, Any]:
-    "Answer a 'when' question about an expression from a timeline: `{expression, start, end, score}` in seconds."
-    expr = query_expression(query)
-    p = expression_track(record, expr)
-    t = np.array([fr["t"] for fr in record["frames"]])
-    step = float(np.median(np.diff(t))) if len(t) > 1 else record["duration"]
-    runs, a = [], None
+def threshold_run(p: Sequence[float], threshold: float = 0.5) -> tuple[int, int] | None:
+    "The run of consecutive frames with `p >= threshold` whose sum is largest, as `(first, last)` frame indices; None when no frame reaches it."
+    p, runs, a = np.asarray(p, float), [], None
     for i, on in enumerate(np.append(p >= threshold, False)):
         if on and a is None: a = i
         elif not on and a is not None: runs.append((a, i - 1)); a = None
-    if runs: a, b = max(runs, key=lambda r: p[r[0]: r[1] + 1].sum())
-    else: a = b = int(p.argmax())
-    start, end = max(t[a] - step / 2, 0.0), min(t[b] + step / 2, record["duration"])
-    return dict(expression=expr, start=round(float(start), 2), end=round(float(end), 2), score=round(float(p[a: b + 1].mean()), 3))
+    return max(runs, key=lambda r: p[r[0]: r[1] + 1].sum()) if runs else None
+
+def run_seconds(t: Sequence[float], a: int, b: int, duration: float) -> tuple[float, float]:
+    "Sampled frames `a..b` (at times `t`) as a span in seconds: half a frame step either side, inside `[0, duration]`."
+    t = np.asarray(t, float)
+    step = float(np.median(np.diff(t))) if len(t) > 1 else duration
+    return max(float(t[a]) - step / 2, 0.0), min(float(t[b]) + step / 2, duration)
+
+def locate_expression(record: dict[str, Any], query: str, threshold: float = 0.5) -> dict[str, Any]:
+    "Answer a 'when' question about an expression from a timeline: `{expression, start, end, score, found}` in seconds (`found`: some frame reached `threshold`; else the best frame)."
+    expr = query_expression(query)
+    p = expression_track(record, expr)
+    run = threshold_run(p, threshold)
+    a, b = run if run is not None else (int(p.argmax()),) * 2
+    start, end = run_seconds([fr["t"] for fr in record["frames"]], a, b, record["duration"])
+    return dict(expression=expr, start=round(start, 2), end=round(end, 2), score=round(float(p[a: b + 1].mean()), 3), found=run is not None)
 
 def span_iou(a: Sequence[float], b: Sequence[float]) -> float:
     "Temporal IoU of two spans `[start, end]`."
@@ -546,7 +561,7 @@ def social_locate_main(argv: list[str] | None = None) -> int:
     p.add_argument("video", nargs="?", help="a video or packaged clip (omit to score the labelled moments)")
     p.add_argument("--query", default="When does the person start smiling?", help="a 'when' question naming an expression")
     p.add_argument("--labels", default=None, help="moments JSONL (default data/moments/moments.jsonl)")
-    p.add_argument("--num-frames", type=int, default=50); p.add_argument("--store", default=None, help="timeline store folder")
+    p.add_argument("--num-frames", type=positive_int, default=50); p.add_argument("--store", default=None, help="timeline store folder")
     a = p.parse_args(argv)
     if a.video: print(json.dumps(locate_expression(social_timeline(a.video, a.num_frames, audio=False), a.query)))
     else: print(json.dumps(evaluate_moments(a.labels, a.num_frames, a.store)))
@@ -563,7 +578,7 @@ def _frame_state(fr: dict) -> str:
     return f"{_COUNT_WORDS.get(n, f'{n} faces')}, " + (tops[0] if len(set(tops)) == 1 else " and ".join(tops))
 
 def timeline_text(record: dict[str, Any]) -> str:
-    "The timeline as text: '[0.0-0.7 s] one face, neutral; [0.7-2.6 s] one face, happy; ... speech: ...; transcript: ...'."
+    "The timeline as text: '[0.0-0.7 s] one face, neutral; [0.7-2.4 s] one face, happy; ... speech: ...; transcript: ...'."
     frames, spans = record["frames"], []
     for fr in frames:
         s = _frame_state(fr)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .core import VtomError, get_logger, write_json
+from .core import FolderLock, VtomError, atomic_path, check_writable, get_logger, positive_int, write_json
 
 # %% auto #0
 __all__ = ['TOMLOC_FIELDS', 'join_features', 'clip_offsets', 'shift_window', 'window_frames', 'midpoint_index', 'index_prompt',
@@ -144,7 +144,8 @@ def _rows_for_sample(sid: str, meta: dict, questions: dict[str, list], base: int
             first, last = window_frames(window, meta["timestamps"])
             rows.append({"qid": f"{sid}:{q.qid}", "query": q.question, "duration": meta["duration"],
                          "relevant_windows": [[round(window[0], 4), round(window[1], 4)]], "vid": sid,
-                         "relevant_frames": [first, last], "target_frame": midpoint_index(first, last), "index_base": base,
+                         "relevant_clip_ids": list(range(first, last + 1)), "relevant_frames": [first, last],
+                         "target_frame": midpoint_index(first, last), "index_base": base,
                          "frames": meta["frames"], "clip": i, "orig_qid": q.qid, "orig_video": c["video_id"],
                          "qtype": q.qtype, "options": q.options, "answer_idx": q.answer_idx})
     return rows
@@ -178,24 +179,25 @@ def build_tomloc(qa_file: str | Path, features: str | Path, out: str | Path, n_c
         raise VtomError(f"Only {len(have)} of the {len(questions)} videos of {qa_file} have features in {store.folder}; "
                         f"{n_clips} are needed per sample. Extract them with `vtom features VIDEOS {store.folder}`.")
     groups = group_videos(have, n_clips, seed)
-    rows, manifest, outside = [], [], []
-    for k, group in enumerate(groups):
-        sid = f"tomloc-s{seed}-{k:05d}"
-        feats, meta = join_sample(store, group, num_frames)
-        meta.update(video_id=sid, seed=seed, n_clips=n_clips)
-        save_features(out / "features" / f"{sid}.safetensors", feats.to(torch.float16), meta)
-        manifest.append(meta)
-        rows += _rows_for_sample(sid, meta, questions, base, outside)
-    write_jsonl(out / "features" / "manifest.jsonl", manifest)
-    write_jsonl(out / "tomloc.jsonl", rows)
-    write_jsonl(out / "qa_joined.json", [joined_qa_record(r) for r in rows])
-    write_json(out / "index_records.json", [index_record(r) for r in rows])
-    summary = {"qa_file": str(qa_file), "features": str(store.folder), "out": str(out), "n_clips": n_clips, "seed": seed,
-               "index_base": base, "samples": len(groups), "questions": len(rows), "videos_with_features": len(have),
-               "videos_without_features": len(questions) - len(have), "videos_left_over": len(have) - n_clips * len(groups),
-               "questions_outside_their_clip": len(outside), "num_frames": manifest[0]["num_frames"], "joined_from": sorted({m["joined_from"] for m in manifest})}
-    if outside: get_logger("vtom.tomloc").warning(f"{len(outside)} questions start after their video ends (e.g. {outside[0]}); left out.")
-    write_json(out / "summary.json", summary)
+    with FolderLock(check_writable(out, folder=True), "tomloc-build"):   # one writer per build folder
+        rows, manifest, outside = [], [], []
+        for k, group in enumerate(groups):
+            sid = f"tomloc-s{seed}-{k:05d}"
+            feats, meta = join_sample(store, group, num_frames)
+            meta.update(video_id=sid, seed=seed, n_clips=n_clips)
+            save_features(out / "features" / f"{sid}.safetensors", feats.to(torch.float16), meta)
+            manifest.append(meta)
+            rows += _rows_for_sample(sid, meta, questions, base, outside)
+        write_jsonl(out / "features" / "manifest.jsonl", manifest)
+        write_jsonl(out / "tomloc.jsonl", rows)
+        write_jsonl(out / "qa_joined.json", [joined_qa_record(r) for r in rows])
+        write_json(out / "index_records.json", [index_record(r) for r in rows])
+        summary = {"qa_file": str(qa_file), "features": str(store.folder), "out": str(out), "n_clips": n_clips, "seed": seed,
+                   "index_base": base, "samples": len(groups), "questions": len(rows), "videos_with_features": len(have),
+                   "videos_without_features": len(questions) - len(have), "videos_left_over": len(have) - n_clips * len(groups),
+                   "questions_outside_their_clip": len(outside), "num_frames": manifest[0]["num_frames"], "joined_from": sorted({m["joined_from"] for m in manifest})}
+        if outside: get_logger("vtom.tomloc").warning(f"{len(outside)} questions start after their video ends (e.g. {outside[0]}); left out.")
+        write_json(out / "summary.json", summary)
     return summary
 
 # %% ../nbs/08c_tomloc.ipynb #b98883db
@@ -228,15 +230,15 @@ def _frame_at(example, t: float) -> int:
 def tomloc_methods(test: Sequence, train: Sequence, head=None, encoder=None, lm_frames: Sequence[int | None] | None = None,
                    seed: int = 0) -> dict[str, dict]:
     "Frames and windows per method: uniform, train and question-type priors, the retrieval head, the LM route (parsed frames)."
-    from vtom.locate import head_scores, prior_window, scores_to_window
+    from vtom.locate import head_scores, prior_window, ranked_windows, scores_to_window, window_list
     width = float(np.mean([e.window[1] - e.window[0] for e in train]))
     rng = np.random.default_rng(seed)
     def from_frames(frames):
-        return {"frames": list(frames), "windows": [(0.0, 0.0) if f is None else point_window(float(e.timestamps[f]), width, e.duration)
-                                                    for f, e in zip(frames, test)]}
+        wins = [None if f is None else point_window(float(e.timestamps[f]), width, e.duration) for f, e in zip(frames, test)]
+        return {"frames": list(frames), "windows": [(0.0, 0.0) if w is None else w for w in wins], "ranked": [window_list(w) for w in wins]}
     def from_prior(priors):
         wins = [priors(e)(e.duration) for e in test]
-        return {"frames": [_frame_at(e, (w[0] + w[1]) / 2) for e, w in zip(test, wins)], "windows": wins}
+        return {"frames": [_frame_at(e, (w[0] + w[1]) / 2) for e, w in zip(test, wins)], "windows": wins, "ranked": [window_list(w) for w in wins]}
     out = {"uniform": from_frames([int(rng.integers(len(e.timestamps))) for e in test])}
     every = prior_window([e.window for e in train], [e.duration for e in train])
     out["train prior"] = from_prior(lambda e: every)
@@ -247,15 +249,16 @@ def tomloc_methods(test: Sequence, train: Sequence, head=None, encoder=None, lm_
     if head is not None:
         scores = head_scores(head, test, encoder)
         out["retrieval head"] = {"frames": [int(np.argmax(s)) for s in scores], "scores": scores,
-                                 "windows": [scores_to_window(s, e.timestamps, e.duration, threshold=0.5) for s, e in zip(scores, test)]}
+                                 "windows": [scores_to_window(s, e.timestamps, e.duration, threshold=0.5) for s, e in zip(scores, test)],
+                                 "ranked": [ranked_windows(s, e.timestamps, e.duration, threshold=0.5) for s, e in zip(scores, test)]}
     if lm_frames is not None: out["LM frame index"] = from_frames(lm_frames)
     return out
 
 def tomloc_table(test: Sequence, methods: dict[str, dict]) -> list[dict]:
-    "Per method: n, R1@0.3/0.5/0.7, mIoU, frame-within-window and exact-index accuracy, answered share, 95% bootstrap CIs."
+    "Per method: n, R1@0.3/0.5/0.7, mIoU, frame-within-window and exact-index accuracy, answered share, 95% bootstrap CIs, QVHighlights metrics (%)."
     from vtom.evaluate import bootstrap_ci
-    from vtom.locate import moment_metrics, temporal_iou
-    gts = [e.window for e in test]
+    from vtom.locate import moment_metrics, qvh_ground_truth, qvh_metrics, qvh_predictions, temporal_iou
+    gts, truth = [e.window for e in test], qvh_ground_truth(test)
     rows = []
     for name, m in methods.items():
         inside = [f is not None and e.extra["relevant_frames"][0] <= f <= e.extra["relevant_frames"][1] for f, e in zip(m["frames"], test)]
@@ -263,7 +266,8 @@ def tomloc_table(test: Sequence, methods: dict[str, dict]) -> list[dict]:
         iou = np.atleast_1d(temporal_iou(np.reshape(m["windows"], (-1, 2)), np.reshape(gts, (-1, 2))))
         rows.append({"method": name, **moment_metrics(m["windows"], gts), "frame_in_window": float(np.mean(inside)),
                      "exact_index": float(np.mean(exact)), "answered": float(np.mean([f is not None for f in m["frames"]])),
-                     "R1@0.5 CI": bootstrap_ci(iou >= 0.5 - 1e-9), "frame_in_window CI": bootstrap_ci(inside)})
+                     "R1@0.5 CI": bootstrap_ci(iou >= 0.5 - 1e-9), "frame_in_window CI": bootstrap_ci(inside),
+                     **{k: v for k, v in qvh_metrics(qvh_predictions(test, m), truth).items() if k != "n"}})
     return rows
 
 # %% ../nbs/08c_tomloc.ipynb #e8846a4e
@@ -290,8 +294,8 @@ def evaluate_tomloc(train_dir: str | Path, test_dir: str | Path, out: str | Path
                     lm_steps: int = 60, lm_batch: int = 4, learning_rate: float = 1e-3, device: str = "cpu", seed: int = 0) -> dict:
     "Train the retrieval head (and, with `llm`, the LM route) on one build and score every method on another; writes report.json/.md."
     from vtom.features import FeatureStore
-    from vtom.locate import HashingQueryEncoder, markdown_table, train_moment_head
-    t0, out = time.time(), Path(out)
+    from vtom.locate import HashingQueryEncoder, markdown_table, train_moment_head, write_qvh
+    t0, out = time.time(), check_writable(Path(out), folder=True)   # before training: a read-only or full disk fails now
     train_dir, test_dir = Path(train_dir), Path(test_dir)
     train_rows, test_rows = load_tomloc(train_dir / "tomloc.jsonl"), load_tomloc(test_dir / "tomloc.jsonl")
     base = {r["index_base"] for r in train_rows + test_rows}
@@ -311,12 +315,15 @@ def evaluate_tomloc(train_dir: str | Path, test_dir: str | Path, out: str | Path
         report["lm_answers"] = [{"qid": e.qid, "text": t, "frame": f, "target": e.extra["target_frame"]} for e, t, f in zip(test_ex, texts, lm_frames)]
     methods = tomloc_methods(test_ex, train_ex, head, encoder, lm_frames, seed)
     report["table"] = tomloc_table(test_ex, methods)
+    report["qvh_files"] = {k: str(v) for k, v in write_qvh(out / "qvh", test_ex, methods).items()}
     report["seconds"] = round(time.time() - t0, 1)
     write_json(out / "report.json", report)
-    cols = ["method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "frame_in_window", "exact_index", "answered", "R1@0.5 CI", "frame_in_window CI"]
-    (out / "report.md").write_text(f"# ToMLoc localisation\n\ntrain `{train_dir}` ({len(train_ex)} questions), test `{test_dir}` "
+    cols = ["method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "frame_in_window", "exact_index", "answered", "R1@0.5 CI", "frame_in_window CI",
+            "MR-R1@0.5", "MR-R1@0.7", "MR-mAP@0.5", "MR-mAP@0.75", "MR-mAP"]
+    with atomic_path(out / "report.md") as tmp: tmp.write_text(f"# ToMLoc localisation\n\ntrain `{train_dir}` ({len(train_ex)} questions), test `{test_dir}` "
                                    f"({len(test_ex)}), head steps {head_steps}, LM `{llm}` ({report['lm_steps']} steps), seed {seed}.\n\n"
-                                   + markdown_table(report["table"], cols) + "\n")
+                                   + markdown_table(report["table"], cols) + "\n\nMR-* columns: the field's QVHighlights metrics in percent "
+                                   "(ranked windows; predictions and ground truth in `qvh/`).\n")
     return report
 
 # %% ../nbs/08c_tomloc.ipynb #b1cee551
@@ -363,9 +370,9 @@ def tomloc_main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="join the clips of a Social-IQ 2.0 qa file from a feature store")
     b.add_argument("--qa", required=True, help="Social-IQ 2.0 qa_*.json (JSON lines)")
     b.add_argument("--features", required=True, help="feature store of its videos (`vtom features`)")
-    b.add_argument("--n-clips", type=int, default=3)
+    b.add_argument("--n-clips", type=positive_int, default=3)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--num-frames", type=int, help="temporal tokens of a joined sample (default: n_clips x the store's)")
+    b.add_argument("--num-frames", type=positive_int, help="temporal tokens of a joined sample (default: n_clips x the store's)")
     b.add_argument("--index-base", type=int, default=0, choices=(0, 1), help="frame numbering in prompts and answers")
     b.add_argument("--out", required=True)
     e = sub.add_parser("eval", help="score the retrieval head, the LM route and the priors")
@@ -375,7 +382,7 @@ def tomloc_main(argv: list[str] | None = None) -> int:
     e.add_argument("--head-steps", type=int, default=300)
     e.add_argument("--llm", help="train and score the LM route on this LM (embedded, a local dir, a hub name); omitted: no LM route")
     e.add_argument("--lm-steps", type=int, default=60)
-    e.add_argument("--lm-batch", type=int, default=4)
+    e.add_argument("--lm-batch", type=positive_int, default=4)
     e.add_argument("--learning-rate", type=float, default=1e-3)
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0)
