@@ -94,10 +94,9 @@ CHECKPOINT, SYNTH = os.environ.get("VTOM_MIND_CHECKPOINT"), os.environ.get("VTOM
 @pytest.mark.skipif(not (CHECKPOINT and SYNTH), reason="set VTOM_MIND_CHECKPOINT (a `vtom mind` arm) and VTOM_MIND_SYNTH (its synth folder)")
 def test_chat_names_the_believed_container_on_held_out_clips():
     "A trained whole model (`vtom run tom-mind`) answers 'Where will A look for the OBJ?' with A's (false) belief on 3 held-out false-belief clips."
-    from vtom.data import read_jsonl
-    from vtom.study_mind import chat_transcripts
-    rows = [r for _, r in read_jsonl(Path(SYNTH) / "qa_test.json") if r["qtype"] == "belief" and r["family"] == "false_belief"]
-    clips = list(dict.fromkeys(r["vid_name"] for r in rows))[:3]
+    from vtom.study_mind import chat_transcripts, false_belief_clips
+    clips = false_belief_clips(SYNTH, "test")[:3]
+    assert len(clips) == 3, f"{SYNTH} has fewer than 3 false-belief test clips"
     talk = chat_transcripts(CHECKPOINT, SYNTH, clips)
     assert all(c["container right"] for c in talk), [(c["video"], c["believed"], c["turns"][0][1]) for c in talk]
 

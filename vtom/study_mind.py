@@ -20,16 +20,17 @@ from .evaluate import _cache_kwarg, _common_prefix, bootstrap_ci, paired_compari
 from .experiments import (TRACKER_QTYPES, _sentence, frame_accuracy, observation_vector, perception_accuracy, split_videos,
                               tracker_data, tracker_probs, train_perception, train_tracker, window_success)
 from .locate import markdown_table
-from .model import (NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker, false_belief_onset, mind_segments,
+from .model import (MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker, false_belief_onset, mind_config, mind_segments,
                         observation_rows, place_name, save_mind, with_mind)
 
 
 # %% auto #0
 __all__ = ['MIND_SIZE', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS', 'LORA_LAYERS', 'REPORT_QTYPES',
            'BASELINE_MODES', 'DRY_RUN', 'true_containers', 'container_vocab', 'layout_labels', 'read_frames',
-           'write_perceived', 'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer', 'parse_moment',
-           'mind_records', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts', 'video_letter_predictions',
-           'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'mind_study', 'mind_main']
+           'write_perceived', 'train_name_head', 'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer',
+           'parse_moment', 'mind_records', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts',
+           'video_letter_predictions', 'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'mind_study',
+           'mind_main']
 
 # %% ../nbs/08d_study_mind.ipynb #0f55d71e
 MIND_SIZE = 112   # frame side of the perception (the object is a few pixels wide at 112 px)
@@ -74,32 +75,64 @@ def write_perceived(net: FramePerception, frames: dict, times: dict, store: str 
                        "tower": "perception:frame", "layout": "observations", "source": "learned"})
     return Path(store)
 
+def train_name_head(net: FramePerception, frames: torch.Tensor, layout: torch.Tensor, steps: int = 600, batch_size: int = 64,
+                    learning_rate: float = 2e-3, seed: int = 0, log_every: int = 20) -> list[dict]:
+    "Train only `net.layout` (the container names) over the frozen trunk's feature maps of `frames` `[N, H, W, 3]` against `layout` `[N, 4, 2]` -> history."
+    torch.manual_seed(seed)
+    net.eval()
+    with torch.no_grad():
+        maps = torch.cat([net.body[:net.split](frames[i:i + 128].permute(0, 3, 1, 2).float() / 255) for i in range(0, len(frames), 128)])
+    g, n = torch.Generator().manual_seed(seed), len(net.colours)
+    opt = torch.optim.AdamW(net.layout.parameters(), lr=learning_rate)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max(steps, 1), pct_start=0.1)
+    history, ce = [], torch.nn.functional.cross_entropy
+    for step in range(1, steps + 1):
+        i = torch.randint(len(maps), (min(batch_size, len(maps)),), generator=g)
+        z = net.layout(maps[i])
+        loss = ce(z[..., :n].flatten(0, 1), layout[i, :, 0].flatten()) + ce(z[..., n:].flatten(0, 1), layout[i, :, 1].flatten())
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        if step % log_every == 0 or step in (1, steps): history.append({"step": step, "loss": round(loss.item(), 4)})
+    net.eval()
+    return history
+
 def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = 32, size: int = MIND_SIZE, steps: int = 600,
                      batch_size: int = 64, learning_rate: float = 2e-3, seed: int = 0, progress: bool = False) -> dict:
-    "Train `FramePerception` (observations + container names) on the train split's frames; write every video's rows, times and perceived containers to `out/features`."
+    """Train `FramePerception` (observations + container names) on the train split's frames; write every video's rows, times and perceived containers to `out/features`.
+    Resumable: a finished stage is read back; a saved perception whose name head does not load (an older head) keeps its trunk and
+    observation head, and only the name head is trained over the frozen trunk (`train_name_head`)."""
     from safetensors.torch import load_file, save_file
     from vtom.features import FeatureStore, list_videos, video_id_of
     synth_dir, out = Path(synth_dir), Path(out)
     store, weights, report = out / "features", out / "perception.safetensors", out / "perception.json"
     ids = [video_id_of(p) for p in list_videos(synth_dir / "videos")]
+    net, info = None, {}
     if report.is_file() and weights.is_file() and all(v in FeatureStore(store) for v in ids):   # resumable: done before
-        info = json.loads(report.read_text())
+        info, state = json.loads(report.read_text()), load_file(str(weights))
         net = FramePerception(colours=info["colours"], kinds=info["kinds"])
-        net.load_state_dict(load_file(str(weights)))
-        return {**info, "store": store, "net": net.eval()}
+        keys = set(net.state_dict())
+        if keys == set(state): net.load_state_dict(state); return {**info, "store": store, "net": net.eval()}
+        if {k for k in keys if not k.startswith("layout.")} != {k for k in state if not k.startswith("layout.")}:
+            raise VtomError(f"{weights} is not a FramePerception of this vtom; delete {out} to train the perception again.")
+        net.load_state_dict({k: v for k, v in state.items() if not k.startswith("layout.")}, strict=False)
     frames, times = read_frames(synth_dir, num_frames, size, progress)
     train_ids = [v for v in split_videos(synth_dir, "train") if v in frames]
-    colours, kinds = container_vocab(synth_dir, train_ids)
+    colours, kinds = (info["colours"], info["kinds"]) if net is not None else container_vocab(synth_dir, train_ids)
     obs = lambda v: observation_vector(_events(synth_dir, v), times[v], num_frames)[:len(times[v])]
     lay = lambda v: layout_labels(_events(synth_dir, v), colours, kinds)[None].expand(len(times[v]), -1, -1)
-    net, history = train_perception(torch.cat([frames[v] for v in train_ids]), torch.cat([obs(v) for v in train_ids]), steps, batch_size,
-                                    learning_rate, seed, layout=torch.cat([lay(v) for v in train_ids]), colours=colours, kinds=kinds)
+    train_frames, train_layout = torch.cat([frames[v] for v in train_ids]), torch.cat([lay(v) for v in train_ids])
+    if net is None:
+        net, history = train_perception(train_frames, torch.cat([obs(v) for v in train_ids]), steps, batch_size, learning_rate, seed,
+                                        layout=train_layout, colours=colours, kinds=kinds)
+    else:
+        history = info["history"]
+        info["name head"] = {"steps": steps, "history": train_name_head(net, train_frames, train_layout, steps, batch_size, learning_rate, seed),
+                             "note": "trained alone over the saved trunk (the saved perception had an older name head)"}
     write_perceived(net, frames, times, store, num_frames)
     test_ids = [v for v in split_videos(synth_dir, "test") if v in frames]
     acc = perception_accuracy(torch.cat([net.probs(frames[v]) for v in test_ids]), torch.cat([obs(v) for v in test_ids])) if test_ids else {}
     named = [FeatureStore(store).meta(v)["containers"] == true_containers(_events(synth_dir, v)) for v in test_ids]
-    info = {"colours": colours, "kinds": kinds, "num_frames": num_frames, "size": size, "steps": steps, "train videos": len(train_ids),
-            "test accuracy": acc, "test containers named right": float(np.mean(named)) if named else float("nan"), "history": history}
+    info |= {"colours": colours, "kinds": kinds, "num_frames": num_frames, "size": size, "steps": steps, "train videos": len(train_ids),
+             "test accuracy": acc, "test containers named right": float(np.mean(named)) if named else float("nan"), "history": history}
     with atomic_path(weights) as tmp: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     write_json(report, info)
     return {**info, "store": store, "net": net}
@@ -116,8 +149,16 @@ class NamedStore:
 # %% ../nbs/08d_study_mind.ipynb #b7d5155e
 def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_frames: int = 32, steps: int = 300, batch_size: int = 16,
                   learning_rate: float = 1e-3, width: int = 576, seed: int = 0) -> dict:
-    "Train the graph tracker on the train split's perceived rows; save perception + tracker as a mind folder (`out`) for `vtom train --mind`."
+    "Train the graph tracker on the train split's perceived rows; save perception + tracker as a mind folder (`out`) for `vtom train --mind`; a finished stage (same settings) is read back."
+    from safetensors.torch import load_file
     from vtom.features import FeatureStore
+    settings = {"steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "width": width, "seed": seed}
+    done = Path(out) / "tracker.json"
+    if done.is_file() and (Path(out) / MIND_NAME).is_file() and json.loads(done.read_text())["settings"] == settings:   # resumable: done before
+        info, cfg = json.loads(done.read_text()), mind_config(out)
+        tracker = MindTracker(cfg["vision_hidden_size"], num_frames, "graph", width, cells=1)
+        tracker.load_state_dict({k.removeprefix("tracker."): v for k, v in load_file(str(Path(out) / MIND_NAME)).items() if k.startswith("tracker.")})
+        return {**info, "mind": Path(out), "tracker": tracker.eval()}
     store = FeatureStore(perception["store"])
     _, feats, targets = tracker_data(store, synth_dir, split_videos(synth_dir, "train"))
     proj, head, history = train_tracker(feats, targets, "graph", num_frames, graph_cells=1, width=width, steps=steps, batch_size=batch_size,
@@ -133,7 +174,9 @@ def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_
               "container_kinds": perception["kinds"], "tracker": "graph", "tracker_width": width, "tracker_cells": 1,
               "num_frames": num_frames, "vision_hidden_size": feats.shape[-1]}
     folder = save_mind(out, perception["net"], tracker.eval(), config)
-    return {"mind": folder, "tracker": tracker, "test frame accuracy": acc, "history": history, "steps": steps}
+    info = {"test frame accuracy": acc, "history": history, "steps": steps, "settings": settings}
+    write_json(done, info)
+    return {**info, "mind": folder, "tracker": tracker}
 
 
 # %% ../nbs/08d_study_mind.ipynb #205b38ec
@@ -186,14 +229,17 @@ LORA_LAYERS = 10   # LoRA on the last 10 of SmolLM2-135M's 30 decoder layers (ev
 
 def train_arm(name: str, records: str | Path, store: str | Path, mind: str | Path, out: str | Path, llm: str = "embedded",
               steps: int = 150, batch_size: int = 8, learning_rate: float = 1e-3, lora_r: int = 8, device: str = "cpu", seed: int = 0) -> Path:
-    "Train one arm (`ARMS`) of the study with `vtom.train`: the mind as frozen parts, the route's projector(s), LoRA when the arm has it."
+    "Train one arm (`ARMS`) of the study with `vtom.train`: the mind as frozen parts, the route's projector(s), LoRA when the arm has it; a finished arm (same settings) is kept."
     from vtom.train import train
     route, lora, projector = ARMS[name]
-    return train(dict(train_data=str(records), features=str(store), mind=str(mind), mind_route=route, lora=lora, lora_r=lora_r,
+    cfg = dict(train_data=str(records), features=str(store), mind=str(mind), mind_route=route, lora=lora, lora_r=lora_r,
                       lora_alpha=2 * lora_r, lora_layers=LORA_LAYERS, train_projector=projector, output_dir=str(out), llm=llm, max_steps=steps,
                       batch_size=batch_size, global_batch_size=batch_size,
                       learning_rate=learning_rate, device=device, dtype="fp32", seed=seed, save_steps=max(steps, 1),
-                      logging_steps=max(1, steps // 20), resume="never", eval_before=False))
+                      logging_steps=max(1, steps // 20), resume="never", eval_before=False)
+    done = Path(out) / "train_metrics.json"
+    if done.is_file() and all(json.loads(done.read_text())["config"].get(k) == v for k, v in cfg.items() if k != "resume"): return Path(out)
+    return train(cfg)
 
 @torch.no_grad()
 def when_answers(model, moments: Sequence[dict], store, mode: str = "video", seed: int = 0, length: float = 1.0) -> dict[str, dict]:
@@ -430,27 +476,38 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
         ok = heuristic_correct(rows[sp], facts if all(facts.values()) else None)
         for h, r in ok.items(): right[(f"heuristic: {h}", "text", sp)] = {q: int(v) for q, v in r.items()}
     ckpts, val_belief = {}, {}
-    def evaluate_arm(model, arm):
+    asked = {sp: sorted(qinfo[sp]) for sp in srcs}   # an arm's saved evaluation is reused only for the same questions
+    def evaluate_arm(model, ckpt) -> dict:
+        saved = Path(ckpt) / "study_eval.json"
+        if saved.is_file() and json.loads(saved.read_text())["asked"] == asked: return json.loads(saved.read_text())   # resumable
         val = video_letter_predictions(model, [q for q in mcq["val"] if q.qtype == "belief"], store, "video", seed)
-        val_belief[arm] = float(np.mean([p["correct"] for p in val])) if val else float("nan")
+        res = {"asked": asked, "val belief": float(np.mean([p["correct"] for p in val])) if val else float("nan"), "right": {}, "letters": {}, "answers": {}}
         for sp, (_, _, st) in held.items():
             preds = {"video": video_letter_predictions(model, mcq[sp], st, "video", seed)}
             bel = [q for q in mcq[sp] if q.qtype == "belief"]
             preds |= {m: video_letter_predictions(model, bel, st, m, seed) for m in BASELINE_MODES}
             for m, ps in preds.items():
-                right[(arm, m, sp)] = {p["qid"]: int(p["correct"]) for p in ps}
-                letters[(arm, m, sp)] = {"belief": letter_counts([p for p in ps if p["qtype"] == "belief"]), "all": letter_counts(ps)}
+                res["right"][f"{m} | {sp}"] = {p["qid"]: int(p["correct"]) for p in ps}
+                res["letters"][f"{m} | {sp}"] = {"belief": letter_counts([p for p in ps if p["qtype"] == "belief"]), "all": letter_counts(ps)}
             for m in ("video", "shuffled"):
                 w = when_answers(model, moments[sp], st, m, seed, length)
-                right[(arm, m, sp)] |= {q: a["right"] for q, a in w.items()}
-                answers[f"{arm} | {m} | {sp}"] = w
+                res["right"][f"{m} | {sp}"] |= {q: a["right"] for q, a in w.items()}
+                res["answers"][f"{m} | {sp}"] = w
+        write_json(saved, res)
+        return res
+    def keep(arm, res):
+        val_belief[arm] = res["val belief"]
+        for k in res["right"]:
+            m, sp = k.split(" | ", 1)
+            right[(arm, m, sp)], letters[(arm, m, sp)] = res["right"][k], res["letters"][k]
+        answers.update({f"{arm} | {k}": w for k, w in res["answers"].items()})
     for j, arm in enumerate(arms):
         ckpts[arm] = timed(f"train {arm}", lambda: train_arm(arm, records, perc["store"], mind["mind"], out / f"arm-{re.sub(r'[^a-z0-9]+', '-', arm.lower()).strip('-')}",
                                                              llm, lm_steps, lm_batch, learning_rate, lora_r, device, seed))
         model = VideoLLM.from_pretrained(ckpts[arm], device=device).eval()
         if j == 0:
             for sp, (_, _, st) in held.items(): right[("tracker alone", "video", sp)] = tracker_alone(model, rows[sp], moments[sp], st, length)
-        timed(f"evaluate {arm}", lambda: evaluate_arm(model, arm))
+        keep(arm, timed(f"evaluate {arm}", lambda: evaluate_arm(model, ckpts[arm])))
     chosen = max(val_belief, key=lambda a: (val_belief[a], a))
     rep["val belief accuracy"], rep["chosen on val"] = val_belief, chosen
     rep["table"] = _study_table(right, letters, qinfo)
