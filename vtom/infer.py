@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .core import VtomError, cache_dir, float_at_least, get_logger, positive_int, seed_everything, write_json
-from .model import VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm, mind_segments, mind_timeline, with_mind
+from .model import TRACKER_FLAGS, VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm, mind_segments, mind_timeline, with_mind
 from .social import load_timeline, model_file, social_signals, social_timeline, timeline_path, timeline_prompt_line
 
 # %% auto #0
@@ -228,7 +228,7 @@ def is_belief_query(query: str) -> bool:
     return bool(BELIEF_QUERY.search(query or ""))
 
 def video_mind(model: VideoLLM, video: str | Path | None = None, features: torch.Tensor | None = None, meta: dict | None = None) -> dict:
-    "A whole model's reading of one clip (a video file, or its features + metadata): timeline text, segments, and when A starts to believe something false."
+    "A whole model's reading of one clip (a video file, or its features + metadata): timeline text, segments, A's false-belief probability per frame, and when A starts to believe something false."
     if model.mind is None: raise VtomError("This checkpoint has no tracker: video_mind needs a whole model (`vtom mind`, `vtom train --mind DIR`).")
     if video is not None: features, meta = perceive_video(model, video)
     if features is None: raise VtomError("video_mind needs a video file or its features.")
@@ -237,6 +237,7 @@ def video_mind(model: VideoLLM, video: str | Path | None = None, features: torch
     segs = mind_segments(reading)
     first = next((s for s in segs if s["A wrong"]), None)
     return {"timeline": mind_timeline(reading), "segments": segs, "containers": reading.containers, "timestamps": reading.timestamps,
+            "p_false_belief": [round(float(p), 4) for p in reading.flags[:, TRACKER_FLAGS.index("A belief false")]],
             "false_belief_from": first["start"] if first else None, "false_belief_window": [first["start"], first["end"]] if first else None}
 
 
