@@ -446,7 +446,8 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     mind = timed("tracker", lambda: tracker_stage(synth_dir, perc, out / "mind", num_frames, tracker_steps, seed=seed))
     rep["tracker"] = {"test frame accuracy": mind["test frame accuracy"]}
     store = FeatureStore(perc["store"])
-    held = {"test": (synth_dir, "test", store)}   # split name -> (synth folder, its qa split, the store the model reads)
+    held = {"test": (synth_dir, "test", store),   # split name -> (synth folder, its qa split, the store the model reads)
+            "test, names given": (synth_dir, "test", NamedStore(store, synth_dir))}   # perception's naming errors taken out
     if ood_dir:
         ood_dir = Path(ood_dir)
         ood_store = FeatureStore(out / "perception" / "features-ood")
@@ -511,7 +512,7 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     chosen = max(val_belief, key=lambda a: (val_belief[a], a))
     rep["val belief accuracy"], rep["chosen on val"] = val_belief, chosen
     rep["table"] = _study_table(right, letters, qinfo)
-    rep["goals"] = {sp: _goal(chosen, right, letters, qinfo[sp], sp, 0.85 if sp == "test" else 0.75) for sp in held}
+    rep["goals"] = {sp: _goal(chosen, right, letters, qinfo[sp], sp, 0.85 if sp.startswith("test") else 0.75) for sp in held}
     clips = false_belief_clips(synth_dir, "test")[:chat_clips]
     rep["chat"] = timed("chat", lambda: chat_transcripts(ckpts[chosen], synth_dir, clips, device))
     rep["chat containers right"] = f"{sum(c['container right'] for c in rep['chat'])}/{len(rep['chat'])}"
