@@ -37,6 +37,7 @@ setuptools.setup(
         "gpu": _reqs("gpu_requirements"),
         "audio": _reqs("audio_requirements"),
         "decode": _reqs("decode_requirements"),
+        "nvdec": _reqs("nvdec_requirements"),
         "dev": _reqs("dev_requirements"),
         "lmms": _reqs("lmms_requirements"),
     },

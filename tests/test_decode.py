@@ -371,3 +371,64 @@ def test_decode_pool_in_order_with_errors_and_no_leftovers(videos, tmp_path, kin
         del got, repeated
     assert pool.threads == 1 and (not D._SHM.is_dir() or set(D._SHM.glob("vtom-*")) == before)
     with pytest.raises(VtomError, match="thread.*process"): D.DecodePool(2, "fork")
+
+
+# --- nvdec (PyNvVideoCodec, the GPU's hardware decoder): what can be checked without a GPU ------------------------------
+
+@pytest.mark.skipif(D.torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_nvdec_without_gpu_is_one_clear_error(videos, monkeypatch):
+    "Missing PyNvVideoCodec, or installed without a GPU: one error saying what to install and that it needs an NVIDIA GPU."
+    D.backend_problem.cache_clear()
+    try:
+        with pytest.raises(VtomError, match=r"nvdec.*vtom\[nvdec\].*NVIDIA GPU"): D.pick_backend("nvdec")
+        monkeypatch.setattr(D, "has_package", lambda name: True)   # installed, but no CUDA device
+        D.backend_problem.cache_clear()
+        assert "needs an NVIDIA GPU" in D.backend_problem("nvdec")
+        with pytest.raises(VtomError, match="needs an NVIDIA GPU"): D.read_video(videos["counter"], backend="nvdec")
+    finally: D.backend_problem.cache_clear()
+
+
+def test_auto_never_picks_nvdec(monkeypatch):
+    "Even where nvdec works, `auto` and `available_backends` stay on the CPU backends (whose frames are numpy arrays)."
+    monkeypatch.setattr(D, "backend_problem", lambda name: None)
+    assert D.pick_backend("auto") == "pyav" and "nvdec" not in D.available_backends() and D.pick_backend("nvdec") == "nvdec"
+    assert D.auto_pool("cuda", 8, "nvdec") == "thread" and D.auto_pool("cuda", 8, "pyav") == "process"
+
+
+def test_nvdec_frames_are_the_sampled_ones(videos, fake_nvdec):
+    "With the decoder mocked: the reference indices, the same frames as PyAV as one uint8 tensor, resized like the others."
+    for kw in ({}, {"size": 32}, {"window": (1.0, 3.0)}):
+        a, b = D.read_video(videos["short_gop"], num_frames=12, backend="nvdec", **kw), D.read_video(videos["short_gop"], 12, "pyav", **kw)
+        assert isinstance(a.frames, D.torch.Tensor) and a.frames.dtype == D.torch.uint8 and a.backend == "nvdec"
+        assert np.array_equal(a.frames.numpy(), b.frames) and np.array_equal(a.indices, b.indices)
+    rep = D.read_video(videos["counter"], backend="nvdec", indices=[3, 3, 1])   # repeated indices: decoded once, repeated
+    assert [D.read_counter(f) for f in rep.frames.numpy()] == [3, 3, 1]
+
+
+def test_nvdec_frames_are_checked(videos, fake_nvdec, monkeypatch):
+    "Frames whose timestamps disagree with the file's index, or whose pictures differ from PyAV's, fail the video."
+    monkeypatch.setattr(D, "_nvdec_decoder", lambda path: fake_nvdec(path, pts_shift=1))
+    with pytest.raises(D.VideoDecodeError, match=r"nvdec's index puts frame .*--backend pyav"):
+        D.read_video(videos["short_gop"], num_frames=12, backend="nvdec")
+    monkeypatch.setattr(D, "_nvdec_decoder", lambda path: fake_nvdec(path))
+    real = D._decode_pyav
+    monkeypatch.setattr(D, "_decode_pyav", lambda *args, **kw: (f // 2 for f in real(*args, **kw)))   # a wrong reference
+    with pytest.raises(D.VideoDecodeError, match="nvdec returned the wrong picture for frame"):
+        D.read_video(videos["short_gop"], num_frames=12, backend="nvdec")
+
+
+def test_nvdec_library_errors_name_the_file(videos, monkeypatch):
+    "Whatever PyNvVideoCodec raises becomes a VideoDecodeError naming the file and the fix."
+    monkeypatch.setattr(D, "backend_problem", lambda name: None)
+    def broken(path): raise RuntimeError("CUDA_ERROR_NO_DEVICE\nmore lines")
+    monkeypatch.setattr(D, "_nvdec_decoder", broken)
+    with pytest.raises(D.VideoDecodeError, match=r"counter\.mp4: could not be decoded by nvdec \(RuntimeError: CUDA_ERROR_NO_DEVICE\)"):
+        D.read_video(videos["counter"], num_frames=4, backend="nvdec")
+
+
+def test_nvdec_only_in_thread_pools(videos, fake_nvdec):
+    "GPU memory cannot cross processes: a process pool refuses nvdec; a thread pool decodes with it."
+    with D.DecodePool(1, "process") as pool, pytest.raises(VtomError, match="thread pool"): next(pool.map([videos["counter"]], backend="nvdec"))
+    with D.DecodePool(2, "thread") as pool:
+        clips = [c for _, c in pool.map([videos["counter"], videos["plain"]], num_frames=5, backend="nvdec")]
+    assert [c.backend for c in clips] == ["nvdec", "nvdec"] and fake_nvdec.calls == 2

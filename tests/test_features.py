@@ -209,3 +209,13 @@ def test_window_and_crop(tiny_tower, videos):
     torch.testing.assert_close(preprocess_frames(square, 32, mode="crop"), preprocess_frames(square, 32))  # nothing to resize
     wide = np.random.default_rng(4).integers(0, 256, (2, 32, 64, 3), dtype=np.uint8)
     torch.testing.assert_close(preprocess_frames(wide, 32, mode="crop"), preprocess_frames(wide[:, :, 16:48], 32))  # centre crop
+
+
+def test_features_backend_nvdec_reaches_the_decoder(videos, tmp_path, fake_nvdec):
+    "`vtom features --backend nvdec` decodes every video with nvdec (decoder mocked: no GPU here), with the same features as PyAV."
+    common = ["--vision", "random:ViT-B-32", "--num-frames", "4", "--no-progress", "--dtype", "fp32"]
+    assert features_main([str(videos), str(tmp_path / "nv"), "--backend", "nvdec", *common]) == 0
+    assert fake_nvdec.calls == 4
+    assert features_main([str(videos), str(tmp_path / "av"), "--backend", "pyav", *common]) == 0
+    nv, ref = FeatureStore(tmp_path / "nv"), FeatureStore(tmp_path / "av")
+    assert nv.ids() == ref.ids() and all(torch.equal(nv[i], ref[i]) for i in ref.ids())

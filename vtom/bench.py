@@ -16,18 +16,19 @@ from typing import Any
 
 import torch
 
-from .core import cache_dir, get_device, package_versions, write_json
+from .core import cache_dir, get_device, has_package, package_versions, write_json
 
 # %% auto #0
-__all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'VIDEO_CHATGPT_RECIPE', 'try_import', 'machine_report',
-           'fitting_presets', 'bench_features', 'bench_decode', 'bench_decode_main', 'cpu_seconds', 'bench_decode_pool',
-           'bench_features_main', 'tower_profile', 'random_llama', 'bench_lm_train', 'bench_train', 'bench_train_main',
-           'e2e_check', 'recipe_estimate', 'gpu_check', 'gpu_check_summary', 'doctor_main']
+__all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'VIDEO_CHATGPT_RECIPE', 'FEATURES_TOY', 'FEATURES_REAL',
+           'NVDEC_WORKERS', 'try_import', 'machine_report', 'fitting_presets', 'bench_features', 'bench_decode',
+           'bench_decode_main', 'cpu_seconds', 'bench_decode_pool', 'bench_features_main', 'tower_profile',
+           'random_llama', 'bench_lm_train', 'bench_train', 'bench_train_main', 'e2e_check', 'recipe_estimate',
+           'gpu_check', 'gpu_check_summary', 'doctor_main']
 
 # %% ../nbs/11_bench.ipynb #5642ea50
 from .features import cpu_has_amx
 
-OPTIONAL_PACKAGES = ("decord", "torchcodec", "flash_attn", "av", "open_clip", "transformers", "peft", "papermill")
+OPTIONAL_PACKAGES = ("decord", "torchcodec", "PyNvVideoCodec", "flash_attn", "av", "open_clip", "transformers", "peft", "papermill")
 
 def try_import(name: str) -> dict:
     "Whether module `name` imports here, with its version or the first line of the error."
@@ -84,17 +85,17 @@ def _sync(device: torch.device):
 
 def bench_features(vision: str = "random:ViT-L-14", dtype: str = "fp16", device: str = "auto", video: str | Path | None = None,
                    num_frames: int = 100, batch_size: int = 50, repeats: int = 3, copies: int = 4, workers: int = 2,
-                   pool: str = "auto") -> dict:
-    "Tower frames/s, decoding frames/s, pipeline frames/s, busy fraction and decode-boundness for one tower and dtype."
+                   pool: str = "auto", backend: str = "auto") -> dict:
+    "Tower frames/s, decoding frames/s, pipeline frames/s, busy fraction and decode-boundness for one tower, dtype and decoder."
     import tempfile
-    from vtom.decode import DecodePool, bench_video, clear_index_cache, read_video
+    from vtom.decode import DecodePool, auto_pool, bench_video, clear_index_cache, read_video
     from vtom.features import extract_to_store, load_vision_tower, preprocess_frames
     dev = get_device(device)
     video = Path(video) if video else bench_video()
     t_dec = []
     for _ in range(2):   # one decoder with one FFmpeg thread: what each pool worker delivers
         clear_index_cache()
-        t0 = time.perf_counter(); clip = read_video(video, num_frames, threads=1); t_dec.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); clip = read_video(video, num_frames, backend, threads=1); t_dec.append(time.perf_counter() - t0)
     n = len(clip.frames)
     tower = load_vision_tower(vision, device=dev, dtype=dtype)
     px = preprocess_frames(clip.frames, tower.image_size, tower.mean, tower.std, device=dev, dtype=tower.dtype)
@@ -109,17 +110,18 @@ def bench_features(vision: str = "random:ViT-L-14", dtype: str = "fp16", device:
     for k in range(copies):
         links.append(tmp / "videos" / f"copy{k}{video.suffix}"); links[-1].parent.mkdir(exist_ok=True); links[-1].symlink_to(video.resolve())
     if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
-    kind = pool if pool != "auto" else "process" if dev.type == "cuda" and workers > 1 else "thread"
+    kind = pool if pool != "auto" else auto_pool(dev, workers, backend)
     with DecodePool(workers, kind) as decoder:
         decoder.warm()   # workers spawned and imported before the clock starts, as in a long run
         t0 = time.perf_counter()
-        s = extract_to_store(links, tmp / "store", tower, num_frames, batch_size, workers=workers, progress=False, pool=decoder)
+        s = extract_to_store(links, tmp / "store", tower, num_frames, batch_size, backend=backend, workers=workers, progress=False,
+                             pool=decoder)
         _sync(dev); wall = time.perf_counter() - t0
     import shutil; shutil.rmtree(tmp, ignore_errors=True)
     decode_fps = n / min(t_dec)
     rec = {"bench": "features", "tower": vision, "dtype": dtype, "device": str(dev), "frames": n, "batch_size": batch_size,
            "tower_frames_per_s": round(tower_fps, 1), "decode_frames_per_s": round(decode_fps, 1), "decode_workers": workers,
-           "decode_pool": kind,
+           "decode_pool": kind, "decode_backend": clip.backend,
            "pipeline_frames_per_s": round(copies * n / wall, 1), "videos": copies, "failed": s["failed"],
            "busy_fraction": round(min(1.0, copies * n / tower_fps / wall), 3), "decode_bound": bool(decode_fps * workers < tower_fps)}
     if dev.type == "cuda": rec["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
@@ -134,22 +136,25 @@ import sys
 from typing import Iterator, Sequence
 
 from .core import VtomError
-from .decode import BACKENDS, available_backends, bench_video, clear_index_cache, read_video, video_info, video_path
+from .decode import BACKENDS, GPU_BACKENDS, available_backends, bench_video, clear_index_cache, read_video, video_info, video_path
 
 def _bench_child(path: str, backends: list[str], num_frames: int, repeats: int) -> dict[str, Any]:
     "Run inside a fresh process: time `read_video` for each backend in turn (interleaved rounds after a warm-up)."
     from vtom.core import peak_rss_mb
     rss0 = peak_rss_mb()
     times: dict[str, list[float]] = {b: [] for b in backends}
-    picked = {}
+    picked, errors, frames = {}, {}, 0
     for r in range(repeats + 1):
         for b in backends[r % len(backends):] + backends[: r % len(backends)]:   # rotate the order every round
+            if b in errors: continue
             clear_index_cache()   # count opening and indexing the file, as for a fresh video
             t = time.perf_counter()
-            clip = read_video(path, num_frames=num_frames, backend=b)
+            try: clip = read_video(path, num_frames=num_frames, backend=b)
+            except Exception as e:   # one backend that fails (e.g. no GPU for nvdec) is reported; the others are timed
+                errors[b] = f"{type(e).__name__}: {str(e)[:300]}"; continue
             if r: times[b].append(time.perf_counter() - t)
-            picked[b] = clip.backend
-    return dict(times=times, picked=picked, frames=len(clip), peak_rss_mb=peak_rss_mb(), rss_before_mb=rss0)
+            picked[b], frames = clip.backend, len(clip)
+    return dict(times=times, picked=picked, errors=errors, frames=frames, peak_rss_mb=peak_rss_mb(), rss_before_mb=rss0)
 
 def _run_child(args: list) -> dict[str, Any]:
     code = "import json, sys; from vtom.bench import _bench_child; print(json.dumps(_bench_child(*json.loads(sys.argv[1]))))"
@@ -170,6 +175,7 @@ def bench_decode(video: str | Path | None = None, num_frames: int = 100, repeats
     timing = _run_child([str(path), names, num_frames, repeats])   # one process, interleaved: fair under changing load
     if "error" in timing: raise VtomError(f"The benchmark failed: {timing['error']}")
     for name in names:
+        if name in timing["errors"]: result["backends"][name] = {"error": timing["errors"][name]}; continue
         peak = _run_child([str(path), [name], num_frames, 1]) if memory else {}   # a fresh process: its own peak memory
         med = statistics.median(timing["times"][name])
         result["backends"][name] = dict(median_s=round(med, 4), min_s=round(min(timing["times"][name]), 4),
@@ -192,7 +198,7 @@ def bench_decode_main(argv: list[str] | None = None) -> int:
     parser.add_argument("video", nargs="?", help="a video file or packaged clip name (default: a generated 60 s 640x360 long-GOP clip)")
     parser.add_argument("--num-frames", type=int, default=100, help="frames to sample (default 100)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default 5)")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, help="backends to time (default: all installed)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS + GPU_BACKENDS, help="backends to time (default: all installed CPU ones)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated clip (default 60)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-backend peak-memory runs")
     parser.add_argument("--workers", type=int, nargs="+", help="decode-pool sizes to time, e.g. 1 2 (one JSON line per setting)")
@@ -226,6 +232,19 @@ def cpu_seconds() -> float:
         except psutil.Error: pass   # a child that just ended
     return total
 
+def _time_pool(copies: list[Path], backend: str, kind: str, workers: int, threads: int | None, num_frames: int) -> dict[str, Any]:
+    "Frames/s, wall and CPU seconds of one `DecodePool` setting decoding `copies` (started before the clock)."
+    clear_index_cache()
+    with DecodePool(workers, kind, 1 if threads is None else threads) as pool:
+        pool.warm()   # spawning and importing happen before the clock starts
+        c0, t0, frames = cpu_seconds(), time.perf_counter(), 0
+        for path, clip in pool.map(copies, num_frames=num_frames, backend=backend):
+            if isinstance(clip, Exception): raise clip
+            frames += len(clip)
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return {"ffmpeg_threads": pool.threads, "frames": frames, "seconds": round(wall, 3), "frames_per_s": round(frames / wall, 1),
+            "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(1000 * cpu / frames, 2)}
+
 def bench_decode_pool(video: str | Path | None = None, workers: Sequence[int] = (1, 2), pools: Sequence[str] = ("thread", "process"),
                       backends: Sequence[str] = ("pyav",), num_frames: int = 100, videos: int | None = None,
                       threads: int | None = None, seconds: float = 60.0) -> Iterator[dict[str, Any]]:
@@ -240,20 +259,14 @@ def bench_decode_pool(video: str | Path | None = None, workers: Sequence[int] = 
             for kind in pools:
                 one = None
                 for w in workers:
-                    clear_index_cache()
-                    with DecodePool(w, kind, 1 if threads is None else threads) as pool:
-                        pool.warm()   # spawning and importing happen before the clock starts
-                        c0, t0, frames = cpu_seconds(), time.perf_counter(), 0
-                        for path, clip in pool.map(copies, num_frames=num_frames, backend=backend):
-                            if isinstance(clip, Exception): raise VtomError(f"The benchmark could not decode {src}: {clip}")
-                            frames += len(clip)
-                        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-                    rec = {"bench": "decode-pool", "backend": backend, "pool": kind, "workers": w, "ffmpeg_threads": pool.threads,
-                           "videos": n, "frames": frames, "seconds": round(wall, 3), "frames_per_s": round(frames / wall, 1),
-                           "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(1000 * cpu / frames, 2), "cpus": os.cpu_count(),
-                           "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, "video": str(src)}
-                    if w == 1: one = rec
-                    elif one: rec["speedup_vs_1_worker"] = round(rec["frames_per_s"] / one["frames_per_s"], 3)
+                    rec = {"bench": "decode-pool", "backend": backend, "pool": kind, "workers": w, "videos": n}
+                    try: rec |= _time_pool(copies, backend, kind, w, threads, num_frames)
+                    except Exception as e:   # one setting that fails (e.g. nvdec in processes) is reported; the run goes on
+                        rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                    rec |= {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+                            "video": str(src)}
+                    if w == 1 and "error" not in rec: one = rec
+                    elif one and "error" not in rec: rec["speedup_vs_1_worker"] = round(rec["frames_per_s"] / one["frames_per_s"], 3)
                     yield rec
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
@@ -623,6 +636,10 @@ def _guarded(fn, *args, **kwargs) -> dict:
     try: return fn(*args, **kwargs)
     except Exception as e: return {"error": f"{type(e).__name__}: {str(e)[:300]}", "traceback": traceback.format_exc()[-2000:]}
 
+FEATURES_TOY = dict(vision="random:ViT-B-32", num_frames=16, batch_size=8, repeats=1, copies=2)
+FEATURES_REAL = dict(vision="random:ViT-L-14", num_frames=100, batch_size=50, repeats=3, copies=48)   # gpu_check's pipeline
+NVDEC_WORKERS = 8   # threads, each with its own hardware decoder session (an H200 has 7 NVDEC engines)
+
 def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 480.0, video: str | Path | None = None,
               out: str | Path | None = None, e2e: bool = True) -> dict:
     "Speed and memory at real sizes on a GPU (toy sizes without CUDA): the pipeline end to end, features, 7B-shaped training, social signals."
@@ -630,7 +647,8 @@ def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 4
     toy = dev.type != "cuda" if toy is None else toy
     t0 = time.perf_counter()
     report = {"bench": "gpu-check", "sizes": "toy" if toy else "real", "device": str(dev), "budget_s": budget_s,
-              "machine": machine_report(), "versions": package_versions(("torch", "transformers", "open_clip_torch", "decord", "av", "torchcodec")),
+              "machine": machine_report(), "versions": package_versions(("torch", "transformers", "open_clip_torch", "decord", "av", "torchcodec",
+                                                                         "pynvvideocodec")),
               "e2e": None, "features": [], "lm_train": None, "recipe": None, "social": None}
     def section(key, fn, *args, **kwargs):   # run it unless the budget is spent; save the report so far after each section
         late = time.perf_counter() - t0 > budget_s
@@ -644,10 +662,11 @@ def gpu_check(device: str = "auto", toy: bool | None = None, budget_s: float = 4
         from vtom.decode import make_test_video
         video = make_test_video(Path(tempfile.mkdtemp(prefix="vtom-gpucheck-")) / "toy.mp4", seconds=4, fps=10, size=(160, 120))
     dtypes = ("fp32",) if dev.type == "cpu" else ("fp16", "bf16") if dev.type == "cuda" and torch.cuda.is_bf16_supported() else ("fp16",)
-    fkw = dict(vision="random:ViT-B-32", num_frames=16, batch_size=8, repeats=1, copies=2) if toy else \
-        dict(vision="random:ViT-L-14", num_frames=100, batch_size=50, repeats=3, copies=48, workers=max(2, min(12, (os.cpu_count() or 4) - 2)))
+    fkw = FEATURES_TOY if toy else FEATURES_REAL | {"workers": max(2, min(12, (os.cpu_count() or 4) - 2))}
     if e2e: section("e2e", e2e_check, str(dev))
     section("features", bench_features, dtype=dtypes[0], device=str(dev), video=video, **fkw)
+    if dev.type == "cuda" and has_package("PyNvVideoCodec"):   # the GPU's own decoders (`vtom[nvdec]`), one per thread
+        section("features", bench_features, dtype=dtypes[0], device=str(dev), video=video, backend="nvdec", **(fkw | {"workers": NVDEC_WORKERS}))
     if toy: section("lm_train", bench_lm_train, LLAMA_TOY, str(dev), "fp32" if dev.type == "cpu" else "auto", batch_size=2,
                     video_tokens=12, text_tokens=8, vision_dim=32, steps=2, warmup=1)
     else: section("lm_train", bench_lm_train, LLAMA_7B, str(dev), "bf16")
@@ -671,7 +690,8 @@ def gpu_check_summary(report: dict) -> str:
               f"{(chr(10) + s['error'][-600:]) if 'error' in s else ''}" for s in e2e.get("steps", [])] or [f"  e2e: {err(e2e)}"]
     for f in report.get("features", []):
         lines.append(f"  features {f.get('dtype')}: " + (err(f) or f"tower {f['tower_frames_per_s']} frames/s, pipeline "
-                     f"{f['pipeline_frames_per_s']} frames/s, busy {f['busy_fraction']}, {f['decode_workers']} {f['decode_pool']} decoders"))
+                     f"{f['pipeline_frames_per_s']} frames/s, busy {f['busy_fraction']}, {f['decode_workers']} {f['decode_pool']} "
+                     f"{f.get('decode_backend', '')} decoders"))
     def run(r):
         name = f"{r['attn']}{' + checkpointing' if r.get('checkpointing') else ''}"
         if "tokens_per_s" not in r: return f"{name} {r.get('error') or r.get('skipped')}"

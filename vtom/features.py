@@ -557,9 +557,9 @@ def extract_to_store(videos: Iterable[str | Path], out: str | Path, tower: Visio
     if not 1 <= num_frames <= MAX_NUM_FRAMES:
         raise VtomError(f"num_frames={num_frames}: use 1 to {MAX_NUM_FRAMES} (the reference uses 100); each frame is one temporal "
                         "token of every video, padded with zeros when the video is shorter.")
-    from vtom.decode import DecodePool, pick_backend
+    from vtom.decode import DecodePool, auto_pool, pick_backend
     pick_backend(backend)  # an unknown backend is a usage error, not a failure of every video
-    if pool == "auto": pool = "process" if tower.device.type == "cuda" and workers > 1 else "thread"   # see `DecodePool`
+    if pool == "auto": pool = auto_pool(tower.device, workers, backend)   # see `DecodePool`
     out = Path(out)
     videos = [Path(v) for v in videos]
     ids = [video_id_of(v) for v in videos]
@@ -667,7 +667,8 @@ def features_main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=positive_int, default=2, help="videos decoded in parallel ahead of the tower (default %(default)s)")
     p.add_argument("--pool", choices=("auto", "thread", "process"), default="auto",
                    help="decoding threads or spawned processes (auto: processes when the tower is on a GPU, else threads)")
-    p.add_argument("--backend", default="auto", help="decoding backend (auto | pyav | decord | torchcodec)")
+    p.add_argument("--backend", default="auto", help="decoding backend (auto | pyav | decord | torchcodec | nvdec: the GPU's "
+                   "hardware decoder, frames stay on the GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.num_frames > MAX_NUM_FRAMES:
