@@ -235,8 +235,8 @@ def test_resume_follows_depends_and_cleans_stale_outputs(tmp_path):
 def test_pipelines_and_presets_are_data_files_checked_on_load(tmp_path):
     "Every shipped pipeline/preset is one packaged YAML file; a broken file names itself and what is allowed."
     root = batch.package_dir()
-    assert sorted(p.stem for p in (root / "pipelines").glob("*.yaml")) == sorted(PIPELINES) == ["siq2", "tom", "tom-temporal", "tomloc"]
-    assert sorted(p.stem for p in (root / "presets").glob("*.yaml")) == sorted(PRESETS) == ["cpu-demo", "gpu-siq2", "gpu-tomloc", "tom-temporal"]
+    assert sorted(p.stem for p in (root / "pipelines").glob("*.yaml")) == sorted(PIPELINES) == ["siq2", "tom", "tom-mind", "tom-temporal", "tomloc"]
+    assert sorted(p.stem for p in (root / "presets").glob("*.yaml")) == sorted(PRESETS) == ["cpu-demo", "gpu-siq2", "gpu-tomloc", "tom-mind", "tom-temporal"]
     assert "presets/*.yaml" in (root.parent / "setup.py").read_text()
     evals = [s for s in PIPELINES["siq2"] if s.name.startswith("eval-") and s.name != "eval-plot"]   # one `for:` entry, five stages
     assert [s.command[s.command.index("--mode") + 1] for s in evals] == ["video", "shuffled", "blank", "text", "answer-only"]

@@ -120,7 +120,7 @@ def test_client_end_to_end(served, checkpoint, tmp_path):
     answer = backend.answers[-1]
     assert history[-1]["role"] == "assistant" and _words(answer["answer"]) and "first token" in stats
     shown = _text(history[-1])
-    assert _words(shown) == _words(answer["answer"]) and "SmolLM2-135M-Instruct" in shown and "tokens" in shown
+    assert _words(shown).startswith(_words(answer["answer"])) and "SmolLM2-135M-Instruct" in shown and "tokens" in shown   # a short answer: the honesty line follows it
     assert answer["prior_turns"] == 0 and answer["new_tokens"] <= 24
     c.predict("Why?", api_name="/ask")
     assert backend.answers[-1]["prior_turns"] == 2                       # this tab's conversation went in

@@ -63,6 +63,7 @@ PRESET_NEEDS: dict[str, dict[str, Any]] = {
     "gpu-siq2": {"cuda": True, "gpu_mem_gib": 24, "ram_gib": 32, "packages": ("av", "transformers", "papermill")},
     "gpu-tomloc": {"cuda": True, "gpu_mem_gib": 24, "ram_gib": 32, "packages": ("av", "transformers", "papermill")},
     "tom-temporal": {"cuda": False, "ram_gib": 8, "packages": ("av", "transformers", "papermill")},
+    "tom-mind": {"cuda": False, "ram_gib": 8, "packages": ("av", "transformers", "peft", "papermill")},
 }
 
 def fitting_presets(report: dict, needs: dict[str, dict] | None = None) -> dict[str, dict]:

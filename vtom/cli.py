@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "goal": ("vtom.experiments", "goal_main", "The synthetic benchmark's goal report: probes, moment retrieval, multiple choice, verdicts."),
     "locate": ("vtom.experiments", "goal_main", "The old name of `vtom goal` (the goal report on a `vtom synth` folder)."),
     "temporal": ("vtom.experiments", "temporal_main", "The temporal mental-state study: bag vs temporal vs graph projectors and the tracker (--dry-run: offline check)."),
+    "mind": ("vtom.study_mind", "mind_main", "The tracker's mind in the video LLM: one whole model, its routes compared at one budget, chat (--dry-run: offline check)."),
     "tomloc": ("vtom.tomloc", "tomloc_main", "ToMLoc: Social-IQ 2.0 clips joined from stored features, frame-index localisation, paired MC comparison."),
     "bench": ("vtom.cli", "bench_main", "Speed benchmarks that print one JSON line (decode, features, train)."),
     "run": ("vtom.batch", "run_main", "Run the pipeline notebooks with papermill into a run folder."),

@@ -31,9 +31,9 @@ from transformers import TextIteratorStreamer
 from .core import EMBEDDED_LLM_NAME, REFERENCE_NUM_FRAMES, VtomError, atomic_path, get_logger, seed_everything
 from .decode import read_video, resize_frames
 from .features import features_from_clip
-from .infer import NoVideoError, VideoChat, social_models_available
+from .infer import NoVideoError, VideoChat, is_belief_query, perceive_video, social_models_available, video_mind
 from .locate import answer_loglik_fn, loo_importance, plot_relevance
-from .model import TRACKER_BELIEVERS, TRACKER_COLUMNS, VIDEO_TOKEN
+from .model import TRACKER_BELIEVERS, TRACKER_COLUMNS, VIDEO_TOKEN, VideoLLM
 from .registry import EMBEDDED_ALIASES, OFFLINE_TOWER, tower_kind
 from .social import (expression_track, plot_timeline, query_expression, run_seconds, social_clip, social_timeline,
                      threshold_run, timeline_prompt_line, timeline_text)
@@ -43,8 +43,8 @@ from .train import load_tracker
 # %% auto #0
 __all__ = ['CLIP_LABELS', 'BROWSER_VIDEO', 'GENERATION', 'MOMENT_PROMPT', 'BELIEF_WORDS', 'ROUTES', 'example_videos',
            'file_sha256', 'browser_playable', 'preview_mp4', 'training_record', 'llm_display_name', 'model_card',
-           'training_words', 'honesty_line', 'belief_tracker', 'false_belief_track', 'Limits', 'Refused', 'Cancelled',
-           'checked_text', 'ModelTurns', 'Session', 'DemoBackend', 'finish', 'VideoEntry', 'figure_image',
+           'training_words', 'honesty_line', 'belief_tracker', 'false_belief_track', 'mind_moment', 'Limits', 'Refused',
+           'Cancelled', 'checked_text', 'ModelTurns', 'Session', 'DemoBackend', 'finish', 'VideoEntry', 'figure_image',
            'StoppableStreamer', 'prompt_tokens', 'moment_route', 'threshold_moment', 'relevance_moment',
            'moment_figure', 'moment_frame', 'public_message', 'build_app', 'launch', 'demo_main']
 
@@ -173,9 +173,9 @@ def honesty_line(card: dict) -> str:
     return line + (" · ⚠️ not to be trusted: see the warnings at the top" if card["warnings"] else "")
 
 def belief_tracker(chat: VideoChat) -> torch.nn.Module | None:
-    """The mental-state tracker that answers belief moments, or None: the model's own `tracker` module when it has one, else
-    the head a tracker run saved beside the checkpoint (`vtom.train.load_tracker`)."""
-    tracker = getattr(chat.model, "tracker", None)
+    """The mental-state tracker that answers belief moments, or None: a whole model's tracker (its `mind`, read by `mind_moment`),
+    the model's own `tracker` module when it has one, else the head a tracker run saved beside the checkpoint (`vtom.train.load_tracker`)."""
+    tracker = chat.model.mind if chat.model.mind is not None else getattr(chat.model, "tracker", None)
     if tracker is None and chat.checkpoint: tracker = load_tracker(chat.checkpoint)
     return None if tracker is None else tracker.to(chat.model.device).eval()
 
@@ -186,6 +186,15 @@ def false_belief_track(model, tracker: torch.nn.Module, features: torch.Tensor, 
     flags = tracker(tokens.float())["flags"].sigmoid()[0]
     cols = [TRACKER_COLUMNS.index(c) - len(TRACKER_BELIEVERS) for c in ("A belief false", "B belief false")]
     return flags[:, cols].amax(-1).float().cpu().numpy()
+
+def mind_moment(model: VideoLLM, features: torch.Tensor, meta: dict) -> dict:
+    """A belief moment from a whole model's tracker (`vtom.infer.video_mind`): A's false-belief probability per frame, and the window in
+    which A first believes something false in its mind timeline (None: never), so that the page and `vtom chat` agree."""
+    mind = video_mind(model, features=features, meta=meta)
+    times, scores, window = np.asarray(mind["timestamps"], float), np.asarray(mind["p_false_belief"], float), mind["false_belief_window"]
+    inside = np.flatnonzero((times >= window[0]) & (times < window[1])) if window else np.arange(len(times))
+    peak = int(inside[np.argmax(scores[inside])]) if len(inside) else int(np.argmax(scores))
+    return dict(window=window, times=times, scores=scores, label="p(A's belief is false)", threshold=0.5, peak=peak, time=float(times[peak]))
 
 # %% ../nbs/10_demo.ipynb #3cf992cb
 @dataclass
@@ -388,6 +397,7 @@ class VideoEntry:
     timeline_note: str = ""                 # how it was made, or why there is none
     timeline_thumbs: np.ndarray | None = None   # the timeline's sampled frames, small
     timeline_image: np.ndarray | None = None    # its figure (`plot_timeline`), drawn once
+    meta: dict = field(default_factory=dict)    # a whole model's perceived containers (what its mind text names)
 
     def strip(self) -> list[tuple[np.ndarray, str]]:
         "Gallery items: each of the model's sampled frames with its time."
@@ -459,8 +469,11 @@ def _analyse(self: DemoBackend, path: Path, sha: str, cancelled: Callable[[], bo
         check()
         return value
     clip = yield from stage(f"decoding {chat.num_frames} frames", "decode", lambda: read_video(path, num_frames=chat.num_frames))
-    feats, _ = yield from stage(f"vision tower {chat.tower.name} on {len(clip.timestamps)} frames", "tower",
-                                lambda: features_from_clip(clip, chat.tower, chat.num_frames))
+    if chat.model.perception is not None:   # a whole model: its own perception reads the frames (no tower)
+        feats, meta = yield from stage(f"the model's perception on {len(clip.timestamps)} frames", "perception", lambda: perceive_video(chat.model, path))
+    else:
+        (feats, _), meta = (yield from stage(f"vision tower {chat.tower.name} on {len(clip.timestamps)} frames", "tower",
+                                             lambda: features_from_clip(clip, chat.tower, chat.num_frames))), {}
     timeline, note, thumbs, image = None, "", None, None
     if not self.social_frames: note = "off (the demo was started with --social-frames 0)"
     elif not social_models_available(): note = "not available: the social-signal models are not installed (`make install` adds them)"
@@ -470,7 +483,7 @@ def _analyse(self: DemoBackend, path: Path, sha: str, cancelled: Callable[[], bo
         thumbs, image = yield from stage("drawing the timeline", "drawing", lambda: _timeline_pictures(path, timeline))
         note = f"{timeline['num_frames']} frames"
     entry = VideoEntry(sha, path.name, feats, _thumbs(clip.frames), np.asarray(clip.timestamps, float), float(clip.duration),
-                       seconds, timeline, note, thumbs, image)
+                       seconds, timeline, note, thumbs, image, meta)
     with self._lock:
         self.videos[sha] = entry
         while len(self.videos) > self.max_videos: self.videos.popitem(last=False)
@@ -540,7 +553,7 @@ def _answer_stream(self: DemoBackend, sha: str | None, turns: list[dict], questi
 def _generate(self: DemoBackend, entry: VideoEntry, turns: list[dict], question: str, cancelled, asked: float):
     base = self.chat
     chat = VideoChat(base.model, base.tower, base.num_frames, disk_cache=False, checkpoint=base.checkpoint)  # this request's view
-    chat.set_features(entry.features, entry.name, [float(t) for t in entry.timestamps])
+    chat.set_features(entry.features, entry.name, [float(t) for t in entry.timestamps], entry.meta)
     if entry.timeline is not None: chat.set_timeline(entry.timeline, "demo")
     turns, cut = _fit(self, chat, turns, question)
     chat.turns = list(turns)
@@ -593,7 +606,7 @@ def moment_route(query: str, entry: VideoEntry, tracker: torch.nn.Module | None)
     if entry.timeline is not None:
         try: query_expression(query); return "timeline"
         except VtomError: pass
-    if tracker is not None and any(w in query.lower() for w in BELIEF_WORDS): return "tracker"
+    if tracker is not None and (is_belief_query(query) or any(w in query.lower() for w in BELIEF_WORDS)): return "tracker"
     return "lm"
 
 def threshold_moment(scores: np.ndarray, times: np.ndarray, duration: float, label: str, threshold: float = 0.5) -> dict:
@@ -631,6 +644,8 @@ def _find_moment(self: DemoBackend, sha: str | None, query: str, cancelled: Call
 def _model_moment(self: DemoBackend, entry: VideoEntry, query: str, cancelled) -> Generator[str, None, dict]:
     model, n = self.chat.model, len(entry.timestamps)
     feats = entry.features.to(model.device, next(model.projector.parameters()).dtype)
+    if moment_route(query, entry, self.tracker) == "tracker" and model.mind is not None:
+        return {**(yield from _timed("the model's tracker reads each frame", lambda: mind_moment(model, entry.features, entry.meta))), "route": "tracker"}
     if moment_route(query, entry, self.tracker) == "tracker":
         p = yield from _timed("the mental-state tracker reads each frame", lambda: false_belief_track(model, self.tracker, feats, n))
         return {**threshold_moment(p, entry.timestamps, entry.duration, "p(false belief)"), "route": "tracker"}

@@ -27,7 +27,7 @@ from .core import (REFERENCE_NUM_FRAMES, FolderLock, Interrupted, StorageError, 
 from .data import (LETTERS, VIDEO_PLACEHOLDER, DataFormatError, MCQuestion, format_mc_prompt, load_siq2,
                        question_word, read_jsonl, split_available, unique_qids)
 from .features import FeatureStore
-from .model import VideoLLM, VideoLLMConfig, load_llm, pad_batch, tokenize_conversation
+from .model import VideoLLM, VideoLLMConfig, load_llm, pad_batch, tokenize_conversation, with_mind
 from .social import TIMELINE_LABEL, SignalStore, load_timeline, social_to_store, timeline_path, timeline_text
 from .stats import bootstrap_ci, paired_comparison
 
@@ -373,10 +373,13 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
         if setup.signals is None: raise EvalError(f"mode {mode!r} needs social signals (--social-store DIR) and a checkpoint with social tokens.")
         signals = torch.as_tensor(setup.signals[q.video_id]).float()
     nvt = 0 if feats is None else feats.shape[0]
+    notes = None   # a whole model reads its mind text beside the (transformed) video: the tracker runs on what this mode shows
+    if feats is not None and hasattr(setup.model, "mind_text"):
+        notes = setup.model.mind_text(feats, setup.features.meta(q.video_id) if hasattr(setup.features, "meta") else None)
     rec = {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question),
            "answer_idx": q.answer_idx}
     if scoring == "generate":
-        enc = encode_choices(setup.tokenizer, mode_prompt(q, mode, social), [option_continuation(q, 0)], setup.template, nvt, setup.max_length)
+        enc = encode_choices(setup.tokenizer, with_mind(mode_prompt(q, mode, social), notes), [option_continuation(q, 0)], setup.template, nvt, setup.max_length)
         pred, text = generate_choice(setup.model, setup.tokenizer, enc[0], q.options, feats, social_signals=signals)
         rec.update(pred=pred, generated=text)
     else:
@@ -385,6 +388,7 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
             todo = [r for r in wanted if r in group]
             if not todo: continue
             user, answers = rule_inputs(q, mode, todo[0], social)
+            user = with_mind(user, notes)
             enc = encode_choices(setup.tokenizer, user, answers, setup.template, nvt, setup.max_length)
             lps = shared_prefix_logprobs(setup.model, enc, _pad_id(setup.tokenizer), feats, first_only=todo == ["letter"], social_signals=signals)
             for r in todo:
@@ -670,7 +674,7 @@ def load_eval_setup(llm: str = "embedded", mode: str = "text", checkpoint: str |
         tok = model.tokenizer
         template = template or cfg.template
         num_frames = num_frames or cfg.num_frames
-        info.update(vision=vision or cfg.vision_name, projector_trained=checkpoint is not None)
+        info.update(vision=vision or cfg.vision_name, projector_trained=checkpoint is not None, parts=cfg.parts, mind_route=cfg.mind_route)
     else:
         model, tok = load_llm(llm, device=dev, dtype=dtype)
         model.eval()

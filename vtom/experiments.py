@@ -18,6 +18,7 @@ from torch import nn
 
 from .core import VtomError, atomic_path, get_logger, write_json
 from .evaluate import DEFAULT_SCORING, EvalSetup, evaluate_questions
+from .model import OBSERVATION_COLUMNS, OBSERVATION_GROUPS, FramePerception, observation_slices, perception_loss
 from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, loo_moment_scores, method_windows,
                          evidence_examples, method_slug, moment_examples, retrieval_table, rows_by, temporal_tokens, train_moment_head,
                          write_qvh)
@@ -26,14 +27,13 @@ from .stats import bootstrap_ci, markdown_table, paired_comparison
 from .synth import FAMILIES, TAGS
 
 # %% auto #0
-__all__ = ['PROBE_FACTS', 'STUDY_NUM_FRAMES', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'OBSERVATION_GROUPS',
-           'OBSERVATION_COLUMNS', 'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'STUDY_QTYPES',
-           'STUDY_FAMILIES', 'SOURCE_NAMES', 'BAG_ARM', 'DRY_RUN', 'linear_probe', 'frame_facts', 'probe_data',
-           'probe_table', 'synth_features', 'split_videos', 'mc_predictions', 'mc_table', 'goal_verdicts',
-           'what_this_run_shows', 'goal_report', 'report_markdown', 'tracker_targets', 'tracker_data',
-           'write_tracker_targets', 'train_tracker', 'tracker_probs', 'frame_accuracy', 'container_slots', 'option_of',
-           'tracker_choices', 'tracker_answers', 'belief_false_windows', 'window_success', 'observation_slices',
-           'observation_vector', 'FramePerception', 'perception_loss', 'train_perception', 'perception_accuracy',
+__all__ = ['PROBE_FACTS', 'STUDY_NUM_FRAMES', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'AT_CONTAINER_Y',
+           'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'STUDY_QTYPES', 'STUDY_FAMILIES', 'SOURCE_NAMES', 'BAG_ARM',
+           'DRY_RUN', 'linear_probe', 'frame_facts', 'probe_data', 'probe_table', 'synth_features', 'split_videos',
+           'mc_predictions', 'mc_table', 'goal_verdicts', 'what_this_run_shows', 'goal_report', 'report_markdown',
+           'tracker_targets', 'tracker_data', 'write_tracker_targets', 'train_tracker', 'tracker_probs',
+           'frame_accuracy', 'container_slots', 'option_of', 'tracker_choices', 'tracker_answers',
+           'belief_false_windows', 'window_success', 'observation_vector', 'train_perception', 'perception_accuracy',
            'observation_stores', 'bag_features', 'pooled_slot_features', 'BagOfFrames', 'fit_bag',
            'plot_belief_timeline', 'plot_learning_curves', 'study_markdown', 'temporal_study', 'temporal_main',
            'goal_main']
@@ -457,18 +457,7 @@ def window_success(pred: list[float] | None, truth: list[float] | None) -> int:
     return int(float(temporal_iou(np.asarray(pred, float), np.asarray(truth, float))) >= 0.5 - 1e-9)
 
 # %% ../nbs/08b_experiments.ipynb #bd163f41
-OBSERVATION_GROUPS = {"object": ("held:A", "held:B", "slot0", "slot1", "slot2", "slot3", "hidden")}   # where the object is seen
-for _agent in "AB":
-    OBSERVATION_GROUPS.update({f"{_agent} mode": ("room", "window", "absent"), f"{_agent} gaze": ("scene", "away", "window"),
-                               f"{_agent} acts": ("no", "yes"), f"{_agent} at": ("none", "slot0", "slot1", "slot2", "slot3")})
-OBSERVATION_COLUMNS = tuple(f"{g}={v}" for g, vs in OBSERVATION_GROUPS.items() for v in vs)
 AT_CONTAINER_Y = 130   # an agent lower than this (scene coordinates, 224 px high) stands at the row of containers
-
-def observation_slices() -> dict[str, slice]:
-    "Group name -> its columns in an observation row."
-    out, i = {}, 0
-    for g, vs in OBSERVATION_GROUPS.items(): out[g], i = slice(i, i + len(vs)), i + len(vs)
-    return out
 
 def observation_vector(events: dict, timestamps: Sequence[float], num_frames: int) -> torch.Tensor:
     "What one frame shows at each sampled time (one-hot per `OBSERVATION_GROUPS`; no memory, no mental state) -> `[num_frames + 1, D]`, the last row the time mean."
@@ -489,34 +478,12 @@ def observation_vector(events: dict, timestamps: Sequence[float], num_frames: in
     return x
 
 # %% ../nbs/08b_experiments.ipynb #20f177da
-class FramePerception(nn.Module):
-    "A small CNN from uint8 frames `[B, H, W, 3]` to logits over `OBSERVATION_COLUMNS` (one softmax per group)."
-    def __init__(self, channels: Sequence[int] = (32, 48, 64, 96), hidden: int = 256):
-        super().__init__()
-        layers, c = [], 3
-        for w in channels: layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()]; c = w
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten())   # 7 x 7 keeps where things are
-        self.head = nn.Sequential(nn.Linear(c * 49, hidden), nn.ReLU(), nn.Linear(hidden, len(OBSERVATION_COLUMNS)))
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(frames.permute(0, 3, 1, 2).float() / 255))
-
-    @torch.no_grad()
-    def probs(self, frames: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        "Per-group probabilities `[B, D]` (each group sums to 1), in eval mode."
-        self.eval()
-        z = torch.cat([self(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)])
-        return torch.cat([z[:, s].softmax(-1) for s in observation_slices().values()], -1)
-
-def perception_loss(logits: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-    "Sum over groups of the cross-entropy against one-hot observation rows `[B, D]`."
-    return sum(F.cross_entropy(logits[:, s], obs[:, s].argmax(-1)) for s in observation_slices().values())
-
 def train_perception(frames: torch.Tensor, obs: torch.Tensor, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
-                     seed: int = 0, log_every: int = 20) -> tuple[FramePerception, list[dict]]:
-    "Train `FramePerception` on frames `[N, H, W, 3]` (uint8) and their observation rows `[N, D]` -> `(net, history)`."
+                     seed: int = 0, log_every: int = 20, layout: torch.Tensor | None = None, colours: Sequence[str] = (),
+                     kinds: Sequence[str] = ()) -> tuple[FramePerception, list[dict]]:
+    "Train `vtom.model.FramePerception` on frames `[N, H, W, 3]` (uint8) and their observation rows `[N, D]` (+ container names: `layout` `[N, 4, 2]` colour/kind indices into `colours`/`kinds`) -> `(net, history)`."
     torch.manual_seed(seed)
-    g, net = torch.Generator().manual_seed(seed), FramePerception()
+    g, net = torch.Generator().manual_seed(seed), FramePerception(colours=colours, kinds=kinds)
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max(steps, 1), pct_start=0.1)
     history = []
@@ -524,6 +491,9 @@ def train_perception(frames: torch.Tensor, obs: torch.Tensor, steps: int = 600, 
     for step in range(1, steps + 1):
         i = torch.randint(len(frames), (min(batch_size, len(frames)),), generator=g)
         loss = perception_loss(net(frames[i]), obs[i])
+        if layout is not None:
+            col, kind = net.layout_logits(frames[i])
+            loss = loss + F.cross_entropy(col.flatten(0, 1), layout[i, :, 0].flatten()) + F.cross_entropy(kind.flatten(0, 1), layout[i, :, 1].flatten())
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         if step % log_every == 0 or step in (1, steps): history.append({"step": step, "loss": round(loss.item(), 4)})
     return net.eval(), history

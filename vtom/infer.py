@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,14 +19,14 @@ import torch
 
 from .core import (REFERENCE_NUM_FRAMES, VtomError, cache_dir, float_at_least, get_logger, positive_int,
                        seed_everything, write_json)
-from .model import VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm
+from .model import TRACKER_FLAGS, VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm, mind_segments, mind_timeline, with_mind
 from .registry import OFFLINE_TOWER, tower_kind
 from .social import (QUICK_TIMELINE_FRAMES, load_timeline, model_file, social_signals, social_timeline,
                          timeline_path, timeline_prompt_line)
 
 # %% auto #0
-__all__ = ['SOCIAL_CHOICES', 'NoVideoError', 'feature_cache_path', 'VideoChat', 'social_models_available', 'chat_timeline',
-           'chat_main']
+__all__ = ['SOCIAL_CHOICES', 'BELIEF_QUERY', 'NoVideoError', 'feature_cache_path', 'VideoChat', 'perceive_video',
+           'social_models_available', 'chat_timeline', 'is_belief_query', 'video_mind', 'chat_main']
 
 # %% ../nbs/05_infer.ipynb #9f2e3da0
 class NoVideoError(VtomError):
@@ -46,10 +47,12 @@ class VideoChat:
                  checkpoint: str | Path | None = None):
         self.model, self.tower, self.disk_cache, self.checkpoint = model, tower, disk_cache, checkpoint
         self.num_frames = num_frames or model.config.num_frames
-        self._memory: dict[Path, tuple[torch.Tensor, list | None]] = {}   # features and their frame times
+        self._memory: dict[Path, tuple[torch.Tensor, dict]] = {}   # features and their metadata (frame times, perceived containers)
         self.video: Path | None = None
         self.features: torch.Tensor | None = None
         self.timestamps: list[float] | None = None   # the feature frames' times (s): where social tokens are read from the timeline
+        self.meta: dict = {}                         # the features' metadata: timestamps and, from a perception, the containers
+        self.notes: str | None = None                # what a whole model reads beside the video (`VideoLLM.mind_text`), with the first question
         self.turns: list[dict] = []
         self.timings: dict[str, float] = {}
         self.feature_source: str | None = None
@@ -59,7 +62,7 @@ class VideoChat:
     @classmethod
     def from_names(cls, llm: str | None = None, vision: str | None = None, checkpoint: str | Path | None = None,
                    num_frames: int | None = None, device: str = "auto", disk_cache: bool = True) -> "VideoChat":
-        "Load LM, projector (trained from `checkpoint`, else random) and vision tower by name."
+        "Load LM, projector (trained from `checkpoint`, else random) and vision tower by name (none for a whole model: its perception reads the frames)."
         from vtom.features import load_vision_tower
         t0 = time.perf_counter()
         if checkpoint:
@@ -67,13 +70,15 @@ class VideoChat:
             vision = vision or model.config.vision_name
         else:
             vision = vision or OFFLINE_TOWER
-        tower = load_vision_tower(vision, device=device)
-        if checkpoint:
-            if tower.hidden_size != model.config.vision_hidden_size:
-                raise VtomError(f"The vision tower {vision} gives {tower.hidden_size}-wide features but the checkpoint "
-                                f"{checkpoint} expects {model.config.vision_hidden_size} ({model.config.vision_name}); "
-                                f"use --vision {model.config.vision_name}.")
-        else:
+        whole = bool(checkpoint) and model.perception is not None
+        if whole and num_frames and num_frames != model.config.num_frames:
+            raise VtomError(f"The checkpoint {checkpoint} reads {model.config.num_frames} frames (its tracker's time steps); drop --num-frames.")
+        tower = None if whole else load_vision_tower(vision, device=device)
+        if checkpoint and not whole and tower.hidden_size != model.config.vision_hidden_size:
+            raise VtomError(f"The vision tower {vision} gives {tower.hidden_size}-wide features but the checkpoint "
+                            f"{checkpoint} expects {model.config.vision_hidden_size} ({model.config.vision_name}); "
+                            f"use --vision {model.config.vision_name}.")
+        if not checkpoint:
             lm, tok = load_llm(llm or "embedded", device=device)
             model = VideoLLM(VideoLLMConfig(lm_name=llm or "embedded", vision_name=vision, vision_hidden_size=tower.hidden_size,
                                             num_frames=num_frames or REFERENCE_NUM_FRAMES, num_spatial_tokens=tower.num_patches), lm, tok)
@@ -90,7 +95,8 @@ class VideoChat:
         return {"vision": vision, "llm": cfg.lm_name, "llm_class": type(self.model.lm).__name__,
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None, "num_frames": self.num_frames,
                 "video_tokens": self.num_frames + (self.tower.num_patches if self.tower is not None else cfg.num_spatial_tokens),
-                "template": cfg.template, "social_tokens": bool(cfg.social_dim), "warnings": warnings}
+                "template": cfg.template, "social_tokens": bool(cfg.social_dim), "parts": cfg.parts, "mind_route": cfg.mind_route,
+                "warnings": warnings}
 
 # %% ../nbs/05_infer.ipynb #74f036ae
 def _readable(cache: Path) -> bool:
@@ -107,26 +113,37 @@ def _load_video(self: VideoChat, path: str | Path) -> torch.Tensor:
     if not path.is_file(): raise VtomError(f"Video {path} does not exist; pass the path of a video file.")
     key, t0 = path.resolve(), time.perf_counter()
     cache = feature_cache_path(path, self.tower.name if self.tower is not None else self.model.config.vision_name, self.num_frames)
-    if key in self._memory: (feats, times), source = self._memory[key], "memory"
-    elif self.disk_cache and cache.is_file() and _readable(cache): feats, times, source = load_features(cache), read_meta(cache).get("timestamps"), "disk cache"
+    if key in self._memory: (feats, meta), source = self._memory[key], "memory"
+    elif self.model.perception is not None: (feats, meta), source = perceive_video(self.model, path), "perception"   # cheap: never on disk
+    elif self.disk_cache and cache.is_file() and _readable(cache): feats, meta, source = load_features(cache), read_meta(cache), "disk cache"
     else:
         if self.tower is None: raise VtomError("This VideoChat has no vision tower; pass features with set_features().")
         feats, meta = extract_video_features(path, self.tower, num_frames=self.num_frames)
-        times, source = meta.get("timestamps"), "vision tower"
+        source = "vision tower"
         if self.disk_cache: save_features(cache, feats, meta)
-    self._memory[key] = feats, times
+    self._memory[key] = feats, meta
     self.timings["features_s"] = round(time.perf_counter() - t0, 3)
     self.feature_source = source
-    return self.set_features(feats, path, times)
+    return self.set_features(feats, path, meta.get("timestamps"), meta)
+
+def perceive_video(model: VideoLLM, path: str | Path) -> tuple[torch.Tensor, dict]:
+    "A whole model's features of a video file (its perception on `num_frames` frames at `perception_size`) and their metadata (timestamps, containers)."
+    from vtom.decode import read_video
+    clip = read_video(path, model.config.num_frames, size=model.config.perception_size, resize_mode="bilinear")
+    feats, containers = model.perceive(clip.frames)
+    return feats, {"timestamps": [float(t) for t in clip.timestamps], "containers": containers, "num_frames": model.config.num_frames,
+                   "tower": model.config.vision_name}
 
 def _set_features(self: VideoChat, features: torch.Tensor, video: str | Path | None = None,
-                  timestamps: list[float] | None = None) -> torch.Tensor:
-    "Use precomputed pooled features `[N, D]` (their frames at `timestamps` s, if known) for the current video and start a new conversation."
+                  timestamps: list[float] | None = None, meta: dict | None = None) -> torch.Tensor:
+    "Use precomputed pooled features `[N, D]` (their frames at `timestamps` s, if known; `meta`: their store metadata) for the current video and start a new conversation."
     features = torch.as_tensor(features)
     if features.ndim != 2 or features.shape[1] != self.model.config.vision_hidden_size:
         raise VtomError(f"Video features must be [N, {self.model.config.vision_hidden_size}], got {tuple(features.shape)}.")
     self.video, self.features, self.turns, self.timestamps = (Path(video) if video else None), features, [], timestamps
     self.timeline, self.social_source = None, "off"
+    self.meta = {**(meta or {}), "timestamps": timestamps}
+    self.notes = self.model.mind_text(features, self.meta)
     return features
 
 def _set_timeline(self: VideoChat, record: dict | None, source: str = "given") -> None:
@@ -155,7 +172,9 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
     if not (math.isfinite(temperature) and temperature >= 0): raise VtomError(f"temperature must be a number >= 0 (0 = greedy), not {temperature}.")
     if max_new_tokens < 1: raise VtomError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
     content = question if self.turns or VIDEO_TOKEN in question else f"{question}\n{VIDEO_TOKEN}"
-    if not self.turns and self.timeline is not None:   # video, then what was seen and heard, then the question
+    if not self.turns and self.notes:   # a whole model: the video, what it makes of it, then the question (as it was trained)
+        content = with_mind(question if VIDEO_TOKEN in question else f"{VIDEO_TOKEN}\n{question}", self.notes)
+    elif not self.turns and self.timeline is not None:   # video, then what was seen and heard, then the question
         content = "\n".join(([] if VIDEO_TOKEN in question else [VIDEO_TOKEN]) + [timeline_prompt_line(self.timeline), question])
     turns = self.turns + [{"role": "user", "content": content}]
     signals = self.signals()   # social tokens ride with the video on every turn (the whole conversation is re-read)
@@ -204,6 +223,27 @@ def chat_timeline(video: str | Path, social: str = "auto", store: str | Path | N
     write_json(cache, record)
     return record, "computed"
 
+# %% ../nbs/05_infer.ipynb #e53f1aab
+BELIEF_QUERY = re.compile(r"\b(believ\w*|think\w*|thought|false|mistaken|wrong\w*|expects?)\b", re.I)
+
+def is_belief_query(query: str) -> bool:
+    "Whether a moment query asks about what someone believes (answered by the tracker of a whole model)."
+    return bool(BELIEF_QUERY.search(query or ""))
+
+def video_mind(model: VideoLLM, video: str | Path | None = None, features: torch.Tensor | None = None, meta: dict | None = None) -> dict:
+    "A whole model's reading of one clip (a video file, or its features + metadata): timeline text, segments, A's false-belief probability per frame, and when A starts to believe something false."
+    if model.mind is None: raise VtomError("This checkpoint has no tracker: video_mind needs a whole model (`vtom mind`, `vtom train --mind DIR`).")
+    if video is not None: features, meta = perceive_video(model, video)
+    if features is None: raise VtomError("video_mind needs a video file or its features.")
+    meta = meta or {}
+    reading = model.read_mind(features, meta.get("timestamps"), meta.get("containers"))
+    segs = mind_segments(reading)
+    first = next((s for s in segs if s["A wrong"]), None)
+    return {"timeline": mind_timeline(reading), "segments": segs, "containers": reading.containers, "timestamps": reading.timestamps,
+            "p_false_belief": [round(float(p), 4) for p in reading.flags[:, TRACKER_FLAGS.index("A belief false")]],
+            "false_belief_from": first["start"] if first else None, "false_belief_window": [first["start"], first["end"]] if first else None}
+
+
 # %% ../nbs/05_infer.ipynb #e647f18c
 def chat_main(argv: list[str] | None = None) -> int:
     "`vtom chat VIDEO [QUESTION]`: answer questions about a video (streamed), or one JSON object with --json."
@@ -238,10 +278,11 @@ def chat_main(argv: list[str] | None = None) -> int:
     chat = VideoChat.from_names(args.llm, args.vision, args.checkpoint, args.num_frames, args.device, not args.no_cache)
     info = chat.describe()
     head = f"vtom chat: vision {info['vision']} | LM {info['llm']} ({info['llm_class']}) | projector {info['checkpoint'] or 'untrained'}"
+    if chat.model.mind is not None: head += f" | parts: {', '.join(info['parts'])}"
     head += "".join(f" | WARNING: {w}" for w in info["warnings"])
     print(head, file=sys.stderr if args.json else sys.stdout, flush=True)
     chat.load_video(args.video)
-    chat.set_timeline(*chat_timeline(args.video, args.social, args.social_store, args.social_frames))
+    if chat.model.mind is None or args.social != "auto": chat.set_timeline(*chat_timeline(args.video, args.social, args.social_store, args.social_frames))
     tokens = "" if not chat.model.config.social_dim else f" | social tokens {'on' if chat.timeline is not None else 'OFF (no timeline)'}"
     print(f"vtom chat: social timeline {chat.social_source}{tokens}", file=sys.stderr if args.json else sys.stdout, flush=True)
     questions = [args.question] if args.question is not None else (line.strip() for line in sys.stdin if line.strip())

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -19,14 +19,18 @@ from .core import (REFERENCE_NUM_FRAMES, VtomError, atomic_path, embedded_llm_pa
 from .registry import PROJECTOR_TYPES, REFERENCE_TOWER, UnknownModelName, check_projector
 
 # %% auto #0
-__all__ = ['VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN', 'VID_START_TOKEN',
-           'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES', 'TRACKER_BELIEVERS',
-           'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'PROCESSOR_NAME',
-           'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable',
-           'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video',
-           'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
-           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'SocialProjector',
-           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'processor_config']
+__all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN',
+           'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
+           'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
+           'NUM_SLOTS', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR',
+           'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'VIDEO_CHATGPT_LM', 'ModelLoadError',
+           'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig',
+           'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
+           'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
+           'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'LayoutReader',
+           'FramePerception', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name',
+           'mind_segments', 'false_belief_onset', 'layout_line', 'mind_timeline', 'with_mind', 'SocialProjector',
+           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config', 'processor_config']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -102,6 +106,8 @@ def load_llm(name: str = "embedded", device: str | torch.device = "auto", dtype:
     return _finish_llm(lm, tok, device)
 
 # %% ../nbs/03_model.ipynb #e983d2eb
+MIND_ROUTES = ("none", "text", "tokens")   # how the tracker's mental states reach the LM (see "The mind" below)
+
 @dataclass
 class VideoLLMConfig:
     "Everything needed to rebuild a `VideoLLM` around its frozen LM (saved as `config.json` next to the projector)."
@@ -115,21 +121,39 @@ class VideoLLMConfig:
     template: str = "chat"                              # prompt template: "chat", "vicuna_v1_1" or "video-chatgpt_v1"
     tune_video_embeddings: bool = True                  # train the <vid_start>/<vid_end> rows as well
     social_dim: int = 0                                 # columns of the per-frame social signal (vtom.social.SOCIAL_DIM); 0: no social tokens
+    perception: str = ""                                # "" (features come from `vision_name`) or "frame": a FramePerception in the checkpoint reads the frames
+    perception_size: int = 112                          # frame side the perception reads
+    container_colours: list = field(default_factory=list)  # the perception's container vocabularies ("none" first); empty: it names no containers
+    container_kinds: list = field(default_factory=list)
+    tracker: str = ""                                   # "" or the projector type of the MindTracker in the checkpoint (per-frame mental states)
+    tracker_width: int = 576
+    tracker_cells: int = 1                              # grid cells per frame row the tracker's projector reads (1: observation rows)
+    mind_route: str = "none"                            # the tracker into the LM: "none", "text" (mind timeline in the prompt), "tokens" (mind projector)
 
     def __post_init__(self):
         check_projector(self.projector_type)
         if self.template not in TEMPLATE_NAMES:
             raise VtomError(f"template={self.template!r}; use one of {TEMPLATE_NAMES}.")
+        if self.mind_route not in MIND_ROUTES: raise VtomError(f"mind_route={self.mind_route!r}; use one of {MIND_ROUTES}.")
+        if self.mind_route != "none" and not self.tracker: raise VtomError(f"mind_route={self.mind_route!r} needs a tracker (train with --mind DIR).")
+        if self.perception not in ("", "frame"): raise VtomError(f"perception={self.perception!r}; use '' (a vision tower) or 'frame'.")
 
     @property
     def num_video_tokens(self) -> int: return self.num_frames + self.num_spatial_tokens
+
+    @property
+    def parts(self) -> list[str]:
+        "What a checkpoint of this config holds besides the frozen LM (LoRA adapters are added by `vtom.train`)."
+        return ([f"perception ({self.perception})"] if self.perception else []) + ([f"tracker ({self.tracker})"] if self.tracker else []) + \
+               [f"projector ({self.projector_type})"] + (["social projector"] if self.social_dim else []) + \
+               ([f"mind route ({self.mind_route})"] if self.mind_route != "none" else [])
 
     def to_dict(self) -> dict: return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "VideoLLMConfig":
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known - {"vtom_type", "video_tokens", "num_video_tokens", "lora"}
+        unknown = set(d) - known - {"vtom_type", "video_tokens", "num_video_tokens", "lora", "parts"}
         if unknown: get_logger().warning(f"VideoLLMConfig: ignoring unknown keys {sorted(unknown)}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -388,6 +412,203 @@ def tracker_loss(out: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.T
     flags = nn.functional.binary_cross_entropy_with_logits(out["flags"][known], flag_t[known].float()) if known.any() else place * 0
     return place + flags
 
+# %% ../nbs/03_model.ipynb #19c3e414
+OBSERVATION_GROUPS = {"object": ("held:A", "held:B", "slot0", "slot1", "slot2", "slot3", "hidden")}   # where the object is seen
+for _agent in "AB":
+    OBSERVATION_GROUPS.update({f"{_agent} mode": ("room", "window", "absent"), f"{_agent} gaze": ("scene", "away", "window"),
+                               f"{_agent} acts": ("no", "yes"), f"{_agent} at": ("none", "slot0", "slot1", "slot2", "slot3")})
+OBSERVATION_COLUMNS = tuple(f"{g}={v}" for g, vs in OBSERVATION_GROUPS.items() for v in vs)
+NUM_SLOTS = 4   # containers a scene holds, left to right (`slot0`..`slot3` of the observations and the tracker)
+
+def observation_slices() -> dict[str, slice]:
+    "Group name -> its columns in an observation row."
+    out, i = {}, 0
+    for g, vs in OBSERVATION_GROUPS.items(): out[g], i = slice(i, i + len(vs)), i + len(vs)
+    return out
+
+class LayoutReader(nn.Module):
+    "Per container slot, a learned query attends over a feature map (content + learned positions) and names what it finds: logits `[B, slots, classes]`."
+    def __init__(self, channels: int, slots: int, classes: int, grid: int = 14, width: int = 64):
+        super().__init__()
+        self.pool, self.proj = nn.AdaptiveAvgPool2d(grid), nn.Conv2d(channels, width, 1)
+        self.pos = nn.Parameter(torch.randn(width, grid, grid) * 0.1)
+        self.query = nn.Parameter(torch.randn(slots, width) * 0.1)
+        self.out = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Linear(128, classes))
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        f = self.proj(self.pool(fmap)).flatten(2)                                           # [B, w, g*g]
+        att = torch.einsum("kw,bwn->bkn", self.query, f + self.pos.flatten(1)).softmax(-1)   # where slot k's container is
+        return self.out(torch.einsum("bkn,bwn->bkw", att, f))
+
+class FramePerception(nn.Module):
+    "A small CNN from uint8 frames `[B, H, W, 3]` to logits over `OBSERVATION_COLUMNS` (one softmax per group); with `colours`/`kinds`, it also names the containers."
+    def __init__(self, channels: Sequence[int] = (32, 48, 64, 96), hidden: int = 256, colours: Sequence[str] = (), kinds: Sequence[str] = ()):
+        super().__init__()
+        layers, c = [], 3
+        for w in channels: layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()]; c = w
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten())   # 7 x 7 keeps where things are
+        self.head = nn.Sequential(nn.Linear(c * 49, hidden), nn.ReLU(), nn.Linear(hidden, len(OBSERVATION_COLUMNS)))
+        self.colours, self.kinds = tuple(colours), tuple(kinds)   # container vocabularies, "none" first (an empty slot)
+        self.split = 3 * (len(channels) - 1)   # body[:split]: the feature map (1/8 of the frame side) the layout reader looks at
+        self.layout = LayoutReader(channels[-2], NUM_SLOTS, len(self.colours) + len(self.kinds)) if self.colours else None
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(frames.permute(0, 3, 1, 2).float() / 255))
+
+    def layout_logits(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "Per frame and slot: colour logits `[B, 4, C]` and kind logits `[B, 4, K]`."
+        z = self.layout(self.body[:self.split](frames.permute(0, 3, 1, 2).float() / 255))
+        return z[..., :len(self.colours)], z[..., len(self.colours):]
+
+    @torch.no_grad()
+    def probs(self, frames: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        "Per-group probabilities `[B, D]` (each group sums to 1), in eval mode."
+        self.eval()
+        z = torch.cat([self(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)])
+        return torch.cat([z[:, s].softmax(-1) for s in observation_slices().values()], -1)
+
+    @torch.no_grad()
+    def containers(self, frames: torch.Tensor) -> list[str] | None:
+        "The containers' names left to right ('red box'), read from all `frames` together (None without a layout head); empty slots are left out."
+        if self.layout is None: return None
+        self.eval()
+        col, kind = (torch.cat(z).log_softmax(-1).sum(0) for z in zip(*(self.layout_logits(frames[i:i + 128]) for i in range(0, len(frames), 128))))
+        names = [(self.colours[int(c)], self.kinds[int(k)]) for c, k in zip(col.argmax(-1), kind.argmax(-1))]
+        return [" ".join(x for x in (c, k) if x != "none") for c, k in names if c != "none"]
+
+def perception_loss(logits: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    "Sum over groups of the cross-entropy against one-hot observation rows `[B, D]`."
+    return sum(nn.functional.cross_entropy(logits[:, s], obs[:, s].argmax(-1)) for s in observation_slices().values())
+
+def observation_rows(probs: torch.Tensor, num_frames: int) -> torch.Tensor:
+    "Per-frame observation probabilities `[T, D]` -> the video features of a perception model `[num_frames + 1, D]`: frames zero-padded, then their mean."
+    rows = torch.zeros(num_frames + 1, probs.shape[-1], dtype=probs.dtype)
+    rows[:min(len(probs), num_frames)] = probs[:num_frames]
+    rows[num_frames] = probs[:num_frames].mean(0)
+    return rows
+
+
+# %% ../nbs/03_model.ipynb #9db8efa1
+MIND_STATE_DIM = 1 + len(TRACKER_BELIEVERS) * len(TRACKER_PLACES) + len(TRACKER_FLAGS)   # frame flag, believed places, flags
+
+class MindTracker(nn.Module):
+    "Video rows `[B, num_frames + 1, D]` (frames, then their mean) -> per-frame mental states: an order-aware projector + `MentalStateTracker`."
+    def __init__(self, in_features: int, num_frames: int, projector_type: str = "graph", width: int = 576, cells: int = 1):
+        super().__init__()
+        self.num_frames = num_frames
+        self.projector = build_projector(projector_type, in_features, width, num_frames, cells)
+        self.head = MentalStateTracker(width)
+
+    def forward(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        "`{'places': [B, T, 3, 7] logits, 'flags': [B, T, 4] logits}` for the `num_frames` frame rows."
+        return self.head(self.projector(rows.float())[:, :self.num_frames])
+
+    @torch.no_grad()
+    def states(self, rows: torch.Tensor) -> torch.Tensor:
+        "Per-frame state vectors `[B, T, MIND_STATE_DIM]`: 1 on real frames (0 on padding), place probabilities, flag probabilities."
+        out = self.forward(rows)
+        real = (rows[:, :self.num_frames].abs().sum(-1, keepdim=True) > 0).to(out["flags"].dtype)
+        return torch.cat([real, out["places"].softmax(-1).flatten(2), out["flags"].sigmoid()], -1) * real
+
+
+# %% ../nbs/03_model.ipynb #9c8537ba
+@dataclass
+class MindReading:
+    "What the whole model reads off one clip: frame times, what each frame shows (None without perception), believed places, flags, container names."
+    timestamps: list[float]
+    places: torch.Tensor                       # [T, 3, 7] probabilities (TRACKER_BELIEVERS x TRACKER_PLACES)
+    flags: torch.Tensor                        # [T, 4] probabilities (TRACKER_FLAGS)
+    observations: torch.Tensor | None = None   # [T, D] probabilities (OBSERVATION_GROUPS)
+    containers: list[str] | None = None        # left to right; None: not known
+
+def _smooth(seq: list) -> list:
+    "Majority over each value and its two neighbours (a one-frame flicker is dropped; ties keep the value)."
+    out = list(seq)
+    for i in range(1, len(seq) - 1):
+        if seq[i - 1] == seq[i + 1] != seq[i]: out[i] = seq[i - 1]
+    return out
+
+def place_name(place: str, containers: Sequence[str] | None) -> str:
+    "A `TRACKER_PLACES` / observation value in words: 'red box' (slot k of `containers`), 'container 2', \"A's hand\", 'nowhere yet'."
+    if place.startswith("slot"):
+        k = int(place[4:])
+        return containers[k] if containers and k < len(containers) else f"container {k + 1}"
+    if place.startswith("held:"): return f"{place[5:]}'s hand"
+    return "nowhere yet" if place == "none" else place
+
+def _situation(obs_row: torch.Tensor | None, sees: float) -> str:
+    "Where agent A is and whether A watches, from one observation row (else from the tracker's 'A sees scene' flag)."
+    if obs_row is None: return "watches" if sees > 0.5 else "does not see"
+    sl = observation_slices()
+    mode = OBSERVATION_GROUPS["A mode"][int(obs_row[sl["A mode"]].argmax())]
+    gaze = OBSERVATION_GROUPS["A gaze"][int(obs_row[sl["A gaze"]].argmax())]
+    if mode == "absent": return "away"
+    if mode == "window": return "at the window"
+    return "looks away" if gaze == "away" else "watches"
+
+def mind_segments(reading: MindReading) -> list[dict]:
+    "Runs of frames in which A's situation, A's believed place, B's idea of it and A's false-belief flag stay the same, with the object's path (and B's belief at the run's end)."
+    n, ts = len(reading.timestamps), list(reading.timestamps)
+    if n == 0: return []
+    obs = reading.observations
+    a_sit = _smooth([_situation(None if obs is None else obs[i], float(reading.flags[i, 0])) for i in range(n)])
+    a_thinks = _smooth([TRACKER_PLACES[int(reading.places[i, 0].argmax())] for i in range(n)])
+    b_thinks_a = _smooth([TRACKER_PLACES[int(reading.places[i, 2].argmax())] for i in range(n)])
+    b_thinks = _smooth([TRACKER_PLACES[int(reading.places[i, 1].argmax())] for i in range(n)])
+    wrong = _smooth([bool(reading.flags[i, 2] > 0.5) for i in range(n)])
+    seen = None
+    if obs is not None:
+        sl = observation_slices()["object"]
+        seen = _smooth([OBSERVATION_GROUPS["object"][int(obs[i, sl].argmax())] for i in range(n)])
+    step = (ts[-1] - ts[0]) / (n - 1) if n > 1 else 0.0
+    keys = list(zip(a_sit, a_thinks, b_thinks_a, wrong))
+    segs, start = [], 0
+    for i in range(1, n + 1):
+        if i < n and keys[i] == keys[start]: continue
+        path = [] if seen is None else [p for p in seen[start:i] if p != "hidden"]
+        path = [p for j, p in enumerate(path) if j == 0 or p != path[j - 1]]
+        segs.append({"start": round(ts[start], 1), "end": round(ts[i] if i < n else ts[-1] + step, 1), "A": keys[start][0],
+                     "A thinks": keys[start][1], "B thinks A thinks": keys[start][2], "A wrong": keys[start][3], "object": path,
+                     "B thinks": b_thinks[i - 1]})
+        start = i
+    return segs
+
+def false_belief_onset(segments: Sequence[dict]) -> float | None:
+    "When A starts to believe something false (the start of the first segment with A's belief flagged false), or None: never."
+    return next((s["start"] for s in segments if s["A wrong"]), None)
+
+MIND_LABEL = "Mind timeline"   # the line(s) the text route puts after <video>
+
+def layout_line(containers: Sequence[str] | None) -> str:
+    "The perceived containers as one line (what the LM needs to name a slot)."
+    return f"Containers, left to right: {', '.join(containers)}." if containers else "Containers: not seen."
+
+MIND_KEYS = ("A thinks", "B thinks A thinks", "A wrong")
+
+def mind_timeline(reading: MindReading) -> str:
+    "The text route: the layout line, then a line per segment in which the object moves or a belief changes ('3.1s A away; object B's hand > blue jar; A thinks red box (wrong)')."
+    segs, cont = mind_segments(reading), reading.containers
+    name = lambda p: place_name(p, cont)
+    lines, last = [f"{MIND_LABEL}. {layout_line(cont)}"], None
+    for k, s in enumerate(segs):
+        end = k == len(segs) - 1
+        if not (s["object"] or end or last is None or any(s[x] != last[x] for x in MIND_KEYS)): continue   # only A's whereabouts changed
+        parts = [f"{s['start']:.1f}s A {s['A']}"]
+        if s["object"]: parts.append("object " + " > ".join(name(p) for p in s["object"]))
+        parts.append(f"A thinks {name(s['A thinks'])}" + (" (wrong)" if s["A wrong"] else ""))
+        if s["B thinks A thinks"] != s["A thinks"] or end: parts.append(f"B thinks A thinks {name(s['B thinks A thinks'])}")
+        if end: parts.append(f"B thinks {name(s['B thinks'])}")   # B moved it: where it is at the end
+        lines.append("; ".join(parts))
+        last = s
+    return "\n".join(lines)
+
+def with_mind(text: str, mind: str | None) -> str:
+    "A user turn with the model's mind text right after its `<video>` placeholder (first, when there is none)."
+    if not mind: return text
+    if VIDEO_TOKEN in text: return text.replace(VIDEO_TOKEN, f"{VIDEO_TOKEN}\n{mind}", 1)
+    return f"{mind}\n{text}"
+
+
 # %% ../nbs/03_model.ipynb #f56beaf2
 class SocialProjector(nn.Module):
     "Per-frame social signal vectors `[B, T, K]` -> offsets `[B, T, D_out]` for the temporal video tokens (MLP, zero-initialised output)."
@@ -410,7 +631,7 @@ def add_social_tokens(video_tokens: torch.Tensor, offsets: torch.Tensor) -> torc
 CONFIG_NAME, WEIGHTS_NAME, LORA_DIR = "config.json", "projector.safetensors", "lora"  # lora/: peft adapters of `vtom train --lora`
 
 class VideoLLM(nn.Module):
-    "A frozen causal LM + a trainable projector for video tokens + 4 video-token embedding rows."
+    "A frozen causal LM + a trainable projector for video tokens + 4 video-token embedding rows (+ perception, tracker, mind projector: the whole model)."
 
     def __init__(self, config: VideoLLMConfig, lm, tokenizer):
         super().__init__()
@@ -424,6 +645,11 @@ class VideoLLM(nn.Module):
         mean = emb.detach().float().mean(0)
         zero_projector_output(self.projector)
         self.social_projector = SocialProjector(config.social_dim, self.hidden_size).to(emb.device) if config.social_dim else None
+        self.perception = (FramePerception(colours=config.container_colours, kinds=config.container_kinds).to(emb.device).requires_grad_(False)
+                           if config.perception == "frame" else None)
+        self.mind = (MindTracker(config.vision_hidden_size, config.num_frames, config.tracker, config.tracker_width, config.tracker_cells)
+                     .to(emb.device).requires_grad_(False) if config.tracker else None)
+        self.mind_projector = SocialProjector(MIND_STATE_DIM, self.hidden_size).to(emb.device) if config.mind_route == "tokens" else None
         self.video_embeddings = nn.Parameter(mean.repeat(len(VIDEO_TOKENS), 1).clone())
         self.register_buffer("_video_ids", torch.tensor([self.token_ids[t] for t in VIDEO_TOKENS], device=emb.device), persistent=False)
         self._row = {t: i for i, t in enumerate(VIDEO_TOKENS)}
@@ -439,6 +665,13 @@ class VideoLLM(nn.Module):
             frozen = [i for t, i in self._row.items() if t not in (VID_START_TOKEN, VID_END_TOKEN)]
             self._hook = self.video_embeddings.register_hook(lambda g: g.index_fill(0, torch.tensor(frozen, device=g.device), 0))
 
+    def train(self, mode: bool = True) -> "VideoLLM":
+        "Train mode for the LM side; perception and tracker (trained before, frozen) stay in eval mode."
+        super().train(mode)
+        for part in (self.perception, self.mind):
+            if part is not None: part.eval()
+        return self
+
     @property
     def device(self) -> torch.device: return self.video_embeddings.device
 
@@ -446,7 +679,7 @@ class VideoLLM(nn.Module):
     def num_video_tokens(self) -> int: return self.config.num_video_tokens
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        "Name -> parameter for everything that trains (projector, social projector if any, + video_embeddings when tuned)."
+        "Name -> parameter for everything that trains (projector, social and mind projectors if any, + video_embeddings when tuned)."
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
 # %% ../nbs/03_model.ipynb #99ee3f63
@@ -472,7 +705,7 @@ def _check_ids(self, input_ids):
 @patch
 def embed_inputs(self: VideoLLM, input_ids: torch.Tensor, video_features: torch.Tensor | None = None,
                  has_video: torch.Tensor | None = None, social_signals: torch.Tensor | None = None) -> torch.Tensor:
-    "Input embeddings with video-token rows and projected `video_features` [B or B_video, N, D] at the patch positions (+ social offsets)."
+    "Input embeddings with video-token rows and projected `video_features` [B or B_video, N, D] at the patch positions (+ social and mind offsets)."
     input_ids = input_ids.to(self.device)
     _check_ids(self, input_ids)
     layer = self.lm.get_input_embeddings()
@@ -503,12 +736,15 @@ def embed_inputs(self: VideoLLM, input_ids: torch.Tensor, video_features: torch.
     if n_video == 0:  # keep the projector in the graph (zero gradient) so DDP does not see unused parameters
         if torch.is_grad_enabled() and self.training:
             embeds = embeds + 0.0 * self.projector(torch.zeros(1, feats.shape[-1], device=self.device)).sum().to(embeds.dtype)
-            if self.social_projector is not None:
-                embeds = embeds + 0.0 * self.social_projector(torch.zeros(1, self.config.social_dim, device=self.device)).sum().to(embeds.dtype)
+            for extra, width in ((self.social_projector, self.config.social_dim), (self.mind_projector, MIND_STATE_DIM)):
+                if extra is not None: embeds = embeds + 0.0 * extra(torch.zeros(1, width, device=self.device)).sum().to(embeds.dtype)
         return embeds
     proj_dtype = next(self.projector.parameters()).dtype
     proj = self.projector(feats.to(self.device, proj_dtype)).to(embeds.dtype)
     if social_signals is not None: proj = _social_offsets(self, proj, social_signals, has_video, len(input_ids))
+    if self.mind_projector is not None:   # route "tokens": the tracker's per-frame states, added to their frames' tokens
+        states = self.mind.states(feats.to(self.device, torch.float32))
+        proj = add_social_tokens(proj, self.mind_projector(states.to(next(self.mind_projector.parameters()).dtype)))
     return embeds.masked_scatter(patch.unsqueeze(-1).expand_as(embeds), proj.reshape(-1, self.hidden_size))
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -576,13 +812,80 @@ def prepare_inputs(self: VideoLLM, conversations: Sequence, video_features: torc
 
 @patch
 def answer(self: VideoLLM, question, video_features: torch.Tensor | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
-           streamer=None, social_signals: torch.Tensor | None = None, **kwargs) -> str:
-    "Answer one question (str) or conversation (list of turns), optionally about one video's features [N, D] (+ its social signals [T, K])."
+           streamer=None, social_signals: torch.Tensor | None = None, meta: dict | None = None, **kwargs) -> str:
+    "Answer one question (str) or conversation (list of turns), optionally about one video's features [N, D] (+ its social signals [T, K]); a model with a mind reads its mind text (`meta`: the video's timestamps and containers)."
     feats = None if video_features is None else torch.as_tensor(video_features).reshape(1, -1, self.config.vision_hidden_size)
+    if feats is not None and isinstance(question, str) and (notes := self.mind_text(feats[0], meta)):
+        question = with_mind(f"{VIDEO_TOKEN}\n{question}", notes)
     batch = self.prepare_inputs([question], feats, social_signals=None if social_signals is None else torch.as_tensor(social_signals)[None])
     sample = dict(do_sample=True, temperature=temperature) if temperature and temperature > 0 else {}
     out = self.generate(**batch, max_new_tokens=max_new_tokens, streamer=streamer, **sample, **kwargs)
     return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+# %% ../nbs/03_model.ipynb #1212616d
+@patch
+@torch.no_grad()
+def perceive(self: VideoLLM, frames) -> tuple[torch.Tensor, list[str] | None]:
+    "uint8 frames `[T, H, W, 3]` (side `config.perception_size`) -> the model's video features `[num_frames + 1, D]` and the containers' names."
+    if self.perception is None: raise VtomError("This model has no perception (config.perception is ''); its features come from the vision tower "
+                                                f"{self.config.vision_name}.")
+    x = torch.as_tensor(frames).to(self.device)
+    return observation_rows(self.perception.probs(x).cpu(), self.config.num_frames), self.perception.containers(x)
+
+def _real_frames(self: VideoLLM, rows: torch.Tensor) -> int:
+    return int((rows[:self.config.num_frames].abs().sum(-1) > 0).sum())
+
+@patch
+@torch.no_grad()
+def read_mind(self: VideoLLM, features: torch.Tensor, timestamps: Sequence[float] | None = None,
+              containers: Sequence[str] | None = None) -> MindReading:
+    "The tracker's reading of one video's features `[N, D]`: believed places and flags per real frame (+ what each frame shows, with perception)."
+    if self.mind is None: raise VtomError("This model has no tracker: train one with the whole model (`vtom mind`, `vtom train --mind DIR`).")
+    rows = torch.as_tensor(features).float().to(self.device)
+    n = _real_frames(self, rows)
+    out = self.mind(rows[None])
+    ts = [float(t) for t in (timestamps if timestamps is not None else range(n))][:n]
+    return MindReading(ts, out["places"][0, :n].softmax(-1).cpu(), out["flags"][0, :n].sigmoid().cpu(),
+                       rows[:n].cpu() if self.perception is not None else None, list(containers) if containers and n else None)
+
+@patch
+def mind_text(self: VideoLLM, features: torch.Tensor, meta: dict | None = None) -> str | None:
+    "The text this model reads beside its video tokens: the mind timeline (text route), else the perceived containers (perception models), else None."
+    if self.perception is None and self.config.mind_route != "text": return None
+    meta, rows = meta or {}, torch.as_tensor(features)
+    containers = meta.get("containers") if _real_frames(self, rows) else None   # blank frames show no containers either
+    if self.config.mind_route != "text": return layout_line(containers)
+    return mind_timeline(self.read_mind(rows, meta.get("timestamps"), containers))
+
+
+# %% ../nbs/03_model.ipynb #64bb0856
+MIND_NAME = "mind.safetensors"   # the perception and tracker of a whole-model checkpoint (or of a `save_mind` folder)
+MIND_FIELDS = ("perception", "perception_size", "container_colours", "container_kinds", "tracker", "tracker_width", "tracker_cells")
+
+def _state(prefix: str, module: nn.Module | None) -> dict[str, torch.Tensor]:
+    if module is None: return {}
+    return {f"{prefix}.{k}": (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in module.state_dict().items()}
+
+def save_mind(path: str | Path, net: FramePerception | None, tracker: MindTracker | None, config: dict) -> Path:
+    "Write a trained perception `net` + `tracker` (`mind.safetensors`) and their `config.json` (`MIND_FIELDS`, `num_frames`, `vision_hidden_size`): `vtom train --mind DIR` builds on it."
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path / MIND_NAME) as tmp: save_file(_state("perception", net) | _state("tracker", tracker), str(tmp))
+    write_json(path / CONFIG_NAME, {"vtom_type": "Mind", **config})
+    return path
+
+def mind_config(path: str | Path) -> dict:
+    "The mind fields (`MIND_FIELDS`, `num_frames`, `vision_hidden_size`) of a `save_mind` folder or a whole-model checkpoint."
+    import json
+    path = Path(path)
+    if not (path / MIND_NAME).is_file() or not (path / CONFIG_NAME).is_file():
+        raise ModelLoadError(f"{path} holds no trained mind ({MIND_NAME} + {CONFIG_NAME}); write one with vtom.model.save_mind "
+                             "or pass a checkpoint trained with --mind.")
+    cfg = json.loads((path / CONFIG_NAME).read_text())
+    if not cfg.get("tracker"): raise ModelLoadError(f"{path}/{CONFIG_NAME} names no tracker; it is not a mind folder.")
+    return {k: cfg[k] for k in (*MIND_FIELDS, "num_frames", "vision_hidden_size") if k in cfg}
+
 
 # %% ../nbs/03_model.ipynb #0f231607
 PROCESSOR_NAME = "processor_config.json"
@@ -599,16 +902,17 @@ def processor_config(config: VideoLLMConfig) -> dict:
 
 @patch
 def save_pretrained(self: VideoLLM, path: str | Path) -> Path:
-    "Write `config.json`, `processor_config.json` and `projector.safetensors` (projector, social projector, video-token rows; never the frozen LM)."
+    "Write `config.json`, `processor_config.json`, `projector.safetensors` (projector, social/mind projectors if any, video-token rows) and `mind.safetensors` (perception, tracker); never the frozen LM."
     from safetensors.torch import save_file
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {f"projector.{k}": v.detach().float().cpu().contiguous() for k, v in self.projector.state_dict().items()}
-    if self.social_projector is not None:
-        state.update({f"social_projector.{k}": v.detach().float().cpu().contiguous() for k, v in self.social_projector.state_dict().items()})
+    state |= _state("social_projector", self.social_projector) | _state("mind_projector", self.mind_projector)
     state["video_embeddings"] = self.video_embeddings.detach().float().cpu().contiguous()
     with atomic_path(path / WEIGHTS_NAME) as tmp: save_file(state, str(tmp), metadata={"format": "pt", "video_tokens": ",".join(VIDEO_TOKENS)})
-    write_json(path / CONFIG_NAME, {"vtom_type": "VideoLLM", **self.config.to_dict(), "video_tokens": list(VIDEO_TOKENS)})
+    if self.perception is not None or self.mind is not None:
+        with atomic_path(path / MIND_NAME) as tmp: save_file(_state("perception", self.perception) | _state("tracker", self.mind), str(tmp))
+    write_json(path / CONFIG_NAME, {"vtom_type": "VideoLLM", **self.config.to_dict(), "parts": self.config.parts, "video_tokens": list(VIDEO_TOKENS)})
     write_json(path / PROCESSOR_NAME, processor_config(self.config))
     return path
 
@@ -632,8 +936,29 @@ def load_weights(self: VideoLLM, path: str | Path) -> "VideoLLM":
     if social:
         try: self.social_projector.load_state_dict(social)
         except RuntimeError as e: raise ModelLoadError(f"{file}: the social projector does not fit ({str(e)[:200]}).") from e
+    mind = {k.removeprefix("mind_projector."): v for k, v in state.items() if k.startswith("mind_projector.")}
+    if bool(mind) != (self.mind_projector is not None):
+        raise ModelLoadError(f"{file} {'has' if mind else 'has no'} mind projector but this model's mind_route is "
+                             f"{self.config.mind_route!r}; load it with the config.json saved beside it (VideoLLM.from_pretrained).")
+    if mind: self.mind_projector.load_state_dict(mind)
     if "video_embeddings" in state:
         with torch.no_grad(): self.video_embeddings.copy_(state["video_embeddings"].to(self.video_embeddings))
+    if self.perception is not None or self.mind is not None: self.load_mind(file.parent)
+    return self
+
+@patch
+def load_mind(self: VideoLLM, path: str | Path) -> "VideoLLM":
+    "Load the perception and tracker of `mind.safetensors` (a whole-model checkpoint or a `save_mind` folder) into this model."
+    from safetensors.torch import load_file
+    file = Path(path) / MIND_NAME
+    if not file.is_file(): raise ModelLoadError(f"No {MIND_NAME} in {path}, but this model has {', '.join(self.config.parts[:2])}; "
+                                                "pass the folder written with it (vtom train --mind / save_mind).")
+    state = load_file(str(file))
+    for prefix, part in (("perception", self.perception), ("tracker", self.mind)):
+        sub = {k.removeprefix(prefix + "."): v for k, v in state.items() if k.startswith(prefix + ".")}
+        if part is None: continue
+        try: part.load_state_dict(sub)
+        except RuntimeError as e: raise ModelLoadError(f"{file}: the {prefix} does not fit this model's config ({str(e)[:200]}).") from e
     return self
 
 @patch(cls_method=True)

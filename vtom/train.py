@@ -27,8 +27,9 @@ from .model import LORA_DIR
 __all__ = ['PRESETS', 'HF_FIELDS', 'TRACKER_WEIGHTS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset',
            'VideoCollator', 'TrainConfig', 'world_size', 'resolve_config', 'load_config_file', 'training_arguments',
            'add_lora', 'save_trained', 'load_tracker', 'load_trainable', 'TrackerTask', 'VideoTrainer', 'LossLogger',
-           'KeepBeforeEval', 'write_history', 'read_history', 'build_model', 'tracker_task', 'find_checkpoint',
-           'count_parameters', 'train', 'StopAtStep', 'plot_history', 'train_parser', 'config_from_argv', 'train_main']
+           'KeepBeforeEval', 'write_history', 'read_history', 'build_model', 'mind_notes', 'tracker_task',
+           'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history', 'train_parser',
+           'config_from_argv', 'train_main']
 
 # %% ../nbs/04_train.ipynb #56a840d8
 class TrainDataError(DataFormatError):
@@ -85,11 +86,18 @@ def _turns_with_video(conv: list[dict], has_video: bool) -> list[dict]:
         turns[i] = {**turns[i], "content": f"{VIDEO_TOKEN}\n{turns[i]['content']}"}
     return turns
 
+def _with_notes(turns: list[dict], notes: str | None) -> list[dict]:
+    "The turns with the model's mind text after the `<video>` of the first user turn that has one (`vtom.model.with_mind`)."
+    from vtom.model import VIDEO_TOKEN, with_mind
+    i = next((i for i, t in enumerate(turns) if t["role"] == "user" and VIDEO_TOKEN in t["content"]), None)
+    if not notes or i is None: return turns
+    return turns[:i] + [{**turns[i], "content": with_mind(turns[i]["content"], notes)}] + turns[i + 1:]
+
 class ConversationDataset(Dataset):
-    "Conversation records -> `{input_ids, labels, attention_mask, video_features}` (+ `social_signals` with `social`); features are read lazily from a store."
+    "Conversation records -> `{input_ids, labels, attention_mask, video_features}` (+ `social_signals` with `social`; the model's mind text with `notes`); features are read lazily from a store."
 
     def __init__(self, records: Sequence[dict], features: Any, tokenizer, template: str = "chat",
-                 num_video_tokens: int = 356, max_length: int | None = 2048, name: str = "train", social: Any = None):
+                 num_video_tokens: int = 356, max_length: int | None = 2048, name: str = "train", social: Any = None, notes: Any = None):
         from vtom.features import FeatureStore
         self.store = features if hasattr(features, "__getitem__") and not isinstance(features, (str, Path)) else FeatureStore(features)
         self.tokenizer, self.template, self.num_video_tokens, self.max_length = tokenizer, template, num_video_tokens, max_length
@@ -104,6 +112,7 @@ class ConversationDataset(Dataset):
             raise TrainDataError(f"{name}: none of the {len(records)} records has features in {getattr(self.store, 'folder', self.store)}; "
                                  "run `vtom features VIDEOS DIR` first or pass the right --features folder.")
         self.records, self.dropped, self.social = kept, len(missing), social   # social: video id -> signals [T, K] (vtom.social.SignalStore)
+        self.notes = notes   # video id -> the text the model reads beside the video (its mind timeline or containers), or None
         if social is not None and hasattr(social, "check"):
             try: social.check([v for v in map(record_video_id, kept) if v is not None])
             except VtomError as e: raise TrainDataError(f"{name}: {e}") from None
@@ -116,6 +125,7 @@ class ConversationDataset(Dataset):
         vid = record_video_id(r)
         try: turns = _turns_with_video(r["conversations"], vid is not None)
         except VtomError as e: raise TrainDataError(f"record {r.get('id', i)!r}: {e}") from None
+        if vid is not None and self.notes is not None: turns = _with_notes(turns, self.notes(vid))
         item = tokenize_conversation(self.tokenizer, turns, self.template, self.num_video_tokens, self.max_length)
         if vid is not None:
             feats = self.store[vid]
@@ -171,6 +181,8 @@ class TrainConfig:
     tracker_weight: float = _opt(0.0, "weight of the auxiliary mental-state tracker loss (0: off); needs --tracker-targets")
     tracker_targets: str | None = _opt(None, "safetensors file of per-frame tracker labels per video id ([num_frames, 7], vtom.experiments.write_tracker_targets)")
     tracker_batch: int = _opt(16, "videos per step for the auxiliary tracker loss")
+    mind: str | None = _opt(None, "a trained perception + tracker (a vtom.model.save_mind folder or a whole-model checkpoint) that become parts of the model; --features must hold its perception's rows")
+    mind_route: str = _opt("none", "how the tracker's mental states reach the LM: none, text (a mind timeline in the prompt), tokens (a mind projector on the video tokens); needs --mind")
     num_frames: int | None = _opt(None, f"temporal tokens per feature file (default: from the store metadata, else {REFERENCE_NUM_FRAMES})")
     tune_video_embeddings: bool = _opt(True, "also train the <vid_start>/<vid_end> rows")
     lora: bool = _opt(False, "train LoRA adapters on the LM too")
@@ -178,6 +190,8 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
+    lora_layers: int = _opt(0, "LoRA on the last N decoder layers only (0: every layer); with --no-train-projector the backward pass stops below them")
+    train_projector: bool = _opt(True, "train the video projector and the <vid_start>/<vid_end> rows (--no-train-projector: keep them as initialised)")
     preset: str = _opt("auto", "defaults for unset options: auto (reference on CUDA, cpu otherwise), reference, cpu")
     learning_rate: float | None = _opt(None, "default: from the preset")
     epochs: float | None = _opt(None, "default: from the preset")
@@ -273,15 +287,19 @@ def training_arguments(cfg: TrainConfig, derived: dict, evaluate: bool = False, 
         ddp_find_unused_parameters=text_only, disable_tqdm=not sys.stderr.isatty())
 
 # %% ../nbs/04_train.ipynb #a0bf9408
-def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str | Sequence[str] = "q_proj,k_proj,v_proj,o_proj"):
-    "Wrap `model.lm` with peft LoRA adapters (trainable) on the `targets` linear layers; returns the model."
+def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str | Sequence[str] = "q_proj,k_proj,v_proj,o_proj",
+             last_layers: int = 0):
+    "Wrap `model.lm` with peft LoRA adapters (trainable) on the `targets` linear layers (of the last `last_layers` decoder layers; 0: all); returns the model."
     from peft import LoraConfig, get_peft_model
     targets = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
     names = {n.split(".")[-1] for n, _ in model.lm.named_modules()}
     if targets != ["all-linear"] and not set(targets) & names:
         raise VtomError(f"LoRA targets {targets} match no module of {model.config.lm_name}; e.g. {sorted(names)[:12]}.")
+    n = model.lm.config.num_hidden_layers
+    if last_layers < 0: raise VtomError(f"lora_layers={last_layers}: give a number of decoder layers (0: all {n}).")
+    layers = list(range(max(n - last_layers, 0), n)) if last_layers else None   # more layers than the LM has: all of them
     model.lm = get_peft_model(model.lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                                                   task_type="CAUSAL_LM"))
+                                                   layers_to_transform=layers, task_type="CAUSAL_LM"))
     return model
 
 def _has_lora(model) -> bool: return hasattr(model.lm, "peft_config")
@@ -434,21 +452,37 @@ def _tower_of(store, records: Sequence[dict]) -> str | None:
 
 def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: int, device: str | torch.device = "cpu",
                 vision_name: str | None = None):
-    "The `VideoLLM` to train: frozen LM (`cfg.llm`), fresh projector for `feature_shape` = (N, D), social projector with `social_store`, LoRA when asked."
-    from vtom.model import VideoLLM, VideoLLMConfig, load_llm
+    "The `VideoLLM` to train: frozen LM (`cfg.llm`), fresh projector for `feature_shape` = (N, D), social projector with `social_store`, the trained perception + tracker of `mind`, LoRA when asked."
+    from vtom.model import MIND_FIELDS, VideoLLM, VideoLLMConfig, load_llm, mind_config
     from vtom.social import SOCIAL_DIM
     n, d = feature_shape
     if n <= num_frames: raise VtomError(f"Features have {n} tokens, not more than num_frames={num_frames}; pass the right --num-frames.")
+    mind = mind_config(cfg.mind) if cfg.mind else {}
+    if mind and (mind["vision_hidden_size"], mind["num_frames"]) != (d, num_frames):
+        raise VtomError(f"The mind in {cfg.mind} reads {mind['num_frames']} frames x {mind['vision_hidden_size']} columns but --features "
+                        f"{cfg.features} holds {num_frames} x {d}: pass the store its perception wrote.")
     dtype = get_dtype(get_device(cfg.device), cfg.dtype)
     lm, tok = load_llm(cfg.llm, device=device, dtype=dtype)
     seed_everything(cfg.seed)  # the projector's initialisation is part of the run's seed
     config = VideoLLMConfig(lm_name=cfg.llm, vision_hidden_size=d, **({"vision_name": vision_name} if vision_name else {}), num_frames=num_frames, num_spatial_tokens=n - num_frames,
                             projector_type=cfg.projector_type, template=cfg.template, tune_video_embeddings=cfg.tune_video_embeddings,
-                            graph_cells=cfg.graph_cells, social_dim=SOCIAL_DIM if cfg.social_store else 0)
+                            graph_cells=cfg.graph_cells, social_dim=SOCIAL_DIM if cfg.social_store else 0, mind_route=cfg.mind_route,
+                            **{k: v for k, v in mind.items() if k in MIND_FIELDS})
     model = VideoLLM(config, lm, tok)
-    if cfg.lora: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    if cfg.mind: model.load_mind(cfg.mind)
+    if not cfg.train_projector: model.projector.requires_grad_(False), model.video_embeddings.requires_grad_(False)
+    if cfg.lora: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.lora_layers)
     model.lm.config.use_cache = False
     return model
+
+def mind_notes(model, store):
+    "Video id -> the text `model` reads beside that video's features (`VideoLLM.mind_text`), computed once per video; None for a model without one."
+    if model.perception is None and model.config.mind_route != "text": return None
+    cache: dict[str, str | None] = {}
+    def notes(vid: str) -> str | None:
+        if vid not in cache: cache[vid] = model.mind_text(store[vid], store.meta(vid) if hasattr(store, "meta") else None)
+        return cache[vid]
+    return notes
 
 def tracker_task(cfg: TrainConfig, model, store) -> TrackerTask | None:
     "With `tracker_weight` > 0: attach a `MentalStateTracker` to `model` and return the task over the labelled videos of `store`."
@@ -497,12 +531,13 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
     model = build_model(cfg, shape, num_frames, vision_name=_tower_of(store, train_records))   # chat loads this tower
     tok = model.tokenizer
     ds_args = dict(tokenizer=tok, template=cfg.template, num_video_tokens=model.num_video_tokens, max_length=cfg.max_length)
-    train_ds = ConversationDataset(train_records, store, name="train", social=_signals(cfg, store, num_frames), **ds_args)
+    train_ds = ConversationDataset(train_records, store, name="train", social=_signals(cfg, store, num_frames), notes=mind_notes(model, store), **ds_args)
     eval_ds = None
     if cfg.eval_data:
         eval_store = FeatureStore(cfg.eval_features or cfg.features)
         eval_records = load_records(cfg.eval_data, available=eval_store.ids(), max_samples=cfg.max_eval_samples)
-        eval_ds = ConversationDataset(eval_records, eval_store, name="eval", social=_signals(cfg, eval_store, num_frames), **ds_args)
+        eval_ds = ConversationDataset(eval_records, eval_store, name="eval", social=_signals(cfg, eval_store, num_frames),
+                                      notes=mind_notes(model, eval_store), **ds_args)
     text_only = any(record_video_id(r) is None for r in train_ds.records)
     if device.type == "cuda": torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if cfg.gradient_checkpointing: model.gradient_checkpointing_enable({"use_reentrant": False})
