@@ -28,7 +28,7 @@ def test_every_preset_has_its_needs():
 
 def test_fitting_presets_by_hand():
     rep = {"cuda": True, "gpus": [{"total_gib": 80.0}], "ram_gib": {"total": 64.0},
-           "packages": {p: {"ok": True} for p in ("av", "open_clip", "transformers", "papermill")}}
+           "packages": {p: {"ok": True} for p in ("av", "open_clip", "transformers", "peft", "papermill")}}
     assert all(v["fits"] for v in fitting_presets(rep).values())
     small = {**rep, "gpus": [{"total_gib": 16.0}], "packages": {**rep["packages"], "av": {"ok": False, "error": "ImportError: x"}}}
     fit = fitting_presets(small)

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -475,14 +475,12 @@ def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: in
     model.lm.config.use_cache = False
     return model
 
-def mind_notes(model, store):
-    "Video id -> the text `model` reads beside that video's features (`VideoLLM.mind_text`), computed once per video; None for a model without one."
+def mind_notes(model, store, vids: Iterable[str | None]):
+    "Video id -> the text `model` reads beside that video's features (`VideoLLM.mind_text`), None for a model without one. Computed here, in the main process, for every video of `vids` in `store`: DataLoader workers are forked, and a model on CUDA cannot run in a fork."
     if model.perception is None and model.config.mind_route != "text": return None
-    cache: dict[str, str | None] = {}
-    def notes(vid: str) -> str | None:
-        if vid not in cache: cache[vid] = model.mind_text(store[vid], store.meta(vid) if hasattr(store, "meta") else None)
-        return cache[vid]
-    return notes
+    meta = store.meta if hasattr(store, "meta") else (lambda vid: None)
+    with torch.no_grad(): notes = {v: model.mind_text(store[v], meta(v)) for v in dict.fromkeys(vids) if v is not None and v in store}
+    return notes.get
 
 def tracker_task(cfg: TrainConfig, model, store) -> TrackerTask | None:
     "With `tracker_weight` > 0: attach a `MentalStateTracker` to `model` and return the task over the labelled videos of `store`."
@@ -531,13 +529,13 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
     model = build_model(cfg, shape, num_frames, vision_name=_tower_of(store, train_records))   # chat loads this tower
     tok = model.tokenizer
     ds_args = dict(tokenizer=tok, template=cfg.template, num_video_tokens=model.num_video_tokens, max_length=cfg.max_length)
-    train_ds = ConversationDataset(train_records, store, name="train", social=_signals(cfg, store, num_frames), notes=mind_notes(model, store), **ds_args)
+    train_ds = ConversationDataset(train_records, store, name="train", social=_signals(cfg, store, num_frames), notes=mind_notes(model, store, map(record_video_id, train_records)), **ds_args)
     eval_ds = None
     if cfg.eval_data:
         eval_store = FeatureStore(cfg.eval_features or cfg.features)
         eval_records = load_records(cfg.eval_data, available=eval_store.ids(), max_samples=cfg.max_eval_samples)
         eval_ds = ConversationDataset(eval_records, eval_store, name="eval", social=_signals(cfg, eval_store, num_frames),
-                                      notes=mind_notes(model, eval_store), **ds_args)
+                                      notes=mind_notes(model, eval_store, map(record_video_id, eval_records)), **ds_args)
     text_only = any(record_video_id(r) is None for r in train_ds.records)
     if device.type == "cuda": torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if cfg.gradient_checkpointing: model.gradient_checkpointing_enable({"use_reentrant": False})
