@@ -20,7 +20,10 @@ NEEDS = {"12_lmms": ("lmms_eval", "lmms-eval is not installed: pip install -e '.
 def test_notebook(notebook: Path):
     package, reason = NEEDS.get(notebook.stem, (None, ""))
     if package and not has_package(package): pytest.skip(reason)
-    ok, seconds = nbtest.test_nb(notebook, skip_flags=["slow", "gpu"], force_flags=FORCE, showerr=True)
+    from vtom.registry import TOWERS
+    towers = dict(TOWERS)   # the notebook's export cells run in this process and re-register the tower builders they define
+    try: ok, seconds = nbtest.test_nb(notebook, skip_flags=["slow", "gpu"], force_flags=FORCE, showerr=True)
+    finally: TOWERS.clear(), TOWERS.update(towers)   # later tests see the package's builders, not the notebook's copies
     assert ok, f"{notebook.name} failed (the traceback is printed above); open it in Jupyter to debug"
 
 
