@@ -291,7 +291,8 @@ def test_no_progress_means_no_bars(videos, tower, tmp_path):
 
 def test_pipeline_goes_on_when_some_videos_fail(videos, tower, tmp_path):
     "A `vtom features` stage that exits 1 (done, some videos failed) is done with failures: the run goes on and says so."
-    from vtom.batch import Stage, run_pipeline
+    from vtom.batch import Stage
+    from vtom.batch_run import run_pipeline
     stage = Stage("feats", command=("vtom", "features", str(videos), "{work}/features", "--vision", tower, "--num-frames", "4",
                                     "--no-progress"))
     m = run_pipeline([stage], tmp_path / "run", progress=False)
@@ -414,7 +415,8 @@ def test_linked_manifest_gets_no_line(videos, tower, tmp_path):
 
 def test_linked_run_log_is_refused(tmp_path):
     "Found: a `vtom run` command stage opened its log (run/logs/NN_stage.log) through a planted link and overwrote the target."
-    from vtom.batch import Stage, run_pipeline
+    from vtom.batch import Stage
+    from vtom.batch_run import run_pipeline
     victim, run = tmp_path / "victim.txt", tmp_path / "run"
     victim.write_text("keep me\n")
     (run / "logs").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""vtom.batch: papermill pipelines on throwaway notebooks (failure + resume), parameter checks, the shipped presets."""
+"""vtom.batch, vtom.batch_run: papermill pipelines on throwaway notebooks (failure + resume), parameter checks, the shipped presets."""
 import json
 import os
 import subprocess
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from vtom import batch
+from vtom import batch, batch_run
 from vtom.core import FolderLock, VtomError
-from vtom.batch import (PRESETS, PIPELINES, PipelineError, Stage, StageFailed, check_pipeline, notebook_parameters,
-                        prepare_notebook, resolve_parameters, run_pipeline)
+from vtom.batch import PRESETS, PIPELINES, PipelineError, Stage, check_pipeline, notebook_parameters, resolve_parameters
+from vtom.batch_run import StageFailed, prepare_notebook, run_pipeline
 
 VTOM = Path(sys.executable).parent / "vtom"
 
@@ -128,7 +128,7 @@ def test_prepare_notebook_leaves_out_cells(tmp_path):
 
 def test_collect_metrics_converts_arrays_and_tensors(tmp_path):
     ns = {"vtom_metrics": {"a": np.float64(0.25), "t": torch.tensor([1.0, 2.0]), "nan": float("nan")}, "x": torch.tensor(3)}
-    got = batch._collect_metrics(ns, {"x": "x", "bad": "undefined_name"}, str(tmp_path / "m.json"))
+    got = batch_run._collect_metrics(ns, {"x": "x", "bad": "undefined_name"}, str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text()) == got
     assert got.pop("_resources")["cpu_s"] > 0
     assert "vtom.batch" in got.pop("_vtom_modules")
@@ -227,7 +227,7 @@ def test_resume_follows_depends_and_cleans_stale_outputs(tmp_path):
     m = run_pipeline(stages, run, parameters={"a.v": 2, "b.v": 2}, progress=False)  # b changed: b (cleaned) and c run
     assert [m["stages"][n]["len"] for n in "abc"] == [2, 1, 2] and m["stages"]["b"]["v"] == 2
     with pytest.raises(PipelineError, match="not inside the run folder"):
-        batch.clean_outputs(Stage("x", command=("true",), clean=(str(tmp_path),)), {}, run)
+        batch_run.clean_outputs(Stage("x", command=("true",), clean=(str(tmp_path),)), {}, run)
     bad = [Stage("a", command=("true",), depends=("z",))]
     assert any("depends on 'z'" in p["message"] for p in check_pipeline(bad))
 
@@ -272,17 +272,17 @@ def test_editing_the_vtom_code_a_command_ran_reruns_it(tmp_path, monkeypatch):
     assert {"vtom.cli", "vtom.core", "vtom.features"} <= set(code) and "vtom.batch" not in code and "vtom.demo" not in code
     copy = tmp_path / "vtom"
     shutil.copytree(batch.package_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(batch, "package_dir", lambda: copy)   # an edited checkout, as far as the fingerprints can see
+    monkeypatch.setattr(batch_run, "package_dir", lambda: copy)   # an edited checkout, as far as the fingerprints can see
     made = log.stat().st_mtime_ns
     run_pipeline(stages, run, progress=False)
     (copy / "demo.py").write_text((copy / "demo.py").read_text() + "\n# edited\n")
     run_pipeline(stages, run, progress=False)
     assert log.stat().st_mtime_ns == made, "nothing the stage ran changed: it must not run again"
     (copy / "features.py").write_text((copy / "features.py").read_text() + "\n# edited\n")
-    assert batch.changed_code(code) == ["vtom.features"]
+    assert batch_run.changed_code(code) == ["vtom.features"]
     run_pipeline(stages, run, progress=False)
     assert log.stat().st_mtime_ns != made
-    assert not batch.changed_code(json.loads((run / "state.json").read_text())["stages"]["feats"]["code"])
+    assert not batch_run.changed_code(json.loads((run / "state.json").read_text())["stages"]["feats"]["code"])
 
 
 def test_dry_run_names_a_metric_typo(toy):

@@ -71,7 +71,32 @@ def test_defaults_follow_the_constant():
     assert callable(features_main)
 
 
+# `VideoChat(model)` without a frame count reads the frames its model was built for (not a default of a run)
+FALLBACKS_ALLOWED = {"infer.py: num_frames or model.config.num_frames"}
+
+
+def reference_fallbacks(folder: Path = VTOM) -> list[str]:
+    "Every `x or REFERENCE_NUM_FRAMES` and `x or <something>.num_frames`: a frame count resolved outside `resolve_spec`."
+    bad = []
+    for path in sorted(folder.glob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(n, ast.BoolOp) and isinstance(n.op, ast.Or)): continue
+            last = n.values[-1]
+            if f"{path.name}: {ast.unparse(n)}" in FALLBACKS_ALLOWED: continue
+            if (isinstance(last, ast.Name) and last.id == "REFERENCE_NUM_FRAMES") or (isinstance(last, ast.Attribute) and last.attr == "num_frames"):
+                bad.append(f"{path.name}:{n.lineno}: `{ast.unparse(n)}` resolves the frame count itself")
+    return bad
+
+
+def test_frames_resolved_in_one_place():
+    "The frame count of a run falls back to the checkpoint's or the reference's only in `vtom.model.resolve_spec` (issue 28)."
+    bad = reference_fallbacks()
+    assert not bad, "resolve it with vtom.model.resolve_spec:\n" + "\n".join(bad)
+
+
 def test_the_check_finds_literals(tmp_path):
     (tmp_path / "m.py").write_text('def f(num_frames: int = 100, vision: str = "random:ViT-B-32"): ...\n'
                                    'def g(p, n=None):\n    p.add_argument("--num-frames", type=int, default=32)\n    return n.num_frames or 100\n')
     assert len(literal_defaults(tmp_path)) == 4
+    (tmp_path / "m.py").write_text("def f(n, cfg):\n    return n or REFERENCE_NUM_FRAMES, n or cfg.num_frames\n")
+    assert len(reference_fallbacks(tmp_path)) == 2

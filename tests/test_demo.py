@@ -56,7 +56,7 @@ def offline():
 def checkpoint(tmp_path_factory):
     """A real tracker checkpoint, as `vtom train` writes it: 2 small steps (the LM still writes English) on 4 synthetic videos
     (random ViT-B/32, 8 frames, the embedded SmolLM2), with a mental-state tracker head. About 40 s on 2 cores."""
-    from vtom.experiments import write_tracker_targets
+    from vtom.perception import write_tracker_targets
     from vtom.features import extract_to_store
     from vtom.synth import generate_dataset
     from vtom.train import TrainConfig, train
@@ -310,11 +310,12 @@ def test_browser_question_mid_answer_and_stop(page, served, tmp_path):
         page.locator("#ask").click()
         expect(page.locator("#answer-stats")).to_contain_text("writing", timeout=120_000)
         page.locator("#stop").click()
-        expect(chat).to_contain_text("stopped at", timeout=10_000)
+        expect(chat).to_contain_text("■ stopped at", timeout=10_000)   # not the first answer's "✂️ stopped at 64 tokens (the limit)"
         deadline = time.time() + 30
         while len(backend.answers) < n + 3 and time.time() < deadline: time.sleep(0.1)
         stopped = backend.answers[-1]
-        assert stopped["stopped"] and stopped["new_tokens"] < 64 and f"■ stopped at {stopped['new_tokens']} token" in chat.inner_text()
+        assert stopped["stopped"] and stopped["new_tokens"] < 64
+        expect(chat).to_contain_text(f"■ stopped at {stopped['new_tokens']} token", timeout=10_000)
         print({k: stopped[k] for k in ("new_tokens", "answer_s")}, {k: second[k] for k in ("waited_s", "first_token_s", "total_s")})
     finally:
         backend.max_new_tokens = 24

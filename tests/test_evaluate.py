@@ -1,4 +1,4 @@
-"""Plain pytest checks of vtom.evaluate and the multiple-choice loaders (fixtures, tiny models, round trips)."""
+"""Plain pytest checks of vtom.scoring, vtom.evaluate and the multiple-choice loaders (fixtures, tiny models, round trips)."""
 import json
 import math
 from pathlib import Path
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vtom.data import DataFormatError, load_siq1, load_siq2, load_tinysocial
-from vtom.evaluate import (EvalError, EvalSetup, answer_logprobs, encode_choices, eval_main,
-                           evaluate_question, evaluate_questions, mode_prompt, option_continuation, parse_choice, score_choices,
-                           summarize, transform_features, write_submission)
+from vtom.evaluate import EvalSetup, eval_main, evaluate_question, evaluate_questions, summarize, write_submission
+from vtom.scoring import (EvalError, answer_logprobs, encode_choices, mode_prompt, option_continuation, parse_choice, score_choices,
+                          transform_features)
 
 FIX = Path(__file__).resolve().parents[1] / "data" / "fixtures"
 SIQ2 = FIX / "siq2"
@@ -198,7 +198,7 @@ def test_compare_rejects_mismatched_ids(tmp_path, capsys):
 
 
 def test_length_shortcut_by_hand():
-    from vtom.evaluate import length_shortcut
+    from vtom.scoring import length_shortcut
     opts, ntok = ["a", "bb bb bb", "c c", "dddd"], [2, 6, 3, 4]          # tokens; characters 1, 8, 3, 4
     assert length_shortcut("mean", ntok, opts, 1, copy=True) == 1.0       # copied text is free: the most tokens wins
     assert length_shortcut("mean", ntok, opts, 1) == 0.25                 # uniform tokens: all tie, ties split
@@ -210,7 +210,7 @@ def test_length_shortcut_by_hand():
 
 @pytest.mark.parametrize("video", [False, True])
 def test_shared_prefix_equals_full_sequences(tiny, video):
-    from vtom.evaluate import full_sequence_logprobs, rule_inputs, rule_scores, shared_prefix_logprobs
+    from vtom.scoring import full_sequence_logprobs, rule_inputs, rule_scores, shared_prefix_logprobs
     from vtom.model import VideoLLM, VideoLLMConfig
     lm, tok = tiny
     model, feats, mode, nvt = lm, None, "text", 0

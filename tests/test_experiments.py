@@ -1,4 +1,4 @@
-"""Unit tests for vtom.experiments: per-frame facts, probes, the thumbnail tower by name."""
+"""Unit tests for vtom.experiments, vtom.perception and vtom.study_temporal: per-frame facts, probes, the thumbnail tower by name."""
 import numpy as np
 import torch
 
@@ -64,7 +64,7 @@ def test_report_md_opens_with_what_this_run_shows():
 
 
 def test_tracker_targets_columns_and_padding():
-    from vtom.experiments import tracker_targets
+    from vtom.perception import tracker_targets
     from vtom.model import TRACKER_PLACES
     ev = {"layout": {"containers": [{"name": "red box", "x": 150}, {"name": "blue jar", "x": 20}]},
           "frames": {"t": [0, 1, 2], "belief_A": [None, "held:A", "blue jar"], "belief_B": ["red box"] * 3,
@@ -79,7 +79,8 @@ def test_tracker_targets_columns_and_padding():
 def test_temporal_study_dry_run(tmp_path):
     "`vtom temporal --dry-run` (the tom-temporal preset's offline check): every arm, mode and baseline lands in one report, with letters, OOD and decoys."
     import json
-    from vtom.experiments import BAG_ARM, OBSERVATION_GROUPS, temporal_main
+    from vtom.model import OBSERVATION_GROUPS
+    from vtom.study_temporal import BAG_ARM, temporal_main
     from vtom.synth import HEURISTICS, TAGS
     assert temporal_main(["--dry-run", "--out", str(tmp_path)]) == 0
     rep = json.loads((tmp_path / "report.json").read_text())
@@ -109,7 +110,8 @@ def test_temporal_study_dry_run(tmp_path):
 
 def test_bag_of_frames_ignores_the_order_of_frames():
     "The bag's features and answers are the same for any permutation of a video's frames; with fewer containers it never picks a missing one."
-    from vtom.experiments import OBSERVATION_COLUMNS, BagOfFrames, bag_features, observation_slices
+    from vtom.model import OBSERVATION_COLUMNS, observation_slices
+    from vtom.perception import BagOfFrames, bag_features
     g = torch.Generator().manual_seed(0)
     def video(t):   # random one-hot observation rows
         x = torch.zeros(t, len(OBSERVATION_COLUMNS))
@@ -126,7 +128,8 @@ def test_bag_of_frames_ignores_the_order_of_frames():
 
 def test_bag_features_see_within_frame_pairs():
     "A pair feature fires only when both observations happen in the same frame, for the candidate container."
-    from vtom.experiments import OBSERVATION_COLUMNS, bag_features
+    from vtom.model import OBSERVATION_COLUMNS
+    from vtom.perception import bag_features
     col = OBSERVATION_COLUMNS.index
     both, apart = torch.zeros(2, len(OBSERVATION_COLUMNS)), torch.zeros(2, len(OBSERVATION_COLUMNS))
     both[0, [col("object=slot1"), col("A mode=absent")]] = 1                       # the object at slot 1 while A is outside

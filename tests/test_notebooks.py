@@ -20,6 +20,7 @@ NEEDS = {"12_lmms": ("lmms_eval", "lmms-eval is not installed: pip install -e '.
 def test_notebook(notebook: Path):
     package, reason = NEEDS.get(notebook.stem, (None, ""))
     if package and not has_package(package): pytest.skip(reason)
+    import vtom.features  # noqa: F401  its builders register on first import: in the snapshot, not wiped by the restore
     from vtom.registry import TOWERS
     towers = dict(TOWERS)   # the notebook's export cells run in this process and re-register the tower builders they define
     try: ok, seconds = nbtest.test_nb(notebook, skip_flags=["slow", "gpu"], force_flags=FORCE, showerr=True)

@@ -66,10 +66,13 @@ def test_mind_study_dry_run(dry_run):
     "`vtom mind --dry-run` (the tom-mind preset's offline check): every arm x mode, heuristics, the tracker alone, goals, letter counts, chat."
     out, rep = dry_run
     rows = {(r["split"], r["arm"], r["mode"]) for r in rep["table"]}
-    for arm in rep["arms"]: assert {("test", arm, m) for m in ("video", "shuffled", "blank", "text")} <= rows
+    labels = [f"{arm} · {rule}" for arm in rep["arms"] for rule in rep["rules"]]   # every arm read with every scoring rule
+    assert rep["rules"] == ["letter", "cloze"] and set(rep["val belief accuracy"]) == set(labels)
+    for label in labels: assert {("test", label, m) for m in ("video", "shuffled", "blank", "text")} <= rows
     assert ("test", "tracker alone", "video") in rows and any(a.startswith("heuristic") for _, a, _ in rows)
     g = rep["goals"]["test"]
-    assert g["chosen on val"] in rep["arms"] and sum(g["letters"].values()) == g["n"] and "met" in g
+    assert g["chosen on val"] in labels and sum(g["letters"].values()) == g["n"] and "met" in g
+    assert all(a["answer"] == "Never." or a["answer"].startswith("At ") for k, w in rep["when answers"].items() if "· cloze" in k for a in w.values())
     assert rep["chat"] and all(len(c["turns"]) == 2 for c in rep["chat"]) and "Chat" in (out / "report.md").read_text()
 
 

@@ -10,8 +10,9 @@ import torch
 
 from vtom.core import VtomError
 from vtom.features import FeatureStore, save_features
-from vtom.tomloc import (build_tomloc, clip_offsets, evaluate_tomloc, format_index, index_prompt, join_features, load_tomloc,
-                         midpoint_index, mix_training, paired_accuracy, parse_index, shift_window, tomloc_main, window_frames)
+from vtom.study_tomloc import evaluate_tomloc, mix_training, paired_accuracy, tomloc_main
+from vtom.tomloc import (build_tomloc, clip_offsets, format_index, index_prompt, join_features, load_tomloc, midpoint_index, parse_index,
+                         shift_window, window_frames)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_QA = ROOT / "data" / "fixtures" / "siq2" / "qa" / "qa_train.json"

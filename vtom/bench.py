@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .core import REFERENCE_NUM_FRAMES, cache_dir, get_device, has_package, package_versions, write_json
-from .registry import BENCH_TOWER, TEST_TOWER
+from .core import REFERENCE_NUM_FRAMES, RunOptions, add_options, cache_dir, get_device, has_package, package_versions, write_json
+from .registry import BENCH_TOWER, TEST_TOWER, ModelOptions
 
 # %% auto #0
 __all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'VIDEO_CHATGPT_RECIPE', 'FEATURES_TOY', 'FEATURES_REAL',
@@ -197,7 +197,7 @@ def bench_decode_main(argv: list[str] | None = None) -> int:
     "`vtom bench decode [VIDEO]`: one JSON line comparing the backends; with --workers/--pool one line per decode-pool setting."
     parser = argparse.ArgumentParser(prog="vtom bench decode", description="Time sampling frames with each decoding backend.")
     parser.add_argument("video", nargs="?", help="a video file or packaged clip name (default: a generated 60 s 640x360 long-GOP clip)")
-    parser.add_argument("--num-frames", type=int, default=REFERENCE_NUM_FRAMES, help=f"frames to sample (default {REFERENCE_NUM_FRAMES})")
+    add_options(parser, ModelOptions, ("num_frames",), num_frames=REFERENCE_NUM_FRAMES)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per backend (default 5)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS + GPU_BACKENDS, help="backends to time (default: all installed CPU ones)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated clip (default 60)")
@@ -313,11 +313,9 @@ def bench_features_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vtom bench features", description="Feature extraction speed against a reference-style path.")
     p.add_argument("--videos", default="bikes,bigbuckbunny", help="comma-separated packaged names or paths (default %(default)s)")
     p.add_argument("--repeat", type=int, default=1, help="times each video is processed per path (default %(default)s)")
-    p.add_argument("--vision", default=TEST_TOWER)
-    p.add_argument("--num-frames", type=int, default=REFERENCE_NUM_FRAMES)
+    add_options(p, ModelOptions, ("vision", "num_frames"), vision=TEST_TOWER, num_frames=REFERENCE_NUM_FRAMES)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto")
+    add_options(p, RunOptions, ("device", "dtype"), device="cpu")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2, help="timed rounds per path; the best is reported (default %(default)s)")
     a = p.parse_args(argv)
@@ -493,12 +491,12 @@ def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_
                 vision_hidden_size: int = 1024, template: str = "chat", device: str = "cpu", dtype: str = "auto",
                 gradient_checkpointing: bool = False, seed: int = 0) -> dict:
     "Frozen-LM versus naive projector-training speed and memory on `llm` (see above); returns the JSON record."
-    from vtom.model import VideoLLM, VideoLLMConfig, load_llm
+    from vtom.model import build_video_llm, load_llm, resolve_spec
     t_load = time.perf_counter()
     lm, tok = load_llm(llm, device=device, dtype=dtype)
     seed_everything(seed)
-    model = VideoLLM(VideoLLMConfig(lm_name=llm, vision_hidden_size=vision_hidden_size, num_frames=num_frames,
-                                    num_spatial_tokens=num_spatial_tokens, template=template), lm, tok)
+    spec = resolve_spec(llm=llm, vision_hidden_size=vision_hidden_size, num_frames=num_frames, num_spatial_tokens=num_spatial_tokens, template=template)
+    model = build_video_llm(spec, lm=lm, tokenizer=tok)
     model.lm.config.use_cache = False
     if gradient_checkpointing: model.gradient_checkpointing_enable()
     load_s = time.perf_counter() - t_load
@@ -524,15 +522,13 @@ def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_
 def bench_train_main(argv: list[str] | None = None) -> int:
     "`vtom bench train`: print one JSON line of frozen-vs-naive projector training speed."
     p = argparse.ArgumentParser(prog="vtom bench train", description="Projector training speed with the LM frozen versus naive (LM requires_grad on).")
-    p.add_argument("--llm", default="embedded", help="LM to train on (default: the embedded SmolLM2-135M)")
+    add_options(p, ModelOptions, ("llm", "num_frames"), llm="embedded", num_frames=REFERENCE_NUM_FRAMES)
     p.add_argument("--steps", type=int, default=3, help="timed steps per mode (after one warm-up step)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--num-frames", type=int, default=REFERENCE_NUM_FRAMES, help=f"temporal tokens (reference {REFERENCE_NUM_FRAMES})")
     p.add_argument("--num-spatial-tokens", type=int, default=256, help="spatial tokens (reference 256)")
     p.add_argument("--vision-hidden-size", type=int, default=1024, help="feature width (reference CLIP ViT-L/14: 1024)")
     p.add_argument("--template", default="chat")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", help="auto = fp32 on CPU, bf16 on GPU")
+    add_options(p, RunOptions, ("device", "dtype"), device="cpu")
     p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args(argv)
     rec = bench_train(a.llm, a.steps, a.batch_size, a.num_frames, a.num_spatial_tokens, a.vision_hidden_size, a.template,
@@ -562,7 +558,7 @@ def e2e_check(device: str = "auto", llm: str = "tiny", vision: str = TEST_TOWER,
               steps: int = 3) -> dict:
     "The pipeline end to end at toy sizes on `device`: synth, features, train (+ temporal LoRA), eval, chat, temporal --dry-run."
     from vtom.evaluate import eval_main
-    from vtom.experiments import temporal_main
+    from vtom.study_temporal import temporal_main
     from vtom.features import features_main
     from vtom.infer import chat_main
     from vtom.synth import synth_main
@@ -709,7 +705,7 @@ def doctor_main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", action="store_true", help="run the GPU check (the pipeline end to end, ViT-L/14 features fp16/bf16, "
                                                       "7B-shaped frozen-LM training and what it means for the Video-ChatGPT recipe)")
     p.add_argument("--toy", action="store_true", help="toy sizes even on a GPU (the default without CUDA)")
-    p.add_argument("--device", default="auto")
+    add_options(p, RunOptions, ("device",))
     p.add_argument("--budget", type=float, default=480.0, help="seconds; sections that would start later are skipped (default 480)")
     p.add_argument("--video", help="video for the decoding/pipeline measurement (default: a generated 60 s 640x360 H.264 clip)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end section (synth, features, train, eval, chat, temporal)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import importlib.metadata
 import importlib.util
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,10 +32,11 @@ import torch
 # %% auto #0
 __all__ = ['positive_int', 'REFERENCE_NUM_FRAMES', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME',
            'HUB_REPO_ID', 'VtomError', 'StorageError', 'Interrupted', 'storage_error', 'writing', 'int_at_least',
-           'float_at_least', 'data_dir', 'cache_dir', 'runs_dir', 'get_device', 'get_dtype', 'seed_everything',
-           'disable_progress_bars', 'get_logger', 'refuse_link', 'atomic_path', 'json_text', 'write_json', 'write_new',
-           'open_nofollow', 'append_line', 'check_writable', 'FolderLock', 'Store', 'has_package', 'package_versions',
-           'git_commit', 'peak_rss_mb', 'embedded_llm_gguf', 'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
+           'float_at_least', 'option', 'RunOptions', 'add_options', 'data_dir', 'cache_dir', 'runs_dir', 'get_device',
+           'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger', 'refuse_link', 'atomic_path',
+           'json_text', 'write_json', 'write_new', 'open_nofollow', 'append_line', 'check_writable', 'FolderLock',
+           'Store', 'has_package', 'package_versions', 'git_commit', 'peak_rss_mb', 'embedded_llm_gguf',
+           'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
 
 # %% ../nbs/00_core.ipynb #a8b7361f
 class VtomError(RuntimeError):
@@ -89,6 +91,31 @@ def float_at_least(low: float) -> Callable[[str], float]:
     return parse
 
 positive_int = int_at_least(1)
+
+# %% ../nbs/00_core.ipynb #84020b08
+def option(default: Any, help: str, unset: str = "", **argparse_kw) -> Any:
+    "A field of an options dataclass: default, `--help` text, what a `None` default means (`unset`), argparse extras (`type`, `choices`)."
+    return dataclasses.field(default=default, metadata={"help": help, "unset": unset, **argparse_kw})
+
+@dataclasses.dataclass
+class RunOptions:
+    "Where and how reproducibly a command runs: the `--device`, `--dtype` and `--seed` of every command."
+    device: str = option("auto", "auto | cpu | cuda | cuda:N (auto: cuda:$LOCAL_RANK under torchrun, else cuda, else cpu)")
+    dtype: str = option("auto", "auto (fp16/bf16 on a GPU, fp32 on a CPU) | fp32 | fp16 | bf16")
+    seed: int = option(0, "random seed", type=int)
+
+def add_options(parser: argparse.ArgumentParser, options: type, only: Sequence[str] | None = None, helps: dict | None = None,
+                **defaults) -> argparse.ArgumentParser:
+    "Add `--field-name` for each field of the dataclass `options` (those in `only`); `defaults` and `helps` change them for one command (a help given here says what an omitted flag means)."
+    for f in dataclasses.fields(options):
+        if only is not None and f.name not in only: continue
+        kw = dict(f.metadata)
+        text, unset, default = (helps or {}).get(f.name, kw.pop("help")), kw.pop("unset"), defaults.pop(f.name, f.default)
+        kw.pop("help", None)
+        text += f" (default: {unset})" if default is None and unset and f.name not in (helps or {}) else "" if default is None else " (default: %(default)s)"
+        parser.add_argument("--" + f.name.replace("_", "-"), default=default, help=text, **kw)
+    if defaults: raise TypeError(f"add_options: {options.__name__} has no field(s) {sorted(defaults)}.")
+    return parser
 
 # %% ../nbs/00_core.ipynb #f4a3e002
 REFERENCE_NUM_FRAMES = 100   # frames sampled per video = temporal tokens (Video-ChatGPT's setting): the default everywhere

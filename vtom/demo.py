@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Generator, Iterator
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # before gradio is imported: no usage analytics
@@ -28,20 +29,20 @@ import numpy as np
 import torch
 from transformers import TextIteratorStreamer
 
-from .core import EMBEDDED_LLM_NAME, REFERENCE_NUM_FRAMES, VtomError, atomic_path, get_logger, seed_everything
+from .core import EMBEDDED_LLM_NAME, REFERENCE_NUM_FRAMES, RunOptions, VtomError, add_options, atomic_path, get_logger, seed_everything
 from .decode import read_video, resize_frames
 from .features import features_from_clip
 from .infer import NoVideoError, VideoChat, is_belief_query, perceive_video, social_models_available, video_mind
 from .locate import answer_loglik_fn, loo_importance, plot_relevance
 from .model import TRACKER_BELIEVERS, TRACKER_COLUMNS, VIDEO_TOKEN, VideoLLM
-from .registry import EMBEDDED_ALIASES, OFFLINE_TOWER, tower_kind
+from .registry import EMBEDDED_ALIASES, OFFLINE_TOWER, ModelOptions, tower_kind
 from .social import (expression_track, plot_timeline, query_expression, run_seconds, social_clip, social_timeline,
                      threshold_run, timeline_prompt_line, timeline_text)
 from .synth import GENERATOR_VERSION
 from .train import load_tracker
 
 # %% auto #0
-__all__ = ['CLIP_LABELS', 'BROWSER_VIDEO', 'GENERATION', 'MOMENT_PROMPT', 'BELIEF_WORDS', 'ROUTES', 'example_videos',
+__all__ = ['CLIP_LABELS', 'BROWSER_VIDEO', 'GENERATION', 'MOMENT_PROMPT', 'BELIEF_WORDS', 'ROUTES', 'NO_VIDEO', 'example_videos',
            'file_sha256', 'browser_playable', 'preview_mp4', 'training_record', 'llm_display_name', 'model_card',
            'training_words', 'honesty_line', 'belief_tracker', 'false_belief_track', 'mind_moment', 'Limits', 'Refused',
            'Cancelled', 'checked_text', 'ModelTurns', 'Session', 'DemoBackend', 'finish', 'VideoEntry', 'figure_image',
@@ -552,7 +553,7 @@ def _answer_stream(self: DemoBackend, sha: str | None, turns: list[dict], questi
 
 def _generate(self: DemoBackend, entry: VideoEntry, turns: list[dict], question: str, cancelled, asked: float):
     base = self.chat
-    chat = VideoChat(base.model, base.tower, base.num_frames, disk_cache=False, checkpoint=base.checkpoint)  # this request's view
+    chat = VideoChat(base.model, base.tower, base.num_frames, disk_cache=False, checkpoint=base.checkpoint, sources=base.sources)  # this request's view
     chat.set_features(entry.features, entry.name, [float(t) for t in entry.timestamps], entry.meta)
     if entry.timeline is not None: chat.set_timeline(entry.timeline, "demo")
     turns, cut = _fit(self, chat, turns, question)
@@ -769,10 +770,10 @@ def _answer_pending(backend: DemoBackend, s: Session) -> Iterator[tuple]:
     finally:
         with s.lock: s.answering = False
 
-def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -> gr.Blocks:
-    "The Blocks app: video and labelled clips, chat with queued questions and Stop, social timeline, 'Find the moment', model card."
-    no_video = "No video yet: upload one or pick a packaged clip."
+NO_VIDEO = "No video yet: upload one or pick a packaged clip."
 
+def _video_handlers(backend: DemoBackend, clips: list) -> dict[str, Callable]:
+    "The page's handlers for the model card and for loading a video (uploaded, or one of the packaged `clips`)."
     def show_info():
         if backend.loading: yield _info_markdown(backend.describe())
         try: backend.wait()
@@ -786,7 +787,7 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
         with s.lock: s.sha, s.turns, s.shown = None, [], []
         empty = (None, "", [], [], "")
         if path is None:
-            yield gr.skip(), no_video, *empty
+            yield gr.skip(), NO_VIDEO, *empty
             return
         try:
             s.count_request(backend.limits.per_minute)
@@ -804,7 +805,6 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
 
     def on_video(path, request: gr.Request): yield from load(path, request, show=False)
 
-    clips = example_videos()
     def on_clip(index, request: gr.Request):
         if index is None: return
         src = clips[index][0]
@@ -812,6 +812,10 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
         if not local.is_file(): shutil.copy(src, local)
         yield from load(local, request, show=True)
 
+    return {"show_info": show_info, "on_video": on_video, "on_clip": on_clip}
+
+def _chat_handlers(backend: DemoBackend) -> dict[str, Callable]:
+    "The page's handlers for questions (queued), Stop, a new conversation, 'Find the moment' and a closed tab."
     def on_ask(question, request: gr.Request):
         s = backend.session(request.session_hash)
         try:
@@ -855,55 +859,72 @@ def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -
 
     def on_unload(request: gr.Request): backend.close_session(request.session_hash)
 
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
-        gr.Markdown(f"# {title}\nAsk about the mental states of the people in a video, see its social timeline, and find the moment "
-                    "something happens. Everything runs on this machine: nothing is sent anywhere.")
-        info = gr.Markdown(_info_markdown(backend.describe()), elem_id="model-info")
-        with gr.Row():
-            with gr.Column(scale=2):
-                video = gr.Video(label="Video", sources=["upload"], elem_id="video", height=320)
-                video_status = gr.Markdown(no_video, elem_id="video-status")
-                clip_list = gr.Dataset(components=["text"], samples=[[label] for _, label in clips], type="index",
-                                       label="Packaged clips (click one)", elem_id="clips", visible=bool(clips))
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chat")
-                with gr.Row():
-                    question = gr.Textbox(placeholder="How does the person feel? Why? (ask again while an answer is written: "
-                                          "your question waits in line)", show_label=False, scale=5, elem_id="question")
-                    ask = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask")
-                    stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
-                with gr.Row():
-                    stats = gr.Markdown(elem_id="answer-stats")
-                    clear = gr.Button("New conversation", size="sm", scale=0)
-        timeline_text_md = gr.Markdown(elem_id="timeline-text")
-        timeline_image = gr.Image(label="Social timeline: faces (boxes), expressions, voice and words", interactive=False,
-                                  elem_id="timeline", show_label=True)
-        with gr.Accordion("Find the moment", open=True):
-            with gr.Row():
-                query = gr.Textbox(placeholder="When does the person start smiling?", show_label=False, scale=5, elem_id="moment-query")
-                find = gr.Button("Find the moment", scale=1, elem_id="find")
-            moment_text = gr.Markdown(elem_id="moment-text")
-            with gr.Row():
-                plot = gr.Image(label="Timeline of the moment", interactive=False, scale=3, elem_id="moment-plot")
-                frame = gr.Image(label="Strongest frame", interactive=False, scale=1, height=200, elem_id="moment-frame")
-        with gr.Accordion("Frames the model sees", open=False):
-            strip = gr.Gallery(label="Sampled frames", columns=8, rows=1, height=170, elem_id="strip")
+    return {"on_ask": on_ask, "on_stop": on_stop, "on_clear": on_clear, "on_moment": on_moment, "on_unload": on_unload}
 
-        free = dict(concurrency_limit=None, show_progress="hidden")   # start at once: limits first, then the backend's line
-        video_outputs = [video, video_status, timeline_image, timeline_text_md, strip, chatbot, stats]
-        video.upload(on_video, [video], video_outputs, api_name="load_video", **free)
-        video.clear(on_video, [video], video_outputs, api_visibility="private", **free)
-        clip_list.click(on_clip, [clip_list], video_outputs, api_visibility="private", **free)
-        ask_event = dict(fn=on_ask, inputs=[question], outputs=[chatbot, question, stats], trigger_mode="multiple", **free)
-        ask.click(api_name="ask", **ask_event)
-        question.submit(api_visibility="private", **ask_event)
-        stop.click(on_stop, None, [stats], api_name="stop", **free)
-        clear.click(on_clear, None, [chatbot, stats], api_visibility="private", **free)
-        find.click(on_moment, [query], [plot, frame, moment_text], api_name="find_moment", **free)
-        query.submit(on_moment, [query], [plot, frame, moment_text], api_visibility="private", **free)
-        app.load(show_info, None, info, api_name="model_info", show_progress="hidden")
-        app.unload(on_unload)
+def _layout(backend: DemoBackend, title: str, clips: list) -> SimpleNamespace:
+    "The page's components (made inside a `gr.Blocks`), by name."
+    gr.Markdown(f"# {title}\nAsk about the mental states of the people in a video, see its social timeline, and find the moment "
+                "something happens. Everything runs on this machine: nothing is sent anywhere.")
+    info = gr.Markdown(_info_markdown(backend.describe()), elem_id="model-info")
+    with gr.Row():
+        with gr.Column(scale=2):
+            video = gr.Video(label="Video", sources=["upload"], elem_id="video", height=320)
+            video_status = gr.Markdown(NO_VIDEO, elem_id="video-status")
+            clip_list = gr.Dataset(components=["text"], samples=[[label] for _, label in clips], type="index",
+                                   label="Packaged clips (click one)", elem_id="clips", visible=bool(clips))
+        with gr.Column(scale=3):
+            chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chat")
+            with gr.Row():
+                question = gr.Textbox(placeholder="How does the person feel? Why? (ask again while an answer is written: "
+                                      "your question waits in line)", show_label=False, scale=5, elem_id="question")
+                ask = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask")
+                stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
+            with gr.Row():
+                stats = gr.Markdown(elem_id="answer-stats")
+                clear = gr.Button("New conversation", size="sm", scale=0)
+    timeline_text_md = gr.Markdown(elem_id="timeline-text")
+    timeline_image = gr.Image(label="Social timeline: faces (boxes), expressions, voice and words", interactive=False,
+                              elem_id="timeline", show_label=True)
+    with gr.Accordion("Find the moment", open=True):
+        with gr.Row():
+            query = gr.Textbox(placeholder="When does the person start smiling?", show_label=False, scale=5, elem_id="moment-query")
+            find = gr.Button("Find the moment", scale=1, elem_id="find")
+        moment_text = gr.Markdown(elem_id="moment-text")
+        with gr.Row():
+            plot = gr.Image(label="Timeline of the moment", interactive=False, scale=3, elem_id="moment-plot")
+            frame = gr.Image(label="Strongest frame", interactive=False, scale=1, height=200, elem_id="moment-frame")
+    with gr.Accordion("Frames the model sees", open=False):
+        strip = gr.Gallery(label="Sampled frames", columns=8, rows=1, height=170, elem_id="strip")
+
+    return SimpleNamespace(info=info, video=video, video_status=video_status, clip_list=clip_list, chatbot=chatbot, question=question, ask=ask,
+                           stop=stop, stats=stats, clear=clear, timeline_text_md=timeline_text_md, timeline_image=timeline_image, query=query,
+                           find=find, moment_text=moment_text, plot=plot, frame=frame, strip=strip)
+
+def _wire(app: gr.Blocks, ui: SimpleNamespace, h: dict[str, Callable]) -> None:
+    "Connect the components' events to the handlers (limits first, then the backend's line)."
+    free = dict(concurrency_limit=None, show_progress="hidden")   # start at once: limits first, then the backend's line
+    video_outputs = [ui.video, ui.video_status, ui.timeline_image, ui.timeline_text_md, ui.strip, ui.chatbot, ui.stats]
+    ui.video.upload(h["on_video"], [ui.video], video_outputs, api_name="load_video", **free)
+    ui.video.clear(h["on_video"], [ui.video], video_outputs, api_visibility="private", **free)
+    ui.clip_list.click(h["on_clip"], [ui.clip_list], video_outputs, api_visibility="private", **free)
+    ask_event = dict(fn=h["on_ask"], inputs=[ui.question], outputs=[ui.chatbot, ui.question, ui.stats], trigger_mode="multiple", **free)
+    ui.ask.click(api_name="ask", **ask_event)
+    ui.question.submit(api_visibility="private", **ask_event)
+    ui.stop.click(h["on_stop"], None, [ui.stats], api_name="stop", **free)
+    ui.clear.click(h["on_clear"], None, [ui.chatbot, ui.stats], api_visibility="private", **free)
+    ui.find.click(h["on_moment"], [ui.query], [ui.plot, ui.frame, ui.moment_text], api_name="find_moment", **free)
+    ui.query.submit(h["on_moment"], [ui.query], [ui.plot, ui.frame, ui.moment_text], api_visibility="private", **free)
+    app.load(h["show_info"], None, ui.info, api_name="model_info", show_progress="hidden")
+    app.unload(h["on_unload"])
+
+def build_app(backend: DemoBackend, title: str = "vtom — chat with a video") -> gr.Blocks:
+    "The Blocks app: video and labelled clips, chat with queued questions and Stop, social timeline, 'Find the moment', model card."
+    clips = example_videos()
+    handlers = _video_handlers(backend, clips) | _chat_handlers(backend)
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        _wire(app, _layout(backend, title, clips), handlers)
     return app
+
 
 # %% ../nbs/10_demo.ipynb #85d3d202
 def _loopback(host: str) -> bool:
@@ -927,13 +948,9 @@ def demo_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vtom demo", description="Chat with a video, see its social timeline and find moments in it, "
                                 "in the browser (offline).")
     p.add_argument("--checkpoint", default=None, help="trained projector directory (from vtom train); default: an untrained projector")
-    p.add_argument("--llm", default=None, help="language model: embedded (SmolLM2-135M-Instruct), a local dir or a hub name "
-                   "(default: the checkpoint's, else embedded)")
-    p.add_argument("--vision", default=None, help="vision tower: hf:ID|hf:DIR, open_clip:ARCH:PRETRAINED, random:ARCH "
-                   f"(default: the checkpoint's, else {OFFLINE_TOWER})")
+    add_options(p, ModelOptions, helps={"vision": f"vision tower (default: the checkpoint's, else {OFFLINE_TOWER})"})
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--num-frames", type=int, default=None, help=f"frames sampled per video (default: the checkpoint's, else {REFERENCE_NUM_FRAMES})")
     p.add_argument("--social-frames", type=int, default=REFERENCE_NUM_FRAMES, help="frames of the social timeline (faces, expressions, voice, "
                    f"words); 0 turns it off (default {REFERENCE_NUM_FRAMES})")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -942,8 +959,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-question-chars", type=int, default=Limits.question_chars, help="longest question accepted (characters)")
     p.add_argument("--per-minute", type=int, default=Limits.per_minute, help="requests one browser tab may send a minute")
     p.add_argument("--concurrency", type=int, default=1, help="jobs using the model at once; the others wait in line (default 1)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the untrained projector's random weights (without --checkpoint)")
+    add_options(p, RunOptions, ("device", "seed"), helps={"seed": "seed of the untrained projector's random weights (without --checkpoint)"})
     args = p.parse_args(argv)
     if args.checkpoint and not Path(args.checkpoint).is_dir():
         raise VtomError(f"Checkpoint {args.checkpoint} is not a directory; pass the folder written by `vtom train`.")

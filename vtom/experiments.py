@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -16,27 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import VtomError, atomic_path, get_logger, write_json
-from .evaluate import DEFAULT_SCORING, EvalSetup, evaluate_questions
-from .model import OBSERVATION_COLUMNS, OBSERVATION_GROUPS, FramePerception, observation_slices, perception_loss
-from .locate import (HashingQueryEncoder, _threads, load_moments, temporal_iou, loo_moment_scores, method_windows,
-                         evidence_examples, method_slug, moment_examples, retrieval_table, rows_by, temporal_tokens, train_moment_head,
-                         write_qvh)
-from .registry import STUDY_TOWER, TEST_TOWER, tower_kind
-from .stats import bootstrap_ci, markdown_table, paired_comparison
-from .synth import FAMILIES, TAGS
+from .core import RunOptions, VtomError, add_options, get_logger, write_json
+from .locate import (HashingQueryEncoder, _threads, evidence_examples, load_moments, loo_moment_scores,
+                         method_slug, method_windows, moment_examples, retrieval_table, rows_by, temporal_iou,
+                         temporal_tokens, train_moment_head, write_qvh)
+from .perception import STUDY_NUM_FRAMES, split_videos, synth_features
+from .registry import STUDY_TOWER, TEST_TOWER, ModelOptions, tower_kind
+from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
+from .studies import MC_MODES, load_arm, mc_predictions, score_modes, train_arm
+
 
 # %% auto #0
-__all__ = ['PROBE_FACTS', 'STUDY_NUM_FRAMES', 'MC_MODES', 'RETRIEVAL_BASELINES', 'TRACKER_QTYPES', 'AT_CONTAINER_Y',
-           'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'STUDY_QTYPES', 'STUDY_FAMILIES', 'SOURCE_NAMES', 'BAG_ARM',
-           'DRY_RUN', 'linear_probe', 'frame_facts', 'probe_data', 'probe_table', 'synth_features', 'split_videos',
-           'mc_predictions', 'mc_table', 'goal_verdicts', 'what_this_run_shows', 'goal_report', 'report_markdown',
-           'tracker_targets', 'tracker_data', 'write_tracker_targets', 'train_tracker', 'tracker_probs',
-           'frame_accuracy', 'container_slots', 'option_of', 'tracker_choices', 'tracker_answers',
-           'belief_false_windows', 'window_success', 'observation_vector', 'train_perception', 'perception_accuracy',
-           'observation_stores', 'bag_features', 'pooled_slot_features', 'BagOfFrames', 'fit_bag',
-           'plot_belief_timeline', 'plot_learning_curves', 'study_markdown', 'temporal_study', 'temporal_main',
-           'goal_main']
+__all__ = ['PROBE_FACTS', 'RETRIEVAL_BASELINES', 'linear_probe', 'frame_facts', 'probe_data', 'probe_table', 'mc_table',
+           'goal_verdicts', 'what_this_run_shows', 'goal_report', 'report_markdown', 'goal_main']
 
 # %% ../nbs/08b_experiments.ipynb #95a3cd5c
 @torch.no_grad()
@@ -110,40 +101,7 @@ def probe_table(store: Any, synth_dir: str | Path, train_ids: Sequence[str], tes
         rows.append({"features": name, "fact": k, **r, "gain": r["accuracy"] - r["majority"]})
     return rows
 
-# %% ../nbs/08b_experiments.ipynb #5d6924b8
-STUDY_NUM_FRAMES = 32   # frames of the synthetic studies: the cartoons are short, and 32 keeps them CPU-sized
-
-def synth_features(synth_dir: str | Path, tower_name: str, num_frames: int = STUDY_NUM_FRAMES, out: str | Path | None = None,
-                   device: str = "auto", progress: bool = False) -> Path:
-    "Features of all videos of a `vtom synth` folder (resumable) in `out` (default `SYNTH/features/{tower}-{num_frames}`)."
-    from vtom.features import extract_to_store, list_videos, load_vision_tower
-    synth_dir = Path(synth_dir)
-    if not (synth_dir / "videos").is_dir(): raise VtomError(f"{synth_dir} has no videos/ folder; generate it with `vtom synth {synth_dir}`.")
-    out = Path(out) if out else synth_dir / "features" / f"{tower_name.replace(':', '-').replace('/', '_')}-{num_frames}"
-    tower = load_vision_tower(tower_name, device=device)
-    extract_to_store(list_videos(synth_dir / "videos"), out, tower, num_frames=num_frames, progress=progress)
-    return out
-
-def split_videos(synth_dir: str | Path, split: str) -> list[str]:
-    "Video ids of one split of a `vtom synth` folder (from its question file)."
-    from vtom.data import read_jsonl
-    return sorted({r["vid_name"] for _, r in read_jsonl(Path(synth_dir) / f"qa_{split}.json")})
-
 # %% ../nbs/08b_experiments.ipynb #14865e19
-MC_MODES = ("video", "text", "shuffled", "blank")
-
-def mc_predictions(model: nn.Module, questions: Sequence[Any], store: Any, mode: str = "video", seed: int = 0,
-                   progress: bool = False, rules: Sequence[str] = ()) -> list[dict]:
-    "Per question with features: predicted option (`vtom.evaluate`'s default scoring rule; `preds`: every rule of `rules` too), correctness, qtype and family."
-    from vtom.features import FeatureStore
-    if mode not in MC_MODES: raise VtomError(f"mode must be one of {MC_MODES}, not {mode!r}.")
-    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    setup = EvalSetup(model, model.tokenizer, model.config.template, store, model.config.num_frames)
-    res = evaluate_questions(setup, list(questions), mode, scoring=DEFAULT_SCORING, seed=seed, progress=progress, rules=list(rules) or None)
-    if res["failed"]: raise VtomError(f"{len(res['failed'])} questions could not be scored, e.g. {res['failed'][0]}")
-    return [{"qid": r["qid"], "pred": r["pred"], "correct": r["correct"], "qtype": r["qtype"], "family": r["subset"], "mode": mode,
-             "preds": r.get("preds", {})} for r in res["records"]]
-
 def mc_table(preds: Sequence[dict], by: str = "qtype", videos: dict[str, str] | None = None) -> list[dict]:
     "Accuracy with a 95% bootstrap interval (over whole videos when `videos` maps qid -> video) per mode and group (plus 'all')."
     rows = []
@@ -179,11 +137,6 @@ def goal_verdicts(report: dict) -> dict:
     return out
 
 # %% ../nbs/08b_experiments.ipynb #6abdc8e9
-def _sentence(model: str, base: str, c: dict) -> str:
-    lo, hi = c["ci95"]
-    word = "better than" if lo > 0 else "worse than" if hi < 0 else "not better than"
-    return f"{model} is {word} {base}: {c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={c['n']}, {c['accuracy_a']:.2f} vs {c['accuracy_b']:.2f}, McNemar p={c['p_mcnemar']:.3g})"
-
 def what_this_run_shows(verdicts: dict) -> str:
     "The opening section of `report.md`: per goal, paired differences to each baseline in sentences, then the verdicts."
     lines = ["## What this run shows", ""]
@@ -191,7 +144,7 @@ def what_this_run_shows(verdicts: dict) -> str:
     for goal, v in verdicts.items():
         m = v["chosen on val"]
         lines += [f"**{goal}** ({v['metric']}): the model chosen on val is {m} (val {v['val'][m]:.2f}; test {v['test']:.2f}, n={v['n']}).", ""]
-        lines += [f"- {_sentence(m, b, c)}" for b, c in v["comparisons"].items()] + [""]
+        lines += [f"- {comparison_sentence(m, b, c)}" for b, c in v["comparisons"].items()] + [""]
     lines += ["### Goals", ""]
     for goal, v in verdicts.items():
         lines.append(f"- {goal}: **{'met' if v['met'] else 'not met'}** ({v['chosen on val']} against {len(v['comparisons'])} baselines; "
@@ -214,16 +167,86 @@ def _belief_change_success(examples: Sequence[Any], methods: dict[str, dict]) ->
         out[name] = res
     return out
 
+def _goal_data(synth_dir: Path, mc_qtypes: Sequence[str] | None) -> dict:
+    "Moments, questions (all; those of `mc_qtypes` on val and test as `mcq`) and question rows of a `vtom synth` folder's splits."
+    from vtom.data import load_siq2, read_jsonl
+    splits = ("train", "val", "test")
+    questions = {sp: load_siq2(synth_dir / f"qa_{sp}.json", source="synth") for sp in splits}
+    return {"moments": {sp: load_moments(synth_dir / f"moments_{sp}.jsonl") for sp in splits}, "questions": questions,
+            "mcq": {sp: [q for q in questions[sp] if mc_qtypes is None or q.qtype in mc_qtypes] for sp in ("val", "test")},
+            "rows": {sp: [r for _, r in read_jsonl(synth_dir / f"qa_{sp}.json")] for sp in ("train", "test")}}
+
+def _goal_paired(data: dict, goal_mc: str, goal_rt: str) -> dict:
+    "The report's `paired` entries before any arm: per goal its metric, qid -> video, and the baselines no model needs (test)."
+    from vtom.synth import heuristic_correct
+    mcq, rows = data["mcq"], data["rows"]
+    videos = {q.qid: q.video_id for q in mcq["test"]} | {m["qid"]: m["vid_name"] for m in data["moments"]["test"]}
+    shared_mc = {h: {q.qid: int(ok[q.qid]) for q in mcq["test"]} for h, ok in heuristic_correct(rows["test"]).items()}
+    major = int(np.bincount([r["answer_idx"] for r in rows["train"]], minlength=4).argmax())
+    shared_mc["majority position"] = {q.qid: int(q.answer_idx == major) for q in mcq["test"]}
+    return {goal_mc: {"metric": "accuracy on test questions", "videos": videos, "candidates": {}, "shared": shared_mc},
+            goal_rt: {"metric": "'never' right or R1@0.5 on 'when does A start to believe something false?'",
+                      "videos": videos, "candidates": {}, "shared": {}}}
+
+def _goal_retrieval(report: dict, k: str, store: Any, moments: dict, out: Path, goal_rt: str) -> dict:
+    "Moment retrieval on tower `k`'s features: the trained head and feature change against the baselines; returns the examples per split."
+    seed = report["seed"]
+    ex = {sp: moment_examples(moments[sp], store)[0] for sp in ("train", "val", "test")}
+    enc = HashingQueryEncoder(256)
+    head, hlog = train_moment_head(ex["train"], enc, steps=report["head_steps"], seed=seed)
+    methods = {sp: method_windows(ex[sp], ex["train"], head, enc, seed=seed) for sp in ("val", "test")}
+    succ = {sp: _belief_change_success(ex[sp], methods[sp]) for sp in ("val", "test")}
+    base = {b: succ["test"][b] for b in RETRIEVAL_BASELINES if b in succ["test"]}
+    for m in ("head", "feature change"):
+        report["paired"][goal_rt]["candidates"][f"{m} ({k})"] = {"val": succ["val"][m], "test": succ["test"][m], "baselines": base}
+    report["retrieval"] += [{"features": k, **r} for r in retrieval_table(ex["test"], methods["test"])]
+    write_qvh(out / "qvh" / method_slug(k), ex["test"], methods["test"])   # the field's format: ground truth + ranked predictions
+    report["retrieval_by_mtype"] += [{"features": k, **r} for r in rows_by(ex["test"], methods["test"])]
+    return ex
+
+def _goal_model(report: dict, k: str, store: Any, shape: tuple[int, ...], synth_dir: Path, out: Path, device: str) -> nn.Module:
+    "Tower `k`'s arm: a projector trained on the benchmark's questions (`vtom.studies.train_arm`), untrained when `train_steps` is 0."
+    llm, num_frames, steps = report["llm"], report["num_frames"], report["train_steps"]
+    if steps == 0:   # plumbing check: an untrained projector
+        from vtom.model import build_video_llm, resolve_spec
+        model = build_video_llm(resolve_spec(llm=llm, vision=report["towers"][k], vision_hidden_size=shape[1], num_frames=num_frames,
+                                             num_spatial_tokens=shape[0] - num_frames), device=device).eval()
+        report["training"][k] = {"global_step": 0}
+        return model
+    ckpt = train_arm(synth_dir / "qa_train.json", store, out / f"projector-{k.replace(' ', '_')}", llm, num_frames, steps,
+                     report["train_batch"], report["learning_rate"], device, report["seed"],
+                     eval_data=str(synth_dir / "qa_val.json") if report["held_out_loss"] else None)
+    metrics = json.loads((ckpt / "train_metrics.json").read_text())
+    report["training"][k] = {kk: metrics.get(kk) for kk in ("eval_loss_before", "eval_loss_after", "train_records", "global_step")}
+    return load_arm(ckpt, device)
+
+def _goal_mc(report: dict, k: str, model: nn.Module, store: Any, mcq: dict, goal_mc: str, progress: bool) -> None:
+    "Multiple choice of tower `k`'s arm: val (video) and test under every mode, as a paired candidate and rows of `report['mc']`."
+    seed, videos = report["seed"], report["paired"][goal_mc]["videos"]
+    val = mc_predictions(model, mcq["val"], store, "video", seed, progress)
+    test = score_modes(model, mcq["test"], store, MC_MODES, seed, progress)
+    ok = lambda preds: {p["qid"]: int(p["correct"]) for p in preds}
+    report["paired"][goal_mc]["candidates"][f"video ({k})"] = {
+        "val": ok(val), "test": ok(test["video"]), "baselines": {f"{m} ({k})": ok(test[m]) for m in MC_MODES if m != "video"}}
+    for preds in test.values():
+        report["mc"] += [{"features": k, "split": "test", **r} for r in mc_table(preds, "qtype", videos)]
+        report["mc"] += [{"features": k, "split": "test", **r} for r in mc_table(preds, "family", videos) if r["family"] != "all"]
+    report["mc"] += [{"features": k, "split": "val", **r} for r in mc_table(val, "qtype", {q.qid: q.video_id for q in mcq["val"]})]
+
+def _goal_evidence(report: dict, k: str, model: nn.Module, store: Any, questions: dict, progress: bool) -> None:
+    "Leave-one-out on the answers of tower `k`'s arm, scored against the window of each answer's evidence (`report['evidence']`)."
+    ev_tr, _ = evidence_examples(questions["train"], store, report["loo_qtypes"])
+    ev_te, pairs = evidence_examples(questions["test"], store, report["loo_qtypes"])
+    sel = ev_te[:report["loo_limit"]]
+    ev_methods = method_windows(sel, ev_tr, loo=loo_moment_scores(model, sel, pairs, progress=progress), seed=report["seed"])
+    report["evidence"] += [{"features": k, **r} for r in retrieval_table(sel, ev_methods)]
+
 def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] | None = None, num_frames: int = STUDY_NUM_FRAMES,
                 llm: str = "embedded", train_steps: int = 150, train_batch: int = 8, learning_rate: float = 1e-3,
                 head_steps: int = 300, mc_towers: Sequence[str] = ("random CLIP",), loo_towers: Sequence[str] = ("random CLIP",),
                 loo_limit: int | None = None, loo_qtypes: Sequence[str] | None = ("belief",), mc_qtypes: Sequence[str] | None = ("belief",),
                 held_out_loss: bool = True, device: str = "cpu", seed: int = 0, progress: bool = False) -> dict:
     "Probes, moment retrieval, leave-one-out on the answers' evidence and (per tower in `mc_towers`) projector training + MC, with paired verdicts."
-    from vtom.data import load_siq2, read_jsonl
-    from vtom.model import VideoLLM
-    from vtom.synth import heuristic_correct
-    from vtom.train import train
     log = get_logger("vtom.experiments")
     synth_dir, out = Path(synth_dir), Path(out)
     towers = towers or {"random CLIP": TEST_TOWER, "thumbnail": STUDY_TOWER}
@@ -234,71 +257,21 @@ def goal_report(synth_dir: str | Path, out: str | Path, towers: dict[str, str] |
     tick = time.time
     t = tick(); stores = {k: synth_features(synth_dir, name, num_frames, device=device, progress=progress) for k, name in towers.items()}
     report["seconds"]["features"] = round(tick() - t, 1)
-    splits = ("train", "val", "test")
-    ids = {sp: split_videos(synth_dir, sp) for sp in splits}
+    ids = {sp: split_videos(synth_dir, sp) for sp in ("train", "val", "test")}
     report["videos"] = {sp: len(v) for sp, v in ids.items()}
     t = tick(); report["probes"] = [r for k, s in stores.items() for r in probe_table(s, synth_dir, ids["train"], ids["test"], k)]
     report["seconds"]["probes"] = round(tick() - t, 1)
-    moments = {sp: load_moments(synth_dir / f"moments_{sp}.jsonl") for sp in splits}
-    questions = {sp: load_siq2(synth_dir / f"qa_{sp}.json", source="synth") for sp in splits}
-    mcq = {sp: [q for q in questions[sp] if mc_qtypes is None or q.qtype in mc_qtypes] for sp in ("val", "test")}
-    rows = {sp: [r for _, r in read_jsonl(synth_dir / f"qa_{sp}.json")] for sp in ("train", "test")}
+    data = _goal_data(synth_dir, mc_qtypes)
     goal_mc, goal_rt = f"multiple choice ({', '.join(mc_qtypes or ['all'])})", "belief change retrieval"
-    videos = {q.qid: q.video_id for q in mcq["test"]} | {m["qid"]: m["vid_name"] for m in moments["test"]}
-    shared_mc = {h: {q.qid: int(ok[q.qid]) for q in mcq["test"]} for h, ok in heuristic_correct(rows["test"]).items()}
-    major = int(np.bincount([r["answer_idx"] for r in rows["train"]], minlength=4).argmax())
-    shared_mc["majority position"] = {q.qid: int(q.answer_idx == major) for q in mcq["test"]}
-    report["paired"] = {goal_mc: {"metric": "accuracy on test questions", "videos": videos, "candidates": {}, "shared": shared_mc},
-                        goal_rt: {"metric": "'never' right or R1@0.5 on 'when does A start to believe something false?'",
-                                  "videos": videos, "candidates": {}, "shared": {}}}
+    report["paired"] = _goal_paired(data, goal_mc, goal_rt)
     report["retrieval"], report["retrieval_by_mtype"], report["evidence"], report["mc"], report["training"] = [], [], [], [], {}
     for k, store in stores.items():
         t = tick()
-        ex = {sp: moment_examples(moments[sp], store)[0] for sp in splits}
-        enc = HashingQueryEncoder(256)
-        head, hlog = train_moment_head(ex["train"], enc, steps=head_steps, seed=seed)
-        methods = {sp: method_windows(ex[sp], ex["train"], head, enc, seed=seed) for sp in ("val", "test")}
-        succ = {sp: _belief_change_success(ex[sp], methods[sp]) for sp in ("val", "test")}
-        base = {b: succ["test"][b] for b in RETRIEVAL_BASELINES if b in succ["test"]}
-        for m in ("head", "feature change"):
-            report["paired"][goal_rt]["candidates"][f"{m} ({k})"] = {"val": succ["val"][m], "test": succ["test"][m], "baselines": base}
-        report["retrieval"] += [{"features": k, **r} for r in retrieval_table(ex["test"], methods["test"])]
-        write_qvh(out / "qvh" / method_slug(k), ex["test"], methods["test"])   # the field's format: ground truth + ranked predictions
-        report["retrieval_by_mtype"] += [{"features": k, **r} for r in rows_by(ex["test"], methods["test"])]
+        ex = _goal_retrieval(report, k, store, data["moments"], out, goal_rt)
         if k in mc_towers or k in loo_towers:
-            if train_steps == 0:   # plumbing check: an untrained projector
-                from vtom.model import VideoLLMConfig, load_llm
-                lm, tok = load_llm(llm, device=device)
-                shape = tuple(ex["train"][0].features.shape)
-                model = VideoLLM(VideoLLMConfig(lm_name=llm, vision_name=towers[k], vision_hidden_size=shape[1], num_frames=num_frames,
-                                                num_spatial_tokens=shape[0] - num_frames), lm, tok).eval()
-                report["training"][k] = {"global_step": 0}
-            else:
-                run = out / f"projector-{k.replace(' ', '_')}"
-                ckpt = train(dict(train_data=str(synth_dir / "qa_train.json"), features=str(store),
-                                  eval_data=str(synth_dir / "qa_val.json") if held_out_loss else None,
-                                  output_dir=str(run), llm=llm, num_frames=num_frames, max_steps=train_steps, batch_size=train_batch,
-                                  global_batch_size=train_batch, learning_rate=learning_rate, device=device, seed=seed,
-                                  save_steps=max(train_steps, 1), logging_steps=max(1, train_steps // 20)))
-                metrics = json.loads((Path(ckpt) / "train_metrics.json").read_text())
-                report["training"][k] = {kk: metrics.get(kk) for kk in ("eval_loss_before", "eval_loss_after", "train_records", "global_step")}
-                model = VideoLLM.from_pretrained(ckpt, device=device).eval()
-            if k in mc_towers:
-                val = mc_predictions(model, mcq["val"], store, "video", seed, progress)
-                test = {mode: mc_predictions(model, mcq["test"], store, mode, seed, progress) for mode in MC_MODES}
-                ok = lambda preds: {p["qid"]: int(p["correct"]) for p in preds}
-                report["paired"][goal_mc]["candidates"][f"video ({k})"] = {
-                    "val": ok(val), "test": ok(test["video"]), "baselines": {f"{m} ({k})": ok(test[m]) for m in MC_MODES if m != "video"}}
-                for preds in test.values():
-                    report["mc"] += [{"features": k, "split": "test", **r} for r in mc_table(preds, "qtype", videos)]
-                    report["mc"] += [{"features": k, "split": "test", **r} for r in mc_table(preds, "family", videos) if r["family"] != "all"]
-                report["mc"] += [{"features": k, "split": "val", **r} for r in mc_table(val, "qtype", {q.qid: q.video_id for q in mcq["val"]})]
-            if k in loo_towers:
-                ev_tr, _ = evidence_examples(questions["train"], store, loo_qtypes)
-                ev_te, pairs = evidence_examples(questions["test"], store, loo_qtypes)
-                sel = ev_te[:loo_limit]   # leave-one-out on the answer, scored against the window of its evidence
-                ev_methods = method_windows(sel, ev_tr, loo=loo_moment_scores(model, sel, pairs, progress=progress), seed=seed)
-                report["evidence"] += [{"features": k, **r} for r in retrieval_table(sel, ev_methods)]
+            model = _goal_model(report, k, store, tuple(ex["train"][0].features.shape), synth_dir, out, device)
+            if k in mc_towers: _goal_mc(report, k, model, store, data["mcq"], goal_mc, progress)
+            if k in loo_towers: _goal_evidence(report, k, model, store, data["questions"], progress)
             del model
         report["seconds"][f"retrieval+mc {k}"] = round(tick() - t, 1)
         log.info(f"{k}: {len(ex['test'])} test moments done in {tick() - t:.0f} s")
@@ -329,714 +302,6 @@ def report_markdown(report: dict) -> str:
     parts.append(f"\nSeconds: `{report['seconds']}`\n")
     return "\n".join(parts)
 
-# %% ../nbs/08b_experiments.ipynb #96f0c2c4
-def _frame_index(event_t: Sequence[float], timestamps: Sequence[float]) -> np.ndarray:
-    "Index of the nearest event-log frame for every sampled timestamp."
-    t, ts = np.asarray(event_t, float), np.asarray(timestamps, float)
-    if len(t) < 2: return np.zeros(len(ts), int)
-    hi = np.clip(np.searchsorted(t, ts), 1, len(t) - 1)
-    return np.where(np.abs(t[hi - 1] - ts) <= np.abs(t[hi] - ts), hi - 1, hi)
-
-def tracker_targets(events: dict, timestamps: Sequence[float], num_frames: int) -> torch.Tensor:
-    "`[num_frames, 7]` labels (`vtom.model.TRACKER_COLUMNS`) at the sampled frames of one `events/{vid}.json`; -100 on padding."
-    from vtom.model import IGNORE_INDEX, TRACKER_PLACES
-    st = events["frames"]
-    slots = {c["name"]: f"slot{k}" for k, c in enumerate(sorted(events["layout"]["containers"], key=lambda c: c["x"]))}
-    place = lambda v: TRACKER_PLACES.index(slots.get(v, v) if v is not None else "none") if (v is None or slots.get(v, v) in TRACKER_PLACES) else IGNORE_INDEX
-    idx = _frame_index(st["t"], timestamps)
-    cols = [[place(st[k][i]) for i in idx] for k in ("belief_A", "belief_B", "B_thinks_A_believes")]
-    cols += [[int(bool(st[k][i])) for i in idx] for k in ("sees_scene_A", "sees_scene_B", "belief_false_A", "belief_false_B")]
-    out = torch.full((num_frames, len(cols)), IGNORE_INDEX, dtype=torch.long)
-    out[:len(idx)] = torch.tensor(cols, dtype=torch.long).T[:num_frames]
-    return out
-
-def tracker_data(store: Any, synth_dir: str | Path, video_ids: Sequence[str]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    "Video ids with features, their features `[V, N, D]` (fp16) and per-frame tracker targets `[V, num_frames, 7]`."
-    from vtom.features import FeatureStore
-    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    ids = [v for v in video_ids if v in store]
-    if not ids: raise VtomError(f"tracker_data: none of {len(video_ids)} videos has features in {store.folder}.")
-    feats, targets = [], []
-    for vid in ids:
-        meta = store.meta(vid)
-        ev = json.loads((Path(synth_dir) / "events" / f"{vid}.json").read_text())
-        feats.append(store[vid].half()); targets.append(tracker_targets(ev, meta["timestamps"], int(meta["num_frames"])))
-    return ids, torch.stack(feats), torch.stack(targets)
-
-
-def write_tracker_targets(store: Any, synth_dir: str | Path, video_ids: Sequence[str], path: str | Path) -> Path:
-    "The labels file of `vtom train --tracker-weight`: per video id of `video_ids` with features, its `[num_frames, 7]` tracker targets."
-    from safetensors.torch import save_file
-    from vtom.features import FeatureStore
-    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    labels = {}
-    for vid in (v for v in video_ids if v in store):
-        meta = store.meta(vid)
-        ev = json.loads((Path(synth_dir) / "events" / f"{vid}.json").read_text())
-        labels[vid] = tracker_targets(ev, meta["timestamps"], int(meta["num_frames"])).contiguous()
-    with atomic_path(path) as tmp: save_file(labels, str(tmp))
-    return Path(path)
-
-# %% ../nbs/08b_experiments.ipynb #769b9298
-def train_tracker(feats: torch.Tensor, targets: torch.Tensor, projector_type: str = "graph", num_frames: int = STUDY_NUM_FRAMES,
-                  graph_cells: int = 16, width: int = 576, steps: int = 200, batch_size: int = 16, learning_rate: float = 1e-3,
-                  seed: int = 0, log_every: int = 10) -> tuple[nn.Module, nn.Module, list[dict]]:
-    "Train a fresh projector + `MentalStateTracker` on per-frame truth alone (no LM) -> `(projector, tracker, history)`."
-    from vtom.model import MentalStateTracker, build_projector, tracker_loss
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    projector = build_projector(projector_type, feats.shape[-1], width, num_frames, graph_cells)
-    tracker = MentalStateTracker(width)
-    params = [*projector.parameters(), *tracker.parameters()]
-    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max(steps, 1), pct_start=0.1)
-    history = []
-    for step in range(1, steps + 1):
-        i = torch.randint(len(feats), (min(batch_size, len(feats)),), generator=g)
-        loss = tracker_loss(tracker(projector(feats[i].float())[:, :num_frames]), targets[i])
-        opt.zero_grad(); loss.backward(); nn.utils.clip_grad_norm_(params, 1.0); opt.step(); sched.step()
-        if step % log_every == 0 or step in (1, steps): history.append({"step": step, "loss": round(loss.item(), 4)})
-    return projector.eval(), tracker.eval(), history
-
-@torch.no_grad()
-def tracker_probs(projector: nn.Module, tracker: nn.Module, feats: torch.Tensor, num_frames: int, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    "Per-frame probabilities: `places` `[V, T, 3, 7]` (softmax) and `flags` `[V, T, 4]` (sigmoid)."
-    outs = [tracker(projector(feats[i:i + batch_size].float())[:, :num_frames]) for i in range(0, len(feats), batch_size)]
-    return {"places": torch.cat([o["places"] for o in outs]).softmax(-1), "flags": torch.cat([o["flags"] for o in outs]).sigmoid()}
-
-def frame_accuracy(probs: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, float]:
-    "Per label column (`vtom.model.TRACKER_COLUMNS`): accuracy over the labelled frames (most likely place; flag at 0.5)."
-    from vtom.model import IGNORE_INDEX, TRACKER_COLUMNS
-    pred = torch.cat([probs["places"].argmax(-1), (probs["flags"] > 0.5).long()], -1)
-    known = targets != IGNORE_INDEX
-    return {c: round(float((pred[..., k] == targets[..., k])[known[..., k]].float().mean()), 3) for k, c in enumerate(TRACKER_COLUMNS)}
-
-# %% ../nbs/08b_experiments.ipynb #7c330b31
-TRACKER_QTYPES = {"belief": 0, "second_order": 2}   # question type -> believer column answered from the last frame
-
-def container_slots(synth_dir: str | Path, vid: str) -> list[str]:
-    "Container names of a video from left to right (slot k of the observations and the tracker is the k-th), from its event log."
-    ev = json.loads((Path(synth_dir) / "events" / f"{vid}.json").read_text())
-    return [c["name"] for c in sorted(ev["layout"]["containers"], key=lambda c: c["x"])]
-
-def option_of(row: dict, container: str) -> int:
-    "The option index of `the {container}` in a question row (-1 when it is not an option)."
-    return next((i for i in range(4) if row[f"a{i}"] == f"the {container}"), -1)
-
-def tracker_choices(rows: Sequence[dict], probs: dict[str, torch.Tensor], ids: Sequence[str], synth_dir: str | Path,
-                    frames: dict[str, int]) -> dict[str, int]:
-    "qid -> the option the tracker picks for belief and second-order questions: the container believed in at the video's last real frame."
-    from vtom.model import TRACKER_PLACES
-    at, out, slots = {v: i for i, v in enumerate(ids)}, {}, {}
-    for r in rows:
-        if r["qtype"] not in TRACKER_QTYPES or r["vid_name"] not in at: continue
-        conts = slots.setdefault(r["vid_name"], container_slots(synth_dir, r["vid_name"]))
-        p = probs["places"][at[r["vid_name"]], frames[r["vid_name"]] - 1, TRACKER_QTYPES[r["qtype"]]]
-        out[r["qid"]] = option_of(r, conts[int(p[[TRACKER_PLACES.index(f"slot{k}") for k in range(len(conts))]].argmax())])
-    return out
-
-def tracker_answers(rows: Sequence[dict], probs: dict[str, torch.Tensor], ids: Sequence[str], synth_dir: str | Path,
-                    frames: dict[str, int]) -> dict[str, int]:
-    "qid -> 1/0 for belief and second-order questions: is the tracker's choice (`tracker_choices`) right?"
-    right = {r["qid"]: r["answer_idx"] for r in rows}
-    return {q: int(c == right[q]) for q, c in tracker_choices(rows, probs, ids, synth_dir, frames).items()}
-
-def belief_false_windows(probs: dict[str, torch.Tensor], ids: Sequence[str], timestamps: dict[str, list[float]], length: float,
-                         threshold: float = 0.5) -> dict[str, list[float] | None]:
-    "Video -> predicted 'A starts to believe something false' window `[t, t + length]` at the first frame with p(false) > threshold, else None ('never')."
-    out = {}
-    for i, vid in enumerate(ids):
-        ts = timestamps[vid]
-        hit = (probs["flags"][i, :len(ts), 2] > threshold).nonzero().flatten()
-        out[vid] = None if len(hit) == 0 else [float(ts[int(hit[0])]), float(ts[int(hit[0])]) + length]
-    return out
-
-def window_success(pred: list[float] | None, truth: list[float] | None) -> int:
-    "1 when 'never' is right, or the predicted window overlaps the true one with IoU >= 0.5."
-    if truth is None or pred is None: return int(truth is None and pred is None)
-    return int(float(temporal_iou(np.asarray(pred, float), np.asarray(truth, float))) >= 0.5 - 1e-9)
-
-# %% ../nbs/08b_experiments.ipynb #bd163f41
-AT_CONTAINER_Y = 130   # an agent lower than this (scene coordinates, 224 px high) stands at the row of containers
-
-def observation_vector(events: dict, timestamps: Sequence[float], num_frames: int) -> torch.Tensor:
-    "What one frame shows at each sampled time (one-hot per `OBSERVATION_GROUPS`; no memory, no mental state) -> `[num_frames + 1, D]`, the last row the time mean."
-    st, idx = events["frames"], _frame_index(events["frames"]["t"], timestamps)
-    conts = sorted(events["layout"]["containers"], key=lambda c: c["x"])
-    slot, xs = {c["name"]: f"slot{k}" for k, c in enumerate(conts)}, np.array([c["x"] for c in conts], float)
-    def at(pos): return f"slot{int(np.abs(xs - pos[0]).argmin())}" if pos[1] > AT_CONTAINER_Y else "none"
-    rows = []
-    for i in idx:
-        seen = {"object": slot.get(st["location"][i], st["location"][i]) if st["visible"][i] else "hidden"}
-        for a in "AB":
-            seen.update({f"{a} mode": st[f"mode_{a}"][i], f"{a} gaze": st[f"gaze_{a}"][i], f"{a} acts": "yes" if st["actor"][i] == a else "no",
-                         f"{a} at": at(st[f"pos_{a}"][i])})
-        rows.append([float(seen[g] == v) for g, vs in OBSERVATION_GROUPS.items() for v in vs])
-    x = torch.zeros(num_frames + 1, len(OBSERVATION_COLUMNS))
-    x[:len(rows)] = torch.tensor(rows[:num_frames])
-    x[num_frames] = x[:len(rows)].mean(0)
-    return x
-
-# %% ../nbs/08b_experiments.ipynb #20f177da
-def train_perception(frames: torch.Tensor, obs: torch.Tensor, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
-                     seed: int = 0, log_every: int = 20, layout: torch.Tensor | None = None, colours: Sequence[str] = (),
-                     kinds: Sequence[str] = ()) -> tuple[FramePerception, list[dict]]:
-    "Train `vtom.model.FramePerception` on frames `[N, H, W, 3]` (uint8) and their observation rows `[N, D]` (+ container names: `layout` `[N, 4, 2]` colour/kind indices into `colours`/`kinds`) -> `(net, history)`."
-    torch.manual_seed(seed)
-    g, net = torch.Generator().manual_seed(seed), FramePerception(colours=colours, kinds=kinds)
-    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max(steps, 1), pct_start=0.1)
-    history = []
-    net.train()
-    for step in range(1, steps + 1):
-        i = torch.randint(len(frames), (min(batch_size, len(frames)),), generator=g)
-        loss = perception_loss(net(frames[i]), obs[i])
-        if layout is not None:
-            col, kind = net.layout_logits(frames[i])
-            loss = loss + F.cross_entropy(col.flatten(0, 1), layout[i, :, 0].flatten()) + F.cross_entropy(kind.flatten(0, 1), layout[i, :, 1].flatten())
-        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-        if step % log_every == 0 or step in (1, steps): history.append({"step": step, "loss": round(loss.item(), 4)})
-    return net.eval(), history
-
-def perception_accuracy(probs: torch.Tensor, obs: torch.Tensor) -> dict[str, float]:
-    "Per observation group: share of frames whose most likely value is the true one."
-    return {g: round(float((probs[:, s].argmax(-1) == obs[:, s].argmax(-1)).float().mean()), 3) for g, s in observation_slices().items()}
-
-# %% ../nbs/08b_experiments.ipynb #a97acbc4
-PERCEPTION_SOURCES = ("tower", "learned", "oracle")   # the study's inputs: tower features, FramePerception, the event log
-PERCEPTION_SIZE = 112   # frames are decoded at this side for FramePerception (the object stays a few pixels wide)
-
-def observation_stores(synth_dir: str | Path, num_frames: int = STUDY_NUM_FRAMES, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
-                       size: int = PERCEPTION_SIZE, seed: int = 0, progress: bool = False, perception_from: str | Path | None = None) -> dict[str, Any]:
-    """Feature stores of observation rows for every video of a `vtom synth` folder: `oracle` (the event log) and `learned`
-    (`FramePerception` trained on the train split, or the weights file `perception_from` as it is, e.g. for an OOD set)."""
-    from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
-    from vtom.decode import read_video
-    from vtom.features import FeatureStore, list_videos, save_features, video_id_of
-    synth_dir = Path(synth_dir)
-    tag = f"-perception-{zlib.crc32(Path(perception_from).read_bytes()):08x}" if perception_from else ""
-    root = synth_dir / "features" / f"observations-{num_frames}-{size}px{tag}"
-    paths = {s: root / s for s in ("oracle", "learned")}
-    ids = [video_id_of(p) for p in list_videos(synth_dir / "videos")]
-    report = root / "perception.json"
-    if all(v in FeatureStore(paths["learned"]) for v in ids) and report.is_file():
-        return {**paths, **json.loads(report.read_text())}
-    frames, obs, meta = {}, {}, {}
-    for p in paths.values(): p.mkdir(parents=True, exist_ok=True)
-    for v in tqdm(ids, desc="frames", unit="video", disable=not progress):
-        clip = read_video(synth_dir / "videos" / f"{v}.mp4", num_frames, size=size, resize_mode="bilinear")
-        frames[v] = torch.from_numpy(np.asarray(clip.frames))
-        obs[v] = observation_vector(json.loads((synth_dir / "events" / f"{v}.json").read_text()), clip.timestamps, num_frames)
-        meta[v] = {"video_id": v, "num_frames": num_frames, "frames": len(clip.timestamps), "timestamps": [float(t) for t in clip.timestamps]}
-        if v not in FeatureStore(paths["oracle"]):
-            save_features(paths["oracle"] / f"{v}.safetensors", obs[v].half(), {**meta[v], "layout": "observations", "source": "oracle"})
-    weights = Path(perception_from) if perception_from else root / "perception.safetensors"
-    train_ids = [v for v in split_videos(synth_dir, "train") if v in frames] if (synth_dir / "qa_train.json").is_file() and not perception_from else []
-    net, history = FramePerception(), []
-    if weights.is_file(): net.load_state_dict(load_file(str(weights)))
-    elif perception_from: raise VtomError(f"perception_from: no weights file {weights}; run the study on the training set first.")
-    else:
-        cat = lambda d, vs: torch.cat([d[v][:meta[v]["frames"]] for v in vs])
-        net, history = train_perception(cat(frames, train_ids), cat(obs, train_ids), steps, batch_size, learning_rate, seed)
-        with atomic_path(weights) as tmp: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    probs = {}
-    for v in ids:
-        p = net.probs(frames[v])
-        probs[v] = p
-        rows = torch.zeros_like(obs[v])
-        rows[:len(p)], rows[num_frames] = p, p.mean(0)
-        save_features(paths["learned"] / f"{v}.safetensors", rows.half(), {**meta[v], "layout": "observations", "source": "learned"})
-    test_ids = [v for v in split_videos(synth_dir, "test") if v in probs]
-    acc = perception_accuracy(torch.cat([probs[v] for v in test_ids]), torch.cat([obs[v][:meta[v]["frames"]] for v in test_ids])) if test_ids else {}
-    info = {"perception test accuracy": acc, "perception history": history, "perception train videos": len(train_ids),
-            "weights": str(weights)}
-    write_json(report, info)
-    return {**paths, **info}
-
-# %% ../nbs/08b_experiments.ipynb #bag0002
-def _candidate_maps(n_slots: int = 4) -> torch.Tensor:
-    "`[n_slots, D, D']` 0/1 maps of an observation row onto candidate-relative columns (slot k -> 'candidate', other slots -> 'another')."
-    cols, k_cols = [], []
-    for g, vs in OBSERVATION_GROUPS.items():
-        cols += [f"{g}={v}" for v in vs if not v.startswith("slot")]
-        if any(v.startswith("slot") for v in vs): cols += [f"{g}=candidate", f"{g}=another"]
-    maps = torch.zeros(n_slots, len(OBSERVATION_COLUMNS), len(cols))
-    for k in range(n_slots):
-        for i, c in enumerate(OBSERVATION_COLUMNS):
-            g, v = c.split("=", 1)
-            maps[k, i, cols.index(c if not v.startswith("slot") else f"{g}={'candidate' if v == f'slot{k}' else 'another'}")] = 1
-    return maps
-
-def bag_features(obs: torch.Tensor, n_containers: int) -> torch.Tensor:
-    "Order-free features `[n_containers, F]` of one video's observation rows `[T, D]` (real frames): per candidate, mean and max over time of each column and each within-frame pair."
-    u = torch.einsum("td,kde->kte", obs.float(), _candidate_maps()[:n_containers])      # [K, T, D']
-    i, j = torch.triu_indices(u.shape[-1], u.shape[-1])
-    pairs = u[..., i] * u[..., j]                                                          # [K, T, D'(D'+1)/2]
-    return torch.cat([u.mean(1), u.amax(1), pairs.mean(1), pairs.amax(1)], -1)
-
-def pooled_slot_features(rows: torch.Tensor, n_slots: int = 4) -> torch.Tensor:
-    "Order-free features `[n_slots, n_slots * 2D]` of per-frame rows `[T, D]` without container columns (tower features): mean and max over time, in slot k's block."
-    f = torch.cat([rows.float().mean(0), rows.float().amax(0)])
-    return torch.block_diag(*[f[None]] * n_slots)
-
-class BagOfFrames:
-    "Conditional logistic regression over a video's candidate containers: score_k = w . features_k (standardised), softmax over the real ones."
-    def __init__(self, l2: float = 1e-2, steps: int = 200):
-        self.l2, self.steps = l2, steps
-
-    def fit(self, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> "BagOfFrames":
-        "`x` `[V, K, F]` features, `mask` `[V, K]` real containers, `y` `[V]` the right slot."
-        flat = x[mask]
-        self.mu, self.sd = flat.mean(0), flat.std(0) + 1e-6
-        self.w = torch.zeros(x.shape[-1], requires_grad=True)
-        opt = torch.optim.LBFGS([self.w], lr=0.5, max_iter=self.steps, line_search_fn="strong_wolfe")
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(self._scores(x, mask), y) + self.l2 * self.w.pow(2).sum()
-            loss.backward(); return loss
-        with _threads(1): opt.step(closure)
-        return self
-
-    def _scores(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (((x - self.mu) / self.sd) @ self.w).masked_fill(~mask, -1e9)
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        "The chosen slot per video `[V]`."
-        return self._scores(x, mask).argmax(1)
-
-def fit_bag(train: tuple, val: tuple, l2s: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)) -> tuple[BagOfFrames, dict[float, float]]:
-    "Fit a `BagOfFrames` per L2 strength on `train` = (x, mask, y); keep the one most accurate on `val` (ties: the stronger L2)."
-    fits = {l2: BagOfFrames(l2).fit(*train) for l2 in l2s}
-    acc = {l2: float((m.predict(*val[:2]) == val[2]).float().mean()) for l2, m in fits.items()}
-    best = max(acc, key=lambda l2: (acc[l2], l2))
-    return fits[best], acc
-
-# %% ../nbs/08b_experiments.ipynb #59e49b82
-def plot_belief_timeline(events: dict, timestamps: Sequence[float], places: torch.Tensor, title: str = ""):
-    "Per believer (A, B, B about A): believed place over time, truth (line) against the tracker's most likely place (dots), events shaded."
-    import matplotlib.pyplot as plt
-    from vtom.model import TRACKER_BELIEVERS, TRACKER_PLACES
-    truth = tracker_targets(events, timestamps, len(timestamps))
-    n = len(timestamps)
-    ts = np.asarray(timestamps, float)
-    fig, axes = plt.subplots(len(TRACKER_BELIEVERS), 1, figsize=(9, 1.7 * len(TRACKER_BELIEVERS)), sharex=True)
-    names = {f"slot{k}": c["name"] for k, c in enumerate(sorted(events["layout"]["containers"], key=lambda c: c["x"]))}
-    for b, ax in enumerate(axes):
-        for k, (name, w) in enumerate((k, v) for k, v in events.get("marks", {}).items() if isinstance(v, list) and len(v) >= 2
-                                      and all(isinstance(x, (int, float)) for x in v[:2])):
-            ax.axvspan(w[0], w[1], color=f"C{k % 10}", alpha=0.15, label=name if b == 0 else None)
-        ax.step(ts, truth[:n, b].numpy(), where="post", color="black", lw=2, label="truth" if b == 0 else None)
-        ax.plot(ts, places[:n, b].argmax(-1).numpy(), "o", color="C3", ms=4, label="tracker" if b == 0 else None)
-        ax.set_yticks(range(len(TRACKER_PLACES)), [names.get(p, p) for p in TRACKER_PLACES], fontsize=7)
-        ax.set_ylabel(TRACKER_BELIEVERS[b])
-    axes[-1].set_xlabel("time (s)")
-    axes[0].legend(fontsize=7, ncol=6, loc="upper left", bbox_to_anchor=(0, 1.45))
-    if title: fig.suptitle(title, y=1.02, fontsize=9)
-    plt.close(fig)
-    return fig
-
-def plot_learning_curves(history: dict[str, list[dict]]):
-    "Training loss against step for every arm of the study (LM arms: LM loss; tracker arms: tracker loss)."
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-    for arm, h in history.items():
-        if not h: continue
-        ax = axes[0] if arm.startswith("tracker") else axes[1]
-        ax.plot([r["step"] for r in h], [r["loss"] for r in h], label=arm)
-    for ax, t in zip(axes, ("tracker alone: tracker loss", "into the LM: LM loss")):
-        ax.set_title(t, fontsize=9); ax.set_xlabel("step"); ax.legend(fontsize=7)
-    plt.close(fig)
-    return fig
-
-def _verdict(g: dict, what: str) -> str:
-    return (f"**Goal {'met' if g['met'] else 'not met'} {what}**: the arm chosen on val is **{g['chosen on val']}**, belief accuracy "
-            f"{g['belief accuracy']:.3f} on {g['n']} test belief questions (false beliefs {g['false-belief accuracy']:.3f}; goal: >= 0.80 "
-            f"while text, shuffled frames, the bag of frames and the best heuristic ({g['best heuristic']}) stay <= 0.60 and every paired "
-            "CI of (model - baseline) excludes 0).\n")
-
-def study_markdown(rep: dict) -> str:
-    "`report.md` of `temporal_study`: the verdicts, the one table, decoy subsets, paired differences, retrieval, perception, set-up."
-    fams = [f for f in STUDY_FAMILIES if any(f in r for r in rep["table"])]
-    cols = ["arm", "mode", "n belief", "belief", "belief CI", *fams, "second-order q", "letters (belief)", "belief, letter-cyclic",
-            "letters, letter-cyclic", "OOD n", "OOD belief"]
-    lines = ["# Temporal mental-state study (`vtom run tom-temporal`)\n"]
-    if "goal" in rep: lines.append(_verdict(rep["goal"], "from video (tower features or learned perception)"))
-    if "goal with oracle perception" in rep: lines.append(_verdict(rep["goal with oracle perception"], "with oracle perception (an upper bound, not video)"))
-    lines += ["## Accuracy (test; belief = 'where will A look first?', all families, then per family; second-order question separately; "
-              "letters: how often each answer letter was picked on belief questions; OOD: the same arm on the out-of-distribution test set)\n",
-              markdown_table(rep["table"], [c for c in cols if any(c in r for r in rep["table"])])]
-    if rep.get("decoys"):
-        tags = [t for t in rep["decoys"][0] if t not in ("arm", "mode")]
-        lines += ["\n## Decoy subsets (test belief questions: accuracy (n) per subset; a video can be in several)\n",
-                  markdown_table(rep["decoys"], ["arm", "mode", *tags])]
-    for key, what in (("paired", "goal"), ("paired with oracle perception", "goal with oracle perception")):
-        if key in rep:
-            lines.append(f"\n## Paired differences of the arm chosen on val ({what}; same belief questions, video-clustered bootstrap)\n")
-            lines += [f"- {_sentence(rep[what]['chosen on val'], b, c)}" for b, c in rep[key].items()]
-    lines += ["\n## 'When does A start to believe something false?' (test; 'never' included)\n", markdown_table(rep["retrieval"]),
-              f"\nVal belief accuracy per arm (the choice): `{ {k: round(v, 3) for k, v in rep['val belief accuracy'].items()} }`\n",
-              f"Bag of frames, val accuracy per L2 strength: `{rep.get('bag val accuracy', {})}`\n",
-              "## Per-frame accuracy of the tracker alone (what it learned: believed places, then the flags)\n",
-              markdown_table(rep.get("tracker frame accuracy", [])) + "\n"]
-    if "perception" in rep:
-        p = rep["perception"]
-        rows = [{"set": "in-distribution test", "trained on videos": p["perception train videos"], **p["perception test accuracy"]}]
-        if "ood perception" in rep: rows.append({"set": "OOD test", "trained on videos": p["perception train videos"], **rep["ood perception"]})
-        lines += ["## Learned perception (`FramePerception` on the train split's frames; per-frame test accuracy per observation group)\n",
-                  markdown_table(rows) + "\n"]
-    lines += [f"## Set-up\n\nData `{rep['synth_dir']}` ({rep['videos']} videos; OOD `{rep.get('ood_dir')}`, {rep.get('ood videos')} test videos), "
-              f"{rep['num_frames']} frames; perception sources "
-              f"{rep['perception sources']} (tower `{rep['tower']}` with a {rep['grid']}x{rep['grid']} grid per frame; learned: "
-              f"{rep['perception_steps']} CNN steps); LM `{rep['llm']}` on {rep['lm perception']}, arms {rep['lm_arms']} (+ tracker loss: "
-              f"{rep['aux_arms']}): {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr {rep['learning_rate']} per LM arm; tracker arms "
-              f"{rep['tracker_arms']}: {rep['tracker_steps']} steps x batch {rep['tracker_batch']} at lr {rep['tracker_lr']}. On tower features "
-              "linear and temporal read the temporal tokens + time-mean grid cells and graph one row per frame with its grid cells; on "
-              "observations every projector reads one row per frame + the time mean. The tracker alone with the linear projector reads the "
-              "last frame only (`last frame`); the bag of frames pools every frame (`bag_features`, `BagOfFrames`).\n",
-              "Figures: `belief_timeline.png`, `learning_curves.png`.\n", f"Seconds: `{rep['seconds']}`\n"]
-    return "\n".join(lines)
-
-# %% ../nbs/08b_experiments.ipynb #798f4e37
-STUDY_QTYPES = ("belief", "second_order")
-STUDY_FAMILIES = FAMILIES   # vtom.synth's families: the table's per-family columns
-
-def _letters(picks: dict[str, int], qids: Sequence[str]) -> str:
-    "How often each answer letter was picked, e.g. 'A 40 B 45 C 50 D 45'."
-    n = np.bincount([picks[q] for q in qids if picks[q] >= 0], minlength=4)
-    return " ".join(f"{'ABCD'[i]} {n[i]}" for i in range(4))
-
-def _acc_row(arm: str, mode: str, right: dict[str, int], qinfo: dict[str, dict], picks: dict[str, int] | None = None, **extra) -> dict:
-    "One table row: belief accuracy (all families) with a video-clustered CI, per family, second-order accuracy, the letters picked, `extra` columns."
-    bel = [q for q in right if qinfo[q]["qtype"] == "belief"]
-    row = {"arm": arm, "mode": mode, "n belief": len(bel),
-           "belief": float(np.mean([right[q] for q in bel])) if bel else float("nan"),
-           "belief CI": bootstrap_ci([right[q] for q in bel], clusters=[qinfo[q]["video"] for q in bel]) if bel else None}
-    for f in STUDY_FAMILIES:
-        sel = [right[q] for q in bel if qinfo[q]["family"] == f]
-        row[f] = float(np.mean(sel)) if sel else float("nan")
-    so = [right[q] for q in right if qinfo[q]["qtype"] == "second_order"]
-    row["second-order q"] = float(np.mean(so)) if so else float("nan")
-    if picks: row["letters (belief)"] = _letters(picks, bel)
-    return row | extra
-
-def _decoy_row(arm: str, mode: str, right: dict[str, int], qinfo: dict[str, dict]) -> dict:
-    "Belief accuracy (n) of an arm on each decoy subset (`vtom.synth.TAGS`)."
-    bel = [q for q in right if qinfo[q]["qtype"] == "belief"]
-    row = {"arm": arm, "mode": mode}
-    for t in TAGS:
-        sel = [right[q] for q in bel if t in qinfo[q]["tags"]]
-        row[t] = f"{np.mean(sel):.3f} ({len(sel)})" if sel else ""
-    return row
-
-def _shuffled(feats: torch.Tensor, ids: Sequence[str], num_frames: int, mode: str, seed: int) -> torch.Tensor:
-    from vtom.evaluate import transform_features
-    return torch.stack([transform_features(f.float(), mode, num_frames, key=v, seed=seed).half() for f, v in zip(feats, ids)])
-
-SOURCE_NAMES = {"tower": "tower features", "learned": "learned perception", "oracle": "oracle perception"}
-BAG_ARM = "bag of frames (pooled pairs, logistic)"
-
-def _study_goal(arms: Sequence[str], val_right: dict[str, dict[str, int]], right: dict, qinfo: dict[str, dict]) -> tuple[dict, dict]:
-    "The arm of `arms` best on val belief questions, paired on test against its shuffled and blank frames, text, the bag of frames on its input and the best heuristic."
-    val_acc = {a: float(np.mean([v for q, v in val_right[a].items() if qinfo[q]["qtype"] == "belief"])) for a in arms}
-    chosen = max(val_acc, key=lambda a: (val_acc[a], a))
-    bel = sorted(q for q in right[(chosen, "video")] if qinfo[q]["qtype"] == "belief")
-    heur = {a: r for (a, m), r in right.items() if a.startswith("heuristic")}
-    best_h = max(heur, key=lambda a: np.mean([heur[a][q] for q in bel]))
-    bases = {f"{chosen}, shuffled frames": right[(chosen, "shuffled")], f"{chosen}, blank frames": right[(chosen, "blank")], best_h: heur[best_h]}
-    if ("text (LM, no video)", "text") in right: bases["text (LM, no video)"] = right[("text (LM, no video)", "text")]
-    bag = f"{BAG_ARM}, {chosen.rsplit(', ', 1)[-1]}"   # the order-free baseline on the chosen arm's input
-    if (bag, "video") in right: bases[bag] = right[(bag, "video")]
-    model_ok = [right[(chosen, "video")][q] for q in bel]
-    paired = {b: paired_comparison(model_ok, [r[q] for q in bel], [qinfo[q]["video"] for q in bel]) for b, r in bases.items()}
-    fair = {b: c for b, c in paired.items() if "blank" not in b}
-    fb = [right[(chosen, "video")][q] for q in bel if "false belief" in qinfo[q]["tags"]]
-    goal = {"chosen on val": chosen, "belief accuracy": float(np.mean(model_ok)), "n": len(bel), "best heuristic": best_h,
-            "false-belief accuracy": float(np.mean(fb)) if fb else float("nan"),
-            "best baseline": max(c["accuracy_b"] for c in fair.values()),
-            "met": bool(np.mean(model_ok) >= 0.80 and max(c["accuracy_b"] for c in fair.values()) <= 0.60 and all(c["ci95"][0] > 0 for c in fair.values()))}
-    return goal, paired
-
-def _study_sources(synth_dir: Path, needed: set[str], tower: str, num_frames: int, grid: int, perception_steps: int, seed: int,
-                   device: str, progress: bool, perception_from: str | None = None) -> tuple[dict, dict]:
-    "Per perception source: ({projector kind: feature store}, graph cells per frame); and the observation stores' report."
-    from vtom.features import extract_grid_store, graph_store, list_videos, load_vision_tower
-    sources, obs = {}, {}
-    if "tower" in needed:
-        gname = f"{tower.replace(':', '-').replace('/', '_')}-{num_frames}-grid{grid}"
-        gstore = extract_grid_store(list_videos(synth_dir / "videos"), synth_dir / "features" / gname,
-                                    load_vision_tower(tower, device=device), num_frames, grid, progress=progress)
-        pooled = graph_store(gstore, layout="pooled")
-        sources["tower"] = ({"linear": pooled, "temporal": pooled, "graph": graph_store(gstore)}, grid * grid)
-    if {"learned", "oracle"} & needed:
-        obs = observation_stores(synth_dir, num_frames, perception_steps, seed=seed, progress=progress, perception_from=perception_from)
-        for s in ("learned", "oracle"): sources[s] = (dict.fromkeys(("linear", "temporal", "graph"), obs[s]), 1)
-    return sources, obs
-
-def _bag_inputs(store: Any, synth_dir: Path, rows: Sequence[dict], qtype: str, observations: bool, num_frames: int,
-                mode: str = "video", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict]]:
-    "The bag's inputs for the `qtype` questions of `rows`: features `[Q, 4, F]`, real containers `[Q, 4]`, the right slot `[Q]`, the rows."
-    from vtom.evaluate import transform_features
-    xs, ms, ys, rs = [], [], [], []
-    for r in rows:
-        if r["qtype"] != qtype or r["vid_name"] not in store: continue
-        slots, f = container_slots(synth_dir, r["vid_name"]), store[r["vid_name"]].float()
-        if mode != "video": f = transform_features(f, mode, num_frames, key=r["vid_name"], seed=seed)
-        real = f[:int(store.meta(r["vid_name"])["frames"])]
-        x = bag_features(real, len(slots)) if observations else pooled_slot_features(real)[:len(slots)]
-        xs.append(torch.cat([x, torch.zeros(4 - len(slots), x.shape[1])])); ms.append(torch.arange(4) < len(slots))
-        ys.append(slots.index(r["ans_corr"][4:])); rs.append(r)
-    return torch.stack(xs), torch.stack(ms), torch.tensor(ys), rs
-
-def temporal_study(synth_dir: str | Path, out: str | Path, tower: str = STUDY_TOWER, num_frames: int = STUDY_NUM_FRAMES, grid: int = 4,
-                   llm: str = "embedded", lm_arms: Sequence[str] = ("linear", "temporal", "graph"), lm_steps: int = 60,
-                   lm_batch: int = 8, learning_rate: float = 1e-3, aux_arms: Sequence[str] = ("graph",), tracker_weight: float = 1.0,
-                   tracker_arms: Sequence[str] = ("linear", "temporal", "graph"), perception: Sequence[str] = PERCEPTION_SOURCES,
-                   lm_perception: str = "learned", perception_steps: int = 600,
-                   tracker_steps: int = 300, tracker_batch: int = 16, tracker_lr: float = 1e-3, device: str = "cpu", seed: int = 0,
-                   ood_dir: str | Path | None = None, progress: bool = False) -> dict:
-    """The LM arms (linear, temporal, graph projectors), the tracker alone and a bag of frames on each perception source, beside
-    every order-free heuristic: one table (letters picked, OOD accuracy), decoy subsets, paired CIs, R1@0.5, figures."""
-    from vtom.data import load_siq2, read_jsonl
-    from vtom.features import FeatureStore
-    from vtom.model import VideoLLM
-    from vtom.synth import RULES, best_stump, stump_answer
-    from vtom.train import read_history, train
-    unknown = sorted((set(perception) | {lm_perception}) - set(PERCEPTION_SOURCES))
-    if unknown: raise VtomError(f"Unknown perception source(s) {unknown}; use {', '.join(PERCEPTION_SOURCES)}.")
-    log, tick = get_logger("vtom.experiments"), time.time
-    synth_dir, out = Path(synth_dir), Path(out)
-    ood_dir = Path(ood_dir) if ood_dir else None
-    if ood_dir and not (ood_dir / "qa_test.json").is_file():
-        raise VtomError(f"--ood {ood_dir} has no qa_test.json; make it with `vtom synth {ood_dir} --domain ood --splits test=120`.")
-    out.mkdir(parents=True, exist_ok=True)
-    rep: dict[str, Any] = {"synth_dir": str(synth_dir), "ood_dir": str(ood_dir) if ood_dir else None, "tower": tower, "num_frames": num_frames,
-                           "grid": grid, "llm": llm, "lm_arms": list(lm_arms), "aux_arms": list(aux_arms), "tracker_arms": list(tracker_arms),
-                           "perception sources": list(perception), "lm perception": lm_perception, "lm_steps": lm_steps, "lm_batch": lm_batch,
-                           "tracker_weight": tracker_weight, "learning_rate": learning_rate, "tracker_steps": tracker_steps,
-                           "tracker_batch": tracker_batch, "tracker_lr": tracker_lr, "perception_steps": perception_steps, "seed": seed,
-                           "seconds": {}, "history": {}}
-    t = tick()
-    needed = {*perception, lm_perception}
-    sources, obs = _study_sources(synth_dir, needed, tower, num_frames, grid, perception_steps, seed, device, progress)
-    if obs: rep["perception"] = {k: obs[k] for k in ("perception test accuracy", "perception train videos", "perception history")}
-    rep["seconds"]["inputs"] = round(tick() - t, 1)
-    splits = ("train", "val", "test")
-    rows = {sp: [r for _, r in read_jsonl(synth_dir / f"qa_{sp}.json")] for sp in splits}
-    ids = {sp: sorted({r["vid_name"] for r in rows[sp]}) for sp in splits}
-    facts = {v: json.loads((synth_dir / "events" / f"{v}.json").read_text())["facts"] for sp in splits for v in ids[sp]}
-    info = lambda r: {"qtype": r["qtype"], "family": r["family"], "video": r["vid_name"], "tags": r.get("tags", [])}
-    qinfo = {r["qid"]: info(r) for sp in ("val", "test") for r in rows[sp] if r["qtype"] in STUDY_QTYPES}
-    mcq = {sp: [q for q in load_siq2(synth_dir / f"qa_{sp}.json", source="synth") if q.qid in qinfo] for sp in ("val", "test")}
-    rep["videos"] = {sp: len(v) for sp, v in ids.items()}
-    if ood_dir:   # the out-of-distribution test set: inputs with the perception trained here, no training there
-        t = tick()
-        ood_sources, ood_obs = _study_sources(ood_dir, needed, tower, num_frames, grid, perception_steps, seed, device, progress,
-                                              perception_from=obs.get("weights"))
-        if ood_obs: rep["ood perception"] = ood_obs["perception test accuracy"]
-        rows["ood"] = [r for _, r in read_jsonl(ood_dir / "qa_test.json")]
-        ids["ood"] = sorted({r["vid_name"] for r in rows["ood"]})
-        facts |= {v: json.loads((ood_dir / "events" / f"{v}.json").read_text())["facts"] for v in ids["ood"]}
-        qinfo |= {r["qid"]: info(r) for r in rows["ood"] if r["qtype"] in STUDY_QTYPES}
-        mcq["ood"] = [q for q in load_siq2(ood_dir / "qa_test.json", source="synth") if q.qid in qinfo]
-        rep["ood videos"] = len(ids["ood"])
-        rep["seconds"]["OOD inputs"] = round(tick() - t, 1)
-    answer = {r["qid"]: r["answer_idx"] for rs in rows.values() for r in rs}
-    scored = lambda p: {q: int(c == answer[q]) for q, c in p.items()}
-    picks: dict[tuple[str, str], dict[str, int]] = {}   # (arm, mode) -> qid -> option picked, on test ("ood": the OOD test set)
-    val_right: dict[str, dict[str, int]] = {}
-    extra: dict[tuple[str, str], dict] = {}             # more columns of a table row
-    # every order-free heuristic (the best stump chosen on train), and the majority answer position of train
-    stump = best_stump(rows["train"], facts)
-    rep["best stump (chosen on train)"] = stump
-    major = int(np.bincount([r["answer_idx"] for r in rows["train"]], minlength=4).argmax())
-    for sp, key in (("test", "text"), ("ood", "ood")):
-        sel = [r for r in rows.get(sp, []) if r["qid"] in qinfo]
-        if not sel: continue
-        for h, rule in RULES.items(): picks[(f"heuristic: {h}", key)] = {r["qid"]: option_of(r, rule(facts[r["vid_name"]])) for r in sel}
-        picks[("heuristic: best stump", key)] = {r["qid"]: option_of(r, stump_answer(stump, facts[r["vid_name"]])) for r in sel}
-        picks[("heuristic: longest option", key)] = {r["qid"]: int(np.argmax([len(r[f"a{i}"]) for i in range(4)])) for r in sel}
-        picks[("heuristic: majority position", key)] = {r["qid"]: major for r in sel}
-    # the bag of frames: pooled observations (or tower rows) and within-frame pairs, conditional logistic regression per question type
-    rep["bag val accuracy"] = {}
-    for src in perception:
-        t, arm = tick(), f"{BAG_ARM}, {SOURCE_NAMES[src]}"
-        observations = src != "tower"
-        inputs = lambda d, srcs, sp, qt, mode="video": _bag_inputs(FeatureStore(srcs[src][0]["linear"]), d, rows[sp], qt, observations, num_frames, mode, seed)
-        val_right[arm] = {}
-        for qt in STUDY_QTYPES:
-            tr = inputs(synth_dir, sources, "train", qt)
-            if len(set(tr[2].tolist())) < 2: continue
-            va = inputs(synth_dir, sources, "val", qt)
-            bag, rep["bag val accuracy"][f"{arm}, {qt}"] = fit_bag(tr[:3], va[:3])
-            pick = lambda x, m, rs: {r["qid"]: option_of(r, container_slots(synth_dir if r["domain"] != "ood" else ood_dir, r["vid_name"])[int(k)])
-                                     for r, k in zip(rs, bag.predict(x, m))}
-            val_right[arm] |= scored(pick(va[0], va[1], va[3]))
-            for mode in ("video", "shuffled", "blank"):
-                te = inputs(synth_dir, sources, "test", qt, mode)
-                picks.setdefault((arm, mode), {}).update(pick(te[0], te[1], te[3]))
-            if ood_dir:
-                od = inputs(ood_dir, ood_sources, "ood", qt)
-                picks.setdefault((arm, "ood"), {}).update(pick(od[0], od[1], od[3]))
-        rep["seconds"][arm] = round(tick() - t, 1)
-    # the tracker alone: projector + tracker on per-frame truth, answers from the last frame, belief-false moments from its flags
-    moments = {sp: [m for _, m in read_jsonl(synth_dir / f"moments_{sp}.jsonl") if m.get("mtype") == "belief_false"] for sp in ("train", "test")}
-    spans = [m["window"][1] - m["window"][0] for m in moments["train"] if m.get("window")]
-    length = float(np.median(spans)) if spans else 1.0
-    prior = [float(np.median([m["window"][0] for m in moments["train"] if m.get("window")] or [0.0]))] * 2
-    prior[1] = prior[0] + length
-    truth = {m["vid_name"]: m.get("window") for m in moments["test"]}
-    retrieval = {"always 'never'": {v: window_success(None, w) for v, w in truth.items()},
-                 "train-prior window": {v: window_success(prior, w) for v, w in truth.items()}}
-    timelines = {}   # arm -> (val belief accuracy, probs, video ids, timestamps) for the figure
-    for src in perception:
-        src_stores, cells = sources[src]
-        for kind in tracker_arms:
-            t = tick()
-            store = FeatureStore(src_stores[kind])
-            data = {sp: tracker_data(store, synth_dir, ids[sp]) for sp in splits}
-            frames = {v: int(store.meta(v)["frames"]) for sp in ("val", "test") for v in data[sp][0]}
-            stamps = {v: store.meta(v)["timestamps"] for v in data["test"][0]}
-            proj, trk, hist = train_tracker(data["train"][1], data["train"][2], kind, num_frames, cells, steps=tracker_steps,
-                                            batch_size=tracker_batch, learning_rate=tracker_lr, seed=seed)
-            arm = f"tracker alone ({'last frame: linear' if kind == 'linear' else kind}), {SOURCE_NAMES[src]}"
-            rep["history"][arm] = hist
-            rep.setdefault("tracker frame accuracy", []).append(
-                {"arm": arm, "split": "train (first 60 videos)", **frame_accuracy(tracker_probs(proj, trk, data["train"][1][:60], num_frames), data["train"][2][:60])})
-            val_right[arm] = scored(tracker_choices(rows["val"], tracker_probs(proj, trk, data["val"][1], num_frames), data["val"][0], synth_dir, frames))
-            for mode in ("video", "shuffled", "blank"):
-                feats = data["test"][1] if mode == "video" else _shuffled(data["test"][1], data["test"][0], num_frames, mode, seed)
-                probs = tracker_probs(proj, trk, feats, num_frames)
-                picks[(arm, mode)] = tracker_choices(rows["test"], probs, data["test"][0], synth_dir, frames)
-                if mode == "video":
-                    wins = belief_false_windows(probs, data["test"][0], stamps, length)
-                    retrieval[arm] = {v: window_success(wins.get(v), w) for v, w in truth.items() if v in wins}
-                    rep["tracker frame accuracy"].append({"arm": arm, "split": "test", **frame_accuracy(probs, data["test"][2])})
-                    timelines[arm] = (float(np.mean(list(val_right[arm].values()))), probs, data["test"][0], stamps)
-            if ood_dir:
-                ostore = FeatureStore(ood_sources[src][0][kind])
-                oids, ofeats, _ = tracker_data(ostore, ood_dir, ids["ood"])
-                picks[(arm, "ood")] = tracker_choices(rows["ood"], tracker_probs(proj, trk, ofeats, num_frames), oids, ood_dir,
-                                                      {v: int(ostore.meta(v)["frames"]) for v in oids})
-            rep["seconds"][arm] = round(tick() - t, 1)
-            log.info(f"{arm}: {rep['seconds'][arm]} s, test belief {np.mean([v for q, v in scored(picks[(arm, 'video')]).items() if qinfo[q]['qtype'] == 'belief']):.3f}")
-    # the projector trained into the LM, with the same budget per arm, on the features of `lm_perception`
-    lm_stores, lm_cells = sources[lm_perception]
-    labels = write_tracker_targets(lm_stores["graph"], synth_dir, ids["train"], out / "tracker_targets.safetensors")
-    for j, (kind, weight) in enumerate([(k, 0.0) for k in lm_arms] + [(k, tracker_weight) for k in aux_arms]):
-        t = tick()
-        arm = f"LM, {kind}" + (" + tracker loss" if weight else "") + f", {SOURCE_NAMES[lm_perception]}"
-        run = out / f"lm-{lm_perception}-{kind}{'-tracker' if weight else ''}"
-        ckpt = train(dict(train_data=str(synth_dir / "qa_train.json"), features=str(lm_stores[kind]), output_dir=str(run), llm=llm,
-                          num_frames=num_frames, projector_type=kind, max_steps=lm_steps, batch_size=lm_batch, global_batch_size=lm_batch,
-                          learning_rate=learning_rate, device=device, seed=seed, save_steps=max(lm_steps, 1),
-                          logging_steps=max(1, lm_steps // 20), resume="never", graph_cells=lm_cells,
-                          tracker_weight=weight, tracker_targets=str(labels), tracker_batch=tracker_batch))
-        rep["history"][arm] = [{"step": h["step"], "loss": h["loss"]} for h in read_history(run) if "loss" in h]
-        if weight: rep["history"][f"tracker loss inside {arm}"] = [{"step": h["step"], "loss": h["tracker_loss"]} for h in read_history(run) if "tracker_loss" in h]
-        model = VideoLLM.from_pretrained(ckpt, device=device).eval()
-        val_right[arm] = {p["qid"]: int(p["correct"]) for p in mc_predictions(model, mcq["val"], lm_stores[kind], "video", seed, progress)}
-        for mode in ("video", "shuffled", "blank") + (("text",) if j == 0 else ()):
-            preds = mc_predictions(model, mcq["test"], lm_stores[kind], mode, seed, progress, rules=("letter-cyclic",) if mode == "video" else ())
-            name = "text (LM, no video)" if mode == "text" else arm
-            picks[(name, mode)] = {p["qid"]: p["pred"] for p in preds}
-            if mode == "video":
-                cyc = {p["qid"]: p["preds"]["letter-cyclic"] for p in preds}
-                bel = [q for q in cyc if qinfo[q]["qtype"] == "belief"]
-                extra[(name, mode)] = {"belief, letter-cyclic": float(np.mean([scored(cyc)[q] for q in bel])), "letters, letter-cyclic": _letters(cyc, bel)}
-            if ood_dir and mode in ("video", "text"):
-                picks[(name, "ood")] = {p["qid"]: p["pred"] for p in mc_predictions(model, mcq["ood"], ood_sources[lm_perception][0][kind], mode, seed, progress)}
-        del model
-        rep["seconds"][arm] = round(tick() - t, 1)
-        log.info(f"{arm}: {rep['seconds'][arm]} s")
-    right = {k: scored(p) for k, p in picks.items() if k[1] != "ood"}
-    ood = {a: scored(p) for (a, m), p in picks.items() if m == "ood"}
-    for (a, m) in right:
-        if m in ("video", "text") and a in ood:
-            bel = [q for q in ood[a] if qinfo[q]["qtype"] == "belief"]
-            extra.setdefault((a, m), {}).update({"OOD n": len(bel), "OOD belief": float(np.mean([ood[a][q] for q in bel])) if bel else float("nan")})
-    rep["table"] = [_acc_row(a, m, r, qinfo, picks[(a, m)], **extra.get((a, m), {})) for (a, m), r in right.items()]
-    rep["decoys"] = [_decoy_row(a, m, r, qinfo) for (a, m), r in right.items() if m in ("video", "text")]
-    rep["val belief accuracy"] = {a: float(np.mean([v for q, v in r.items() if qinfo[q]["qtype"] == "belief"])) for a, r in val_right.items()}
-    # the goal is judged on arms that see video (tower features or learned perception); oracle perception is an upper bound;
-    # the bags of frames are baselines, never candidates
-    cands = [a for a in val_right if not a.startswith(BAG_ARM)]
-    video_arms = [a for a in cands if SOURCE_NAMES["oracle"] not in a]
-    if video_arms: rep["goal"], rep["paired"] = _study_goal(video_arms, val_right, right, qinfo)
-    oracle_arms = [a for a in cands if SOURCE_NAMES["oracle"] in a]
-    if oracle_arms: rep["goal with oracle perception"], rep["paired with oracle perception"] = _study_goal(oracle_arms, val_right, right, qinfo)
-    rep["retrieval"] = [{"method": m, "n": len(s), "n never": sum(truth[v] is None for v in s),
-                         "success ('never' right or R1@0.5)": float(np.mean(list(s.values()))) if s else float("nan"),
-                         "R1@0.5 (with a window)": float(np.mean([x for v, x in s.items() if truth[v] is not None] or [np.nan])),
-                         "'never' right": float(np.mean([x for v, x in s.items() if truth[v] is None] or [np.nan])),
-                         "CI": bootstrap_ci(list(s.values()), clusters=list(s)) if s else None} for m, s in retrieval.items()]
-    seen = [a for a in timelines if SOURCE_NAMES["oracle"] not in a] or list(timelines)
-    if seen:
-        arm = max(seen, key=lambda a: (timelines[a][0], a))
-        _, probs, vids, stamps = timelines[arm]
-        vid = next((v for v in vids if "false belief" in facts[v]["tags"]), vids[0])
-        fig = plot_belief_timeline(json.loads((synth_dir / "events" / f"{vid}.json").read_text()), stamps[vid], probs["places"][vids.index(vid)], title=f"{vid}: {arm}")
-        fig.savefig(out / "belief_timeline.png", dpi=90, bbox_inches="tight"); rep["timeline"] = {"video": vid, "arm": arm}
-    fig = plot_learning_curves(rep["history"])
-    fig.savefig(out / "learning_curves.png", dpi=90, bbox_inches="tight")
-    write_json(out / "report.json", rep)
-    (out / "report.md").write_text(study_markdown(rep))
-    return rep
-
-# %% ../nbs/08b_experiments.ipynb #d98e5261
-DRY_RUN = dict(tower="thumbnail:7", num_frames=8, grid=2, llm="tiny", lm_steps=2, lm_batch=2, tracker_steps=5, tracker_batch=4, perception_steps=5)
-
-def temporal_main(argv: list[str] | None = None) -> int:
-    "`vtom temporal SYNTH --out DIR [--ood OOD]` (`vtom run tom-temporal`): LM arms, the tracker alone and a bag of frames per perception source; `--dry-run`: a tiny offline check."
-    import argparse
-    import tempfile
-    p = argparse.ArgumentParser(prog="vtom temporal", description="The temporal mental-state study on a `vtom synth` folder: projectors "
-                                "trained into the LM with the same budget (linear, temporal, graph, graph + tracker loss), the tracker alone and a bag of "
-                                "frames on tower features, learned perception and oracle perception, every order-free heuristic, "
-                                "one accuracy table with letter counts, decoy subsets and OOD accuracy, paired CIs, belief-change retrieval and the belief-timeline figure.")
-    p.add_argument("synth_dir", nargs="?", help="a folder written by `vtom synth` (>= 300 videos for the real study)")
-    p.add_argument("--out", required=True, help="report folder (report.md, report.json, figures, checkpoints)")
-    p.add_argument("--ood", default=None, help="an out-of-distribution set (`vtom synth OOD --domain ood`): every arm is also scored on its test split")
-    p.add_argument("--tower", default=STUDY_TOWER, help="vision tower (default %(default)s)")
-    p.add_argument("--num-frames", type=int, default=STUDY_NUM_FRAMES)
-    p.add_argument("--grid", type=int, default=4, help="per-frame grid side for the graph projector (default 4: 16 cells)")
-    p.add_argument("--llm", default="embedded")
-    p.add_argument("--arms", default="linear,temporal,graph", help="projectors trained into the LM")
-    p.add_argument("--aux-arms", default="graph", help="projectors trained into the LM with the tracker loss too ('' for none)")
-    p.add_argument("--tracker-arms", default="linear,temporal,graph", help="projectors trained with the tracker alone")
-    p.add_argument("--lm-steps", type=int, default=60)
-    p.add_argument("--lm-batch", type=int, default=8)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--tracker-weight", type=float, default=1.0)
-    p.add_argument("--perception", default=",".join(PERCEPTION_SOURCES), help="inputs of the tracker-alone arms: tower, learned, oracle (default %(default)s)")
-    p.add_argument("--lm-perception", default="learned", choices=PERCEPTION_SOURCES, help="input of the LM arms (default %(default)s)")
-    p.add_argument("--perception-steps", type=int, default=600, help="training steps of the learned perception CNN (default %(default)s)")
-    p.add_argument("--tracker-steps", type=int, default=300)
-    p.add_argument("--tracker-batch", type=int, default=16)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true", help="generate 10 tiny videos (and 4 OOD ones) and run every arm for a few steps with a tiny LM (seconds)")
-    a = p.parse_args(argv)
-    split = lambda s: tuple(x for x in s.split(",") if x)
-    kw = dict(tower=a.tower, num_frames=a.num_frames, grid=a.grid, llm=a.llm, lm_steps=a.lm_steps, lm_batch=a.lm_batch, tracker_steps=a.tracker_steps,
-              tracker_batch=a.tracker_batch, perception_steps=a.perception_steps)
-    synth_dir, ood_dir = a.synth_dir, a.ood
-    if a.dry_run:
-        from vtom.synth import generate_dataset
-        root = Path(tempfile.mkdtemp(prefix="vtom-temporal-"))
-        synth_dir, ood_dir = root / "synth", root / "ood"
-        generate_dataset(synth_dir, num_videos=10, seed=a.seed, size=96, progress=False, sheet=False)
-        generate_dataset(ood_dir, num_videos=4, seed=a.seed, size=96, splits={"test": 4}, progress=False, sheet=False, domain="ood")
-        kw.update(DRY_RUN)
-    if not synth_dir: p.error("give SYNTH_DIR (a `vtom synth` folder) or --dry-run")
-    if not (Path(synth_dir) / "videos").is_dir(): raise VtomError(f"{synth_dir} has no videos/ folder; generate it with `vtom synth {synth_dir} --num-videos 600`.")
-    rep = temporal_study(synth_dir, a.out, lm_arms=split(a.arms), learning_rate=a.learning_rate, aux_arms=split(a.aux_arms),
-                         tracker_weight=a.tracker_weight, tracker_arms=split(a.tracker_arms), perception=split(a.perception),
-                         lm_perception=a.lm_perception, device=a.device, seed=a.seed, ood_dir=ood_dir, progress=not a.dry_run, **kw)
-    print(json.dumps({k: rep[k] for k in ("goal", "goal with oracle perception") if k in rep}))
-    return 0
-
 # %% ../nbs/08b_experiments.ipynb #ab57746f
 def goal_main(argv: list[str] | None = None) -> int:
     "`vtom goal SYNTH --out DIR`: probes, moment retrieval and the multiple-choice goal report on a `vtom synth` folder."
@@ -1046,10 +311,9 @@ def goal_main(argv: list[str] | None = None) -> int:
                                 "and paired verdicts (method chosen on val, reported on test).")
     p.add_argument("synth_dir", help="a folder written by `vtom synth`")
     p.add_argument("--out", required=True, help="report folder (report.json, report.md, projector checkpoints)")
-    p.add_argument("--vision", default=TEST_TOWER, help="vision tower for vtom.features (default %(default)s)")
+    add_options(p, ModelOptions, vision=TEST_TOWER, num_frames=STUDY_NUM_FRAMES, llm="embedded")
+    add_options(p, RunOptions, only=("device", "seed"))
     p.add_argument("--no-thumbnail", action="store_true", help="skip the thumbnail sanity tower")
-    p.add_argument("--num-frames", type=int, default=STUDY_NUM_FRAMES)
-    p.add_argument("--llm", default="embedded", help="language model (embedded, tiny, a local dir or hub name)")
     p.add_argument("--train-steps", type=int, default=60, help="projector steps (0: untrained projector, a plumbing check)")
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--learning-rate", type=float, default=1e-3)
@@ -1058,8 +322,6 @@ def goal_main(argv: list[str] | None = None) -> int:
     p.add_argument("--loo-qtypes", default="belief", help="question types for leave-one-out, scored against each answer's evidence window ('all' for every type)")
     p.add_argument("--loo-limit", type=int, default=None)
     p.add_argument("--no-held-out-loss", action="store_true", help="skip the val-split loss before/after projector training")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     from vtom.core import get_device
     towers = {"random CLIP" if tower_kind(a.vision) == "random" else a.vision: a.vision}

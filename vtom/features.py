@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (REFERENCE_NUM_FRAMES, Interrupted, Store, VtomError, atomic_path, check_writable,
+from .core import (REFERENCE_NUM_FRAMES, Interrupted, RunOptions, Store, VtomError, add_options, atomic_path, check_writable,
                        disable_progress_bars, get_device, get_dtype, get_logger, positive_int)
-from .registry import REFERENCE_TOWER, TEST_TOWER, TOWERS, parse_tower, register_tower
+from .registry import REFERENCE_TOWER, TEST_TOWER, TOWERS, ModelOptions, parse_tower, register_tower
 
 if TYPE_CHECKING: from vtom.decode import DecodePool   # for a type hint; imported where it is used
 
@@ -645,12 +645,10 @@ def features_main(argv: list[str] | None = None) -> int:
                                 "by RANK/WORLD_SIZE under torchrun.")
     p.add_argument("videos", help="a folder of videos (recursive), a text file with one video path per line, or one video")
     p.add_argument("out", help="feature store folder")
-    p.add_argument("--vision", default=REFERENCE_TOWER, help="hf:ID_OR_DIR | open_clip:ARCH:PRETRAINED | random:ARCH (default %(default)s)")
-    p.add_argument("--num-frames", type=positive_int, default=REFERENCE_NUM_FRAMES, help=f"frames sampled = temporal tokens, at most {MAX_NUM_FRAMES} "
-                   "(default %(default)s)")
+    add_options(p, ModelOptions, ("vision", "num_frames"), vision=REFERENCE_TOWER, num_frames=REFERENCE_NUM_FRAMES,
+                helps={"num_frames": f"frames sampled = temporal tokens, at most {MAX_NUM_FRAMES}"})
     p.add_argument("--batch-size", type=positive_int, default=50, help="frames per tower forward (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto uses cuda:$LOCAL_RANK under torchrun)")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU like the reference, bf16 on CPUs with AMX, else fp32) | fp32 | fp16 | bf16")
+    add_options(p, RunOptions, ("device", "dtype"), helps={"dtype": "auto (fp16 on GPU like the reference, bf16 on CPUs with AMX, else fp32) | fp32 | fp16 | bf16"})
     p.add_argument("--mode", choices=("stretch", "crop"), default="stretch", help="resize: reference stretch or center crop")
     p.add_argument("--keep-tokens", action="store_true", help="also store the unpooled T x P x D tokens")
     p.add_argument("--workers", type=positive_int, default=2, help="videos decoded in parallel ahead of the tower (default %(default)s)")

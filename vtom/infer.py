@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .core import (REFERENCE_NUM_FRAMES, VtomError, cache_dir, float_at_least, get_logger, positive_int,
+from .core import (REFERENCE_NUM_FRAMES, RunOptions, VtomError, add_options, cache_dir, float_at_least, get_logger, positive_int,
                        seed_everything, write_json)
-from .model import TRACKER_FLAGS, VIDEO_TOKEN, VideoLLM, VideoLLMConfig, load_llm, mind_segments, mind_timeline, with_mind
-from .registry import OFFLINE_TOWER, tower_kind
+from .model import TRACKER_FLAGS, VIDEO_TOKEN, VideoLLM, build_video_llm, mind_segments, mind_timeline, resolve_spec, with_mind
+from .registry import ModelOptions, default_tower, tower_kind
 from .social import (QUICK_TIMELINE_FRAMES, load_timeline, model_file, social_signals, social_timeline,
                          timeline_path, timeline_prompt_line)
 
@@ -44,9 +44,10 @@ class VideoChat:
     "A multi-turn conversation about one video at a time with a `VideoLLM`; video features are computed once and cached."
 
     def __init__(self, model: VideoLLM, tower=None, num_frames: int | None = None, disk_cache: bool = True,
-                 checkpoint: str | Path | None = None):
+                 checkpoint: str | Path | None = None, sources: dict | None = None):
         self.model, self.tower, self.disk_cache, self.checkpoint = model, tower, disk_cache, checkpoint
-        self.num_frames = num_frames or model.config.num_frames
+        self.num_frames = num_frames or model.config.num_frames   # a model alone reads the frames it was built for
+        self.sources = sources or {}                                # where each value of the spec came from (`resolve_spec`)
         self._memory: dict[Path, tuple[torch.Tensor, dict]] = {}   # features and their metadata (frame times, perceived containers)
         self.video: Path | None = None
         self.features: torch.Tensor | None = None
@@ -65,24 +66,9 @@ class VideoChat:
         "Load LM, projector (trained from `checkpoint`, else random) and vision tower by name (none for a whole model: its perception reads the frames)."
         from vtom.features import load_vision_tower
         t0 = time.perf_counter()
-        if checkpoint:
-            model = VideoLLM.from_pretrained(checkpoint, device=device, lm_name=llm)
-            vision = vision or model.config.vision_name
-        else:
-            vision = vision or OFFLINE_TOWER
-        whole = bool(checkpoint) and model.perception is not None
-        if whole and num_frames and num_frames != model.config.num_frames:
-            raise VtomError(f"The checkpoint {checkpoint} reads {model.config.num_frames} frames (its tracker's time steps); drop --num-frames.")
-        tower = None if whole else load_vision_tower(vision, device=device)
-        if checkpoint and not whole and tower.hidden_size != model.config.vision_hidden_size:
-            raise VtomError(f"The vision tower {vision} gives {tower.hidden_size}-wide features but the checkpoint "
-                            f"{checkpoint} expects {model.config.vision_hidden_size} ({model.config.vision_name}); "
-                            f"use --vision {model.config.vision_name}.")
-        if not checkpoint:
-            lm, tok = load_llm(llm or "embedded", device=device)
-            model = VideoLLM(VideoLLMConfig(lm_name=llm or "embedded", vision_name=vision, vision_hidden_size=tower.hidden_size,
-                                            num_frames=num_frames or REFERENCE_NUM_FRAMES, num_spatial_tokens=tower.num_patches), lm, tok)
-        chat = cls(model, tower, num_frames, disk_cache, checkpoint)
+        spec = resolve_spec(checkpoint, tower=lambda name: load_vision_tower(name, device=device), purpose="chat",
+                            llm=llm, vision=vision, num_frames=num_frames)   # no tower for a whole model: its perception reads the frames
+        chat = cls(build_video_llm(spec, checkpoint, device=device), spec.tower, spec.num_frames, disk_cache, checkpoint, spec.sources)
         chat.timings["load_s"] = round(time.perf_counter() - t0, 3)
         return chat
 
@@ -96,7 +82,7 @@ class VideoChat:
                 "checkpoint": str(self.checkpoint) if self.checkpoint else None, "num_frames": self.num_frames,
                 "video_tokens": self.num_frames + (self.tower.num_patches if self.tower is not None else cfg.num_spatial_tokens),
                 "template": cfg.template, "social_tokens": bool(cfg.social_dim), "parts": cfg.parts, "mind_route": cfg.mind_route,
-                "warnings": warnings}
+                "sources": self.sources, "warnings": warnings}
 
 # %% ../nbs/05_infer.ipynb #74f036ae
 def _readable(cache: Path) -> bool:
@@ -251,16 +237,11 @@ def chat_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vtom chat", description="Ask questions about a video and stream the answers.")
     p.add_argument("video", help="video file")
     p.add_argument("question", nargs="?", help="question (omit to read one question per line from stdin)")
-    p.add_argument("--vision", default=None, help="vision tower: hf:ID|hf:DIR, open_clip:ARCH:PRETRAINED, random:ARCH "
-                   "(default: the checkpoint's, else imagenet:mobilenet_v2, real weights offline)")
-    p.add_argument("--llm", default=None, help="language model: embedded (SmolLM2-135M-Instruct), a local dir or a hub name "
-                   "(default: the checkpoint's, else embedded)")
+    add_options(p, ModelOptions, helps={"vision": f"vision tower (default: the checkpoint's, else {default_tower('chat')}, real weights offline)"})
     p.add_argument("--checkpoint", default=None, help="trained projector directory (from vtom train / save_pretrained)")
-    p.add_argument("--num-frames", type=positive_int, default=None, help=f"frames sampled from the video (default: checkpoint's, else {REFERENCE_NUM_FRAMES})")
     p.add_argument("--temperature", type=float_at_least(0), default=0.2, help="sampling temperature; 0 = greedy (default 0.2, as the reference)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_options(p, RunOptions, ("device", "seed"))
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (1 is fastest on a busy shared CPU)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk feature cache")
     p.add_argument("--social", choices=SOCIAL_CHOICES, default="auto", help="read the video's social timeline (faces, "

@@ -68,8 +68,8 @@ def gen_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) ->
     return mc_doc_to_text(doc, lmms_eval_specific_kwargs)
 
 def gen_process_results(doc: dict, results: Sequence[str]) -> dict:
-    "Accuracy of a generated answer (letter, 'option N' or the option's text, as `vtom.evaluate.parse_choice` reads it) and whether it named an option."
-    from vtom.evaluate import parse_choice
+    "Accuracy of a generated answer (letter, 'option N' or the option's text, as `vtom.scoring.parse_choice` reads it) and whether it named an option."
+    from vtom.scoring import parse_choice
     pred = parse_choice(results[0], doc["options"])
     return {"accuracy": float(pred == doc["answer_idx"]), "answered": float(pred is not None)}
 
@@ -101,7 +101,7 @@ class VtomLMM(lmms):
         if mode not in ("video", "text", "shuffled", "blank"):
             raise VtomError(f"VtomLMM: mode={mode!r}; use video, text, shuffled or blank (the modes of `vtom eval` that lmms-eval can send).")
         if kwargs: get_logger("vtom.lmms").warning(f"VtomLMM: ignoring model_args {sorted(kwargs)}")
-        self.setup = load_eval_setup(llm, mode, pretrained, features, vision, None, device, dtype, _as_int(num_frames))
+        self.setup = load_eval_setup(llm, mode, pretrained, features, vision, None, device, dtype, _as_int(num_frames), joined=True)   # ToMLoc joins clips; single videos are checked per file
         self.mode, self.max_new_tokens, self.seed, self.batch_size_per_gpu = mode, int(max_new_tokens), int(seed), int(batch_size)
         self._tower, self._cache = None, {}
 
@@ -109,7 +109,7 @@ class VtomLMM(lmms):
     def model(self): return self.setup.model
 
     def _one_video(self, path: str) -> torch.Tensor:
-        from vtom.evaluate import check_num_frames
+        from vtom.scoring import check_num_frames
         from vtom.features import extract_video_features, load_vision_tower, video_id_of
         vid, store = video_id_of(path), self.setup.features
         if store is not None and vid in store:
@@ -123,7 +123,7 @@ class VtomLMM(lmms):
 
     def video_features(self, paths: Sequence[str]) -> torch.Tensor | None:
         "The features the model reads for a request's videos (None in text mode): one video, or clips joined in time."
-        from vtom.evaluate import transform_features
+        from vtom.scoring import transform_features
         from vtom.features import video_id_of
         if self.mode == "text" or not paths: return None
         if len(paths) == 1: feats = self._one_video(paths[0])
@@ -162,7 +162,7 @@ def continuation_logprobs(model, encoded: Sequence[dict], n_tokens: Sequence[int
 def _loglikelihood(self: VtomLMM, requests: list[Instance]) -> list[tuple[float, bool]]:
     "(loss, greedy) per request, the loss being minus the continuation's summed log-prob; one video and one prompt forward per (prompt, document)."
     from tqdm.auto import tqdm
-    from vtom.evaluate import _pad_id, encode_choices
+    from vtom.scoring import encode_choices, padding_id
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
         context, _, _, doc_id, task, split = r.args
@@ -175,7 +175,7 @@ def _loglikelihood(self: VtomLMM, requests: list[Instance]) -> list[tuple[float,
         conts = [requests[i].args[1].strip() for i in idx]
         enc = encode_choices(tok, self._user(context, feats), conts, self.setup.template, 0 if feats is None else feats.shape[0])
         n = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in conts]
-        for i, (lp, greedy) in zip(idx, continuation_logprobs(self.model, enc, n, _pad_id(tok), feats)): out[i] = (-lp, greedy)
+        for i, (lp, greedy) in zip(idx, continuation_logprobs(self.model, enc, n, padding_id(tok), feats)): out[i] = (-lp, greedy)
     return out
 
 def _generate_until(self: VtomLMM, requests: list[Instance]) -> list[str]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import VtomError, seed_everything
-from .evaluate import answer_logprobs
+from .scoring import answer_logprobs
 from .stats import bootstrap_ci
 
 # %% auto #0
@@ -405,7 +405,7 @@ def answer_loglik_fn(model: nn.Module, question: Any, answer: str | None = None,
         ids = enc["input_ids"].unsqueeze(0).expand(b, -1).to(model.device)
         labels = enc["labels"].unsqueeze(0).expand(b, -1).to(model.device)
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), video_features=features if with_video else None).logits
-        return answer_logprobs(logits, labels)[0]   # summed over the answer tokens, the rule of vtom.evaluate
+        return answer_logprobs(logits, labels)[0]   # summed over the answer tokens, the rule of vtom.scoring
     return score
 
 # %% ../nbs/08_locate.ipynb #165335f6

@@ -16,21 +16,23 @@ from torch import nn
 
 from .core import (REFERENCE_NUM_FRAMES, VtomError, atomic_path, embedded_llm_path, get_device, get_dtype,
                        get_logger, has_package, resolve_pretrained, write_json)
-from .registry import PROJECTOR_TYPES, REFERENCE_TOWER, UnknownModelName, check_projector
+from .registry import PROJECTOR_TYPES, REFERENCE_TOWER, UnknownModelName, check_projector, default_tower
 
 # %% auto #0
 __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN',
            'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
            'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
            'NUM_SLOTS', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR',
-           'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'VIDEO_CHATGPT_LM', 'ModelLoadError',
+           'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS', 'VIDEO_CHATGPT_LM', 'ModelLoadError',
            'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig',
            'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
            'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
            'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'LayoutReader',
            'FramePerception', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name',
            'mind_segments', 'false_belief_onset', 'layout_line', 'mind_timeline', 'with_mind', 'SocialProjector',
-           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config', 'processor_config']
+           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config', 'processor_config',
+           'SpecError', 'VideoSpec', 'spec_defaults', 'checkpoint_values', 'store_values', 'resolve_spec',
+           'build_video_llm']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -981,6 +983,125 @@ def from_pretrained(cls: VideoLLM, path: str | Path, lm=None, tokenizer=None, de
         model.lm = PeftModel.from_pretrained(model.lm, str(path / LORA_DIR)).eval()
     return model
 
+# %% ../nbs/03_model.ipynb #4e182e38
+SPEC_FIELDS = ("llm", "vision", "vision_hidden_size", "num_frames", "num_spatial_tokens", "template", "projector", "graph_cells")
+_CONFIG_NAMES = {"llm": "lm_name", "vision": "vision_name", "projector": "projector_type"}   # VideoSpec field -> VideoLLMConfig field
+
+class SpecError(VtomError):
+    "The values of a run disagree (e.g. the frames of the features and of the command line); the message names their sources."
+
+@dataclass
+class VideoSpec:
+    "What a `VideoLLM` is built from and reads, each value resolved once (`resolve_spec`); `sources[field]` says where from."
+    llm: str
+    vision: str
+    vision_hidden_size: int
+    num_frames: int
+    num_spatial_tokens: int
+    template: str
+    projector: str
+    graph_cells: int
+    sources: dict = field(default_factory=dict)
+    tower: object = field(default=None, repr=False, compare=False)   # the vision tower loaded while resolving (see `resolve_spec`)
+
+    def config(self, **parts) -> VideoLLMConfig:
+        "The `VideoLLMConfig` of a new model of this spec; `parts`: its other fields (`social_dim`, the mind, ...)."
+        return VideoLLMConfig(**{_CONFIG_NAMES.get(k, k): getattr(self, k) for k in SPEC_FIELDS}, **parts)
+
+    def describe(self) -> str:
+        "One line: every value and its source."
+        return ", ".join(f"{k}={getattr(self, k)} ({self.sources.get(k, '?')})" for k in SPEC_FIELDS)
+
+# %% ../nbs/03_model.ipynb #f7685147
+def spec_defaults(purpose: str = "reference") -> dict:
+    "The one set of defaults: `VideoLLMConfig`'s fields and the default tower of `purpose` (`vtom.registry.DEFAULT_TOWERS`)."
+    return {k: VideoLLMConfig.__dataclass_fields__[_CONFIG_NAMES.get(k, k)].default for k in SPEC_FIELDS} | {"vision": default_tower(purpose)}
+
+def checkpoint_values(checkpoint: str | Path) -> dict:
+    "The spec fields a checkpoint's `config.json` records (plus `perception`/`tracker`, which bind its frames)."
+    import json
+    path = resolve_pretrained(checkpoint)
+    if not (path / CONFIG_NAME).is_file():
+        raise ModelLoadError(f"{path} is not a vtom checkpoint (no {CONFIG_NAME}); pass a directory written by save_pretrained / vtom train.")
+    saved = json.loads((path / CONFIG_NAME).read_text())
+    out = {k: saved[_CONFIG_NAMES.get(k, k)] for k in SPEC_FIELDS if _CONFIG_NAMES.get(k, k) in saved}
+    return out | {k: saved[k] for k in ("perception", "tracker") if saved.get(k)}
+
+def store_values(store, video_ids: Sequence[str] | None = None) -> dict:
+    "What a feature store records: tower and frames (its settings, else the first video's metadata), `rows` and width of that video."
+    from vtom.features import feature_shape
+    vid = next((v for v in (store.ids() if video_ids is None else video_ids) if v in store), None)
+    if vid is None: return {}
+    settings = (store.settings() if hasattr(store, "settings") else None) or {}
+    meta = store.meta(vid) if hasattr(store, "meta") else {}
+    rows, width = feature_shape(store, [vid])
+    out = {"vision": settings.get("tower") or meta.get("tower"), "num_frames": settings.get("num_frames") or meta.get("num_frames"),
+           "rows": rows, "vision_hidden_size": width}
+    return {k: int(v) if k != "vision" else v for k, v in out.items() if v}
+
+# %% ../nbs/03_model.ipynb #810c3136
+def _check_frames(spec: VideoSpec, ckpt: dict, stored: dict, where: dict) -> None:
+    "The frame count's one check: against the store's recorded frames and rows, and a checkpoint bound to its frames."
+    n, src = spec.num_frames, spec.sources["num_frames"]
+    came = f"num_frames={n} comes from the {src} value" + (f" ({where[src]})" if src in where else "")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1: raise SpecError(f"{came}: it must be a whole number of frames, at least 1.")
+    if stored.get("num_frames") not in (None, n):
+        raise SpecError(f"The features in {where['store']} were extracted with num_frames={stored['num_frames']}, but {came}: "
+                        f"pass --num-frames {stored['num_frames']}, or extract features with --num-frames {n}.")
+    if stored.get("rows", n + 1) <= n:
+        raise SpecError(f"The features in {where['store']} have {stored['rows']} rows, not more than num_frames={n} ({came}): "
+                        f"pass --num-frames below {stored['rows']}, the frames they were extracted with.")
+    if (ckpt.get("perception") or ckpt.get("tracker")) and ckpt.get("num_frames", n) != n:
+        raise SpecError(f"The checkpoint {where['checkpoint']} reads {ckpt['num_frames']} frames (its tracker's time steps) but "
+                        f"{came}: drop --num-frames.")
+
+def _check_width(spec: VideoSpec, ckpt: dict, seen: dict, where: dict) -> None:
+    "A checkpoint's projector reads features of its width only: the store's or the tower's must match."
+    if "vision_hidden_size" in ckpt and seen.get("vision_hidden_size", ckpt["vision_hidden_size"]) != ckpt["vision_hidden_size"]:
+        raise SpecError(f"The {seen['from']} {where[seen['from']]} gives {seen['vision_hidden_size']}-wide features but the checkpoint "
+                        f"{where['checkpoint']} expects {ckpt['vision_hidden_size']} ({ckpt.get('vision')}); use --vision {ckpt.get('vision')} "
+                        "and its features.")
+
+# %% ../nbs/03_model.ipynb #958d20ea
+def _tower_values(tower) -> dict:
+    return {"vision": tower.name, "vision_hidden_size": tower.hidden_size, "num_spatial_tokens": tower.num_patches} if tower is not None else {}
+
+def resolve_spec(checkpoint: str | Path | None = None, store=None, tower=None, purpose: str = "reference",
+                 video_ids: Sequence[str] | None = None, joined: bool = False, **explicit) -> VideoSpec:
+    """Every `VideoSpec` field once: explicit (not None) > `checkpoint`'s config.json > `store` (or `tower`) > defaults; checked, logged.
+    `tower`: a loaded vision tower, or a loader `name -> tower` called with the resolved name (not for a checkpoint with a perception).
+    `joined`: a sample joins several of the store's clips (ToMLoc), so the store's frame count is per clip: no check against it."""
+    unknown = set(explicit) - set(SPEC_FIELDS)
+    if unknown: raise SpecError(f"resolve_spec: unknown field(s) {sorted(unknown)}; the fields are {', '.join(SPEC_FIELDS)}.")
+    ckpt = checkpoint_values(checkpoint) if checkpoint else {}
+    stored = store_values(store, video_ids) if store is not None else {}
+    layers = {"explicit": {k: v for k, v in explicit.items() if v is not None}, "checkpoint": ckpt, "store": stored, "tower": {},
+              "default": spec_defaults(purpose)}
+    pick = lambda k: next(s for s, vals in layers.items() if k in vals)   # the first source that gives field k
+    if callable(tower) and not hasattr(tower, "hidden_size"): tower = None if ckpt.get("perception") else tower(layers[pick("vision")]["vision"])
+    layers["tower"] = _tower_values(tower)
+    values, sources = {}, {}
+    for k in SPEC_FIELDS:
+        if k == "num_spatial_tokens" and "rows" in stored: stored[k] = stored["rows"] - ((stored.get("num_frames") if joined else None) or values["num_frames"])
+        sources[k] = pick(k)
+        values[k] = layers[sources[k]][k]
+    spec = VideoSpec(**values, sources=sources, tower=tower)
+    where = {"checkpoint": checkpoint, "store": getattr(store, "folder", store), "tower": getattr(tower, "name", None),
+             "explicit": "--num-frames", "default": "vtom.core.REFERENCE_NUM_FRAMES"}
+    _check_frames(spec, ckpt, {k: v for k, v in stored.items() if not (joined and k == "num_frames")}, where)
+    _check_width(spec, ckpt, {**stored, "from": "store"} if stored else {**layers["tower"], "from": "tower"}, where)
+    get_logger("vtom.model").info(f"spec: {spec.describe()}")
+    return spec
+
+# %% ../nbs/03_model.ipynb #fd87f575
+def build_video_llm(spec: VideoSpec, checkpoint: str | Path | None = None, lm=None, tokenizer=None,
+                    device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", **parts) -> VideoLLM:
+    "A `VideoLLM` of `spec`: `checkpoint` loaded, else new (untrained projector; `parts`: more config fields); LM `spec.llm` unless `lm` is given."
+    if checkpoint and parts: raise VtomError(f"build_video_llm: a checkpoint brings its own parts; drop {sorted(parts)}.")
+    if lm is None: lm, tokenizer = load_llm(spec.llm, device, dtype)
+    if checkpoint: return VideoLLM.from_pretrained(checkpoint, lm=lm, tokenizer=tokenizer, lm_name=spec.llm)
+    return VideoLLM(spec.config(**parts), lm, tokenizer)
+
 # %% ../nbs/03_model.ipynb #5e691ee0
 VIDEO_CHATGPT_LM = "mmaaz60/LLaVA-7B-Lightening-v1-1"
 
@@ -1015,7 +1136,5 @@ def load_video_chatgpt_weights(self: VideoLLM, path: str | Path) -> "VideoLLM":
 @patch(cls_method=True)
 def from_video_chatgpt(cls: VideoLLM, path: str | Path, lm_name: str = VIDEO_CHATGPT_LM, device="auto", dtype="auto") -> "VideoLLM":
     "The reference model: LLaVA-7B-v1.1 + `video_chatgpt-7B.bin`, ViT-L/14 features, video-chatgpt_v1 template."
-    config = VideoLLMConfig(lm_name=lm_name, vision_name=REFERENCE_TOWER, vision_hidden_size=1024,
-                            num_frames=REFERENCE_NUM_FRAMES, num_spatial_tokens=256, projector_type="linear", template="video-chatgpt_v1")
-    lm, tok = load_llm(lm_name, device, dtype)
-    return cls(config, lm, tok).load_video_chatgpt_weights(path)
+    spec = resolve_spec(llm=lm_name, template="video-chatgpt_v1")   # every other value: the reference's, the defaults
+    return build_video_llm(spec, device=device, dtype=dtype).load_video_chatgpt_weights(path)

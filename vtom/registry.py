@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .core import EMBEDDED_LLM_NAME, VtomError, cache_dir, embedded_llm_gguf, embedded_llm_path
+from .core import (EMBEDDED_LLM_NAME, REFERENCE_NUM_FRAMES, VtomError, cache_dir, embedded_llm_gguf, embedded_llm_path, option,
+                       positive_int)
 
 # %% auto #0
-__all__ = ['REFERENCE_TOWER', 'OFFLINE_TOWER', 'TEST_TOWER', 'STUDY_TOWER', 'BENCH_TOWER', 'EMBEDDED_ALIASES', 'LLMS', 'TOWERS',
-           'PROJECTOR_TYPES', 'UnknownModelName', 'ModelKind', 'Registry', 'model_dir_problem', 'hub_model_problem',
-           'register_llm', 'list_llms', 'llm_help', 'TowerKind', 'register_tower', 'list_towers', 'tower_kind',
-           'parse_tower', 'check_projector']
+__all__ = ['REFERENCE_TOWER', 'OFFLINE_TOWER', 'TEST_TOWER', 'STUDY_TOWER', 'BENCH_TOWER', 'DEFAULT_TOWERS', 'EMBEDDED_ALIASES',
+           'LLMS', 'TOWERS', 'PROJECTOR_TYPES', 'EVAL_MODES', 'default_tower', 'UnknownModelName', 'ModelKind',
+           'Registry', 'model_dir_problem', 'hub_model_problem', 'register_llm', 'list_llms', 'llm_help', 'TowerKind',
+           'register_tower', 'list_towers', 'tower_kind', 'parse_tower', 'check_projector', 'ModelOptions', 'EvalMode',
+           'eval_mode']
 
 # %% ../nbs/02d_registry.ipynb #f4a3e011
 REFERENCE_TOWER = "hf:openai/clip-vit-large-patch14"   # the reference (Video-ChatGPT's CLIP ViT-L/14): features, checkpoints
@@ -25,6 +27,14 @@ OFFLINE_TOWER = "imagenet:mobilenet_v2"                # real weights shipped in
 TEST_TOWER = "random:ViT-B-32"                         # random weights, every code path, no visual meaning: shape tests, quick runs
 STUDY_TOWER = "thumbnail:14"                           # colour thumbnails: the synthetic studies' sanity tower
 BENCH_TOWER = "random:ViT-L-14"                        # the reference tower's size with random weights: speed and memory
+
+# %% ../nbs/02d_registry.ipynb #c1d1faf1
+DEFAULT_TOWERS = {"reference": REFERENCE_TOWER, "chat": OFFLINE_TOWER, "test": TEST_TOWER, "study": STUDY_TOWER, "bench": BENCH_TOWER}
+
+def default_tower(purpose: str = "reference") -> str:
+    "The default vision tower of `purpose` (`DEFAULT_TOWERS`); an unknown purpose is one error listing them."
+    if purpose not in DEFAULT_TOWERS: raise VtomError(f"No default vision tower for {purpose!r}; use one of {', '.join(DEFAULT_TOWERS)}.")
+    return DEFAULT_TOWERS[purpose]
 
 # %% ../nbs/02d_registry.ipynb #328b1208
 class UnknownModelName(VtomError):
@@ -183,3 +193,42 @@ def check_projector(kind: str) -> str:
     "`kind` when it is a projector type, else `UnknownModelName` listing them."
     if kind not in PROJECTOR_TYPES: raise UnknownModelName(f"Unknown projector type {kind!r}; use one of {PROJECTOR_TYPES}.")
     return kind
+
+# %% ../nbs/02d_registry.ipynb #ba86519d
+@dataclass
+class ModelOptions:
+    "The model a command runs: the `--llm`, `--vision` and `--num-frames` of every command (resolved by `vtom.model.resolve_spec`)."
+    llm: str | None = option(None, llm_help(), unset="the checkpoint's, else embedded")
+    vision: str | None = option(None, "vision tower: " + ", ".join(list_towers()), unset="the checkpoint's, else the feature store's, else the command's tower")
+    num_frames: int | None = option(None, "frames sampled per video = temporal tokens", type=positive_int,
+                                    unset=f"the checkpoint's, else the feature store's, else {REFERENCE_NUM_FRAMES}")
+
+# %% ../nbs/02d_registry.ipynb #5d772d58
+@dataclass(frozen=True)
+class EvalMode:
+    "An evaluation mode and what it needs: video features, the social timeline (as text or as tokens), a checkpoint, or no model."
+    name: str
+    help: str
+    features: bool = False     # reads the video's features (the prompt holds <video>)
+    timeline: str = ""         # "" | "text": the timeline in the prompt | "tokens": per-frame signals through the social projector
+    checkpoint: bool = False   # needs a trained checkpoint
+    model_free: bool = False   # a baseline computed without a model
+
+EVAL_MODES = {m.name: m for m in (
+    EvalMode("video", "the LM reads the video tokens", features=True),
+    EvalMode("text", "question and options, no video"),
+    EvalMode("answer-only", "the options without the question: the answer-prior shortcut"),
+    EvalMode("shuffled", "video tokens with the frames in another order", features=True),
+    EvalMode("blank", "zero video features: the video slot without content", features=True),
+    EvalMode("social", "the video's social timeline as text instead of video tokens", timeline="text"),
+    EvalMode("video+social", "video tokens and the timeline as text", features=True, timeline="text"),
+    EvalMode("video+social-tokens", "video tokens plus the timeline's per-frame signals through the checkpoint's social projector",
+             features=True, timeline="tokens", checkpoint=True),
+    EvalMode("longest-option", "the longest option, no model", model_free=True),
+    EvalMode("shortest-option", "the shortest option, no model", model_free=True),
+    EvalMode("majority-position", "the most frequent answer position, no model", model_free=True))}
+
+def eval_mode(name: str) -> EvalMode:
+    "The evaluation mode `name`; an unknown name is one `UnknownModelName` listing the modes."
+    if name not in EVAL_MODES: raise UnknownModelName(f"Unknown mode {name!r}; use one of {', '.join(EVAL_MODES)}.")
+    return EVAL_MODES[name]

@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .core import (REFERENCE_NUM_FRAMES, Store, VtomError, atomic_path, check_writable, get_logger, json_text,
+from .core import (REFERENCE_NUM_FRAMES, Store, VtomError, add_options, atomic_path, check_writable, get_logger, json_text,
                        positive_int, write_json)
 from .decode import packaged_video, read_audio, read_video
+from .registry import ModelOptions
 
 # %% auto #0
 __all__ = ['SOCIAL_MODELS', 'SOCIAL_CLIPS', 'EXPRESSIONS', 'VAD_RATE', 'VAD_WINDOW', 'VAD_CONTEXT', 'EXPRESSION_COLOURS',
@@ -408,7 +409,7 @@ def social_main(argv: list[str] | None = None) -> int:
                                 "(`vtom social locate --help`: find moments such as 'when does the person start smiling?').")
     p.add_argument("video", help=f"a video file or a packaged clip ({', '.join(SOCIAL_CLIPS)}, bikes, ...)")
     p.add_argument("--json", action="store_true", help="print one JSON object (frames, speech, words)")
-    p.add_argument("--num-frames", type=positive_int, default=REFERENCE_NUM_FRAMES, help=f"sampled frames (default {REFERENCE_NUM_FRAMES}, the reference formula)")
+    add_options(p, ModelOptions, ("num_frames",), num_frames=REFERENCE_NUM_FRAMES, helps={"num_frames": "sampled frames (the reference formula)"})
     p.add_argument("--store", default=None, help="timeline store folder (e.g. the feature store): reuse or add the timeline")
     p.add_argument("--no-audio", action="store_true", help="skip voice activity and speech")
     p.add_argument("--plot", default=None, help="save the timeline figure to this PNG")
@@ -457,7 +458,7 @@ def bench_social(num_frames: int = REFERENCE_NUM_FRAMES, audio_seconds: float = 
 def bench_social_main(argv: list[str] | None = None) -> int:
     "`vtom bench social`: print `bench_social` as one JSON line."
     p = argparse.ArgumentParser(prog="vtom bench social", description="Speed of faces/mesh/expressions, ASR and VAD.")
-    p.add_argument("--num-frames", type=int, default=REFERENCE_NUM_FRAMES); p.add_argument("--audio-seconds", type=float, default=60.0)
+    add_options(p, ModelOptions, ("num_frames",), num_frames=REFERENCE_NUM_FRAMES); p.add_argument("--audio-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=2, help="ASR threads (default 2)")
     a = p.parse_args(argv)
     print(json.dumps(bench_social(a.num_frames, a.audio_seconds, a.threads)))
@@ -564,7 +565,7 @@ def social_locate_main(argv: list[str] | None = None) -> int:
     p.add_argument("video", nargs="?", help="a video or packaged clip (omit to score the labelled moments)")
     p.add_argument("--query", default="When does the person start smiling?", help="a 'when' question naming an expression")
     p.add_argument("--labels", default=None, help="moments JSONL (default data/moments/moments.jsonl)")
-    p.add_argument("--num-frames", type=positive_int, default=QUICK_TIMELINE_FRAMES); p.add_argument("--store", default=None, help="timeline store folder")
+    add_options(p, ModelOptions, ("num_frames",), num_frames=QUICK_TIMELINE_FRAMES); p.add_argument("--store", default=None, help="timeline store folder")
     a = p.parse_args(argv)
     if a.video: print(json.dumps(locate_expression(social_timeline(a.video, a.num_frames, audio=False), a.query)))
     else: print(json.dumps(evaluate_moments(a.labels, a.num_frames, a.store)))

@@ -13,7 +13,8 @@ import numpy as np
 from .core import VtomError
 
 # %% auto #0
-__all__ = ['StatsError', 'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison', 'markdown_table']
+__all__ = ['StatsError', 'bootstrap_means', 'bootstrap_ci', 'mcnemar_exact', 'paired_comparison', 'comparison_sentence',
+           'markdown_table']
 
 # %% ../nbs/00b_stats.ipynb #5a7e0b04
 class StatsError(VtomError):
@@ -60,6 +61,13 @@ def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool], clus
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {"n": int(len(a)), "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "diff": float(a.mean() - b.mean()),
             "ci95": [float(lo), float(hi)], "p_mcnemar": mcnemar_exact(a > 0, b > 0)}
+
+# %% ../nbs/00b_stats.ipynb #669e8345
+def comparison_sentence(model: str, base: str, c: dict) -> str:
+    "One sentence for a `paired_comparison` result `c` of `model` (A) against `base` (B): better/worse only when the CI excludes 0."
+    lo, hi = c["ci95"]
+    word = "better than" if lo > 0 else "worse than" if hi < 0 else "not better than"
+    return f"{model} is {word} {base}: {c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={c['n']}, {c['accuracy_a']:.2f} vs {c['accuracy_b']:.2f}, McNemar p={c['p_mcnemar']:.3g})"
 
 # %% ../nbs/00b_stats.ipynb #5a7e0b10
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:

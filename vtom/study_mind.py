@@ -10,28 +10,29 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .core import VtomError, atomic_path, get_logger, write_json
-from .evaluate import _cache_kwarg, _common_prefix
-from .experiments import (STUDY_NUM_FRAMES, TRACKER_QTYPES, _sentence, frame_accuracy, observation_vector,
-                              perception_accuracy, split_videos, tracker_data, tracker_probs, train_perception,
-                              train_tracker, window_success)
-from .model import (MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker, false_belief_onset, mind_config, mind_segments,
-                        observation_rows, place_name, save_mind, with_mind)
-from .stats import bootstrap_ci, markdown_table, paired_comparison
+from .core import RunOptions, VtomError, add_options, atomic_path, get_logger, write_json
+from .registry import ModelOptions
+from .scoring import cache_kwarg, common_prefix_length
+from .model import (MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker,
+                        false_belief_onset, mind_config, mind_segments, observation_rows, place_name, save_mind,
+                        with_mind)
+from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, frame_accuracy, observation_vector, perception_accuracy,
+                             split_videos, tracker_data, tracker_probs, train_perception, train_tracker, window_success)
+from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
 
 
 # %% auto #0
-__all__ = ['MIND_SIZE', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS', 'LORA_LAYERS', 'REPORT_QTYPES',
+__all__ = ['MIND_SIZE', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
            'BASELINE_MODES', 'DRY_RUN', 'true_containers', 'container_vocab', 'layout_labels', 'read_frames',
            'write_perceived', 'train_name_head', 'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer',
            'parse_moment', 'mind_records', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts',
-           'video_letter_predictions', 'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'mind_study',
-           'mind_main']
+           'video_letter_predictions', 'arm_label', 'video_predictions', 'moment_candidates', 'when_choices',
+           'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'mind_study', 'mind_main']
 
 # %% ../nbs/08d_study_mind.ipynb #0f55d71e
 MIND_SIZE = 112   # frame side of the perception (the object is a few pixels wide at 112 px)
@@ -245,7 +246,7 @@ def train_arm(name: str, records: str | Path, store: str | Path, mind: str | Pat
 @torch.no_grad()
 def when_answers(model, moments: Sequence[dict], store, mode: str = "video", seed: int = 0, length: float = 1.0) -> dict[str, dict]:
     "qid -> generated answer, parsed time and 1/0 (`window_success` of `[t, t + length]`) for 'when does A start to believe something false?'."
-    from vtom.evaluate import transform_features
+    from vtom.scoring import transform_features
     out = {}
     for m in moments:
         feats = transform_features(store[m["vid_name"]].float(), mode, model.config.num_frames, m["vid_name"], seed)
@@ -281,18 +282,17 @@ def letter_counts(preds: Sequence[dict]) -> dict[str, int]:
 @torch.no_grad()
 def video_letter_predictions(model, questions: Sequence[Any], store, mode: str = "video", seed: int = 0) -> list[dict]:
     "`mc_predictions` (the letter rule) for many questions at once: per video, the prompt they share (video tokens, mind text) runs once with a KV cache, then every question's rest in one batch."
-    from vtom.evaluate import encode_choices, generation_prompt_ids, mode_prompt, option_continuation, transform_features
+    from vtom.scoring import encode_choices, generation_prompt_ids, mode_prompt, option_continuation
     out, tok = [], model.tokenizer
     by_video: dict[str, list] = {}
     for q in questions: by_video.setdefault(q.video_id, []).append(q)
     for vid, qs in by_video.items():
-        feats = None if mode == "text" else transform_features(store[vid].float(), mode, model.config.num_frames, vid, seed)
-        notes = None if feats is None else model.mind_text(feats, store.meta(vid))
+        feats, notes = _video_inputs(model, store, vid, mode, seed)
         encs = [encode_choices(tok, with_mind(mode_prompt(q, mode), notes), [option_continuation(q, i) for i in range(len(q.options))],
                                model.config.template, 0 if feats is None else feats.shape[0]) for q in qs]
         prompts = [generation_prompt_ids(e[0]) for e in encs]
         letters = [[e[i]["input_ids"][len(p)] for i in range(len(e))] for e, p in zip(encs, prompts)]
-        k = min(_common_prefix(prompts), min(map(len, prompts)) - 1)   # every question keeps at least its last prompt token
+        k = min(common_prefix_length(prompts), min(map(len, prompts)) - 1)   # every question keeps at least its last prompt token
         extra = {} if feats is None else {"video_features": feats[None]}
         pre = model(input_ids=torch.tensor([prompts[0][:k]], device=model.device), use_cache=True, logits_to_keep=1, **extra)
         cache = getattr(pre, "cache", None) or pre.past_key_values
@@ -303,12 +303,63 @@ def video_letter_predictions(model, questions: Sequence[Any], store, mode: str =
         for i, p in enumerate(prompts): ids[i, :len(p) - k], mask[i, k:len(p)] = torch.tensor(p[k:]), 1
         pos = torch.arange(k, k + n).expand(len(qs), n)
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), position_ids=pos.to(model.device), use_cache=True,
-                       **{_cache_kwarg(model): cache}).logits
+                       **{cache_kwarg(model): cache}).logits
         for i, (q, p, let) in enumerate(zip(qs, prompts, letters)):
             scores = logits[i, len(p) - k - 1].float().log_softmax(-1)[let]
             pred = int(scores.argmax())
             out.append({"qid": q.qid, "pred": pred, "correct": pred == q.answer_idx, "qtype": q.qtype, "family": q.subset, "mode": mode,
                         "scores": [round(float(x), 6) for x in scores]})
+    return out
+
+MIND_RULES = ("letter", "cloze")   # how an arm's answer is read; the (arm, rule) pair is chosen on val
+
+def arm_label(arm: str, rule: str) -> str:
+    "The name of an arm read with a scoring rule, as the study's table and choice on val show it."
+    return f"{arm} · {rule}"
+
+def _video_inputs(model, store, vid: str, mode: str, seed: int) -> tuple[torch.Tensor | None, str | None]:
+    "A video's features under `mode` (None for `text`) and the mind text the model reads beside them."
+    from vtom.scoring import transform_features
+    if mode == "text": return None, None
+    feats = transform_features(store[vid].float(), mode, model.config.num_frames, vid, seed)
+    return feats, model.mind_text(feats, store.meta(vid))
+
+@torch.no_grad()
+def video_predictions(model, questions: Sequence[Any], store, mode: str = "video", seed: int = 0, rule: str = "letter") -> list[dict]:
+    """Predictions under a scoring rule of `vtom.scoring`: `letter` batched per video (`video_letter_predictions`); `cloze` (each
+    option's text alone as the answer to the question, no listed options) with one KV-cached prompt per question."""
+    from vtom.scoring import encode_choices, padding_id, rule_inputs, rule_scores, shared_prefix_logprobs
+    if rule == "letter": return video_letter_predictions(model, questions, store, mode, seed)
+    if rule not in MIND_RULES: raise VtomError(f"Unknown scoring rule {rule!r} for the mind study; use {', '.join(MIND_RULES)}.")
+    out, tok, inputs = [], model.tokenizer, {}
+    for q in questions:
+        if q.video_id not in inputs: inputs[q.video_id] = _video_inputs(model, store, q.video_id, mode, seed)   # once per video
+        feats, notes = inputs[q.video_id]
+        user, answers = rule_inputs(q, mode, rule)
+        enc = encode_choices(tok, with_mind(user, notes), answers, model.config.template, 0 if feats is None else feats.shape[0])
+        scores = rule_scores(rule, shared_prefix_logprobs(model, enc, padding_id(tok), feats), q.options)
+        pred = int(np.argmax(scores))
+        out.append({"qid": q.qid, "pred": pred, "correct": pred == q.answer_idx, "qtype": q.qtype, "family": q.subset, "mode": mode,
+                    "scores": [round(float(x), 6) for x in scores]})
+    return out
+
+def moment_candidates(timestamps: Sequence[float]) -> list[str]:
+    "Every answer the 'when' question was trained on for a video with these frame times: 'Never.' and 'At t s.' for each frame."
+    return list(dict.fromkeys([moment_answer(None), *(moment_answer([t]) for t in timestamps)]))
+
+@torch.no_grad()
+def when_choices(model, moments: Sequence[dict], store, mode: str = "video", seed: int = 0, length: float = 1.0) -> dict[str, dict]:
+    """`when_answers` under the `cloze` rule: the answer chosen among `moment_candidates` (a frame's time or never) by its
+    log-likelihood per character after the question (no free generation); its time and 1/0 (`window_success`)."""
+    from vtom.scoring import encode_choices, padding_id, rule_scores, shared_prefix_logprobs
+    out, tok = {}, model.tokenizer
+    for m in moments:
+        feats, notes = _video_inputs(model, store, m["vid_name"], mode, seed)
+        cands = moment_candidates(store.meta(m["vid_name"]).get("timestamps") or [])
+        enc = encode_choices(tok, with_mind(f"{VIDEO_TOKEN}\n{m['query']}", notes), cands, model.config.template, feats.shape[0])
+        text = cands[int(np.argmax(rule_scores("cloze", shared_prefix_logprobs(model, enc, padding_id(tok), feats), cands)))]
+        t = parse_moment(text)
+        out[m["qid"]] = {"answer": text, "time": t, "right": window_success(None if t is None else [t, t + length], m["window"])}
     return out
 
 
@@ -362,8 +413,8 @@ def mind_markdown(rep: dict) -> str:
               markdown_table(rep["table"], cols)]
     for sp, g in rep["goals"].items():
         lines.append(f"\n## Paired differences on {sp} belief questions ({g['chosen on val']} minus each; video-clustered bootstrap)\n")
-        lines += [f"- {_sentence(g['chosen on val'], b, c)}" for b, c in g["paired"].items()]
-        if g["vs tracker alone"]: lines.append(f"- {_sentence(g['chosen on val'], 'the tracker alone', g['vs tracker alone'])}")
+        lines += [f"- {comparison_sentence(g['chosen on val'], b, c)}" for b, c in g["paired"].items()]
+        if g["vs tracker alone"]: lines.append(f"- {comparison_sentence(g['chosen on val'], 'the tracker alone', g['vs tracker alone'])}")
     lines.append("\n## Chat on held-out false-belief clips (`vtom chat --checkpoint CK CLIP QUESTION`, greedy)\n")
     for c in rep["chat"]:
         lines.append(f"- `{c['video']}` (A believes: {c['believed']}; false belief from {c['window']}): " +
@@ -375,7 +426,7 @@ def mind_markdown(rep: dict) -> str:
               + (f", {p['ood containers named right']:.3f} of OOD videos (their colours and kinds are outside the vocabulary)." if "ood containers named right" in p else "."),
               f"- Tracker (graph, {rep['tracker_steps']} steps): test per-frame accuracy {rep['tracker']['test frame accuracy']}.",
               f"- LM arms ({rep['llm']}): {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr {rep['learning_rate']} each, LoRA r {rep['lora_r']} "
-              f"where the arm has it; val belief accuracy {({a: round(v, 3) for a, v in rep['val belief accuracy'].items()})} -> {rep['chosen on val']}.",
+              f"where the arm has it; each read with the scoring rules {rep.get('rules', ['letter'])}; val belief accuracy {({a: round(v, 3) for a, v in rep['val belief accuracy'].items()})} -> {rep['chosen on val']}.",
               f"\nSeconds (wall): `{rep['seconds']}`\n\nCPU seconds: `{rep['cpu_seconds']}`\n"]
     return "\n".join(lines)
 
@@ -419,49 +470,37 @@ def _sample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     pick = set(np.random.default_rng(seed).permutation(vids)[:n])
     return [r for r in rows if r["vid_name"] in pick]
 
-def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tuple(ARMS), ood_dir: str | Path | None = None, llm: str = "embedded",
-               num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = 600, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
-               learning_rate: float = 1e-3, lora_r: int = 8, val_videos: int | None = None, test_videos: int | None = None,
-               chat_clips: int = 10, device: str = "cpu", seed: int = 0, progress: bool = False) -> dict:
-    "The whole model, end to end: perception, tracker, one LM arm per route at the same budget, chosen on val, reported on test (and OOD) with every baseline."
-    from vtom.data import load_siq2, read_jsonl
-    from vtom.features import FeatureStore
-    from vtom.model import VideoLLM
-    from vtom.synth import heuristic_correct
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown: raise VtomError(f"Unknown arm(s) {unknown}; use {', '.join(ARMS)}.")
-    log, tick = get_logger("vtom.study_mind"), time.time
-    synth_dir, out = Path(synth_dir), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rep: dict[str, Any] = {"synth_dir": str(synth_dir), "ood_dir": str(ood_dir) if ood_dir else None, "arms": list(arms), "llm": llm,
-                           "num_frames": num_frames, "perception_steps": perception_steps, "tracker_steps": tracker_steps, "lm_steps": lm_steps,
-                           "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "seed": seed, "seconds": {}, "cpu_seconds": {}}
-    def timed(key, fn):
-        t, c = tick(), time.process_time()
+def _timer(rep: dict, log: Any) -> Callable[[str, Callable[[], Any]], Any]:
+    "`timed(key, fn)`: run `fn()`, recording its wall and CPU seconds under `key` in `rep` and the log."
+    def timed(key: str, fn: Callable[[], Any]) -> Any:
+        t, c = time.time(), time.process_time()
         res = fn()
-        rep["seconds"][key], rep["cpu_seconds"][key] = round(tick() - t, 1), round(time.process_time() - c, 1)
+        rep["seconds"][key], rep["cpu_seconds"][key] = round(time.time() - t, 1), round(time.process_time() - c, 1)
         log.info(f"{key}: {rep['seconds'][key]} s")
         return res
-    perc = timed("perception", lambda: perception_stage(synth_dir, out / "perception", num_frames, MIND_SIZE, perception_steps, seed=seed, progress=progress))
-    rep["perception"] = {k: perc[k] for k in ("test accuracy", "test containers named right", "train videos", "colours", "kinds")}
-    mind = timed("tracker", lambda: tracker_stage(synth_dir, perc, out / "mind", num_frames, tracker_steps, seed=seed))
-    rep["tracker"] = {"test frame accuracy": mind["test frame accuracy"]}
-    store = FeatureStore(perc["store"])
-    held = {"test": (synth_dir, "test", store),   # split name -> (synth folder, its qa split, the store the model reads)
+    return timed
+
+def _held_out(rep: dict, synth_dir: Path, ood_dir: str | Path | None, out: Path, perc: dict, store: Any, num_frames: int,
+              timed: Callable, progress: bool) -> dict[str, tuple]:
+    "Split name -> (synth folder, its qa split, the store the model reads): test, and every OOD split (perceived here), each also with the names given."
+    from vtom.features import FeatureStore
+    held = {"test": (synth_dir, "test", store),
             "test, names given": (synth_dir, "test", NamedStore(store, synth_dir))}   # perception's naming errors taken out
-    if ood_dir:
-        ood_dir = Path(ood_dir)
-        ood_store = FeatureStore(out / "perception" / "features-ood")
-        if not all(v in ood_store for v in (p.stem for p in (ood_dir / "videos").glob("*.mp4"))):
-            timed("perception ood", lambda: write_perceived(perc["net"], *read_frames(ood_dir, num_frames, MIND_SIZE, progress), ood_store.folder, num_frames))
-        for qa in sorted(ood_dir.glob("qa_*.json")):
-            sp = qa.stem.removeprefix("qa_")
-            held[f"ood {sp}"], held[f"ood {sp}, names given"] = (ood_dir, sp, ood_store), (ood_dir, sp, NamedStore(ood_store, ood_dir))
-        named = [ood_store.meta(v)["containers"] == true_containers(_events(ood_dir, v)) for v in ood_store.ids()]
-        rep["perception"]["ood containers named right"] = float(np.mean(named)) if named else float("nan")
-    records = out / "records_train.json"
-    write_json(records, mind_records(synth_dir, "train"))
-    srcs = {"val": (synth_dir, "val", store), **held}
+    if not ood_dir: return held
+    ood_dir = Path(ood_dir)
+    ood_store = FeatureStore(out / "perception" / "features-ood")
+    if not all(v in ood_store for v in (p.stem for p in (ood_dir / "videos").glob("*.mp4"))):
+        timed("perception ood", lambda: write_perceived(perc["net"], *read_frames(ood_dir, num_frames, MIND_SIZE, progress), ood_store.folder, num_frames))
+    for qa in sorted(ood_dir.glob("qa_*.json")):
+        sp = qa.stem.removeprefix("qa_")
+        held[f"ood {sp}"], held[f"ood {sp}, names given"] = (ood_dir, sp, ood_store), (ood_dir, sp, NamedStore(ood_store, ood_dir))
+    named = [ood_store.meta(v)["containers"] == true_containers(_events(ood_dir, v)) for v in ood_store.ids()]
+    rep["perception"]["ood containers named right"] = float(np.mean(named)) if named else float("nan")
+    return held
+
+def _mind_questions(synth_dir: Path, srcs: dict[str, tuple], val_videos: int | None, test_videos: int | None, seed: int) -> dict:
+    "Per split of `srcs`: the sampled question rows, qid -> qtype and video ('when' for belief-false moments), MC questions, moments; the moments' length."
+    from vtom.data import load_siq2, read_jsonl
     rows = {sp: _sample([r for _, r in read_jsonl(d / f"qa_{s}.json")], val_videos if sp == "val" else test_videos, seed) for sp, (d, s, _) in srcs.items()}
     qinfo = {sp: {r["qid"]: {"qtype": r["qtype"], "video": r["vid_name"]} for r in rows[sp]} for sp in srcs}
     mcq = {sp: [q for q in load_siq2(d / f"qa_{s}.json", source="synth") if q.qid in qinfo[sp]] for sp, (d, s, _) in srcs.items()}
@@ -469,7 +508,61 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
                for sp, (d, s, _) in srcs.items()}
     for sp in srcs: qinfo[sp] |= {m["qid"]: {"qtype": "when", "video": m["vid_name"]} for m in moments[sp]}
     spans = [m["window"][1] - m["window"][0] for _, m in read_jsonl(synth_dir / "moments_train.jsonl") if m["mtype"] == "belief_false" and m["window"]]
-    length = float(np.median(spans)) if spans else 1.0
+    return {"rows": rows, "qinfo": qinfo, "mcq": mcq, "moments": moments, "length": float(np.median(spans)) if spans else 1.0,
+            "asked": {sp: sorted(qinfo[sp]) for sp in srcs}}   # an arm's saved evaluation is reused only for the same questions
+
+def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple], store: Any, seed: int, rule: str = "letter") -> dict:
+    """One arm read with one scoring rule on val (belief) and every held-out split: letters and correctness per mode, 'when'
+    answers (generated for `letter`, chosen among the trained answers for `cloze`); saved beside the checkpoint (resumable)."""
+    saved = Path(ckpt) / ("study_eval.json" if rule == "letter" else f"study_eval-{rule}.json")
+    if saved.is_file() and json.loads(saved.read_text())["asked"] == qs["asked"]: return json.loads(saved.read_text())   # resumable
+    mcq, moments = qs["mcq"], qs["moments"]
+    predict = lambda questions, st, mode: video_predictions(model, questions, st, mode, seed, rule)
+    when = when_answers if rule == "letter" else when_choices
+    val = predict([q for q in mcq["val"] if q.qtype == "belief"], store, "video")
+    res = {"asked": qs["asked"], "val belief": float(np.mean([p["correct"] for p in val])) if val else float("nan"), "right": {}, "letters": {}, "answers": {}}
+    for sp, (_, _, st) in held.items():
+        preds = {"video": predict(mcq[sp], st, "video")}
+        bel = [q for q in mcq[sp] if q.qtype == "belief"]
+        preds |= {m: predict(bel, st, m) for m in BASELINE_MODES}
+        for m, ps in preds.items():
+            res["right"][f"{m} | {sp}"] = {p["qid"]: int(p["correct"]) for p in ps}
+            res["letters"][f"{m} | {sp}"] = {"belief": letter_counts([p for p in ps if p["qtype"] == "belief"]), "all": letter_counts(ps)}
+        for m in ("video", "shuffled"):
+            w = when(model, moments[sp], st, m, seed, qs["length"])
+            res["right"][f"{m} | {sp}"] |= {q: a["right"] for q, a in w.items()}
+            res["answers"][f"{m} | {sp}"] = w
+    write_json(saved, res)
+    return res
+
+def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tuple(ARMS), ood_dir: str | Path | None = None, llm: str = "embedded",
+               num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = 600, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
+               learning_rate: float = 1e-3, lora_r: int = 8, val_videos: int | None = None, test_videos: int | None = None,
+               chat_clips: int = 10, rules: Sequence[str] = MIND_RULES, device: str = "cpu", seed: int = 0, progress: bool = False) -> dict:
+    """The whole model, end to end: perception, tracker, one LM arm per route at the same budget, each read with every scoring
+    rule (`rules`); the (arm, rule) pair chosen on val is reported on test (and OOD) with every baseline."""
+    from vtom.features import FeatureStore
+    from vtom.model import VideoLLM
+    from vtom.synth import heuristic_correct
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown: raise VtomError(f"Unknown arm(s) {unknown}; use {', '.join(ARMS)}.")
+    if bad := [r for r in rules if r not in MIND_RULES]: raise VtomError(f"Unknown scoring rule(s) {bad}; use {', '.join(MIND_RULES)}.")
+    synth_dir, out = Path(synth_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep: dict[str, Any] = {"synth_dir": str(synth_dir), "ood_dir": str(ood_dir) if ood_dir else None, "arms": list(arms), "rules": list(rules), "llm": llm,
+                           "num_frames": num_frames, "perception_steps": perception_steps, "tracker_steps": tracker_steps, "lm_steps": lm_steps,
+                           "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "seed": seed, "seconds": {}, "cpu_seconds": {}}
+    timed = _timer(rep, get_logger("vtom.study_mind"))
+    perc = timed("perception", lambda: perception_stage(synth_dir, out / "perception", num_frames, MIND_SIZE, perception_steps, seed=seed, progress=progress))
+    rep["perception"] = {k: perc[k] for k in ("test accuracy", "test containers named right", "train videos", "colours", "kinds")}
+    mind = timed("tracker", lambda: tracker_stage(synth_dir, perc, out / "mind", num_frames, tracker_steps, seed=seed))
+    rep["tracker"] = {"test frame accuracy": mind["test frame accuracy"]}
+    store = FeatureStore(perc["store"])
+    held = _held_out(rep, synth_dir, ood_dir, out, perc, store, num_frames, timed, progress)
+    records = out / "records_train.json"
+    write_json(records, mind_records(synth_dir, "train"))
+    qs = _mind_questions(synth_dir, {"val": (synth_dir, "val", store), **held}, val_videos, test_videos, seed)
+    rows, qinfo, moments = qs["rows"], qs["qinfo"], qs["moments"]
     right: dict[tuple[str, str, str], dict[str, int]] = {}   # (arm, mode, split) -> qid -> 0/1
     letters: dict[tuple[str, str, str], dict] = {}
     answers: dict[str, dict] = {}
@@ -477,45 +570,28 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
         facts = {v: _events(d, v).get("facts") for v in {r["vid_name"] for r in rows[sp]}}
         ok = heuristic_correct(rows[sp], facts if all(facts.values()) else None)
         for h, r in ok.items(): right[(f"heuristic: {h}", "text", sp)] = {q: int(v) for q, v in r.items()}
-    ckpts, val_belief = {}, {}
-    asked = {sp: sorted(qinfo[sp]) for sp in srcs}   # an arm's saved evaluation is reused only for the same questions
-    def evaluate_arm(model, ckpt) -> dict:
-        saved = Path(ckpt) / "study_eval.json"
-        if saved.is_file() and json.loads(saved.read_text())["asked"] == asked: return json.loads(saved.read_text())   # resumable
-        val = video_letter_predictions(model, [q for q in mcq["val"] if q.qtype == "belief"], store, "video", seed)
-        res = {"asked": asked, "val belief": float(np.mean([p["correct"] for p in val])) if val else float("nan"), "right": {}, "letters": {}, "answers": {}}
-        for sp, (_, _, st) in held.items():
-            preds = {"video": video_letter_predictions(model, mcq[sp], st, "video", seed)}
-            bel = [q for q in mcq[sp] if q.qtype == "belief"]
-            preds |= {m: video_letter_predictions(model, bel, st, m, seed) for m in BASELINE_MODES}
-            for m, ps in preds.items():
-                res["right"][f"{m} | {sp}"] = {p["qid"]: int(p["correct"]) for p in ps}
-                res["letters"][f"{m} | {sp}"] = {"belief": letter_counts([p for p in ps if p["qtype"] == "belief"]), "all": letter_counts(ps)}
-            for m in ("video", "shuffled"):
-                w = when_answers(model, moments[sp], st, m, seed, length)
-                res["right"][f"{m} | {sp}"] |= {q: a["right"] for q, a in w.items()}
-                res["answers"][f"{m} | {sp}"] = w
-        write_json(saved, res)
-        return res
-    def keep(arm, res):
-        val_belief[arm] = res["val belief"]
-        for k in res["right"]:
-            m, sp = k.split(" | ", 1)
-            right[(arm, m, sp)], letters[(arm, m, sp)] = res["right"][k], res["letters"][k]
-        answers.update({f"{arm} | {k}": w for k, w in res["answers"].items()})
+    ckpts, val_belief, arm_of = {}, {}, {}
     for j, arm in enumerate(arms):
         ckpts[arm] = timed(f"train {arm}", lambda: train_arm(arm, records, perc["store"], mind["mind"], out / f"arm-{re.sub(r'[^a-z0-9]+', '-', arm.lower()).strip('-')}",
                                                              llm, lm_steps, lm_batch, learning_rate, lora_r, device, seed))
         model = VideoLLM.from_pretrained(ckpts[arm], device=device).eval()
         if j == 0:
-            for sp, (_, _, st) in held.items(): right[("tracker alone", "video", sp)] = tracker_alone(model, rows[sp], moments[sp], st, length)
-        keep(arm, timed(f"evaluate {arm}", lambda: evaluate_arm(model, ckpts[arm])))
+            for sp, (_, _, st) in held.items(): right[("tracker alone", "video", sp)] = tracker_alone(model, rows[sp], moments[sp], st, qs["length"])
+        for rule in rules:
+            label = arm_label(arm, rule)
+            arm_of[label] = arm
+            res = timed(f"evaluate {label}", lambda: _evaluate_arm(model, ckpts[arm], qs, held, store, seed, rule))
+            val_belief[label] = res["val belief"]
+            for k in res["right"]:
+                m, sp = k.split(" | ", 1)
+                right[(label, m, sp)], letters[(label, m, sp)] = res["right"][k], res["letters"][k]
+            answers.update({f"{label} | {k}": w for k, w in res["answers"].items()})
     chosen = max(val_belief, key=lambda a: (val_belief[a], a))
     rep["val belief accuracy"], rep["chosen on val"] = val_belief, chosen
     rep["table"] = _study_table(right, letters, qinfo)
     rep["goals"] = {sp: _goal(chosen, right, letters, qinfo[sp], sp, 0.85 if sp.startswith("test") else 0.75) for sp in held}
     clips = false_belief_clips(synth_dir, "test")[:chat_clips]
-    rep["chat"] = timed("chat", lambda: chat_transcripts(ckpts[chosen], synth_dir, clips, device))
+    rep["chat"] = timed("chat", lambda: chat_transcripts(ckpts[arm_of[chosen]], synth_dir, clips, device))
     rep["chat containers right"] = f"{sum(c['container right'] for c in rep['chat'])}/{len(rep['chat'])}"
     rep["checkpoints"] = {a: str(p) for a, p in ckpts.items()}
     write_json(out / "report.json", rep | {"when answers": answers})
@@ -538,8 +614,7 @@ def mind_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="report folder (report.md, report.json, the perception, the mind, one checkpoint per arm)")
     p.add_argument("--ood", default=None, help="a `vtom synth --domain ood` folder: every split of it is reported (perceived names, and names given)")
     p.add_argument("--arms", default=",".join(ARMS), help="LM arms, comma-separated (default %(default)s)")
-    p.add_argument("--llm", default="embedded")
-    p.add_argument("--num-frames", type=int, default=STUDY_NUM_FRAMES)
+    add_options(p, ModelOptions, only=("llm", "num_frames"), llm="embedded", num_frames=STUDY_NUM_FRAMES)
     p.add_argument("--perception-steps", type=int, default=600)
     p.add_argument("--tracker-steps", type=int, default=300)
     p.add_argument("--lm-steps", type=int, default=150, help="optimizer steps per LM arm (the same for every arm)")
@@ -548,9 +623,10 @@ def mind_main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--val-videos", type=int, default=None, help="evaluate a seeded sample of this many val videos (default: all)")
     p.add_argument("--test-videos", type=int, default=None, help="... of this many videos per held-out split (default: all)")
+    p.add_argument("--rules", default=",".join(MIND_RULES), help="scoring rules every arm is read with, comma-separated (default %(default)s): "
+                   "`letter` (the answer letter after the listed options), `cloze` (each option's text alone; 'when' chosen among a frame's time or never)")
     p.add_argument("--chat-clips", type=int, default=10, help="held-out false-belief clips the chosen checkpoint chats about")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, RunOptions, only=("device", "seed"), device="cpu")
     p.add_argument("--dry-run", action="store_true", help="generate 10 tiny videos and run every stage for a few steps with a tiny LM (a minute)")
     a = p.parse_args(argv)
     kw = dict(llm=a.llm, num_frames=a.num_frames, perception_steps=a.perception_steps, tracker_steps=a.tracker_steps, lm_steps=a.lm_steps,
@@ -566,7 +642,7 @@ def mind_main(argv: list[str] | None = None) -> int:
     if not synth_dir: p.error("give SYNTH_DIR (a `vtom synth` folder) or --dry-run")
     if not (Path(synth_dir) / "videos").is_dir(): raise VtomError(f"{synth_dir} has no videos/ folder; generate it with `vtom synth {synth_dir} --num-videos 600`.")
     rep = mind_study(synth_dir, a.out, ood_dir=a.ood, arms=[x for x in a.arms.split(",") if x], learning_rate=a.learning_rate, lora_r=a.lora_r,
-                     val_videos=a.val_videos, test_videos=a.test_videos, device=a.device, seed=a.seed, progress=not a.dry_run, **kw)
+                     val_videos=a.val_videos, test_videos=a.test_videos, rules=[x for x in a.rules.split(",") if x], device=a.device, seed=a.seed, progress=not a.dry_run, **kw)
     print(json.dumps({"chosen": rep["chosen on val"], "chat": rep["chat containers right"],
                       **{f"{sp} belief": round(g["belief accuracy"], 4) for sp, g in rep["goals"].items()},
                       **{f"{sp} tracker belief": g["tracker belief accuracy"] for sp, g in rep["goals"].items()},

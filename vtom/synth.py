@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .core import VtomError, atomic_path, get_logger, write_json
+from .core import RunOptions, VtomError, add_options, atomic_path, get_logger, write_json
 from .data import write_jsonl
 from .social import EXPRESSIONS, timeline_path
 
@@ -1119,7 +1119,7 @@ def synth_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vtom synth", description="Generate the synthetic false-belief video benchmark (resumable).")
     p.add_argument("out", help="output folder (videos/, events/, qa_{split}.json, moments_{split}.jsonl, README.md)")
     p.add_argument("--num-videos", type=int, default=20, help="total number of videos over all splits (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    add_options(p, RunOptions, ("seed",), helps={"seed": "dataset seed"})
     p.add_argument("--fps", type=float, default=4.0, help="frames per second (default 4)")
     p.add_argument("--size", type=int, default=224, help="frame width and height in pixels (default 224)")
     p.add_argument("--splits", default="train=0.7,val=0.15,test=0.15",

@@ -5,24 +5,21 @@
 # %% ../nbs/08c_tomloc.ipynb #212cfa85
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .core import FolderLock, VtomError, atomic_path, check_writable, get_logger, positive_int, write_json
+from .core import FolderLock, VtomError, check_writable, get_logger, write_json
+
 
 # %% auto #0
 __all__ = ['TOMLOC_FIELDS', 'join_features', 'clip_offsets', 'shift_window', 'window_frames', 'midpoint_index', 'index_prompt',
            'format_index', 'parse_index', 'group_videos', 'join_sample', 'index_record', 'joined_qa_record',
            'build_tomloc', 'load_tomloc', 'tomloc_examples', 'point_window', 'tomloc_methods', 'tomloc_table',
-           'lm_frame_predictions', 'train_lm_route', 'evaluate_tomloc', 'mix_training', 'paired_accuracy',
-           'tomloc_main']
+           'lm_frame_predictions']
 
 # %% ../nbs/08c_tomloc.ipynb #d03b884a
 def join_features(features: Sequence[torch.Tensor], frames: Sequence[int], clip_num_frames: Sequence[int],
@@ -280,131 +277,3 @@ def lm_frame_predictions(model, examples: Sequence, base: int = 0, max_new_token
         frames.append(parse_index(text, len(e.frames), base)); texts.append(text)
     return frames, texts
 
-def train_lm_route(build_dir: str | Path, out: str | Path, llm: str = "embedded", steps: int = 60, batch_size: int = 4,
-                   learning_rate: float = 1e-3, device: str = "cpu", seed: int = 0) -> Path:
-    "Train the projector on a build's `index_records.json` (frame-index answers); returns the checkpoint folder."
-    from vtom.train import train
-    build_dir = Path(build_dir)
-    return Path(train(dict(train_data=str(build_dir / "index_records.json"), features=str(build_dir / "features"), output_dir=str(out),
-                           llm=llm, max_steps=steps, batch_size=batch_size, global_batch_size=batch_size, learning_rate=learning_rate,
-                           device=device, seed=seed, save_steps=max(steps, 1), logging_steps=max(1, steps // 10), eval_before=False)))
-
-# %% ../nbs/08c_tomloc.ipynb #f471a02e
-def evaluate_tomloc(train_dir: str | Path, test_dir: str | Path, out: str | Path, head_steps: int = 200, llm: str | None = None,
-                    lm_steps: int = 60, lm_batch: int = 4, learning_rate: float = 1e-3, device: str = "cpu", seed: int = 0) -> dict:
-    "Train the retrieval head (and, with `llm`, the LM route) on one build and score every method on another; writes report.json/.md."
-    from vtom.features import FeatureStore
-    from vtom.locate import HashingQueryEncoder, train_moment_head, write_qvh
-    from vtom.stats import markdown_table
-    t0, out = time.time(), check_writable(Path(out), folder=True)   # before training: a read-only or full disk fails now
-    train_dir, test_dir = Path(train_dir), Path(test_dir)
-    train_rows, test_rows = load_tomloc(train_dir / "tomloc.jsonl"), load_tomloc(test_dir / "tomloc.jsonl")
-    base = {r["index_base"] for r in train_rows + test_rows}
-    if len(base) != 1: raise VtomError(f"{train_dir} and {test_dir} number frames differently ({sorted(base)}); rebuild with one --index-base.")
-    train_ex = tomloc_examples(train_rows, FeatureStore(train_dir / "features"))
-    test_ex = tomloc_examples(test_rows, FeatureStore(test_dir / "features"))
-    encoder = HashingQueryEncoder(256)
-    head, head_log = train_moment_head(train_ex, encoder, steps=head_steps, seed=seed) if head_steps > 0 else (None, [])
-    lm_frames, report = None, {"train": str(train_dir), "test": str(test_dir), "head_steps": head_steps, "llm": llm,
-                               "lm_steps": lm_steps if llm else 0, "seed": seed, "index_base": base.pop(),
-                               "n_train": len(train_ex), "n_test": len(test_ex), "head_log": head_log}
-    if llm:
-        from vtom.model import VideoLLM
-        ckpt = train_lm_route(train_dir, out / "lm-route", llm, lm_steps, lm_batch, learning_rate, device, seed)
-        model = VideoLLM.from_pretrained(ckpt, device=device).eval()
-        lm_frames, texts = lm_frame_predictions(model, test_ex, report["index_base"])
-        report["lm_answers"] = [{"qid": e.qid, "text": t, "frame": f, "target": e.extra["target_frame"]} for e, t, f in zip(test_ex, texts, lm_frames)]
-    methods = tomloc_methods(test_ex, train_ex, head, encoder, lm_frames, seed)
-    report["table"] = tomloc_table(test_ex, methods)
-    report["qvh_files"] = {k: str(v) for k, v in write_qvh(out / "qvh", test_ex, methods).items()}
-    report["seconds"] = round(time.time() - t0, 1)
-    write_json(out / "report.json", report)
-    cols = ["method", "n", "R1@0.3", "R1@0.5", "R1@0.7", "mIoU", "frame_in_window", "exact_index", "answered", "R1@0.5 CI", "frame_in_window CI",
-            "MR-R1@0.5", "MR-R1@0.7", "MR-mAP@0.5", "MR-mAP@0.75", "MR-mAP"]
-    with atomic_path(out / "report.md") as tmp: tmp.write_text(f"# ToMLoc localisation\n\ntrain `{train_dir}` ({len(train_ex)} questions), test `{test_dir}` "
-                                   f"({len(test_ex)}), head steps {head_steps}, LM `{llm}` ({report['lm_steps']} steps), seed {seed}.\n\n"
-                                   + markdown_table(report["table"], cols) + "\n\nMR-* columns: the field's QVHighlights metrics in percent "
-                                   "(ranked windows; predictions and ground truth in `qvh/`).\n")
-    return report
-
-# %% ../nbs/08c_tomloc.ipynb #b1cee551
-def mix_training(qa_file: str | Path, features: str | Path, tomloc_dir: str | Path, out: str | Path) -> dict:
-    "Multiple-choice records of `qa_file` (with features) + a ToMLoc build's index records -> `out/records.json` and linked `out/features/`."
-    from vtom.data import load_siq2, mc_to_conversation
-    from vtom.features import FeatureStore
-    mc_store, tl_store, out = FeatureStore(features), FeatureStore(Path(tomloc_dir) / "features"), Path(out)
-    mc = [mc_to_conversation(q) for q in load_siq2(qa_file) if q.answer_idx is not None and q.video_id in mc_store]
-    tl = json.loads((Path(tomloc_dir) / "index_records.json").read_text())
-    if not mc or not tl: raise VtomError(f"mix_training: {len(mc)} multiple-choice records with features in {features}, {len(tl)} ToMLoc records.")
-    shapes = {tuple(mc_store[mc_store.ids()[0]].shape), tuple(tl_store[tl_store.ids()[0]].shape)}
-    if len(shapes) != 1:
-        raise VtomError(f"The multiple-choice features and the joined ToMLoc features differ in shape {sorted(shapes)}: extract the "
-                        "ToMLoc clips with num_frames / n_clips frames and build with --num-frames equal to the multiple-choice store's.")
-    (out / "features").mkdir(parents=True, exist_ok=True)
-    for store in (mc_store, tl_store):
-        for vid in store.ids():
-            link = out / "features" / f"{vid}.safetensors"
-            if not link.exists(): link.symlink_to((store.folder / f"{vid}.safetensors").resolve())
-    write_json(out / "records.json", mc + tl)
-    return {"records": len(mc) + len(tl), "multiple_choice": len(mc), "tomloc": len(tl), "out": str(out)}
-
-def paired_accuracy(base: Sequence[dict], other: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict:
-    "Accuracy of two prediction sets on their common questions, the difference `other - base` and its paired bootstrap 95% CI."
-    from vtom.stats import bootstrap_ci
-    a = {r["qid"]: bool(r["correct"]) for r in base if r.get("correct") is not None}
-    b = {r["qid"]: bool(r["correct"]) for r in other if r.get("correct") is not None}
-    common = sorted(a.keys() & b.keys())
-    if not common: raise VtomError("paired_accuracy: the two prediction files share no scored question.")
-    x, y = np.array([a[q] for q in common], float), np.array([b[q] for q in common], float)
-    rng = np.random.default_rng(seed)
-    diffs = (y - x)[rng.integers(0, len(common), size=(n_boot, len(common)))].mean(1)
-    lo, hi = np.quantile(diffs, [0.025, 0.975])
-    return {"n": len(common), "base_accuracy": float(x.mean()), "base_ci95": bootstrap_ci(x), "other_accuracy": float(y.mean()),
-            "other_ci95": bootstrap_ci(y), "difference": float((y - x).mean()), "difference_ci95": [float(lo), float(hi)],
-            "only_base_correct": int(((x == 1) & (y == 0)).sum()), "only_other_correct": int(((x == 0) & (y == 1)).sum())}
-
-# %% ../nbs/08c_tomloc.ipynb #9b4ba6f1
-def tomloc_main(argv: list[str] | None = None) -> int:
-    "`vtom tomloc build|eval|mix|compare`: ToMLoc samples from stored features, their scoring, and the paper's experiment."
-    p = argparse.ArgumentParser(prog="vtom tomloc", description="ToMLoc on Social-IQ 2.0: joined clips, frame-index localisation.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="join the clips of a Social-IQ 2.0 qa file from a feature store")
-    b.add_argument("--qa", required=True, help="Social-IQ 2.0 qa_*.json (JSON lines)")
-    b.add_argument("--features", required=True, help="feature store of its videos (`vtom features`)")
-    b.add_argument("--n-clips", type=positive_int, default=3)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--num-frames", type=positive_int, help="temporal tokens of a joined sample (default: n_clips x the store's)")
-    b.add_argument("--index-base", type=int, default=0, choices=(0, 1), help="frame numbering in prompts and answers")
-    b.add_argument("--out", required=True)
-    e = sub.add_parser("eval", help="score the retrieval head, the LM route and the priors")
-    e.add_argument("--train", required=True, help="a `vtom tomloc build` folder to train on")
-    e.add_argument("--test", required=True, help="a `vtom tomloc build` folder to score")
-    e.add_argument("--out", required=True)
-    e.add_argument("--head-steps", type=int, default=300)
-    e.add_argument("--llm", help="train and score the LM route on this LM (embedded, a local dir, a hub name); omitted: no LM route")
-    e.add_argument("--lm-steps", type=int, default=60)
-    e.add_argument("--lm-batch", type=positive_int, default=4)
-    e.add_argument("--learning-rate", type=float, default=1e-3)
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--seed", type=int, default=0)
-    m = sub.add_parser("mix", help="multiple-choice records + ToMLoc records with one linked feature folder")
-    m.add_argument("--qa", required=True); m.add_argument("--features", required=True)
-    m.add_argument("--tomloc", required=True, help="a `vtom tomloc build` folder"); m.add_argument("--out", required=True)
-    c = sub.add_parser("compare", help="paired accuracy difference of two `vtom eval` prediction files")
-    c.add_argument("base", help="BASE.predictions.jsonl (written by `vtom eval --out BASE.json`)")
-    c.add_argument("other", help="OTHER.predictions.jsonl")
-    c.add_argument("--out", help="JSON file for the result")
-    a = p.parse_args(argv)
-    if a.cmd == "build":
-        res = build_tomloc(a.qa, a.features, a.out, a.n_clips, a.seed, a.num_frames, a.index_base)
-    elif a.cmd == "eval":
-        rep = evaluate_tomloc(a.train, a.test, a.out, a.head_steps, a.llm, a.lm_steps, a.lm_batch, a.learning_rate, a.device, a.seed)
-        res = {r["method"]: {k: r[k] for k in ("R1@0.5", "mIoU", "frame_in_window", "exact_index")} for r in rep["table"]}
-    elif a.cmd == "mix":
-        res = mix_training(a.qa, a.features, a.tomloc, a.out)
-    else:
-        from vtom.data import read_jsonl
-        res = paired_accuracy([r for _, r in read_jsonl(a.base)], [r for _, r in read_jsonl(a.other)])
-        if a.out: write_json(a.out, res)
-    print(json.dumps(res, default=str))
-    return 0

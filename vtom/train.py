@@ -27,7 +27,7 @@ from .model import LORA_DIR
 __all__ = ['PRESETS', 'HF_FIELDS', 'TRACKER_WEIGHTS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset',
            'VideoCollator', 'TrainConfig', 'world_size', 'resolve_config', 'load_config_file', 'training_arguments',
            'add_lora', 'save_trained', 'load_tracker', 'load_trainable', 'TrackerTask', 'VideoTrainer', 'LossLogger',
-           'KeepBeforeEval', 'write_history', 'read_history', 'build_model', 'mind_notes', 'tracker_task',
+           'KeepBeforeEval', 'write_history', 'read_history', 'train_spec', 'build_model', 'mind_notes', 'tracker_task',
            'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history', 'train_parser',
            'config_from_argv', 'train_main']
 
@@ -179,7 +179,7 @@ class TrainConfig:
     projector_type: str = _opt("linear", "linear (reference), mlp2, temporal or graph (order-aware; vtom.registry.PROJECTOR_TYPES)")
     graph_cells: int = _opt(16, "grid cells per frame row of graph features (vtom.features.graph_rows; 16 = a 4x4 grid)")
     tracker_weight: float = _opt(0.0, "weight of the auxiliary mental-state tracker loss (0: off); needs --tracker-targets")
-    tracker_targets: str | None = _opt(None, "safetensors file of per-frame tracker labels per video id ([num_frames, 7], vtom.experiments.write_tracker_targets)")
+    tracker_targets: str | None = _opt(None, "safetensors file of per-frame tracker labels per video id ([num_frames, 7], vtom.perception.write_tracker_targets)")
     tracker_batch: int = _opt(16, "videos per step for the auxiliary tracker loss")
     mind: str | None = _opt(None, "a trained perception + tracker (a vtom.model.save_mind folder or a whole-model checkpoint) that become parts of the model; --features must hold its perception's rows")
     mind_route: str = _opt("none", "how the tracker's mental states reach the LM: none, text (a mind timeline in the prompt), tokens (a mind projector on the video tokens); needs --mind")
@@ -432,43 +432,31 @@ def read_history(output_dir: str | Path) -> list[dict]:
     raise VtomError(f"{output_dir} has no history.json or checkpoint: is it a `vtom train` output folder?")
 
 # %% ../nbs/04_train.ipynb #f32f83e9
-def _num_frames_of(store, records: Sequence[dict], default: int = REFERENCE_NUM_FRAMES) -> int:
-    vid = next((record_video_id(r) for r in records if record_video_id(r) in store), None)
-    if vid is None or not hasattr(store, "meta"): return default
-    return int(store.meta(vid).get("num_frames") or default)
-
 def _signals(cfg: TrainConfig, store, num_frames: int):
     "The social signals of a run (`social_store`), aligned to the feature timestamps of `store`; None without one."
     if not cfg.social_store: return None
     from vtom.social import SignalStore
     return SignalStore(cfg.social_store, num_frames, lambda v: store.meta(v).get("timestamps") if hasattr(store, "meta") else None)
 
-def _tower_of(store, records: Sequence[dict]) -> str | None:
-    "The vision tower the features were made with (the store's settings, else the first video's metadata); None when unknown."
-    settings = store.settings() if hasattr(store, "settings") else None
-    if settings and settings.get("tower"): return settings["tower"]
-    vid = next((record_video_id(r) for r in records if record_video_id(r) in store), None)
-    return store.meta(vid).get("tower") if vid is not None and hasattr(store, "meta") else None
+def train_spec(cfg: TrainConfig, store, records: Sequence[dict]):
+    "The run's `VideoSpec`: the options given > the store (its tower, frames, rows and width, read at the first record's video) > defaults."
+    from vtom.model import resolve_spec
+    return resolve_spec(store=store, video_ids=[v for v in map(record_video_id, records) if v], llm=cfg.llm, num_frames=cfg.num_frames,
+                        template=cfg.template, projector=cfg.projector_type, graph_cells=cfg.graph_cells)
 
-def build_model(cfg: TrainConfig, feature_shape: tuple[int, int], num_frames: int, device: str | torch.device = "cpu",
-                vision_name: str | None = None):
-    "The `VideoLLM` to train: frozen LM (`cfg.llm`), fresh projector for `feature_shape` = (N, D), social projector with `social_store`, the trained perception + tracker of `mind`, LoRA when asked."
-    from vtom.model import MIND_FIELDS, VideoLLM, VideoLLMConfig, load_llm, mind_config
+def build_model(cfg: TrainConfig, spec, device: str | torch.device = "cpu"):
+    "The `VideoLLM` to train: frozen LM and fresh projector of `spec` (`train_spec`), social projector with `social_store`, the trained perception + tracker of `mind`, LoRA when asked."
+    from vtom.model import MIND_FIELDS, build_video_llm, load_llm, mind_config
     from vtom.social import SOCIAL_DIM
-    n, d = feature_shape
-    if n <= num_frames: raise VtomError(f"Features have {n} tokens, not more than num_frames={num_frames}; pass the right --num-frames.")
     mind = mind_config(cfg.mind) if cfg.mind else {}
-    if mind and (mind["vision_hidden_size"], mind["num_frames"]) != (d, num_frames):
+    if mind and (mind["vision_hidden_size"], mind["num_frames"]) != (spec.vision_hidden_size, spec.num_frames):
         raise VtomError(f"The mind in {cfg.mind} reads {mind['num_frames']} frames x {mind['vision_hidden_size']} columns but --features "
-                        f"{cfg.features} holds {num_frames} x {d}: pass the store its perception wrote.")
+                        f"{cfg.features} holds {spec.num_frames} x {spec.vision_hidden_size}: pass the store its perception wrote.")
     dtype = get_dtype(get_device(cfg.device), cfg.dtype)
-    lm, tok = load_llm(cfg.llm, device=device, dtype=dtype)
+    lm, tok = load_llm(spec.llm, device=device, dtype=dtype)
     seed_everything(cfg.seed)  # the projector's initialisation is part of the run's seed
-    config = VideoLLMConfig(lm_name=cfg.llm, vision_hidden_size=d, **({"vision_name": vision_name} if vision_name else {}), num_frames=num_frames, num_spatial_tokens=n - num_frames,
-                            projector_type=cfg.projector_type, template=cfg.template, tune_video_embeddings=cfg.tune_video_embeddings,
-                            graph_cells=cfg.graph_cells, social_dim=SOCIAL_DIM if cfg.social_store else 0, mind_route=cfg.mind_route,
-                            **{k: v for k, v in mind.items() if k in MIND_FIELDS})
-    model = VideoLLM(config, lm, tok)
+    model = build_video_llm(spec, lm=lm, tokenizer=tok, tune_video_embeddings=cfg.tune_video_embeddings, mind_route=cfg.mind_route,
+                            social_dim=SOCIAL_DIM if cfg.social_store else 0, **{k: v for k, v in mind.items() if k in MIND_FIELDS})
     if cfg.mind: model.load_mind(cfg.mind)
     if not cfg.train_projector: model.projector.requires_grad_(False), model.video_embeddings.requires_grad_(False)
     if cfg.lora: add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.lora_layers)
@@ -489,7 +477,7 @@ def tracker_task(cfg: TrainConfig, model, store) -> TrackerTask | None:
     from vtom.model import MentalStateTracker
     if not cfg.tracker_targets or not Path(cfg.tracker_targets).is_file():
         raise VtomError(f"tracker_weight={cfg.tracker_weight} needs --tracker-targets FILE (per-frame labels per video id, written by "
-                        f"vtom.experiments.write_tracker_targets); got {cfg.tracker_targets!r}.")
+                        f"vtom.perception.write_tracker_targets); got {cfg.tracker_targets!r}.")
     labels = load_file(cfg.tracker_targets)
     vids = sorted(v for v in labels if v in store)
     if not vids: raise VtomError(f"None of the {len(labels)} videos in {cfg.tracker_targets} has features in {cfg.features}.")
@@ -525,8 +513,8 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
     train_records = load_records(cfg.train_data, available=store.ids(), max_samples=cfg.max_samples)
     shape = feature_shape(store, [v for v in map(record_video_id, train_records) if v])
     if shape is None: raise TrainDataError(f"No record of {cfg.train_data} has features in {cfg.features}.")
-    num_frames = cfg.num_frames or _num_frames_of(store, train_records)
-    model = build_model(cfg, shape, num_frames, vision_name=_tower_of(store, train_records))   # chat loads this tower
+    spec = train_spec(cfg, store, train_records)
+    model, num_frames = build_model(cfg, spec), spec.num_frames   # chat loads the spec's tower
     tok = model.tokenizer
     ds_args = dict(tokenizer=tok, template=cfg.template, num_video_tokens=model.num_video_tokens, max_length=cfg.max_length)
     train_ds = ConversationDataset(train_records, store, name="train", social=_signals(cfg, store, num_frames), notes=mind_notes(model, store, map(record_video_id, train_records)), **ds_args)
@@ -558,7 +546,7 @@ def train(config: TrainConfig | dict | None = None, callbacks: Sequence = (), **
         write_history(trainer.state.log_history, out)
         write_json(out / "train_metrics.json", {
             "config": asdict(cfg), **derived, "resumed_from": resume, "train_records": len(train_ds), "dropped_records": train_ds.dropped,
-            "eval_records": len(eval_ds) if eval_ds else 0, "parameters": params, "num_video_tokens": model.num_video_tokens,
+            "eval_records": len(eval_ds) if eval_ds else 0, "parameters": params, "num_video_tokens": model.num_video_tokens, "spec_sources": spec.sources,
             "eval_loss_before": before.get("eval_before_loss"), "eval_loss_after": after.get("eval_loss"),
             "train": result.metrics, "global_step": trainer.state.global_step, "versions": package_versions(), "git": git_commit()})
     return out
