@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= python3
+# no wheel cache: the venv is several GB (a CUDA torch) and a cached copy of every download doubles what the disk must hold
+export PIP_NO_CACHE_DIR := 1
 
 .PHONY: install demo test export clean lab help chromium gpu-check
 
