@@ -29,10 +29,10 @@ __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 
            'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
            'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'LayoutReader',
            'FramePerception', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name',
-           'mind_segments', 'false_belief_onset', 'layout_line', 'mind_timeline', 'with_mind', 'SocialProjector',
-           'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config', 'processor_config',
-           'SpecError', 'VideoSpec', 'spec_defaults', 'checkpoint_values', 'store_values', 'resolve_spec',
-           'build_video_llm']
+           'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline', 'with_mind',
+           'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config',
+           'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults', 'checkpoint_values', 'store_values',
+           'resolve_spec', 'build_video_llm']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -587,8 +587,12 @@ def layout_line(containers: Sequence[str] | None) -> str:
 
 MIND_KEYS = ("A thinks", "B thinks A thinks", "A wrong")
 
+def onset_line(onset: float | None) -> str:
+    "The timeline's last line: when A's belief turns false (`false_belief_onset`), or that it never does."
+    return "A's belief never turns false." if onset is None else f"A's belief turns false at {onset:.1f}s."
+
 def mind_timeline(reading: MindReading) -> str:
-    "The text route: the layout line, then a line per segment in which the object moves or a belief changes ('3.1s A away; object B's hand > blue jar; A thinks red box (wrong)')."
+    "The text route: the layout line, a line per segment in which the object moves or a belief changes ('3.1s A away; object B's hand > blue jar; A thinks red box (wrong)'), the onset line (when there were frames)."
     segs, cont = mind_segments(reading), reading.containers
     name = lambda p: place_name(p, cont)
     lines, last = [f"{MIND_LABEL}. {layout_line(cont)}"], None
@@ -602,7 +606,7 @@ def mind_timeline(reading: MindReading) -> str:
         if end: parts.append(f"B thinks {name(s['B thinks'])}")   # B moved it: where it is at the end
         lines.append("; ".join(parts))
         last = s
-    return "\n".join(lines)
+    return "\n".join([*lines, onset_line(false_belief_onset(segs))] if segs else lines)   # no frames: no answer either
 
 def with_mind(text: str, mind: str | None) -> str:
     "A user turn with the model's mind text right after its `<video>` placeholder (first, when there is none)."
