@@ -444,8 +444,9 @@ def false_belief_clips(synth_dir: str | Path, split: str = "test") -> list[str]:
     "Videos of a split whose A ends with a false belief (the clips on which 'where will A look?' is not 'where it is')."
     return [v for v in split_videos(synth_dir, split) if _events(synth_dir, v)["frames"]["belief_false_A"][-1]]
 
-def chat_transcripts(checkpoint: str | Path, synth_dir: str | Path, video_ids: Sequence[str], device: str = "cpu") -> list[dict]:
-    "`vtom chat`'s session on each clip: 'Where will A look for the OBJ?' and 'When did A start to believe something false?', checked against the event log."
+def chat_transcripts(checkpoint: str | Path, synth_dir: str | Path, video_ids: Sequence[str], device: str = "cpu", length: float = 1.0) -> list[dict]:
+    """`vtom chat`'s session on each clip: 'Where will A look for the OBJ?' and 'When did A start to believe something false?', checked
+    against the event log (the time as the window `[t, t + length]`, as every 'when' answer of the study)."""
     from vtom.infer import VideoChat
     chat, out = VideoChat.from_names(checkpoint=checkpoint, device=device, disk_cache=False), []
     for vid in video_ids:
@@ -460,7 +461,7 @@ def chat_transcripts(checkpoint: str | Path, synth_dir: str | Path, video_ids: S
         t = parse_moment(a2)
         out.append({"video": vid, "turns": [[q1, a1], [WHEN_CHAT, a2]], "believed": believed, "window": window,
                     "container right": bool(believed and believed in a1 and not any(c in a1 for c in true_containers(ev) if c != believed)),
-                    "time right": bool(window_success(None if t is None else [t, t + 1.0] if isinstance(t, float) else [-9.0, -8.0], window))})
+                    "time right": bool(window_success(None if t is None else [t, t + length] if isinstance(t, float) else [-9.0, -8.0], window))})
     return out
 
 def _sample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
@@ -591,7 +592,7 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     rep["table"] = _study_table(right, letters, qinfo)
     rep["goals"] = {sp: _goal(chosen, right, letters, qinfo[sp], sp, 0.85 if sp.startswith("test") else 0.75) for sp in held}
     clips = false_belief_clips(synth_dir, "test")[:chat_clips]
-    rep["chat"] = timed("chat", lambda: chat_transcripts(ckpts[arm_of[chosen]], synth_dir, clips, device))
+    rep["chat"] = timed("chat", lambda: chat_transcripts(ckpts[arm_of[chosen]], synth_dir, clips, device, qs["length"]))
     rep["chat containers right"] = f"{sum(c['container right'] for c in rep['chat'])}/{len(rep['chat'])}"
     rep["checkpoints"] = {a: str(p) for a, p in ckpts.items()}
     write_json(out / "report.json", rep | {"when answers": answers})
