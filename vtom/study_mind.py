@@ -324,20 +324,25 @@ def _video_inputs(model, store, vid: str, mode: str, seed: int) -> tuple[torch.T
     feats = transform_features(store[vid].float(), mode, model.config.num_frames, vid, seed)
     return feats, model.mind_text(feats, store.meta(vid))
 
+def _answer_scores(model, user: str, notes: str | None, answers: Sequence[str], feats: torch.Tensor | None, rule: str, options: Sequence[str]) -> np.ndarray:
+    "Scores of `answers` to one user turn (with the mind text `notes`) under a scoring rule of `vtom.scoring`: one KV-cached prompt."
+    from vtom.scoring import encode_choices, padding_id, rule_scores, shared_prefix_logprobs
+    enc = encode_choices(model.tokenizer, with_mind(user, notes), answers, model.config.template, 0 if feats is None else feats.shape[0])
+    return rule_scores(rule, shared_prefix_logprobs(model, enc, padding_id(model.tokenizer), feats), options)
+
 @torch.no_grad()
 def video_predictions(model, questions: Sequence[Any], store, mode: str = "video", seed: int = 0, rule: str = "letter") -> list[dict]:
     """Predictions under a scoring rule of `vtom.scoring`: `letter` batched per video (`video_letter_predictions`); `cloze` (each
     option's text alone as the answer to the question, no listed options) with one KV-cached prompt per question."""
-    from vtom.scoring import encode_choices, padding_id, rule_inputs, rule_scores, shared_prefix_logprobs
+    from vtom.scoring import rule_inputs
     if rule == "letter": return video_letter_predictions(model, questions, store, mode, seed)
     if rule not in MIND_RULES: raise VtomError(f"Unknown scoring rule {rule!r} for the mind study; use {', '.join(MIND_RULES)}.")
-    out, tok, inputs = [], model.tokenizer, {}
+    out, inputs = [], {}
     for q in questions:
         if q.video_id not in inputs: inputs[q.video_id] = _video_inputs(model, store, q.video_id, mode, seed)   # once per video
         feats, notes = inputs[q.video_id]
         user, answers = rule_inputs(q, mode, rule)
-        enc = encode_choices(tok, with_mind(user, notes), answers, model.config.template, 0 if feats is None else feats.shape[0])
-        scores = rule_scores(rule, shared_prefix_logprobs(model, enc, padding_id(tok), feats), q.options)
+        scores = _answer_scores(model, user, notes, answers, feats, rule, q.options)
         pred = int(np.argmax(scores))
         out.append({"qid": q.qid, "pred": pred, "correct": pred == q.answer_idx, "qtype": q.qtype, "family": q.subset, "mode": mode,
                     "scores": [round(float(x), 6) for x in scores]})
@@ -351,13 +356,11 @@ def moment_candidates(timestamps: Sequence[float]) -> list[str]:
 def when_choices(model, moments: Sequence[dict], store, mode: str = "video", seed: int = 0, length: float = 1.0) -> dict[str, dict]:
     """`when_answers` under the `cloze` rule: the answer chosen among `moment_candidates` (a frame's time or never) by its
     log-likelihood per character after the question (no free generation); its time and 1/0 (`window_success`)."""
-    from vtom.scoring import encode_choices, padding_id, rule_scores, shared_prefix_logprobs
-    out, tok = {}, model.tokenizer
+    out = {}
     for m in moments:
         feats, notes = _video_inputs(model, store, m["vid_name"], mode, seed)
         cands = moment_candidates(store.meta(m["vid_name"]).get("timestamps") or [])
-        enc = encode_choices(tok, with_mind(f"{VIDEO_TOKEN}\n{m['query']}", notes), cands, model.config.template, feats.shape[0])
-        text = cands[int(np.argmax(rule_scores("cloze", shared_prefix_logprobs(model, enc, padding_id(tok), feats), cands)))]
+        text = cands[int(np.argmax(_answer_scores(model, f"{VIDEO_TOKEN}\n{m['query']}", notes, cands, feats, "cloze", cands)))]
         t = parse_moment(text)
         out[m["qid"]] = {"answer": text, "time": t, "right": window_success(None if t is None else [t, t + length], m["window"])}
     return out
