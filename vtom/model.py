@@ -22,17 +22,18 @@ from .registry import PROJECTOR_TYPES, REFERENCE_TOWER, UnknownModelName, check_
 __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN',
            'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
            'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
-           'NUM_SLOTS', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR',
-           'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS', 'VIDEO_CHATGPT_LM', 'ModelLoadError',
-           'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig',
-           'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
-           'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
-           'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'LayoutReader',
-           'FramePerception', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name',
-           'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline', 'with_mind',
-           'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind', 'mind_config',
-           'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults', 'checkpoint_values', 'store_values',
-           'resolve_spec', 'build_video_llm']
+           'NUM_SLOTS', 'SLOT_GROUPS', 'BACKGROUND', 'PERCEPTION_STRIDE', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS',
+           'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS',
+           'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable',
+           'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video',
+           'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
+           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices',
+           'off_slot', 'container_columns', 'LayoutReader', 'FramePerception', 'slot_group_logits',
+           'perception_targets', 'container_heat', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading',
+           'place_name', 'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline',
+           'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind',
+           'mind_config', 'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults', 'checkpoint_values',
+           'store_values', 'resolve_spec', 'build_video_llm']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -421,12 +422,25 @@ for _agent in "AB":
                                f"{_agent} acts": ("no", "yes"), f"{_agent} at": ("none", "slot0", "slot1", "slot2", "slot3")})
 OBSERVATION_COLUMNS = tuple(f"{g}={v}" for g, vs in OBSERVATION_GROUPS.items() for v in vs)
 NUM_SLOTS = 4   # containers a scene holds, left to right (`slot0`..`slot3` of the observations and the tracker)
+SLOT_GROUPS = tuple(g for g, vs in OBSERVATION_GROUPS.items() if "slot0" in vs)   # groups that name a container: read per column
+BACKGROUND = {"object": "hidden", "A mode": "absent", "A acts": "no", "A at": "none", "B mode": "absent", "B acts": "no", "B at": "none"}
+PERCEPTION_STRIDE = 8   # frame pixels per column of the perception's feature map
 
 def observation_slices() -> dict[str, slice]:
     "Group name -> its columns in an observation row."
     out, i = {}, 0
     for g, vs in OBSERVATION_GROUPS.items(): out[g], i = slice(i, i + len(vs)), i + len(vs)
     return out
+
+def off_slot(group: str) -> list[int]:
+    "Indices of a group's values that are not container slots ('held:A', 'hidden', 'none', ...)."
+    return [i for i, v in enumerate(OBSERVATION_GROUPS[group]) if not v.startswith("slot")]
+
+def container_columns(heat: torch.Tensor, threshold: float = 0.5) -> list[int]:
+    "Containers' columns left to right from a per-column container probability `[W]` (a clip's mean): local maxima above `threshold`, the strongest `NUM_SLOTS`, at least one."
+    h, w = heat.tolist(), len(heat)
+    peaks = [x for x in range(w) if h[x] > threshold and (x == 0 or h[x] >= h[x - 1]) and (x == w - 1 or h[x] > h[x + 1])]
+    return sorted(sorted(peaks, key=lambda x: -h[x])[:NUM_SLOTS]) or [int(heat.argmax())]
 
 class LayoutReader(nn.Module):
     "Per container slot, a learned query attends over a feature map (content + learned positions) and names what it finds: logits `[B, slots, classes]`."
@@ -442,32 +456,58 @@ class LayoutReader(nn.Module):
         att = torch.einsum("kw,bwn->bkn", self.query, f + self.pos.flatten(1)).softmax(-1)   # where slot k's container is
         return self.out(torch.einsum("bkn,bwn->bkw", att, f))
 
-class FramePerception(nn.Module):
-    "A small CNN from uint8 frames `[B, H, W, 3]` to logits over `OBSERVATION_COLUMNS` (one softmax per group); with `colours`/`kinds`, it also names the containers."
-    def __init__(self, channels: Sequence[int] = (32, 48, 64, 96), hidden: int = 256, colours: Sequence[str] = (), kinds: Sequence[str] = ()):
-        super().__init__()
-        layers, c = [], 3
-        for w in channels: layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()]; c = w
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten())   # 7 x 7 keeps where things are
-        self.head = nn.Sequential(nn.Linear(c * 49, hidden), nn.ReLU(), nn.Linear(hidden, len(OBSERVATION_COLUMNS)))
-        self.colours, self.kinds = tuple(colours), tuple(kinds)   # container vocabularies, "none" first (an empty slot)
-        self.split = 3 * (len(channels) - 1)   # body[:split]: the feature map (1/8 of the frame side) the layout reader looks at
-        self.layout = LayoutReader(channels[-2], NUM_SLOTS, len(self.colours) + len(self.kinds)) if self.colours else None
+def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation), nn.BatchNorm2d(c_out), nn.ReLU()]
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(frames.permute(0, 3, 1, 2).float() / 255))
+class FramePerception(nn.Module):
+    """A fully convolutional CNN from uint8 frames `[B, H, W, 3]` to what each frame shows. Each value of `OBSERVATION_GROUPS` is
+    evidence found somewhere in the frame (a map, max-pooled), a group's `BACKGROUND` value a learned constant; a container slot
+    is read per column and given to the nearest container the clip shows. Nothing depends on where a room puts its containers
+    or how many it has. With `colours`/`kinds` it also names the containers."""
+    def __init__(self, channels: Sequence[int] = (32, 48, 64), width: int = 96, colours: Sequence[str] = (), kinds: Sequence[str] = ()):
+        super().__init__()
+        self.stem = nn.Sequential(*[m for c_in, c_out in zip((3, *channels), channels) for m in _conv(c_in, c_out, stride=2)])   # 1/8 of the side
+        self.context = nn.Sequential(*_conv(channels[-1], width), *_conv(width, width, dilation=2), *_conv(width, width, dilation=4))
+        self.values = nn.Conv2d(width, len(OBSERVATION_COLUMNS), 1)
+        self.columns = nn.Conv1d(width, 1 + len(SLOT_GROUPS), 3, padding=1)   # per column: a container; the object, A, B at it
+        self.background = nn.Parameter(torch.zeros(len(OBSERVATION_COLUMNS)))
+        self.register_buffer("is_background", torch.tensor([c in {f"{g}={v}" for g, v in BACKGROUND.items()} for c in OBSERVATION_COLUMNS]), persistent=False)
+        self.colours, self.kinds = tuple(colours), tuple(kinds)   # container vocabularies, "none" first (an empty slot)
+        self.layout = LayoutReader(channels[-1] + 3, NUM_SLOTS, len(self.colours) + len(self.kinds)) if self.colours else None
+
+    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        "`{'values': [B, D] logits (a slot group's slot columns unused), 'columns': [B, 1 + len(SLOT_GROUPS), W] logits}`."
+        f = self.context(self.stem(frames.permute(0, 3, 1, 2).float() / 255))
+        return {"values": torch.where(self.is_background, self.background, self.values(f).amax((2, 3))), "columns": self.columns(f.amax(2))}
+
+    def layout_map(self, frames: torch.Tensor) -> torch.Tensor:
+        "What the name reader looks at: the stem's map beside the frame's mean colours at the same scale (training on permuted colours leaves the stem colour-blind)."
+        x = frames.permute(0, 3, 1, 2).float() / 255
+        return torch.cat([self.stem(x), nn.functional.avg_pool2d(x, PERCEPTION_STRIDE, ceil_mode=True)], 1)
 
     def layout_logits(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Per frame and slot: colour logits `[B, 4, C]` and kind logits `[B, 4, K]`."
-        z = self.layout(self.body[:self.split](frames.permute(0, 3, 1, 2).float() / 255))
+        z = self.layout(self.layout_map(frames))
         return z[..., :len(self.colours)], z[..., len(self.colours):]
 
     @torch.no_grad()
     def probs(self, frames: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        "Per-group probabilities `[B, D]` (each group sums to 1), in eval mode."
+        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames (its containers found from all of them), in eval mode."
         self.eval()
-        z = torch.cat([self(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)])
-        return torch.cat([z[:, s].softmax(-1) for s in observation_slices().values()], -1)
+        outs = [self(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+        if not outs: return torch.zeros(0, len(OBSERVATION_COLUMNS))
+        out = {k: torch.cat([o[k] for o in outs]) for k in ("values", "columns")}
+        found = torch.tensor(container_columns(out["columns"][:, 0].sigmoid().mean(0)), device=frames.device)
+        nearest = (torch.arange(out["columns"].shape[-1], device=frames.device)[:, None] - found).abs().argmin(-1)   # column -> container
+        groups = []
+        for g, s in observation_slices().items():
+            if g not in SLOT_GROUPS: groups.append(out["values"][:, s].softmax(-1)); continue
+            off, p = off_slot(g), slot_group_logits(out, g).softmax(-1)
+            q = p.new_zeros(len(p), s.stop - s.start)
+            q[:, off] = p[:, :len(off)]
+            for k in range(len(found)): q[:, OBSERVATION_GROUPS[g].index(f"slot{k}")] = p[:, len(off):][:, nearest == k].sum(-1)
+            groups.append(q)
+        return torch.cat(groups, -1)
 
     @torch.no_grad()
     def containers(self, frames: torch.Tensor) -> list[str] | None:
@@ -478,9 +518,35 @@ class FramePerception(nn.Module):
         names = [(self.colours[int(c)], self.kinds[int(k)]) for c, k in zip(col.argmax(-1), kind.argmax(-1))]
         return [" ".join(x for x in (c, k) if x != "none") for c, k in names if c != "none"]
 
-def perception_loss(logits: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-    "Sum over groups of the cross-entropy against one-hot observation rows `[B, D]`."
-    return sum(nn.functional.cross_entropy(logits[:, s], obs[:, s].argmax(-1)) for s in observation_slices().values())
+def slot_group_logits(out: dict[str, torch.Tensor], group: str) -> torch.Tensor:
+    "A slot group's logits `[B, n_off + W]`: its off-slot values, then one per column of the frame."
+    s = observation_slices()[group]
+    return torch.cat([out["values"][:, s][:, off_slot(group)], out["columns"][:, 1 + SLOT_GROUPS.index(group)]], -1)
+
+def perception_targets(obs: torch.Tensor, slot_columns: torch.Tensor) -> torch.Tensor:
+    "Per frame and slot group `[B, len(SLOT_GROUPS)]`: the index into `slot_group_logits` of the true value (an off-slot value, or n_off + the column of the container it names) from one-hot rows `[B, D]` and each frame's container columns `[B, NUM_SLOTS]` (-1: none)."
+    out = []
+    for g in SLOT_GROUPS:
+        off, values = off_slot(g), OBSERVATION_GROUPS[g]
+        v = obs[:, observation_slices()[g]].argmax(-1)
+        slot = torch.tensor([int(x[4:]) if x.startswith("slot") else -1 for x in values])[v]
+        column = slot_columns.gather(1, slot.clamp(min=0)[:, None])[:, 0]
+        out.append(torch.where(slot >= 0, len(off) + column, torch.tensor([off.index(i) if i in off else -1 for i in range(len(values))])[v]))
+    return torch.stack(out, 1)
+
+def container_heat(slot_columns: torch.Tensor, width: int) -> torch.Tensor:
+    "`[B, width]` 1 at each container's column, the target of the perception's container detector."
+    heat = torch.zeros(len(slot_columns), width)
+    b, k = (slot_columns >= 0).nonzero(as_tuple=True)
+    heat[b, slot_columns[b, k]] = 1
+    return heat
+
+def perception_loss(out: dict[str, torch.Tensor], obs: torch.Tensor, targets: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    "Sum over groups of the cross-entropy (a slot group's over `slot_group_logits` against `perception_targets`) + the container detector's per-column binary cross-entropy against `heat`."
+    ce = nn.functional.cross_entropy
+    loss = sum(ce(slot_group_logits(out, g), targets[:, SLOT_GROUPS.index(g)]) if g in SLOT_GROUPS else ce(out["values"][:, s], obs[:, s].argmax(-1))
+               for g, s in observation_slices().items())
+    return loss + nn.functional.binary_cross_entropy_with_logits(out["columns"][:, 0], heat)
 
 def observation_rows(probs: torch.Tensor, num_frames: int) -> torch.Tensor:
     "Per-frame observation probabilities `[T, D]` -> the video features of a perception model `[num_frames + 1, D]`: frames zero-padded, then their mean."
@@ -488,7 +554,6 @@ def observation_rows(probs: torch.Tensor, num_frames: int) -> torch.Tensor:
     rows[:min(len(probs), num_frames)] = probs[:num_frames]
     rows[num_frames] = probs[:num_frames].mean(0)
     return rows
-
 
 # %% ../nbs/03_model.ipynb #9db8efa1
 MIND_STATE_DIM = 1 + len(TRACKER_BELIEVERS) * len(TRACKER_PLACES) + len(TRACKER_FLAGS)   # frame flag, believed places, flags

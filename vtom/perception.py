@@ -17,15 +17,16 @@ from torch import nn
 
 from .core import VtomError, atomic_path, write_json
 from .locate import _threads, temporal_iou
-from .model import OBSERVATION_COLUMNS, OBSERVATION_GROUPS, FramePerception, observation_slices, perception_loss
-
+from .model import (NUM_SLOTS, OBSERVATION_COLUMNS, OBSERVATION_GROUPS, PERCEPTION_STRIDE, SLOT_GROUPS, FramePerception, container_heat,
+                        observation_slices, off_slot, perception_loss, perception_targets)
 
 # %% auto #0
 __all__ = ['STUDY_NUM_FRAMES', 'TRACKER_QTYPES', 'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'synth_features',
            'split_videos', 'tracker_targets', 'tracker_data', 'write_tracker_targets', 'train_tracker', 'tracker_probs',
            'frame_accuracy', 'container_slots', 'option_of', 'tracker_choices', 'tracker_answers',
-           'belief_false_windows', 'window_success', 'observation_vector', 'train_perception', 'perception_accuracy',
-           'observation_stores', 'bag_features', 'pooled_slot_features', 'BagOfFrames', 'fit_bag']
+           'belief_false_windows', 'window_success', 'observation_vector', 'slot_columns', 'augment_frames',
+           'train_perception', 'perception_accuracy', 'observation_stores', 'bag_features', 'pooled_slot_features',
+           'BagOfFrames', 'fit_bag']
 
 # %% ../nbs/08a_perception.ipynb #5d6924b8
 STUDY_NUM_FRAMES = 32   # frames of the synthetic studies: the cartoons are short, and 32 keeps them CPU-sized
@@ -195,19 +196,55 @@ def observation_vector(events: dict, timestamps: Sequence[float], num_frames: in
     return x
 
 # %% ../nbs/08a_perception.ipynb #20f177da
-def train_perception(frames: torch.Tensor, obs: torch.Tensor, steps: int = 600, batch_size: int = 64, learning_rate: float = 2e-3,
+def slot_columns(events: dict, width: int) -> torch.Tensor:
+    "`[NUM_SLOTS]` the perception's column of each container left to right (-1: no such container) in frames `width` pixels wide, from an event log."
+    xs = sorted(c["x"] for c in events["layout"]["containers"])[:NUM_SLOTS]
+    last = -(-width // PERCEPTION_STRIDE) - 1
+    return torch.tensor([min(int(x / 224 * width) // PERCEPTION_STRIDE, last) for x in xs] + [-1] * (NUM_SLOTS - len(xs)))
+
+def _move_columns(targets: torch.Tensor, width: int, shift: int, flip: bool) -> torch.Tensor:
+    "Column targets (`perception_targets`) of a frame flipped left-right and then rolled by `shift` columns."
+    off = torch.tensor([len(off_slot(g)) for g in SLOT_GROUPS])
+    col = targets - off
+    col = torch.where(col >= 0, ((width - 1 - col if flip else col) + shift) % width, col)
+    return torch.where(col >= 0, off + col, targets)
+
+def augment_frames(frames: torch.Tensor, targets: torch.Tensor, heat: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rooms no training video shows, made from uint8 frames `[B, H, W, 3]`: each frame flipped left-right (half of them), rolled
+    by up to a column sideways, shifted up to an eighth of its side up or down (the edge rows repeated), its colour channels
+    permuted, their gains and the brightness jittered. Column targets `[B, G]` and container `heat` `[B, W]` move with the frame."""
+    x, targets, heat = frames.float(), targets.clone(), heat.clone()
+    rand = lambda *s: torch.rand(*s, generator=generator)
+    side, w = x.shape[1], heat.shape[-1]
+    for b in range(len(x)):
+        flip, shift, up = bool(rand(1) < 0.5), int(torch.randint(-1, 2, (1,), generator=generator)), int((rand(1) * 0.25 - 0.125) * side)
+        img = x[b].flip(1) if flip else x[b]
+        img = img.roll(shift * PERCEPTION_STRIDE, 1)
+        if up > 0: img = torch.cat([img[up:], img[-3:-2].expand(up, -1, -1)])
+        elif up < 0: img = torch.cat([img[2:3].expand(-up, -1, -1), img[:up]])
+        x[b] = img[..., torch.randperm(3, generator=generator)]
+        targets[b] = _move_columns(targets[b], w, shift, flip)
+        heat[b] = (heat[b].flip(0) if flip else heat[b]).roll(shift, 0)
+    x = x * (0.6 + 0.65 * rand(len(x), 1, 1, 3)) + (60 * rand(len(x), 1, 1, 1) - 40)
+    return x.clamp(0, 255), targets, heat
+
+def train_perception(frames: torch.Tensor, obs: torch.Tensor, columns: torch.Tensor, steps: int = 800, batch_size: int = 64, learning_rate: float = 2e-3,
                      seed: int = 0, log_every: int = 20, layout: torch.Tensor | None = None, colours: Sequence[str] = (),
-                     kinds: Sequence[str] = ()) -> tuple[FramePerception, list[dict]]:
-    "Train `vtom.model.FramePerception` on frames `[N, H, W, 3]` (uint8) and their observation rows `[N, D]` (+ container names: `layout` `[N, 4, 2]` colour/kind indices into `colours`/`kinds`) -> `(net, history)`."
+                     kinds: Sequence[str] = (), augment: bool = True) -> tuple[FramePerception, list[dict]]:
+    """Train `vtom.model.FramePerception` on frames `[N, H, W, 3]` (uint8), their observation rows `[N, D]` and container columns
+    `[N, NUM_SLOTS]` (`slot_columns`), on `augment_frames`' looks (+ container names on the frames as they are: `layout` `[N, 4, 2]`
+    colour/kind indices into `colours`/`kinds`) -> `(net, history)`."""
     torch.manual_seed(seed)
     g, net = torch.Generator().manual_seed(seed), FramePerception(colours=colours, kinds=kinds)
+    targets, heat = perception_targets(obs, columns), container_heat(columns, net(frames[:1])["columns"].shape[-1])
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max(steps, 1), pct_start=0.1)
     history = []
     net.train()
     for step in range(1, steps + 1):
         i = torch.randint(len(frames), (min(batch_size, len(frames)),), generator=g)
-        loss = perception_loss(net(frames[i]), obs[i])
+        x, t, h = augment_frames(frames[i], targets[i], heat[i], g) if augment else (frames[i], targets[i], heat[i])
+        loss = perception_loss(net(x), obs[i], t, h)
         if layout is not None:
             col, kind = net.layout_logits(frames[i])
             loss = loss + F.cross_entropy(col.flatten(0, 1), layout[i, :, 0].flatten()) + F.cross_entropy(kind.flatten(0, 1), layout[i, :, 1].flatten())
@@ -239,12 +276,13 @@ def observation_stores(synth_dir: str | Path, num_frames: int = STUDY_NUM_FRAMES
     report = root / "perception.json"
     if all(v in FeatureStore(paths["learned"]) for v in ids) and report.is_file():
         return {**paths, **json.loads(report.read_text())}
-    frames, obs, meta = {}, {}, {}
+    frames, obs, cols, meta = {}, {}, {}, {}
     for p in paths.values(): p.mkdir(parents=True, exist_ok=True)
     for v in tqdm(ids, desc="frames", unit="video", disable=not progress):
         clip = read_video(synth_dir / "videos" / f"{v}.mp4", num_frames, size=size, resize_mode="bilinear")
         frames[v] = torch.from_numpy(np.asarray(clip.frames))
-        obs[v] = observation_vector(json.loads((synth_dir / "events" / f"{v}.json").read_text()), clip.timestamps, num_frames)
+        events = json.loads((synth_dir / "events" / f"{v}.json").read_text())
+        obs[v], cols[v] = observation_vector(events, clip.timestamps, num_frames), slot_columns(events, size)
         meta[v] = {"video_id": v, "num_frames": num_frames, "frames": len(clip.timestamps), "timestamps": [float(t) for t in clip.timestamps]}
         if v not in FeatureStore(paths["oracle"]):
             save_features(paths["oracle"] / f"{v}.safetensors", obs[v].half(), {**meta[v], "layout": "observations", "source": "oracle"})
@@ -255,7 +293,8 @@ def observation_stores(synth_dir: str | Path, num_frames: int = STUDY_NUM_FRAMES
     elif perception_from: raise VtomError(f"perception_from: no weights file {weights}; run the study on the training set first.")
     else:
         cat = lambda d, vs: torch.cat([d[v][:meta[v]["frames"]] for v in vs])
-        net, history = train_perception(cat(frames, train_ids), cat(obs, train_ids), steps, batch_size, learning_rate, seed)
+        columns = torch.cat([cols[v][None].expand(meta[v]["frames"], -1) for v in train_ids])
+        net, history = train_perception(cat(frames, train_ids), cat(obs, train_ids), columns, steps, batch_size, learning_rate, seed)
         with atomic_path(weights) as tmp: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     probs = {}
     for v in ids:

@@ -22,9 +22,8 @@ from .model import (MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerc
                         false_belief_onset, mind_config, mind_segments, observation_rows, place_name, save_mind,
                         with_mind)
 from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, frame_accuracy, observation_vector, perception_accuracy,
-                             split_videos, tracker_data, tracker_probs, train_perception, train_tracker, window_success)
+                             slot_columns, split_videos, tracker_data, tracker_probs, train_perception, train_tracker, window_success)
 from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
-
 
 # %% auto #0
 __all__ = ['MIND_SIZE', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
@@ -83,7 +82,7 @@ def train_name_head(net: FramePerception, frames: torch.Tensor, layout: torch.Te
     torch.manual_seed(seed)
     net.eval()
     with torch.no_grad():
-        maps = torch.cat([net.body[:net.split](frames[i:i + 128].permute(0, 3, 1, 2).float() / 255) for i in range(0, len(frames), 128)])
+        maps = torch.cat([net.layout_map(frames[i:i + 128]) for i in range(0, len(frames), 128)])
     g, n = torch.Generator().manual_seed(seed), len(net.colours)
     opt = torch.optim.AdamW(net.layout.parameters(), lr=learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max(steps, 1), pct_start=0.1)
@@ -97,7 +96,7 @@ def train_name_head(net: FramePerception, frames: torch.Tensor, layout: torch.Te
     net.eval()
     return history
 
-def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, size: int = MIND_SIZE, steps: int = 600,
+def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, size: int = MIND_SIZE, steps: int = 800,
                      batch_size: int = 64, learning_rate: float = 2e-3, seed: int = 0, progress: bool = False) -> dict:
     """Train `FramePerception` (observations + container names) on the train split's frames; write every video's rows, times and perceived containers to `out/features`.
     Resumable: a finished stage is read back; a saved perception whose name head does not load (an older head) keeps its trunk and
@@ -121,9 +120,11 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
     colours, kinds = (info["colours"], info["kinds"]) if net is not None else container_vocab(synth_dir, train_ids)
     obs = lambda v: observation_vector(_events(synth_dir, v), times[v], num_frames)[:len(times[v])]
     lay = lambda v: layout_labels(_events(synth_dir, v), colours, kinds)[None].expand(len(times[v]), -1, -1)
+    cols = lambda v: slot_columns(_events(synth_dir, v), size)[None].expand(len(times[v]), -1)
     train_frames, train_layout = torch.cat([frames[v] for v in train_ids]), torch.cat([lay(v) for v in train_ids])
     if net is None:
-        net, history = train_perception(train_frames, torch.cat([obs(v) for v in train_ids]), steps, batch_size, learning_rate, seed,
+        net, history = train_perception(train_frames, torch.cat([obs(v) for v in train_ids]), torch.cat([cols(v) for v in train_ids]), steps,
+                                        batch_size, learning_rate, seed,
                                         layout=train_layout, colours=colours, kinds=kinds)
     else:
         history = info["history"]
@@ -146,7 +147,6 @@ class NamedStore:
     def __contains__(self, vid: str) -> bool: return vid in self.store
     def ids(self) -> list[str]: return self.store.ids()
     def meta(self, vid: str) -> dict: return {**self.store.meta(vid), "containers": true_containers(_events(self.synth_dir, vid))}
-
 
 # %% ../nbs/08d_study_mind.ipynb #b7d5155e
 def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, steps: int = 300, batch_size: int = 16,
@@ -540,7 +540,7 @@ def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple]
     return res
 
 def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tuple(ARMS), ood_dir: str | Path | None = None, llm: str = "embedded",
-               num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = 600, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
+               num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = 800, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
                learning_rate: float = 1e-3, lora_r: int = 8, val_videos: int | None = None, test_videos: int | None = None,
                chat_clips: int = 10, rules: Sequence[str] = MIND_RULES, device: str = "cpu", seed: int = 0, progress: bool = False) -> dict:
     """The whole model, end to end: perception, tracker, one LM arm per route at the same budget, each read with every scoring
@@ -602,7 +602,6 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     (out / "report.md").write_text(mind_markdown(rep))
     return rep
 
-
 # %% ../nbs/08d_study_mind.ipynb #b50dd483
 DRY_RUN = dict(num_frames=8, perception_steps=5, tracker_steps=5, lm_steps=2, lm_batch=2, llm="tiny", chat_clips=2)
 
@@ -619,7 +618,7 @@ def mind_main(argv: list[str] | None = None) -> int:
     p.add_argument("--ood", default=None, help="a `vtom synth --domain ood` folder: every split of it is reported (perceived names, and names given)")
     p.add_argument("--arms", default=",".join(ARMS), help="LM arms, comma-separated (default %(default)s)")
     add_options(p, ModelOptions, only=("llm", "num_frames"), llm="embedded", num_frames=STUDY_NUM_FRAMES)
-    p.add_argument("--perception-steps", type=int, default=600)
+    p.add_argument("--perception-steps", type=int, default=800)
     p.add_argument("--tracker-steps", type=int, default=300)
     p.add_argument("--lm-steps", type=int, default=150, help="optimizer steps per LM arm (the same for every arm)")
     p.add_argument("--lm-batch", type=int, default=8)
@@ -652,4 +651,3 @@ def mind_main(argv: list[str] | None = None) -> int:
                       **{f"{sp} tracker belief": g["tracker belief accuracy"] for sp, g in rep["goals"].items()},
                       **{f"{sp} goal met": g["met"] for sp, g in rep["goals"].items()}}))
     return 0
-
