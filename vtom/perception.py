@@ -236,7 +236,7 @@ def train_perception(frames: torch.Tensor, obs: torch.Tensor, columns: torch.Ten
     colour/kind indices into `colours`/`kinds`) -> `(net, history)`."""
     torch.manual_seed(seed)
     g, net = torch.Generator().manual_seed(seed), FramePerception(colours=colours, kinds=kinds)
-    targets, heat = perception_targets(obs, columns), container_heat(columns, net(frames[:1])["columns"].shape[-1])
+    targets, heat = perception_targets(obs, columns), container_heat(columns, -(-frames.shape[2] // PERCEPTION_STRIDE))   # a column per 8 px
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, learning_rate, total_steps=max(steps, 1), pct_start=0.1)
     history = []
@@ -289,7 +289,9 @@ def observation_stores(synth_dir: str | Path, num_frames: int = STUDY_NUM_FRAMES
     weights = Path(perception_from) if perception_from else root / "perception.safetensors"
     train_ids = [v for v in split_videos(synth_dir, "train") if v in frames] if (synth_dir / "qa_train.json").is_file() and not perception_from else []
     net, history = FramePerception(), []
-    if weights.is_file(): net.load_state_dict(load_file(str(weights)))
+    if weights.is_file():
+        try: net.load_state_dict(load_file(str(weights)))
+        except RuntimeError as e: raise VtomError(f"{weights} is not a FramePerception of this vtom (an older one?); delete {root} to train it again.") from e
     elif perception_from: raise VtomError(f"perception_from: no weights file {weights}; run the study on the training set first.")
     else:
         cat = lambda d, vs: torch.cat([d[v][:meta[v]["frames"]] for v in vs])
