@@ -31,9 +31,9 @@ __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 
            'off_slot', 'container_columns', 'LayoutReader', 'FramePerception', 'slot_group_logits',
            'perception_targets', 'container_heat', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading',
            'place_name', 'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline',
-           'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'save_mind',
-           'mind_config', 'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults', 'checkpoint_values',
-           'store_values', 'resolve_spec', 'build_video_llm']
+           'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'room_places',
+           'save_mind', 'mind_config', 'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults',
+           'checkpoint_values', 'store_values', 'resolve_spec', 'build_video_llm']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -906,17 +906,25 @@ def perceive(self: VideoLLM, frames) -> tuple[torch.Tensor, list[str] | None]:
 def _real_frames(self: VideoLLM, rows: torch.Tensor) -> int:
     return int((rows[:self.config.num_frames].abs().sum(-1) > 0).sum())
 
+def room_places(places: torch.Tensor, n_containers: int | None) -> torch.Tensor:
+    "Believed-place probabilities `[..., TRACKER_PLACES]` with the slots a room of `n_containers` lacks at 0 (renormalised): no belief in a container that is not there."
+    if not n_containers or n_containers >= NUM_SLOTS: return places
+    gone = torch.tensor([p.startswith("slot") and int(p[4:]) >= n_containers for p in TRACKER_PLACES])
+    kept = places.masked_fill(gone, 0)
+    return kept / kept.sum(-1, keepdim=True).clamp_min(1e-12)
+
 @patch
 @torch.no_grad()
 def read_mind(self: VideoLLM, features: torch.Tensor, timestamps: Sequence[float] | None = None,
               containers: Sequence[str] | None = None) -> MindReading:
-    "The tracker's reading of one video's features `[N, D]`: believed places and flags per real frame (+ what each frame shows, with perception)."
+    "The tracker's reading of one video's features `[N, D]`: believed places (among the `containers` it is given, `room_places`) and flags per real frame (+ what each frame shows, with perception)."
     if self.mind is None: raise VtomError("This model has no tracker: train one with the whole model (`vtom mind`, `vtom train --mind DIR`).")
     rows = torch.as_tensor(features).float().to(self.device)
     n = _real_frames(self, rows)
     out = self.mind(rows[None])
     ts = [float(t) for t in (timestamps if timestamps is not None else range(n))][:n]
-    return MindReading(ts, out["places"][0, :n].softmax(-1).cpu(), out["flags"][0, :n].sigmoid().cpu(),
+    places = room_places(out["places"][0, :n].softmax(-1).cpu(), len(containers) if containers else None)
+    return MindReading(ts, places, out["flags"][0, :n].sigmoid().cpu(),
                        rows[:n].cpu() if self.perception is not None else None, list(containers) if containers and n else None)
 
 @patch

@@ -257,13 +257,15 @@ def when_answers(model, moments: Sequence[dict], store, mode: str = "video", see
     return out
 
 def tracker_alone(model, rows: Sequence[dict], moments: Sequence[dict], store, length: float = 1.0) -> dict[str, int]:
-    "qid -> 1/0 of the tracker alone (no LM): belief and second-order from its last frame named by the perceived containers, 'when' from its segments."
+    """qid -> 1/0 of the tracker alone (no LM): belief and second-order from its last frame (the most probable of the room's
+    containers, as the options are containers) named by the perceived containers, 'when' from its segments."""
     out = {}
     for r in rows:
         if r["qtype"] not in TRACKER_QTYPES: continue
         meta = store.meta(r["vid_name"])
         reading = model.read_mind(store[r["vid_name"]], meta.get("timestamps"), meta.get("containers"))
-        place = TRACKER_PLACES[int(reading.places[-1, TRACKER_QTYPES[r["qtype"]]].argmax())]
+        slots = [TRACKER_PLACES.index(f"slot{k}") for k in range(min(len(reading.containers or ()) or NUM_SLOTS, NUM_SLOTS))]
+        place = f"slot{int(reading.places[-1, TRACKER_QTYPES[r['qtype']], slots].argmax())}"
         out[r["qid"]] = int(f"the {place_name(place, reading.containers)}" == r["ans_corr"])
     for m in moments:
         meta = store.meta(m["vid_name"])
