@@ -32,8 +32,8 @@ __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 
            'perception_targets', 'container_heat', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading',
            'place_name', 'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline',
            'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'room_places',
-           'save_mind', 'mind_config', 'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults',
-           'checkpoint_values', 'store_values', 'resolve_spec', 'build_video_llm']
+           'believed_container', 'save_mind', 'mind_config', 'processor_config', 'SpecError', 'VideoSpec',
+           'spec_defaults', 'checkpoint_values', 'store_values', 'resolve_spec', 'build_video_llm']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -912,6 +912,10 @@ def room_places(places: torch.Tensor, n_containers: int | None) -> torch.Tensor:
     gone = torch.tensor([p.startswith("slot") and int(p[4:]) >= n_containers for p in TRACKER_PLACES])
     kept = places.masked_fill(gone, 0)
     return kept / kept.sum(-1, keepdim=True).clamp_min(1e-12)
+
+def believed_container(places: torch.Tensor, n_containers: int) -> int:
+    "The slot (left to right) of the room's `n_containers` that believed-place probabilities `[TRACKER_PLACES]` favour: the answer to 'where will A look?', whose options are containers."
+    return int(places[[TRACKER_PLACES.index(f"slot{k}") for k in range(min(n_containers, NUM_SLOTS))]].argmax())
 
 @patch
 @torch.no_grad()

@@ -144,13 +144,13 @@ def option_of(row: dict, container: str) -> int:
 def tracker_choices(rows: Sequence[dict], probs: dict[str, torch.Tensor], ids: Sequence[str], synth_dir: str | Path,
                     frames: dict[str, int]) -> dict[str, int]:
     "qid -> the option the tracker picks for belief and second-order questions: the container believed in at the video's last real frame."
-    from vtom.model import TRACKER_PLACES
+    from vtom.model import believed_container
     at, out, slots = {v: i for i, v in enumerate(ids)}, {}, {}
     for r in rows:
         if r["qtype"] not in TRACKER_QTYPES or r["vid_name"] not in at: continue
         conts = slots.setdefault(r["vid_name"], container_slots(synth_dir, r["vid_name"]))
         p = probs["places"][at[r["vid_name"]], frames[r["vid_name"]] - 1, TRACKER_QTYPES[r["qtype"]]]
-        out[r["qid"]] = option_of(r, conts[int(p[[TRACKER_PLACES.index(f"slot{k}") for k in range(len(conts))]].argmax())])
+        out[r["qid"]] = option_of(r, conts[believed_container(p, len(conts))])
     return out
 
 def tracker_answers(rows: Sequence[dict], probs: dict[str, torch.Tensor], ids: Sequence[str], synth_dir: str | Path,

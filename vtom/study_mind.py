@@ -18,7 +18,7 @@ import torch
 from .core import RunOptions, VtomError, add_options, atomic_path, get_logger, write_json
 from .registry import ModelOptions
 from .scoring import cache_kwarg, common_prefix_length
-from .model import (MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker,
+from .model import (MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker, believed_container,
                         false_belief_onset, mind_config, mind_segments, observation_rows, place_name, save_mind,
                         with_mind)
 from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, frame_accuracy, observation_vector, perception_accuracy,
@@ -110,9 +110,9 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
     if report.is_file() and weights.is_file() and all(v in FeatureStore(store) for v in ids):   # resumable: done before
         info, state = json.loads(report.read_text()), load_file(str(weights))
         net = FramePerception(colours=info["colours"], kinds=info["kinds"])
-        keys = set(net.state_dict())
-        if keys == set(state): net.load_state_dict(state); return {**info, "store": store, "net": net.eval()}
-        if {k for k in keys if not k.startswith("layout.")} != {k for k in state if not k.startswith("layout.")}:
+        shapes = lambda sd, layout: {k: v.shape for k, v in sd.items() if k.startswith("layout.") == layout}
+        if all(shapes(net.state_dict(), x) == shapes(state, x) for x in (True, False)): net.load_state_dict(state); return {**info, "store": store, "net": net.eval()}
+        if shapes(net.state_dict(), False) != shapes(state, False):
             raise VtomError(f"{weights} is not a FramePerception of this vtom; delete {out} to train the perception again.")
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith("layout.")}, strict=False)
     frames, times = read_frames(synth_dir, num_frames, size, progress)
@@ -264,8 +264,7 @@ def tracker_alone(model, rows: Sequence[dict], moments: Sequence[dict], store, l
         if r["qtype"] not in TRACKER_QTYPES: continue
         meta = store.meta(r["vid_name"])
         reading = model.read_mind(store[r["vid_name"]], meta.get("timestamps"), meta.get("containers"))
-        slots = [TRACKER_PLACES.index(f"slot{k}") for k in range(min(len(reading.containers or ()) or NUM_SLOTS, NUM_SLOTS))]
-        place = f"slot{int(reading.places[-1, TRACKER_QTYPES[r['qtype']], slots].argmax())}"
+        place = f"slot{believed_container(reading.places[-1, TRACKER_QTYPES[r['qtype']]], len(reading.containers or ()) or NUM_SLOTS)}"
         out[r["qid"]] = int(f"the {place_name(place, reading.containers)}" == r["ans_corr"])
     for m in moments:
         meta = store.meta(m["vid_name"])
