@@ -22,16 +22,18 @@ from .registry import PROJECTOR_TYPES, REFERENCE_TOWER, UnknownModelName, check_
 __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 'TEMPLATE_NAMES', 'VIDEO_TOKEN',
            'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
            'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
-           'NUM_SLOTS', 'SLOT_GROUPS', 'BACKGROUND', 'PERCEPTION_STRIDE', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS',
-           'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS',
-           'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable',
-           'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video',
-           'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
-           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices',
-           'off_slot', 'container_columns', 'LayoutReader', 'FramePerception', 'slot_group_logits',
-           'perception_targets', 'container_heat', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading',
-           'place_name', 'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline',
-           'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'room_places',
+           'NUM_SLOTS', 'SLOT_GROUPS', 'BACKGROUND', 'PERCEPTION_STRIDE', 'FLOOR_BAND', 'FOREGROUND_TOLERANCE',
+           'STATIC_THRESHOLD', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR',
+           'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS', 'VIDEO_CHATGPT_LM', 'ModelLoadError',
+           'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig',
+           'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
+           'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
+           'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'off_slot',
+           'container_columns', 'floor_band', 'static_heat', 'find_containers', 'container_colours', 'colour_word',
+           'to_lab', 'ground_names', 'LayoutReader', 'FramePerception', 'slot_group_logits', 'perception_targets',
+           'container_heat', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name',
+           'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline', 'with_mind',
+           'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'room_places',
            'believed_container', 'save_mind', 'mind_config', 'processor_config', 'SpecError', 'VideoSpec',
            'spec_defaults', 'checkpoint_values', 'store_values', 'resolve_spec', 'build_video_llm']
 
@@ -442,6 +444,68 @@ def container_columns(heat: torch.Tensor, threshold: float = 0.5) -> list[int]:
     peaks = [x for x in range(w) if h[x] > threshold and (x == 0 or h[x] >= h[x - 1]) and (x == w - 1 or h[x] > h[x + 1])]
     return sorted(sorted(peaks, key=lambda x: -h[x])[:NUM_SLOTS]) or [int(heat.argmax())]
 
+
+# %% ../nbs/03_model.ipynb #f1be1743
+FLOOR_BAND = (0.66, 0.86)    # rows of a frame (fractions of its height) where the containers stand, in every room of vtom synth
+FOREGROUND_TOLERANCE = 30.0  # RGB distance from the floor's colour above which a pixel shows something standing there
+STATIC_THRESHOLD = 0.3       # share of a column's floor-band pixels that must be foreground for a container to stand there
+
+def floor_band(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "The floor band `[h, W, 3]` of a clip's median frame (agents that move vanish) and the floor's colour `[3]` (the band's median)."
+    med = frames.float().median(0).values
+    band = med[int(FLOOR_BAND[0] * len(med)):int(FLOOR_BAND[1] * len(med))]
+    return band, band.reshape(-1, 3).median(0).values
+
+def static_heat(frames: torch.Tensor) -> torch.Tensor:
+    "Per column of the perception's map `[ceil(W / PERCEPTION_STRIDE)]`: the share of a clip's floor-band pixels that are not floor (things that stand still there)."
+    band, floor = floor_band(frames)
+    fg = ((band - floor).norm(dim=-1) > FOREGROUND_TOLERANCE).float().mean(0)
+    return nn.functional.avg_pool1d(fg[None, None], PERCEPTION_STRIDE, ceil_mode=True)[0, 0]
+
+def find_containers(frames: torch.Tensor) -> list[int]:
+    "The columns of a clip's containers, left to right (`container_columns` over `static_heat`)."
+    return container_columns(static_heat(frames), STATIC_THRESHOLD)
+
+def container_colours(frames: torch.Tensor, columns: Sequence[int]) -> torch.Tensor:
+    "The RGB colour (0-255) `[K, 3]` of the container at each of `columns`: the median of its column's floor-band pixels that are neither floor nor a black outline."
+    band, floor = floor_band(frames)
+    out = []
+    for c in columns:
+        px = band[:, c * PERCEPTION_STRIDE:(c + 1) * PERCEPTION_STRIDE].reshape(-1, 3)
+        body = px[((px - floor).norm(dim=-1) > FOREGROUND_TOLERANCE) & (px.sum(-1) > 90)]
+        out.append((body if len(body) else px).median(0).values)
+    return torch.stack(out) if out else torch.zeros(0, 3)
+
+def colour_word(name: str) -> tuple[float, float, float] | None:
+    "The RGB (0-1) of the colour a name starts with ('light blue box' -> light blue), from matplotlib's XKCD then CSS colours; None if it names none."
+    from matplotlib import colors
+    words = name.lower().removeprefix("the ").split()
+    for k in range(len(words), 0, -1):
+        w = " ".join(words[:k])
+        for key in (f"xkcd:{w}", w):
+            if key in colors.XKCD_COLORS or key in colors.CSS4_COLORS: return colors.to_rgb(key)
+    return None
+
+def to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    "RGB colours `[N, 3]` (0-255) -> CIELAB `[N, 3]` (Pillow's colour management)."
+    import numpy as np
+    from PIL import Image, ImageCms
+    srgb_to_lab = ImageCms.buildTransformFromOpenProfiles(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+    im = Image.fromarray(rgb.round().clamp(0, 255).to(torch.uint8).numpy()[None])
+    lab = np.asarray(ImageCms.applyTransform(im, srgb_to_lab))[0]
+    return torch.tensor(np.concatenate([lab[:, :1] / 2.55, lab[:, 1:].view(np.int8)], 1), dtype=torch.float32)   # L 0-100, a and b signed
+
+def ground_names(colours: torch.Tensor, candidates: Sequence[str]) -> list[str] | None:
+    "Name each measured colour `[K, 3]` by a different one of `candidates`, the assignment whose colour words are nearest in CIELAB in total; None when fewer candidates name a colour than there are colours."
+    from itertools import permutations
+    named = [(c, rgb) for c in dict.fromkeys(candidates) if (rgb := colour_word(c)) is not None]
+    if len(named) < len(colours): return None
+    if not len(colours): return []
+    cost = torch.cdist(to_lab(colours), to_lab(torch.tensor([rgb for _, rgb in named]) * 255))   # [K, candidates]
+    best = min(permutations(range(len(named)), len(colours)), key=lambda p: float(cost[range(len(p)), list(p)].sum()))
+    return [named[j][0] for j in best]
+
+# %% ../nbs/03_model.ipynb #67339e15
 class LayoutReader(nn.Module):
     "Per container slot, a learned query attends over a feature map (content + learned positions) and names what it finds: logits `[B, slots, classes]`."
     def __init__(self, channels: int, slots: int, classes: int, grid: int = 14, width: int = 64):
@@ -492,12 +556,12 @@ class FramePerception(nn.Module):
 
     @torch.no_grad()
     def probs(self, frames: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames (its containers found from all of them), in eval mode."
+        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames (its containers found from all of them, `find_containers`), in eval mode."
         self.eval()
         outs = [self(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
         if not outs: return torch.zeros(0, len(OBSERVATION_COLUMNS))
         out = {k: torch.cat([o[k] for o in outs]) for k in ("values", "columns")}
-        found = torch.tensor(container_columns(out["columns"][:, 0].sigmoid().mean(0)), device=frames.device)
+        found = torch.tensor(find_containers(frames), device=frames.device)
         nearest = (torch.arange(out["columns"].shape[-1], device=frames.device)[:, None] - found).abs().argmin(-1)   # column -> container
         groups = []
         for g, s in observation_slices().items():
@@ -510,8 +574,14 @@ class FramePerception(nn.Module):
         return torch.cat(groups, -1)
 
     @torch.no_grad()
-    def containers(self, frames: torch.Tensor) -> list[str] | None:
-        "The containers' names left to right ('red box'), read from all `frames` together (None without a layout head); empty slots are left out."
+    def containers(self, frames: torch.Tensor, candidates: Sequence[str] | None = None) -> list[str] | None:
+        """The containers' names left to right ('red box'). With `candidates` (the names a question offers), each container found
+        (`find_containers`) gets the one its colour matches (`ground_names`); else the name reader reads them from all `frames`
+        together (None without a layout head; empty slots are left out)."""
+        if candidates:
+            x = frames.cpu()
+            names = ground_names(container_colours(x, find_containers(x)), candidates)
+            if names is not None: return names
         if self.layout is None: return None
         self.eval()
         col, kind = (torch.cat(z).log_softmax(-1).sum(0) for z in zip(*(self.layout_logits(frames[i:i + 128]) for i in range(0, len(frames), 128))))
@@ -542,7 +612,7 @@ def container_heat(slot_columns: torch.Tensor, width: int) -> torch.Tensor:
     return heat
 
 def perception_loss(out: dict[str, torch.Tensor], obs: torch.Tensor, targets: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
-    "Sum over groups of the cross-entropy (a slot group's over `slot_group_logits` against `perception_targets`) + the container detector's per-column binary cross-entropy against `heat`."
+    "Sum over groups of the cross-entropy (a slot group's over `slot_group_logits` against `perception_targets`) + the learned container detector's per-column binary cross-entropy against `heat` (an auxiliary target: `find_containers` finds them at inference)."
     ce = nn.functional.cross_entropy
     loss = sum(ce(slot_group_logits(out, g), targets[:, SLOT_GROUPS.index(g)]) if g in SLOT_GROUPS else ce(out["values"][:, s], obs[:, s].argmax(-1))
                for g, s in observation_slices().items())

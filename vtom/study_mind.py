@@ -26,15 +26,18 @@ from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, frame_accuracy, obser
 from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
 
 # %% auto #0
-__all__ = ['MIND_SIZE', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
-           'BASELINE_MODES', 'DRY_RUN', 'true_containers', 'container_vocab', 'layout_labels', 'read_frames',
-           'write_perceived', 'train_name_head', 'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer',
-           'parse_moment', 'mind_records', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts',
-           'video_letter_predictions', 'arm_label', 'video_predictions', 'moment_candidates', 'when_choices',
-           'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'mind_study', 'mind_main']
+__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS', 'LORA_LAYERS',
+           'MIND_RULES', 'REPORT_QTYPES', 'BASELINE_MODES', 'DRY_RUN', 'true_containers', 'container_vocab',
+           'option_names', 'layout_labels', 'read_frames', 'write_perceived', 'train_name_head', 'perception_stage',
+           'NamedStore', 'tracker_stage', 'moment_answer', 'parse_moment', 'mind_records', 'train_arm', 'when_answers',
+           'tracker_alone', 'letter_counts', 'video_letter_predictions', 'arm_label', 'video_predictions',
+           'moment_candidates', 'when_choices', 'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'mind_study',
+           'mind_main']
 
 # %% ../nbs/08d_study_mind.ipynb #0f55d71e
 MIND_SIZE = 112   # frame side of the perception (the object is a few pixels wide at 112 px)
+PERCEPTION_STEPS = 800   # the perception's training steps (the study's, the CLI's and the tom-mind preset's default)
+CONTAINER_QTYPES = ("memory", "reality", "belief", "second_order")   # questions whose answer is a container
 
 def _events(synth_dir: str | Path, vid: str) -> dict:
     return json.loads((Path(synth_dir) / "events" / f"{vid}.json").read_text())
@@ -49,6 +52,17 @@ def container_vocab(synth_dir: str | Path, video_ids: Sequence[str]) -> tuple[li
     for v in video_ids:
         for c in _events(synth_dir, v)["layout"]["containers"]: cols.add(c["colour"]); kinds.add(c["kind"])
     return ["none", *sorted(cols)], ["none", *sorted(kinds)]
+
+def option_names(synth_dir: str | Path) -> dict[str, list[str]]:
+    "Per video of a `vtom synth` folder, the containers its questions offer (the options of every container question of every `qa_*.json`, 'the' dropped): the names its perception grounds."
+    from vtom.data import read_jsonl
+    out: dict[str, list[str]] = {}
+    for qa in sorted(Path(synth_dir).glob("qa_*.json")):
+        for _, r in read_jsonl(qa):
+            if r["qtype"] not in CONTAINER_QTYPES: continue
+            names = out.setdefault(r["vid_name"], [])
+            names += [n for n in (r[k].removeprefix("the ") for k in sorted(r) if k[:1] == "a" and k[1:].isdigit()) if n not in names]
+    return out
 
 def layout_labels(events: dict, colours: Sequence[str], kinds: Sequence[str]) -> torch.Tensor:
     "`[4, 2]` colour and kind indices of the containers left to right (0 = none: an empty slot or a name outside the vocabulary)."
@@ -67,12 +81,12 @@ def read_frames(synth_dir: str | Path, num_frames: int, size: int = MIND_SIZE, p
         frames[video_id_of(p)], times[video_id_of(p)] = torch.from_numpy(np.asarray(clip.frames)), [float(t) for t in clip.timestamps]
     return frames, times
 
-def write_perceived(net: FramePerception, frames: dict, times: dict, store: str | Path, num_frames: int) -> Path:
-    "Each video's observation rows (`observation_rows`) with its frame times and the containers `net` reads: a feature store."
+def write_perceived(net: FramePerception, frames: dict, times: dict, store: str | Path, num_frames: int, candidates: dict[str, list[str]] | None = None) -> Path:
+    "Each video's observation rows (`observation_rows`) with its frame times and the containers `net` reads (grounded on the video's `candidates` names where given): a feature store."
     from vtom.features import save_features
     for v in frames:
         save_features(Path(store) / f"{v}.safetensors", observation_rows(net.probs(frames[v]), num_frames).half(),
-                      {"video_id": v, "num_frames": num_frames, "frames": len(times[v]), "timestamps": times[v], "containers": net.containers(frames[v]),
+                      {"video_id": v, "num_frames": num_frames, "frames": len(times[v]), "timestamps": times[v], "containers": net.containers(frames[v], (candidates or {}).get(v)),
                        "tower": "perception:frame", "layout": "observations", "source": "learned"})
     return Path(store)
 
@@ -96,25 +110,27 @@ def train_name_head(net: FramePerception, frames: torch.Tensor, layout: torch.Te
     net.eval()
     return history
 
-def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, size: int = MIND_SIZE, steps: int = 800,
+def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, size: int = MIND_SIZE, steps: int = PERCEPTION_STEPS,
                      batch_size: int = 64, learning_rate: float = 2e-3, seed: int = 0, progress: bool = False) -> dict:
-    """Train `FramePerception` (observations + container names) on the train split's frames; write every video's rows, times and perceived containers to `out/features`.
-    Resumable: a finished stage is read back; a saved perception whose name head does not load (an older head) keeps its trunk and
-    observation head, and only the name head is trained over the frozen trunk (`train_name_head`)."""
+    """Train `FramePerception` (observations + container names) on the train split's frames; write every video's rows, times and the containers
+    it finds, named by the video's options (`option_names`), to `out/features`. Resumable: saved weights are reused (delete `features/` to read
+    the videos again with them); a saved perception whose name head does not load (an older head) keeps its trunk and observation head, and
+    only the name head is trained over the frozen trunk (`train_name_head`)."""
     from safetensors.torch import load_file, save_file
     from vtom.features import FeatureStore, list_videos, video_id_of
     synth_dir, out = Path(synth_dir), Path(out)
     store, weights, report = out / "features", out / "perception.safetensors", out / "perception.json"
     ids = [video_id_of(p) for p in list_videos(synth_dir / "videos")]
-    net, info = None, {}
-    if report.is_file() and weights.is_file() and all(v in FeatureStore(store) for v in ids):   # resumable: done before
+    net, info, old_names = None, {}, False
+    if report.is_file() and weights.is_file():   # trained before
         info, state = json.loads(report.read_text()), load_file(str(weights))
         net = FramePerception(colours=info["colours"], kinds=info["kinds"])
         shapes = lambda sd, layout: {k: v.shape for k, v in sd.items() if k.startswith("layout.") == layout}
-        if all(shapes(net.state_dict(), x) == shapes(state, x) for x in (True, False)): net.load_state_dict(state); return {**info, "store": store, "net": net.eval()}
         if shapes(net.state_dict(), False) != shapes(state, False):
             raise VtomError(f"{weights} is not a FramePerception of this vtom; delete {out} to train the perception again.")
-        net.load_state_dict({k: v for k, v in state.items() if not k.startswith("layout.")}, strict=False)
+        old_names = shapes(net.state_dict(), True) != shapes(state, True)
+        net.load_state_dict({k: v for k, v in state.items() if not (old_names and k.startswith("layout."))}, strict=not old_names)
+        if not old_names and all(v in FeatureStore(store) for v in ids): return {**info, "store": store, "net": net.eval()}
     frames, times = read_frames(synth_dir, num_frames, size, progress)
     train_ids = [v for v in split_videos(synth_dir, "train") if v in frames]
     colours, kinds = (info["colours"], info["kinds"]) if net is not None else container_vocab(synth_dir, train_ids)
@@ -126,15 +142,17 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
         net, history = train_perception(train_frames, torch.cat([obs(v) for v in train_ids]), torch.cat([cols(v) for v in train_ids]), steps,
                                         batch_size, learning_rate, seed,
                                         layout=train_layout, colours=colours, kinds=kinds)
+        info["steps"] = steps
     else:
         history = info["history"]
+    if old_names:
         info["name head"] = {"steps": steps, "history": train_name_head(net, train_frames, train_layout, steps, batch_size, learning_rate, seed),
                              "note": "trained alone over the saved trunk (the saved perception had an older name head)"}
-    write_perceived(net, frames, times, store, num_frames)
+    write_perceived(net, frames, times, store, num_frames, option_names(synth_dir))
     test_ids = [v for v in split_videos(synth_dir, "test") if v in frames]
     acc = perception_accuracy(torch.cat([net.probs(frames[v]) for v in test_ids]), torch.cat([obs(v) for v in test_ids])) if test_ids else {}
     named = [FeatureStore(store).meta(v)["containers"] == true_containers(_events(synth_dir, v)) for v in test_ids]
-    info |= {"colours": colours, "kinds": kinds, "num_frames": num_frames, "size": size, "steps": steps, "train videos": len(train_ids),
+    info |= {"colours": colours, "kinds": kinds, "num_frames": num_frames, "size": size, "train videos": len(train_ids),
              "test accuracy": acc, "test containers named right": float(np.mean(named)) if named else float("nan"), "history": history}
     with atomic_path(weights) as tmp: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     write_json(report, info)
@@ -147,6 +165,7 @@ class NamedStore:
     def __contains__(self, vid: str) -> bool: return vid in self.store
     def ids(self) -> list[str]: return self.store.ids()
     def meta(self, vid: str) -> dict: return {**self.store.meta(vid), "containers": true_containers(_events(self.synth_dir, vid))}
+
 
 # %% ../nbs/08d_study_mind.ipynb #b7d5155e
 def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, steps: int = 300, batch_size: int = 16,
@@ -182,7 +201,6 @@ def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_
 
 
 # %% ../nbs/08d_study_mind.ipynb #205b38ec
-CONTAINER_QTYPES = ("memory", "reality", "belief", "second_order")   # questions whose answer is a container
 CHAT_QUESTIONS = {"belief": "Where will A look for the {obj}?", "second_order": "Where does B think A will look for the {obj}?",
                   "reality": "Where is the {obj} now?", "memory": "Where did A put the {obj} first?"}
 WHEN_CHAT = "When did A start to believe something false?"
@@ -495,7 +513,7 @@ def _held_out(rep: dict, synth_dir: Path, ood_dir: str | Path | None, out: Path,
     ood_dir = Path(ood_dir)
     ood_store = FeatureStore(out / "perception" / "features-ood")
     if not all(v in ood_store for v in (p.stem for p in (ood_dir / "videos").glob("*.mp4"))):
-        timed("perception ood", lambda: write_perceived(perc["net"], *read_frames(ood_dir, num_frames, MIND_SIZE, progress), ood_store.folder, num_frames))
+        timed("perception ood", lambda: write_perceived(perc["net"], *read_frames(ood_dir, num_frames, MIND_SIZE, progress), ood_store.folder, num_frames, option_names(ood_dir)))
     for qa in sorted(ood_dir.glob("qa_*.json")):
         sp = qa.stem.removeprefix("qa_")
         held[f"ood {sp}"], held[f"ood {sp}, names given"] = (ood_dir, sp, ood_store), (ood_dir, sp, NamedStore(ood_store, ood_dir))
@@ -541,7 +559,7 @@ def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple]
     return res
 
 def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tuple(ARMS), ood_dir: str | Path | None = None, llm: str = "embedded",
-               num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = 800, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
+               num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = PERCEPTION_STEPS, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
                learning_rate: float = 1e-3, lora_r: int = 8, val_videos: int | None = None, test_videos: int | None = None,
                chat_clips: int = 10, rules: Sequence[str] = MIND_RULES, device: str = "cpu", seed: int = 0, progress: bool = False) -> dict:
     """The whole model, end to end: perception, tracker, one LM arm per route at the same budget, each read with every scoring
@@ -619,7 +637,7 @@ def mind_main(argv: list[str] | None = None) -> int:
     p.add_argument("--ood", default=None, help="a `vtom synth --domain ood` folder: every split of it is reported (perceived names, and names given)")
     p.add_argument("--arms", default=",".join(ARMS), help="LM arms, comma-separated (default %(default)s)")
     add_options(p, ModelOptions, only=("llm", "num_frames"), llm="embedded", num_frames=STUDY_NUM_FRAMES)
-    p.add_argument("--perception-steps", type=int, default=800)
+    p.add_argument("--perception-steps", type=int, default=PERCEPTION_STEPS)
     p.add_argument("--tracker-steps", type=int, default=300)
     p.add_argument("--lm-steps", type=int, default=150, help="optimizer steps per LM arm (the same for every arm)")
     p.add_argument("--lm-batch", type=int, default=8)
