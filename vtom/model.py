@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
@@ -555,10 +556,20 @@ class FramePerception(nn.Module):
         return z[..., :len(self.colours)], z[..., len(self.colours):]
 
     @torch.no_grad()
-    def probs(self, frames: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames (its containers found from all of them, `find_containers`), in eval mode."
+    def adapted_to(self, frames: torch.Tensor, batch_size: int = 128) -> "FramePerception":
+        "A copy that normalises with the statistics of one clip's `frames` instead of the training set's (test-time BatchNorm adaptation, AdaBN): a room's light and colours shift every feature, and its own frames say by how much."
+        net = deepcopy(self)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d): m.reset_running_stats(); m.momentum = None; m.train()   # a plain average over the clip's batches
+        for i in range(0, len(frames), batch_size): net.context(net.stem(frames[i:i + batch_size].permute(0, 3, 1, 2).float() / 255))
+        return net.eval()
+
+    @torch.no_grad()
+    def probs(self, frames: torch.Tensor, batch_size: int = 128, adapt: bool = True) -> torch.Tensor:
+        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames (its containers found from all of them, `find_containers`), in eval mode; `adapt`: with the clip's own feature statistics (`adapted_to`)."
         self.eval()
-        outs = [self(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+        net = self.adapted_to(frames, batch_size) if adapt and len(frames) else self
+        outs = [net(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
         if not outs: return torch.zeros(0, len(OBSERVATION_COLUMNS))
         out = {k: torch.cat([o[k] for o in outs]) for k in ("values", "columns")}
         found = torch.tensor(find_containers(frames), device=frames.device)
