@@ -24,10 +24,10 @@ __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 
            'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
            'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
            'NUM_SLOTS', 'SLOT_GROUPS', 'BACKGROUND', 'PERCEPTION_STRIDE', 'FLOOR_BAND', 'FOREGROUND_TOLERANCE',
-           'STATIC_THRESHOLD', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR',
-           'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS', 'VIDEO_CHATGPT_LM', 'ModelLoadError',
-           'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm', 'VideoLLMConfig',
-           'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
+           'STATIC_THRESHOLD', 'LEARNED_THRESHOLD', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME',
+           'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS', 'VIDEO_CHATGPT_LM',
+           'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm',
+           'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
            'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
            'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'off_slot',
            'container_columns', 'floor_band', 'static_heat', 'find_containers', 'container_colours', 'colour_word',
@@ -450,6 +450,7 @@ def container_columns(heat: torch.Tensor, threshold: float = 0.5) -> list[int]:
 FLOOR_BAND = (0.66, 0.86)    # rows of a frame (fractions of its height) where the containers stand, in every room of vtom synth
 FOREGROUND_TOLERANCE = 30.0  # RGB distance from the floor's colour above which a pixel shows something standing there
 STATIC_THRESHOLD = 0.3       # share of a column's floor-band pixels that must be foreground for a container to stand there
+LEARNED_THRESHOLD = 0.9      # the learned detector's clip mean at which it adds a container the static one missed
 
 def floor_band(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "The floor band `[h, W, 3]` of a clip's median frame (agents that move vanish) and the floor's colour `[3]` (the band's median)."
@@ -463,9 +464,12 @@ def static_heat(frames: torch.Tensor) -> torch.Tensor:
     fg = ((band - floor).norm(dim=-1) > FOREGROUND_TOLERANCE).float().mean(0)
     return nn.functional.avg_pool1d(fg[None, None], PERCEPTION_STRIDE, ceil_mode=True)[0, 0]
 
-def find_containers(frames: torch.Tensor) -> list[int]:
-    "The columns of a clip's containers, left to right (`container_columns` over `static_heat`)."
-    return container_columns(static_heat(frames), STATIC_THRESHOLD)
+def find_containers(frames: torch.Tensor, learned: torch.Tensor | None = None) -> list[int]:
+    "The columns of a clip's containers, left to right: the peaks of `static_heat`, and those of a learned detector's clip mean `learned` `[W]` that reach `LEARNED_THRESHOLD` with no static peak next to them."
+    found = container_columns(static_heat(frames), STATIC_THRESHOLD)
+    if learned is not None:
+        found += [x for x in container_columns(learned, LEARNED_THRESHOLD) if learned[x] >= LEARNED_THRESHOLD and all(abs(x - y) > 1 for y in found)]
+    return sorted(found[:NUM_SLOTS])
 
 def container_colours(frames: torch.Tensor, columns: Sequence[int]) -> torch.Tensor:
     "The RGB colour (0-255) `[K, 3]` of the container at each of `columns`: the median of its column's floor-band pixels that are neither floor nor a black outline."
@@ -565,14 +569,20 @@ class FramePerception(nn.Module):
         return net.eval()
 
     @torch.no_grad()
-    def probs(self, frames: torch.Tensor, batch_size: int = 128, adapt: bool = True) -> torch.Tensor:
-        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames (its containers found from all of them, `find_containers`), in eval mode; `adapt`: with the clip's own feature statistics (`adapted_to`)."
+    def read(self, frames: torch.Tensor, batch_size: int = 128, adapt: bool = True) -> tuple[dict[str, torch.Tensor], list[int]]:
+        "The outputs on one clip's `frames` (with the clip's own feature statistics if `adapt`, `adapted_to`) and its containers' columns (`find_containers`, with the learned detector)."
         self.eval()
-        net = self.adapted_to(frames, batch_size) if adapt and len(frames) else self
+        net = self.adapted_to(frames, batch_size) if adapt else self
         outs = [net(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
-        if not outs: return torch.zeros(0, len(OBSERVATION_COLUMNS))
         out = {k: torch.cat([o[k] for o in outs]) for k in ("values", "columns")}
-        found = torch.tensor(find_containers(frames), device=frames.device)
+        return out, find_containers(frames.cpu(), out["columns"][:, 0].sigmoid().mean(0).cpu())
+
+    @torch.no_grad()
+    def probs(self, frames: torch.Tensor, batch_size: int = 128, adapt: bool = True) -> torch.Tensor:
+        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames, a slot's from the columns nearest the container found there (`read`)."
+        if not len(frames): return torch.zeros(0, len(OBSERVATION_COLUMNS))
+        out, found = self.read(frames, batch_size, adapt)
+        found = torch.tensor(found, device=frames.device)
         nearest = (torch.arange(out["columns"].shape[-1], device=frames.device)[:, None] - found).abs().argmin(-1)   # column -> container
         groups = []
         for g, s in observation_slices().items():
@@ -587,11 +597,10 @@ class FramePerception(nn.Module):
     @torch.no_grad()
     def containers(self, frames: torch.Tensor, candidates: Sequence[str] | None = None) -> list[str] | None:
         """The containers' names left to right ('red box'). With `candidates` (the names a question offers), each container found
-        (`find_containers`) gets the one its colour matches (`ground_names`); else the name reader reads them from all `frames`
+        (`read`) gets the one its colour matches (`ground_names`); else the name reader reads them from all `frames`
         together (None without a layout head; empty slots are left out)."""
-        if candidates:
-            x = frames.cpu()
-            names = ground_names(container_colours(x, find_containers(x)), candidates)
+        if candidates and len(frames):
+            names = ground_names(container_colours(frames.cpu(), self.read(frames)[1]), candidates)
             if names is not None: return names
         if self.layout is None: return None
         self.eval()
@@ -623,7 +632,7 @@ def container_heat(slot_columns: torch.Tensor, width: int) -> torch.Tensor:
     return heat
 
 def perception_loss(out: dict[str, torch.Tensor], obs: torch.Tensor, targets: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
-    "Sum over groups of the cross-entropy (a slot group's over `slot_group_logits` against `perception_targets`) + the learned container detector's per-column binary cross-entropy against `heat` (an auxiliary target: `find_containers` finds them at inference)."
+    "Sum over groups of the cross-entropy (a slot group's over `slot_group_logits` against `perception_targets`) + the learned container detector's per-column binary cross-entropy against `heat`."
     ce = nn.functional.cross_entropy
     loss = sum(ce(slot_group_logits(out, g), targets[:, SLOT_GROUPS.index(g)]) if g in SLOT_GROUPS else ce(out["values"][:, s], obs[:, s].argmax(-1))
                for g, s in observation_slices().items())
