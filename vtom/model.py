@@ -579,11 +579,22 @@ class FramePerception(nn.Module):
 
     @torch.no_grad()
     def probs(self, frames: torch.Tensor, batch_size: int = 128, adapt: bool = True) -> torch.Tensor:
-        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames, a slot's from the columns nearest the container found there (`read`)."
+        "Per-group probabilities `[B, D]` (each group sums to 1) of one clip's frames (`read`, then `group_probs`)."
         if not len(frames): return torch.zeros(0, len(OBSERVATION_COLUMNS))
-        out, found = self.read(frames, batch_size, adapt)
-        found = torch.tensor(found, device=frames.device)
-        nearest = (torch.arange(out["columns"].shape[-1], device=frames.device)[:, None] - found).abs().argmin(-1)   # column -> container
+        return self.group_probs(*self.read(frames, batch_size, adapt))
+
+    @torch.no_grad()
+    def perceive(self, frames: torch.Tensor, candidates: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str] | None]:
+        "One clip read once: its per-group probabilities (as `probs`) and its containers' names (as `containers`)."
+        if not len(frames): return self.probs(frames), self.containers(frames, candidates)
+        out, found = self.read(frames)
+        return self.group_probs(out, found), self.containers(frames, candidates, found)
+
+    def group_probs(self, out: dict[str, torch.Tensor], found: Sequence[int]) -> torch.Tensor:
+        "Per-group probabilities `[B, D]` from a clip's outputs and its containers' columns (`read`): a slot's from the columns nearest the container found there."
+        dev = out["columns"].device
+        found = torch.tensor(found, device=dev)
+        nearest = (torch.arange(out["columns"].shape[-1], device=dev)[:, None] - found).abs().argmin(-1)   # column -> container
         groups = []
         for g, s in observation_slices().items():
             if g not in SLOT_GROUPS: groups.append(out["values"][:, s].softmax(-1)); continue
@@ -595,12 +606,12 @@ class FramePerception(nn.Module):
         return torch.cat(groups, -1)
 
     @torch.no_grad()
-    def containers(self, frames: torch.Tensor, candidates: Sequence[str] | None = None) -> list[str] | None:
+    def containers(self, frames: torch.Tensor, candidates: Sequence[str] | None = None, found: Sequence[int] | None = None) -> list[str] | None:
         """The containers' names left to right ('red box'). With `candidates` (the names a question offers), each container found
-        (`read`) gets the one its colour matches (`ground_names`); else the name reader reads them from all `frames`
-        together (None without a layout head; empty slots are left out)."""
+        (`read`, or its columns `found` if already read) gets the one its colour matches (`ground_names`); else the name reader
+        reads them from all `frames` together (None without a layout head; empty slots are left out)."""
         if candidates and len(frames):
-            names = ground_names(container_colours(frames.cpu(), self.read(frames)[1]), candidates)
+            names = ground_names(container_colours(frames.cpu(), self.read(frames)[1] if found is None else found), candidates)
             if names is not None: return names
         if self.layout is None: return None
         self.eval()
@@ -991,7 +1002,8 @@ def perceive(self: VideoLLM, frames) -> tuple[torch.Tensor, list[str] | None]:
     if self.perception is None: raise VtomError("This model has no perception (config.perception is ''); its features come from the vision tower "
                                                 f"{self.config.vision_name}.")
     x = torch.as_tensor(frames).to(self.device)
-    return observation_rows(self.perception.probs(x).cpu(), self.config.num_frames), self.perception.containers(x)
+    probs, names = self.perception.perceive(x)
+    return observation_rows(probs.cpu(), self.config.num_frames), names
 
 def _real_frames(self: VideoLLM, rows: torch.Tensor) -> int:
     return int((rows[:self.config.num_frames].abs().sum(-1) > 0).sum())

@@ -85,8 +85,9 @@ def write_perceived(net: FramePerception, frames: dict, times: dict, store: str 
     "Each video's observation rows (`observation_rows`) with its frame times and the containers `net` reads (grounded on the video's `candidates` names where given): a feature store."
     from vtom.features import save_features
     for v in frames:
-        save_features(Path(store) / f"{v}.safetensors", observation_rows(net.probs(frames[v]), num_frames).half(),
-                      {"video_id": v, "num_frames": num_frames, "frames": len(times[v]), "timestamps": times[v], "containers": net.containers(frames[v], (candidates or {}).get(v)),
+        probs, names = net.perceive(frames[v], (candidates or {}).get(v))
+        save_features(Path(store) / f"{v}.safetensors", observation_rows(probs, num_frames).half(),
+                      {"video_id": v, "num_frames": num_frames, "frames": len(times[v]), "timestamps": times[v], "containers": names,
                        "tower": "perception:frame", "layout": "observations", "source": "learned"})
     return Path(store)
 
