@@ -24,17 +24,17 @@ __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 
            'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
            'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
            'NUM_SLOTS', 'SLOT_GROUPS', 'BACKGROUND', 'PERCEPTION_STRIDE', 'FLOOR_BAND', 'FOREGROUND_TOLERANCE',
-           'STATIC_THRESHOLD', 'LEARNED_THRESHOLD', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS', 'CONFIG_NAME',
-           'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS', 'VIDEO_CHATGPT_LM',
-           'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable', 'load_llm',
-           'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video', 'build_prompt',
-           'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector', 'zero_projector_output',
-           'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices', 'off_slot',
-           'container_columns', 'floor_band', 'static_heat', 'find_containers', 'container_colours', 'colour_word',
-           'to_lab', 'ground_names', 'LayoutReader', 'FramePerception', 'slot_group_logits', 'perception_targets',
-           'container_heat', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading', 'place_name',
-           'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline', 'with_mind',
-           'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'room_places',
+           'STATIC_THRESHOLD', 'LEARNED_THRESHOLD', 'STATIC_SUPPORT', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS',
+           'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS',
+           'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable',
+           'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video',
+           'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
+           'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices',
+           'off_slot', 'container_columns', 'floor_band', 'static_heat', 'find_containers', 'container_colours',
+           'colour_word', 'to_lab', 'ground_names', 'LayoutReader', 'FramePerception', 'slot_group_logits',
+           'perception_targets', 'container_heat', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading',
+           'place_name', 'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline',
+           'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'room_places',
            'believed_container', 'save_mind', 'mind_config', 'processor_config', 'SpecError', 'VideoSpec',
            'spec_defaults', 'checkpoint_values', 'store_values', 'resolve_spec', 'build_video_llm']
 
@@ -450,7 +450,8 @@ def container_columns(heat: torch.Tensor, threshold: float = 0.5) -> list[int]:
 FLOOR_BAND = (0.66, 0.86)    # rows of a frame (fractions of its height) where the containers stand, in every room of vtom synth
 FOREGROUND_TOLERANCE = 30.0  # RGB distance from the floor's colour above which a pixel shows something standing there
 STATIC_THRESHOLD = 0.3       # share of a column's floor-band pixels that must be foreground for a container to stand there
-LEARNED_THRESHOLD = 0.9      # the learned detector's clip mean at which it adds a container the static one missed
+LEARNED_THRESHOLD = 0.97     # the learned detector's clip mean at which it adds a container the static one missed...
+STATIC_SUPPORT = 0.05        # ...if at least this share of floor-band pixels stands still in its column or next to it (an outline, a label)
 
 def floor_band(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "The floor band `[h, W, 3]` of a clip's median frame (agents that move vanish) and the floor's colour `[3]` (the band's median)."
@@ -465,10 +466,13 @@ def static_heat(frames: torch.Tensor) -> torch.Tensor:
     return nn.functional.avg_pool1d(fg[None, None], PERCEPTION_STRIDE, ceil_mode=True)[0, 0]
 
 def find_containers(frames: torch.Tensor, learned: torch.Tensor | None = None) -> list[int]:
-    "The columns of a clip's containers, left to right: the peaks of `static_heat`, and those of a learned detector's clip mean `learned` `[W]` that reach `LEARNED_THRESHOLD` with no static peak next to them."
-    found = container_columns(static_heat(frames), STATIC_THRESHOLD)
+    """The columns of a clip's containers, left to right: the peaks of `static_heat`, and those of a learned detector's clip mean `learned` `[W]`
+    that reach `LEARNED_THRESHOLD` where no static peak is next to them but something stands still (`STATIC_SUPPORT`)."""
+    heat = static_heat(frames)
+    found = container_columns(heat, STATIC_THRESHOLD)
     if learned is not None:
-        found += [x for x in container_columns(learned, LEARNED_THRESHOLD) if learned[x] >= LEARNED_THRESHOLD and all(abs(x - y) > 1 for y in found)]
+        found += [x for x in container_columns(learned, LEARNED_THRESHOLD) if learned[x] >= LEARNED_THRESHOLD and all(abs(x - y) > 1 for y in found)
+                  and float(heat[max(x - 1, 0):x + 2].max()) >= STATIC_SUPPORT]
     return sorted(found[:NUM_SLOTS])
 
 def container_colours(frames: torch.Tensor, columns: Sequence[int]) -> torch.Tensor:

@@ -17,16 +17,16 @@ from torch import nn
 
 from .core import VtomError, atomic_path, write_json
 from .locate import _threads, temporal_iou
-from .model import (NUM_SLOTS, OBSERVATION_COLUMNS, OBSERVATION_GROUPS, PERCEPTION_STRIDE, SLOT_GROUPS, FramePerception, container_heat,
+from .model import (IGNORE_INDEX, NUM_SLOTS, OBSERVATION_COLUMNS, OBSERVATION_GROUPS, PERCEPTION_STRIDE, SLOT_GROUPS, FramePerception, container_heat,
                         observation_slices, off_slot, perception_loss, perception_targets)
 
 # %% auto #0
 __all__ = ['STUDY_NUM_FRAMES', 'TRACKER_QTYPES', 'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'synth_features',
            'split_videos', 'tracker_targets', 'tracker_data', 'write_tracker_targets', 'train_tracker', 'tracker_probs',
            'frame_accuracy', 'container_slots', 'option_of', 'tracker_choices', 'tracker_answers',
-           'belief_false_windows', 'window_success', 'observation_vector', 'slot_columns', 'augment_frames',
-           'train_perception', 'perception_accuracy', 'observation_stores', 'bag_features', 'pooled_slot_features',
-           'BagOfFrames', 'fit_bag']
+           'belief_false_windows', 'window_success', 'observation_vector', 'slot_columns', 'warp_rows',
+           'augment_frames', 'train_perception', 'perception_accuracy', 'observation_stores', 'bag_features',
+           'pooled_slot_features', 'BagOfFrames', 'fit_bag']
 
 # %% ../nbs/08a_perception.ipynb #5d6924b8
 STUDY_NUM_FRAMES = 32   # frames of the synthetic studies: the cartoons are short, and 32 keeps them CPU-sized
@@ -209,10 +209,20 @@ def _move_columns(targets: torch.Tensor, width: int, shift: int, flip: bool) -> 
     col = torch.where(col >= 0, ((width - 1 - col if flip else col) + shift) % width, col)
     return torch.where(col >= 0, off + col, targets)
 
-def augment_frames(frames: torch.Tensor, targets: torch.Tensor, heat: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def warp_rows(img: torch.Tensor, generator: torch.Generator, strength: float = 0.08) -> torch.Tensor:
+    "A frame `[H, W, C]` squeezed and stretched vertically: its rows remapped by a random monotone piecewise-linear map whose two inner knots move up to `strength` of the height (the gaps between the wall's foot, the agents and the containers change)."
+    h = img.shape[0]
+    src = (torch.rand(2, generator=generator) * 0.8 + 0.1).sort().values
+    dst = (src + (torch.rand(2, generator=generator) * 2 - 1) * strength).clamp(0.02, 0.98).sort().values
+    y = (torch.arange(h) + 0.5) / h
+    from_row = np.interp(y.numpy(), [0, *dst.tolist(), 1], [0, *src.tolist(), 1])   # output row -> the source row it shows
+    return img[torch.from_numpy(from_row * h).long().clamp(0, h - 1)]
+
+def augment_frames(frames: torch.Tensor, targets: torch.Tensor, heat: torch.Tensor, generator: torch.Generator, warp: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rooms no training video shows, made from uint8 frames `[B, H, W, 3]`: each frame flipped left-right (half of them), rolled
-    by up to a column sideways, shifted up to an eighth of its side up or down (the edge rows repeated), its colour channels
-    permuted, their gains and the brightness jittered. Column targets `[B, G]` and container `heat` `[B, W]` move with the frame."""
+    by up to a column sideways, squeezed and stretched vertically (`warp_rows` of strength `warp`, if > 0), shifted up to an eighth of its side up or down (the edge
+    rows repeated), its colour channels permuted, their gains and the brightness jittered. Column targets `[B, G]` and container `heat`
+    `[B, W]` move with the frame."""
     x, targets, heat = frames.float(), targets.clone(), heat.clone()
     rand = lambda *s: torch.rand(*s, generator=generator)
     side, w = x.shape[1], heat.shape[-1]
@@ -220,6 +230,7 @@ def augment_frames(frames: torch.Tensor, targets: torch.Tensor, heat: torch.Tens
         flip, shift, up = bool(rand(1) < 0.5), int(torch.randint(-1, 2, (1,), generator=generator)), int((rand(1) * 0.25 - 0.125) * side)
         img = x[b].flip(1) if flip else x[b]
         img = img.roll(shift * PERCEPTION_STRIDE, 1)
+        if warp > 0: img = warp_rows(img, generator, warp)
         if up > 0: img = torch.cat([img[up:], img[-3:-2].expand(up, -1, -1)])
         elif up < 0: img = torch.cat([img[2:3].expand(-up, -1, -1), img[:up]])
         x[b] = img[..., torch.randperm(3, generator=generator)]
@@ -230,10 +241,10 @@ def augment_frames(frames: torch.Tensor, targets: torch.Tensor, heat: torch.Tens
 
 def train_perception(frames: torch.Tensor, obs: torch.Tensor, columns: torch.Tensor, steps: int = 800, batch_size: int = 64, learning_rate: float = 2e-3,
                      seed: int = 0, log_every: int = 20, layout: torch.Tensor | None = None, colours: Sequence[str] = (),
-                     kinds: Sequence[str] = (), augment: bool = True) -> tuple[FramePerception, list[dict]]:
+                     kinds: Sequence[str] = (), augment: bool = True, warp: float = 0.0) -> tuple[FramePerception, list[dict]]:
     """Train `vtom.model.FramePerception` on frames `[N, H, W, 3]` (uint8), their observation rows `[N, D]` and container columns
-    `[N, NUM_SLOTS]` (`slot_columns`), on `augment_frames`' looks (+ container names on the frames as they are: `layout` `[N, 4, 2]`
-    colour/kind indices into `colours`/`kinds`) -> `(net, history)`."""
+    `[N, NUM_SLOTS]` (`slot_columns`), on `augment_frames`' looks (rows warped by `warp`) (+ container names on the frames as they are: `layout` `[N, 4, 2]`
+    colour/kind indices into `colours`/`kinds`, `IGNORE_INDEX` on frames without names) -> `(net, history)`."""
     torch.manual_seed(seed)
     g, net = torch.Generator().manual_seed(seed), FramePerception(colours=colours, kinds=kinds)
     targets, heat = perception_targets(obs, columns), container_heat(columns, -(-frames.shape[2] // PERCEPTION_STRIDE))   # a column per 8 px
@@ -243,11 +254,11 @@ def train_perception(frames: torch.Tensor, obs: torch.Tensor, columns: torch.Ten
     net.train()
     for step in range(1, steps + 1):
         i = torch.randint(len(frames), (min(batch_size, len(frames)),), generator=g)
-        x, t, h = augment_frames(frames[i], targets[i], heat[i], g) if augment else (frames[i], targets[i], heat[i])
+        x, t, h = augment_frames(frames[i], targets[i], heat[i], g, warp) if augment else (frames[i], targets[i], heat[i])
         loss = perception_loss(net(x), obs[i], t, h)
-        if layout is not None:
-            col, kind = net.layout_logits(frames[i])
-            loss = loss + F.cross_entropy(col.flatten(0, 1), layout[i, :, 0].flatten()) + F.cross_entropy(kind.flatten(0, 1), layout[i, :, 1].flatten())
+        if layout is not None and (named := i[layout[i, 0, 0] != IGNORE_INDEX]).numel():
+            col, kind = net.layout_logits(frames[named])
+            loss = loss + F.cross_entropy(col.flatten(0, 1), layout[named, :, 0].flatten()) + F.cross_entropy(kind.flatten(0, 1), layout[named, :, 1].flatten())
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         if step % log_every == 0 or step in (1, steps): history.append({"step": step, "loss": round(loss.item(), 4)})
     return net.eval(), history

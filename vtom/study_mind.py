@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,25 +19,26 @@ import torch
 from .core import RunOptions, VtomError, add_options, atomic_path, get_logger, write_json
 from .registry import ModelOptions
 from .scoring import cache_kwarg, common_prefix_length
-from .model import (MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker, believed_container,
+from .model import (IGNORE_INDEX, MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker, believed_container,
                         false_belief_onset, mind_config, mind_segments, observation_rows, place_name, save_mind,
                         with_mind)
-from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, frame_accuracy, observation_vector, perception_accuracy,
+from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, _frame_index, frame_accuracy, observation_vector, perception_accuracy,
                              slot_columns, split_videos, tracker_data, tracker_probs, train_perception, train_tracker, window_success)
 from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
 
 # %% auto #0
-__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS', 'LORA_LAYERS',
-           'MIND_RULES', 'REPORT_QTYPES', 'BASELINE_MODES', 'DRY_RUN', 'true_containers', 'container_vocab',
-           'option_names', 'layout_labels', 'read_frames', 'write_perceived', 'train_name_head', 'perception_stage',
-           'NamedStore', 'tracker_stage', 'moment_answer', 'parse_moment', 'mind_records', 'train_arm', 'when_answers',
-           'tracker_alone', 'letter_counts', 'video_letter_predictions', 'arm_label', 'video_predictions',
-           'moment_candidates', 'when_choices', 'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'mind_study',
-           'mind_main']
+__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS',
+           'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES', 'BASELINE_MODES', 'DRY_RUN', 'true_containers',
+           'container_vocab', 'option_names', 'layout_labels', 'read_frames', 'random_look_frames', 'write_perceived',
+           'train_name_head', 'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer', 'parse_moment',
+           'mind_records', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts', 'video_letter_predictions',
+           'arm_label', 'video_predictions', 'moment_candidates', 'when_choices', 'mind_markdown', 'false_belief_clips',
+           'chat_transcripts', 'mind_study', 'mind_main']
 
 # %% ../nbs/08d_study_mind.ipynb #0f55d71e
 MIND_SIZE = 112   # frame side of the perception (the object is a few pixels wide at 112 px)
-PERCEPTION_STEPS = 800   # the perception's training steps (the study's, the CLI's and the tom-mind preset's default)
+PERCEPTION_STEPS = 1600   # the perception's training steps (the study's, the CLI's and the tom-mind preset's default)
+PERCEPTION_WARP = 0.08    # how far `vtom.perception.warp_rows` moves a training frame's rows (a fraction of its height)
 CONTAINER_QTYPES = ("memory", "reality", "belief", "second_order")   # questions whose answer is a container
 
 def _events(synth_dir: str | Path, vid: str) -> dict:
@@ -81,6 +83,20 @@ def read_frames(synth_dir: str | Path, num_frames: int, size: int = MIND_SIZE, p
         frames[video_id_of(p)], times[video_id_of(p)] = torch.from_numpy(np.asarray(clip.frames)), [float(t) for t in clip.timestamps]
     return frames, times
 
+def random_look_frames(synth_dir: str | Path, times: dict[str, list[float]], size: int = MIND_SIZE, seed: int = 0) -> dict[str, torch.Tensor]:
+    "Each video of `times` redrawn with random looks (`vtom.synth.random_looks`, seeded by its id and `seed`) at `size` px, at the frames nearest its sampled times: the same events, so the event log's labels hold."
+    from vtom.synth import make_scenario, random_looks, render_frames
+    out = {}
+    for v, ts in times.items():
+        ev = _events(synth_dir, v)
+        sc = make_scenario(ev["seed"], ev["family"], ev["variant"], ev["fps"], size, vid=v, colours=tuple((ev.get("plan") or {}).get("colours") or ()) or None,
+                           domain=ev.get("domain", "standard"))
+        if sc.state["t"] != ev["frames"]["t"] or sc.state["location"] != ev["frames"]["location"]:
+            raise VtomError(f"{Path(synth_dir) / 'events' / (v + '.json')}: this vtom synth does not replay the video's events (made by another generator?); "
+                            "make the dataset again with `vtom synth`, or pass random_looks=False.")
+        out[v] = torch.from_numpy(render_frames(random_looks(sc, zlib.crc32(v.encode()) + seed))[_frame_index(sc.state["t"], ts)])
+    return out
+
 def write_perceived(net: FramePerception, frames: dict, times: dict, store: str | Path, num_frames: int, candidates: dict[str, list[str]] | None = None) -> Path:
     "Each video's observation rows (`observation_rows`) with its frame times and the containers `net` reads (grounded on the video's `candidates` names where given): a feature store."
     from vtom.features import save_features
@@ -112,8 +128,9 @@ def train_name_head(net: FramePerception, frames: torch.Tensor, layout: torch.Te
     return history
 
 def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, size: int = MIND_SIZE, steps: int = PERCEPTION_STEPS,
-                     batch_size: int = 64, learning_rate: float = 2e-3, seed: int = 0, progress: bool = False) -> dict:
-    """Train `FramePerception` (observations + container names) on the train split's frames; write every video's rows, times and the containers
+                     batch_size: int = 64, learning_rate: float = 2e-3, seed: int = 0, progress: bool = False, random_looks: bool = True) -> dict:
+    """Train `FramePerception` (observations + container names) on the train split's frames (and, with `random_looks`, on each train video
+    redrawn with random looks, `random_look_frames`: observations only); write every video's rows, times and the containers
     it finds, named by the video's options (`option_names`), to `out/features`. Resumable: saved weights are reused (delete `features/` to read
     the videos again with them); a saved perception whose name head does not load (an older head) keeps its trunk and observation head, and
     only the name head is trained over the frozen trunk (`train_name_head`)."""
@@ -140,10 +157,12 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
     cols = lambda v: slot_columns(_events(synth_dir, v), size)[None].expand(len(times[v]), -1)
     train_frames, train_layout = torch.cat([frames[v] for v in train_ids]), torch.cat([lay(v) for v in train_ids])
     if net is None:
-        net, history = train_perception(train_frames, torch.cat([obs(v) for v in train_ids]), torch.cat([cols(v) for v in train_ids]), steps,
-                                        batch_size, learning_rate, seed,
-                                        layout=train_layout, colours=colours, kinds=kinds)
-        info["steps"] = steps
+        redrawn = random_look_frames(synth_dir, {v: times[v] for v in train_ids}, size) if random_looks else {}
+        looks_ids = train_ids + list(redrawn)
+        net, history = train_perception(torch.cat([train_frames, *redrawn.values()]), torch.cat([obs(v) for v in looks_ids]), torch.cat([cols(v) for v in looks_ids]),
+                                        steps, batch_size, learning_rate, seed, colours=colours, kinds=kinds, warp=PERCEPTION_WARP,
+                                        layout=torch.cat([train_layout, torch.full((sum(map(len, redrawn.values())), NUM_SLOTS, 2), IGNORE_INDEX)]))
+        info |= {"steps": steps, "random looks": len(redrawn)}
     else:
         history = info["history"]
     if old_names:

@@ -27,11 +27,11 @@ __all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'DEAL', 'SITUATIONS', 'D
            'AGENT_COLOURS', 'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'DOMAINS', 'COLOURS',
            'PERCEPTION_OPTIONS', 'REACTION_OPTIONS', 'MAX_DURATION', 'ORDINALS', 'TAGS', 'DEFAULT_SPLITS', 'RULES',
            'HEURISTICS', 'STUMP_FEATURES', 'STUMP_ANSWERS', 'make_layout', 'Scenario', 'make_scenario',
-           'scenario_questions', 'scenario_moments', 'scenario_facts', 'render_frames', 'plot_scenario', 'encode_mp4',
-           'scenario_record', 'generate_video', 'synth_timeline', 'video_seed', 'plan_split', 'assemble_questions',
-           'assemble_moments', 'balance_table', 'card_configs', 'card_header', 'dataset_card', 'best_stump',
-           'stump_answer', 'heuristic_correct', 'heuristic_accuracies', 'text_only_baselines', 'scenario_rows',
-           'contact_sheet', 'generate_dataset', 'synth_main']
+           'scenario_questions', 'scenario_moments', 'scenario_facts', 'render_frames', 'random_looks', 'plot_scenario',
+           'encode_mp4', 'scenario_record', 'generate_video', 'synth_timeline', 'video_seed', 'plan_split',
+           'assemble_questions', 'assemble_moments', 'balance_table', 'card_configs', 'card_header', 'dataset_card',
+           'best_stump', 'stump_answer', 'heuristic_correct', 'heuristic_accuracies', 'text_only_baselines',
+           'scenario_rows', 'contact_sheet', 'generate_dataset', 'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
 GENERATOR_VERSION = "vtom-synth 2.0"   # 2.0: three moves in every video (twins), decoys, no answer on A's face, an OOD domain
@@ -528,8 +528,9 @@ def _font(px: int):
     try: return ImageFont.load_default(size=px)
     except TypeError: return ImageFont.load_default()
 
-def _poly(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
-    "The outline of an agent's (or the OOD object's) shape, None for a circle."
+def _poly(shape: str, cx: float, cy: float, r: float, outline: list | None = None) -> list[tuple[float, float]] | None:
+    "The outline of an agent's (or the OOD object's) shape, None for a circle; a drawn `outline` (unit corners, `random_looks`) if given."
+    if outline: return [(cx + r * x, cy + r * y) for x, y in outline]
     if shape in ("star", "cross"):
         radii = (r, 0.45 * r) if shape == "star" else (r, 0.55 * r, 0.55 * r)
         n = 5 if shape == "star" else 4
@@ -544,10 +545,15 @@ def _poly(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float
             for k in range(n)]
 
 def _draw_container(d: ImageDraw.ImageDraw, c: dict, k: float, font) -> None:
-    "One container: its kind's outline in its colour, and the kind written under it."
-    col, (x, y), kind = COLOURS[c["colour"]], (c["x"], c["y"]), c["kind"]
+    "One container: its kind's outline in its colour, and the kind written under it (a drawn look instead, if `random_looks` gave it one)."
+    col, (x, y), kind = tuple(c.get("rgb") or COLOURS[c["colour"]]), (c["x"], c["y"]), c["kind"]
     box = [(x - 17) * k, (y - 14) * k, (x + 17) * k, (y + 14) * k]
     black = (0, 0, 0)
+    if "outline" in c:
+        d.polygon([((x + 17 * u) * k, (y + 14 * v) * k) for u, v in c["outline"]], fill=col, outline=black)
+        for u0, v0, u1, v1 in c["lines"]: d.line([(x + 17 * u0) * k, (y + 14 * v0) * k, (x + 17 * u1) * k, (y + 14 * v1) * k], fill=black, width=max(1, int(2 * k)))
+        d.text((x * k, (y + 21) * k), c["label"], fill=black, font=font, anchor="mm")
+        return
     if kind == "basket": d.polygon([((x - 19) * k, (y - 14) * k), ((x + 19) * k, (y - 14) * k), ((x + 13) * k, (y + 14) * k), ((x - 13) * k, (y + 14) * k)], fill=col, outline=black)
     elif kind == "bag": d.rounded_rectangle(box, radius=10 * k, fill=col, outline=black)
     elif kind == "jar": d.rectangle(box, fill=col, outline=black); d.rectangle([(x - 12) * k, (y - 19) * k, (x + 12) * k, (y - 14) * k], fill=(90, 90, 90))
@@ -589,11 +595,11 @@ def _draw_mouth(d: ImageDraw.ImageDraw, x: float, y: float, r: float, k: float, 
 def _draw_agent(d: ImageDraw.ImageDraw, sc: Scenario, role: str, pos, mode: str, gaze: str, font, expression: str = "neutral") -> None:
     k, ag = sc.size / 224, sc.layout["agents"][role]
     if mode == "absent": return
-    col = AGENT_COLOURS.get(ag["colour"]) or DOMAINS["ood"]["agent_colours"][ag["colour"]]
+    col = tuple(ag.get("rgb") or AGENT_COLOURS.get(ag["colour"]) or DOMAINS["ood"]["agent_colours"][ag["colour"]])
     if mode == "window": cx, cy, r = sc.layout["window_x"], 32.0, 9.0
     else: (cx, cy), r = pos, 13.0
     if gaze == "away": col = tuple(int(0.55 * v + 0.45 * 255) for v in col)
-    pts = _poly(ag["shape"], cx * k, cy * k, r * k)
+    pts = _poly(ag["shape"], cx * k, cy * k, r * k, ag.get("outline"))
     if pts: d.polygon(pts, fill=col, outline=(0, 0, 0))
     else: d.ellipse([(cx - r) * k, (cy - r) * k, (cx + r) * k, (cy + r) * k], fill=col, outline=(0, 0, 0))
     ux, uy = _DIRS[gaze]
@@ -630,11 +636,38 @@ def render_frames(sc: Scenario) -> np.ndarray:
                     c = next(a for a in sc.actions if a["kind"] == "take" and a["t0"] <= st["t"][i] < a["t1"])
                     ox, oy = _container_at(sc.layout, c["container"], -18)
             else: ox, oy = _container_at(sc.layout, loc, -18)
-            pts = _poly(sc.layout["object"].get("shape", "circle"), ox * k, oy * k, 6 * k)
+            pts = _poly(sc.layout["object"].get("shape", "circle"), ox * k, oy * k, 6 * k, sc.layout["object"].get("outline"))
             if pts: d.polygon(pts, fill=ocol, outline=(0, 0, 0))
             else: d.ellipse([(ox - 5) * k, (oy - 5) * k, (ox + 5) * k, (oy + 5) * k], fill=ocol, outline=(0, 0, 0))
         frames[i] = np.asarray(im)
     return frames
+
+# %% ../nbs/07_synth.ipynb #d9b9f0e3
+def _random_outline(rng: np.random.Generator, corners: tuple[int, int] = (3, 10)) -> list[list[float]]:
+    "A random closed outline inside the unit square around (0, 0): an ellipse (a quarter of draws) or a polygon of `corners` corners at random radii."
+    if rng.random() < 0.25:
+        a = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        pts = np.stack([np.cos(a) * rng.uniform(0.6, 1), np.sin(a) * rng.uniform(0.6, 1)], 1)
+    else:
+        n = int(rng.integers(*corners))
+        a = np.sort((np.arange(n) + rng.uniform(-0.3, 0.3, n)) * 2 * np.pi / n + rng.uniform(0, 2 * np.pi))
+        pts = np.stack([np.cos(a), np.sin(a)], 1) * rng.uniform(0.4, 1, (n, 1))
+    return [[round(float(x), 3), round(float(y), 3)] for x, y in pts / np.abs(pts).max()]
+
+def _random_rgb(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> list[int]: return [int(v) for v in rng.integers(lo, hi, 3)]
+
+def random_looks(sc: Scenario, seed: int) -> Scenario:
+    "A copy of `sc` drawn with random looks (agents', object's and containers' outlines and colours, strokes across the containers, the word under them, the room's colours): same events, same labels."
+    rng, L = np.random.default_rng(seed), json.loads(json.dumps(sc.layout))
+    for ag in L["agents"].values(): ag.update(outline=_random_outline(rng), rgb=_random_rgb(rng, 20, 236))
+    L["object"].update(outline=_random_outline(rng), colour=_random_rgb(rng))
+    for c in L["containers"]:
+        c.update(outline=_random_outline(rng, (4, 9)), rgb=_random_rgb(rng), label="".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), int(rng.integers(3, 7)))),
+                 lines=[[round(float(v), 3) for v in rng.uniform(-0.9, 0.9, 4)] for _ in range(int(rng.integers(0, 4)))])
+    L["wall"] = _random_rgb(rng, 40, 250)
+    L["floor"] = [int(max(v - rng.integers(20, 80), 0)) for v in L["wall"]]
+    return Scenario(**{**sc.__dict__, "layout": L})
+
 
 # %% ../nbs/07_synth.ipynb #f78ae182
 def plot_scenario(sc: Scenario, n_frames: int = 8, fig=None):
