@@ -157,11 +157,12 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
     cols = lambda v: slot_columns(_events(synth_dir, v), size)[None].expand(len(times[v]), -1)
     train_frames, train_layout = torch.cat([frames[v] for v in train_ids]), torch.cat([lay(v) for v in train_ids])
     if net is None:
-        redrawn = random_look_frames(synth_dir, {v: times[v] for v in train_ids}, size) if random_looks else {}
-        looks_ids = train_ids + list(redrawn)
-        net, history = train_perception(torch.cat([train_frames, *redrawn.values()]), torch.cat([obs(v) for v in looks_ids]), torch.cat([cols(v) for v in looks_ids]),
-                                        steps, batch_size, learning_rate, seed, colours=colours, kinds=kinds, warp=PERCEPTION_WARP,
-                                        layout=torch.cat([train_layout, torch.full((sum(map(len, redrawn.values())), NUM_SLOTS, 2), IGNORE_INDEX)]))
+        redrawn = random_look_frames(synth_dir, {v: times[v] for v in train_ids}, size) if random_looks else {}   # same videos, same frames
+        copies = 1 + bool(redrawn)
+        net, history = train_perception(torch.cat([train_frames, *redrawn.values()]), torch.cat([obs(v) for v in train_ids]).repeat(copies, 1),
+                                        torch.cat([cols(v) for v in train_ids]).repeat(copies, 1), steps, batch_size, learning_rate, seed,
+                                        colours=colours, kinds=kinds, warp=PERCEPTION_WARP,
+                                        layout=torch.cat([train_layout] + [torch.full_like(train_layout, IGNORE_INDEX)] * (copies - 1)))
         info |= {"steps": steps, "random looks": len(redrawn)}
     else:
         history = info["history"]

@@ -10,7 +10,7 @@ import json
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -666,7 +666,7 @@ def random_looks(sc: Scenario, seed: int) -> Scenario:
                  lines=[[round(float(v), 3) for v in rng.uniform(-0.9, 0.9, 4)] for _ in range(int(rng.integers(0, 4)))])
     L["wall"] = _random_rgb(rng, 40, 250)
     L["floor"] = [int(max(v - rng.integers(20, 80), 0)) for v in L["wall"]]
-    return Scenario(**{**sc.__dict__, "layout": L})
+    return replace(sc, layout=L)
 
 
 # %% ../nbs/07_synth.ipynb #f78ae182
