@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 import zlib
@@ -27,12 +28,13 @@ from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, _frame_index, frame_a
 from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
 
 # %% auto #0
-__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT', 'ARMS',
-           'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES', 'BASELINE_MODES', 'DRY_RUN', 'true_containers',
-           'container_vocab', 'option_names', 'layout_labels', 'read_frames', 'random_look_frames', 'write_perceived',
-           'train_name_head', 'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer', 'parse_moment',
-           'mind_records', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts', 'video_letter_predictions',
-           'arm_label', 'video_predictions', 'moment_candidates', 'when_choices', 'mind_markdown', 'false_belief_clips',
+__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT',
+           'RENAME_COLOURS', 'RENAME_KINDS', 'RENAME_SHARE', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
+           'BASELINE_MODES', 'DRY_RUN', 'true_containers', 'container_vocab', 'option_names', 'layout_labels',
+           'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head', 'perception_stage', 'NamedStore',
+           'tracker_stage', 'moment_answer', 'parse_moment', 'random_names', 'mind_records', 'train_arm',
+           'when_answers', 'tracker_alone', 'letter_counts', 'video_letter_predictions', 'arm_label',
+           'video_predictions', 'moment_candidates', 'when_choices', 'mind_markdown', 'false_belief_clips',
            'chat_transcripts', 'mind_study', 'mind_main']
 
 # %% ../nbs/08d_study_mind.ipynb #0f55d71e
@@ -241,8 +243,20 @@ def _roles(text: str, events: dict) -> str:
     for r in "AB": text = re.sub(rf"\b{events['layout']['agents'][r]['name']}\b", r, text)
     return text
 
-def mind_records(synth_dir: str | Path, split: str) -> list[dict]:
-    "Training conversations of a split: every multiple-choice question, open answers to the container questions (names or roles A/B, and the chat's phrasings), the 'when' question."
+# names no `vtom synth` domain gives a container (or an agent or object): the LM learns to copy names it never saw
+RENAME_COLOURS = ("amber", "aqua", "azure", "bronze", "coral", "cream", "ivory", "jade", "khaki", "lavender", "lilac", "magenta",
+                  "mauve", "mint", "mustard", "ochre", "peach", "plum", "rose", "ruby", "rust", "scarlet", "tan", "turquoise")
+RENAME_KINDS = ("chest", "pouch", "case", "tub", "vase", "trunk", "sack", "bin", "bowl", "can", "jug", "barrel", "carton", "hamper", "urn", "tray")
+RENAME_SHARE = 0.5   # of the training records, read with the containers renamed
+
+def random_names(names: Sequence[str], rng: random.Random) -> dict[str, str]:
+    "Each of `names` -> a new name 'colour kind' from `RENAME_COLOURS` x `RENAME_KINDS`, a different colour for each."
+    return {n: f"{c} {rng.choice(RENAME_KINDS)}" for n, c in zip(names, rng.sample(RENAME_COLOURS, len(names)))}
+
+def mind_records(synth_dir: str | Path, split: str, rename: float = 0.0, seed: int = 0) -> list[dict]:
+    """Training conversations of a split: every multiple-choice question, open answers to the container questions (names or roles A/B,
+    and the chat's phrasings), the 'when' question. A seeded share `rename` of them has its video's containers renamed (`random_names`,
+    applied to the turns and the mind text by `vtom.train.ConversationDataset`)."""
     from vtom.data import load_siq2, mc_to_conversation, read_jsonl
     synth_dir = Path(synth_dir)
     recs = [mc_to_conversation(q) for q in load_siq2(synth_dir / f"qa_{split}.json", source="synth")]
@@ -259,6 +273,9 @@ def mind_records(synth_dir: str | Path, split: str) -> list[dict]:
         if m["mtype"] != "belief_false": continue
         q = m["query"] if k % 2 else WHEN_CHAT
         recs.append(turn(m["qid"], m["vid_name"], q, moment_answer(m["window"])))
+    rng = random.Random(seed)
+    for r in recs:
+        if rng.random() < rename: r["rename"] = random_names(true_containers(_events(synth_dir, r["video"].split(".")[0])), rng)
     return recs
 
 
@@ -582,7 +599,8 @@ def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple]
 def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tuple(ARMS), ood_dir: str | Path | None = None, llm: str = "embedded",
                num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = PERCEPTION_STEPS, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
                learning_rate: float = 1e-3, lora_r: int = 8, val_videos: int | None = None, test_videos: int | None = None,
-               chat_clips: int = 10, rules: Sequence[str] = MIND_RULES, device: str = "cpu", seed: int = 0, progress: bool = False) -> dict:
+               chat_clips: int = 10, rules: Sequence[str] = MIND_RULES, rename: float = RENAME_SHARE, device: str = "cpu", seed: int = 0,
+               progress: bool = False) -> dict:
     """The whole model, end to end: perception, tracker, one LM arm per route at the same budget, each read with every scoring
     rule (`rules`); the (arm, rule) pair chosen on val is reported on test (and OOD) with every baseline."""
     from vtom.features import FeatureStore
@@ -595,7 +613,7 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     out.mkdir(parents=True, exist_ok=True)
     rep: dict[str, Any] = {"synth_dir": str(synth_dir), "ood_dir": str(ood_dir) if ood_dir else None, "arms": list(arms), "rules": list(rules), "llm": llm,
                            "num_frames": num_frames, "perception_steps": perception_steps, "tracker_steps": tracker_steps, "lm_steps": lm_steps,
-                           "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "seed": seed, "seconds": {}, "cpu_seconds": {}}
+                           "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "rename": rename, "seed": seed, "seconds": {}, "cpu_seconds": {}}
     timed = _timer(rep, get_logger("vtom.study_mind"))
     perc = timed("perception", lambda: perception_stage(synth_dir, out / "perception", num_frames, MIND_SIZE, perception_steps, seed=seed, progress=progress))
     rep["perception"] = {k: perc[k] for k in ("test accuracy", "test containers named right", "train videos", "colours", "kinds")}
@@ -604,7 +622,7 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     store = FeatureStore(perc["store"])
     held = _held_out(rep, synth_dir, ood_dir, out, perc, store, num_frames, timed, progress)
     records = out / "records_train.json"
-    write_json(records, mind_records(synth_dir, "train"))
+    write_json(records, mind_records(synth_dir, "train", rename, seed))
     qs = _mind_questions(synth_dir, {"val": (synth_dir, "val", store), **held}, val_videos, test_videos, seed)
     rows, qinfo, moments = qs["rows"], qs["qinfo"], qs["moments"]
     right: dict[tuple[str, str, str], dict[str, int]] = {}   # (arm, mode, split) -> qid -> 0/1
@@ -668,12 +686,13 @@ def mind_main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-videos", type=int, default=None, help="... of this many videos per held-out split (default: all)")
     p.add_argument("--rules", default=",".join(MIND_RULES), help="scoring rules every arm is read with, comma-separated (default %(default)s): "
                    "`letter` (the answer letter after the listed options), `cloze` (each option's text alone; 'when' chosen among a frame's time or never)")
+    p.add_argument("--rename", type=float, default=RENAME_SHARE, help="share of the LM's training records read with the containers renamed (default %(default)s)")
     p.add_argument("--chat-clips", type=int, default=10, help="held-out false-belief clips the chosen checkpoint chats about")
     add_options(p, RunOptions, only=("device", "seed"), device="cpu")
     p.add_argument("--dry-run", action="store_true", help="generate 10 tiny videos and run every stage for a few steps with a tiny LM (a minute)")
     a = p.parse_args(argv)
     kw = dict(llm=a.llm, num_frames=a.num_frames, perception_steps=a.perception_steps, tracker_steps=a.tracker_steps, lm_steps=a.lm_steps,
-              lm_batch=a.lm_batch, chat_clips=a.chat_clips)
+              lm_batch=a.lm_batch, chat_clips=a.chat_clips, rename=a.rename)
     synth_dir = a.synth_dir
     if a.dry_run:
         from vtom.synth import generate_dataset

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,12 +25,12 @@ from .data import DataFormatError, convert_videoinstruct, load_siq2, mc_to_conve
 from .model import LORA_DIR
 
 # %% auto #0
-__all__ = ['PRESETS', 'HF_FIELDS', 'TRACKER_WEIGHTS', 'TrainDataError', 'load_records', 'record_video_id', 'ConversationDataset',
-           'VideoCollator', 'TrainConfig', 'world_size', 'resolve_config', 'load_config_file', 'training_arguments',
-           'add_lora', 'save_trained', 'load_tracker', 'load_trainable', 'TrackerTask', 'VideoTrainer', 'LossLogger',
-           'KeepBeforeEval', 'write_history', 'read_history', 'train_spec', 'build_model', 'mind_notes', 'tracker_task',
-           'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history', 'train_parser',
-           'config_from_argv', 'train_main']
+__all__ = ['PRESETS', 'HF_FIELDS', 'TRACKER_WEIGHTS', 'TrainDataError', 'load_records', 'record_video_id', 'rename_names',
+           'ConversationDataset', 'VideoCollator', 'TrainConfig', 'world_size', 'resolve_config', 'load_config_file',
+           'training_arguments', 'add_lora', 'save_trained', 'load_tracker', 'load_trainable', 'TrackerTask',
+           'VideoTrainer', 'LossLogger', 'KeepBeforeEval', 'write_history', 'read_history', 'train_spec', 'build_model',
+           'mind_notes', 'tracker_task', 'find_checkpoint', 'count_parameters', 'train', 'StopAtStep', 'plot_history',
+           'train_parser', 'config_from_argv', 'train_main']
 
 # %% ../nbs/04_train.ipynb #56a840d8
 class TrainDataError(DataFormatError):
@@ -93,8 +94,15 @@ def _with_notes(turns: list[dict], notes: str | None) -> list[dict]:
     if not notes or i is None: return turns
     return turns[:i] + [{**turns[i], "content": with_mind(turns[i]["content"], notes)}] + turns[i + 1:]
 
+def rename_names(text: str, names: dict[str, str] | None) -> str:
+    "`text` with every whole occurrence of a name in `names` replaced by its new name, all at once (a new name is never renamed again)."
+    if not names: return text
+    found = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")\b")
+    return found.sub(lambda m: names[m.group(1)], text)
+
 class ConversationDataset(Dataset):
-    "Conversation records -> `{input_ids, labels, attention_mask, video_features}` (+ `social_signals` with `social`; the model's mind text with `notes`); features are read lazily from a store."
+    """Conversation records -> `{input_ids, labels, attention_mask, video_features}` (+ `social_signals` with `social`; the model's mind text
+    with `notes`); features are read lazily from a store. A record's `rename` (`{"red box": "amber urn"}`) is applied to its turns and notes."""
 
     def __init__(self, records: Sequence[dict], features: Any, tokenizer, template: str = "chat",
                  num_video_tokens: int = 356, max_length: int | None = 2048, name: str = "train", social: Any = None, notes: Any = None):
@@ -126,6 +134,7 @@ class ConversationDataset(Dataset):
         try: turns = _turns_with_video(r["conversations"], vid is not None)
         except VtomError as e: raise TrainDataError(f"record {r.get('id', i)!r}: {e}") from None
         if vid is not None and self.notes is not None: turns = _with_notes(turns, self.notes(vid))
+        if names := r.get("rename"): turns = [{**t, "content": rename_names(t["content"], names)} for t in turns]   # the notes too
         item = tokenize_conversation(self.tokenizer, turns, self.template, self.num_video_tokens, self.max_length)
         if vid is not None:
             feats = self.store[vid]
