@@ -258,6 +258,7 @@ def mind_records(synth_dir: str | Path, split: str, rename: float = 0.0, seed: i
     and the chat's phrasings), the 'when' question. A seeded share `rename` of them has its video's containers renamed (`random_names`,
     applied to the turns and the mind text by `vtom.train.ConversationDataset`)."""
     from vtom.data import load_siq2, mc_to_conversation, read_jsonl
+    from vtom.train import record_video_id
     synth_dir = Path(synth_dir)
     recs = [mc_to_conversation(q) for q in load_siq2(synth_dir / f"qa_{split}.json", source="synth")]
     turn = lambda rid, vid, q, a: {"id": rid, "video": f"{vid}.safetensors",
@@ -273,9 +274,12 @@ def mind_records(synth_dir: str | Path, split: str, rename: float = 0.0, seed: i
         if m["mtype"] != "belief_false": continue
         q = m["query"] if k % 2 else WHEN_CHAT
         recs.append(turn(m["qid"], m["vid_name"], q, moment_answer(m["window"])))
-    rng = random.Random(seed)
+    rng, names = random.Random(seed), {}   # names: video id -> its containers, each event log read once
     for r in recs:
-        if rng.random() < rename: r["rename"] = random_names(true_containers(_events(synth_dir, r["video"].split(".")[0])), rng)
+        if rng.random() < rename:
+            vid = record_video_id(r)
+            if vid not in names: names[vid] = true_containers(_events(synth_dir, vid))
+            r["rename"] = random_names(names[vid], rng)
     return recs
 
 
