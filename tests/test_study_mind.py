@@ -91,6 +91,22 @@ def test_tiny_train_to_chat(dry_run):
     assert res["turns"][0]["prompt"].startswith("<video>\nMind timeline.") and res["turns"][0]["prompt"].endswith("Where will A look for the ball?")
 
 
+def test_chat_names_containers_after_the_question(dry_run):
+    "A first question that names the containers ('... the red urn, the blue vase or ...?') has the clip's containers named so, by colour, in the prompt."
+    from vtom.cli import main
+    from vtom.study_mind import _events, true_containers
+    out, rep = dry_run
+    clip = next(Path(rep["synth_dir"], "videos").glob("*test*.mp4"))
+    true = true_containers(_events(rep["synth_dir"], clip.stem))
+    invented = {c: f"{c.split()[0]} {kind}" for c, kind in zip(true, ["urn", "vase", "tub", "crock"])}   # same colours, kinds never seen
+    question = "Where will A look for the ball: " + " or ".join(f"the {invented[c]}" for c in reversed(true)) + "?"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["chat", str(clip), question, "--checkpoint", rep["checkpoints"]["text + LoRA"], "--json", "--temperature", "0", "--max-new-tokens", "2"])
+    prompt = json.loads(buf.getvalue().strip().splitlines()[-1])["turns"][0]["prompt"]
+    assert rc == 0 and f"Containers, left to right: {', '.join(invented[c] for c in true)}." in prompt, prompt
+
+
 CHECKPOINT, SYNTH = os.environ.get("VTOM_MIND_CHECKPOINT"), os.environ.get("VTOM_MIND_SYNTH")
 
 

@@ -14,12 +14,13 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from .core import (REFERENCE_NUM_FRAMES, RunOptions, VtomError, add_options, cache_dir, float_at_least, get_logger, positive_int,
                        seed_everything, write_json)
-from .model import TRACKER_FLAGS, VIDEO_TOKEN, VideoLLM, build_video_llm, mind_segments, mind_timeline, resolve_spec, with_mind
+from .model import TRACKER_FLAGS, VIDEO_TOKEN, VideoLLM, build_video_llm, mind_segments, mind_timeline, names_in, resolve_spec, with_mind
 from .registry import ModelOptions, default_tower, tower_kind
 from .social import (QUICK_TIMELINE_FRAMES, load_timeline, model_file, social_signals, social_timeline,
                          timeline_path, timeline_prompt_line)
@@ -112,11 +113,11 @@ def _load_video(self: VideoChat, path: str | Path) -> torch.Tensor:
     self.feature_source = source
     return self.set_features(feats, path, meta.get("timestamps"), meta)
 
-def perceive_video(model: VideoLLM, path: str | Path) -> tuple[torch.Tensor, dict]:
-    "A whole model's features of a video file (its perception on `num_frames` frames at `perception_size`) and their metadata (timestamps, containers)."
+def perceive_video(model: VideoLLM, path: str | Path, candidates: Sequence[str] | None = None) -> tuple[torch.Tensor, dict]:
+    "A whole model's features of a video file (its perception on `num_frames` frames at `perception_size`) and their metadata (timestamps, containers: named after `candidates` where given)."
     from vtom.decode import read_video
     clip = read_video(path, model.config.num_frames, size=model.config.perception_size, resize_mode="bilinear")
-    feats, containers = model.perceive(clip.frames)
+    feats, containers = model.perceive(clip.frames, candidates)
     return feats, {"timestamps": [float(t) for t in clip.timestamps], "containers": containers, "num_frames": model.config.num_frames,
                    "tower": model.config.vision_name}
 
@@ -157,6 +158,7 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
     if not question.strip(): raise VtomError("The question is empty.")
     if not (math.isfinite(temperature) and temperature >= 0): raise VtomError(f"temperature must be a number >= 0 (0 = greedy), not {temperature}.")
     if max_new_tokens < 1: raise VtomError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
+    if not self.turns: self.name_containers(question)
     content = question if self.turns or VIDEO_TOKEN in question else f"{question}\n{VIDEO_TOKEN}"
     if not self.turns and self.notes:   # a whole model: the video, what it makes of it, then the question (as it was trained)
         content = with_mind(question if VIDEO_TOKEN in question else f"{VIDEO_TOKEN}\n{question}", self.notes)
@@ -182,6 +184,16 @@ def _ask(self: VideoChat, question: str, max_new_tokens: int = 256, temperature:
     return answer
 
 VideoChat.ask = _ask
+
+def _name_containers(self: VideoChat, question: str) -> list[str]:
+    "A whole model's first question that names two or more containers ('... the lime pot or the beige tin?', `names_in`): the video's containers are named after them (by colour) before the model reads its mind text. Returns the names found."
+    names = names_in(question)
+    if len(names) < 2 or self.model.perception is None or self.video is None: return names
+    self.meta["containers"] = perceive_video(self.model, self.video, names)[1]["containers"]
+    self.notes = self.model.mind_text(self.features, self.meta)
+    return names
+
+VideoChat.name_containers = _name_containers
 
 # %% ../nbs/05_infer.ipynb #0ee1e6a2
 SOCIAL_CHOICES = ("auto", "on", "off")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,19 +25,20 @@ __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 
            'VID_START_TOKEN', 'VID_PATCH_TOKEN', 'VID_END_TOKEN', 'VIDEO_TOKENS', 'IGNORE_INDEX', 'TRACKER_PLACES',
            'TRACKER_BELIEVERS', 'TRACKER_FLAGS', 'TRACKER_COLUMNS', 'OBSERVATION_GROUPS', 'OBSERVATION_COLUMNS',
            'NUM_SLOTS', 'SLOT_GROUPS', 'BACKGROUND', 'PERCEPTION_STRIDE', 'FLOOR_BAND', 'FOREGROUND_TOLERANCE',
-           'STATIC_THRESHOLD', 'LEARNED_THRESHOLD', 'STATIC_SUPPORT', 'MIND_STATE_DIM', 'MIND_LABEL', 'MIND_KEYS',
-           'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME', 'SPEC_FIELDS',
-           'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm', 'hub_reachable',
-           'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens', 'expand_video',
-           'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
+           'STATIC_THRESHOLD', 'LEARNED_THRESHOLD', 'STATIC_SUPPORT', 'NOT_A_KIND', 'MIND_STATE_DIM', 'MIND_LABEL',
+           'MIND_KEYS', 'CONFIG_NAME', 'WEIGHTS_NAME', 'LORA_DIR', 'MIND_NAME', 'MIND_FIELDS', 'PROCESSOR_NAME',
+           'SPEC_FIELDS', 'VIDEO_CHATGPT_LM', 'ModelLoadError', 'pick_attn_implementation', 'resolve_llm', 'tiny_llm',
+           'hub_reachable', 'load_llm', 'VideoLLMConfig', 'SepTemplate', 'normalize_turns', 'add_video_tokens',
+           'expand_video', 'build_prompt', 'tokenize_conversation', 'pad_batch', 'TemporalProjector', 'build_projector',
            'zero_projector_output', 'GraphProjector', 'MentalStateTracker', 'tracker_loss', 'observation_slices',
            'off_slot', 'container_columns', 'floor_band', 'static_heat', 'find_containers', 'container_colours',
-           'colour_word', 'to_lab', 'ground_names', 'LayoutReader', 'FramePerception', 'slot_group_logits',
-           'perception_targets', 'container_heat', 'perception_loss', 'observation_rows', 'MindTracker', 'MindReading',
-           'place_name', 'mind_segments', 'false_belief_onset', 'layout_line', 'onset_line', 'mind_timeline',
-           'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM', 'position_ids_from_mask', 'room_places',
-           'believed_container', 'save_mind', 'mind_config', 'processor_config', 'SpecError', 'VideoSpec',
-           'spec_defaults', 'checkpoint_values', 'store_values', 'resolve_spec', 'build_video_llm']
+           'colour_word', 'to_lab', 'ground_names', 'names_in', 'name_containers', 'LayoutReader', 'FramePerception',
+           'slot_group_logits', 'perception_targets', 'container_heat', 'perception_loss', 'observation_rows',
+           'MindTracker', 'MindReading', 'place_name', 'mind_segments', 'false_belief_onset', 'layout_line',
+           'onset_line', 'mind_timeline', 'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM',
+           'position_ids_from_mask', 'room_places', 'believed_container', 'save_mind', 'mind_config',
+           'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults', 'checkpoint_values', 'store_values',
+           'resolve_spec', 'build_video_llm']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -504,15 +506,50 @@ def to_lab(rgb: torch.Tensor) -> torch.Tensor:
     lab = np.asarray(ImageCms.applyTransform(im, srgb_to_lab))[0]
     return torch.tensor(np.concatenate([lab[:, :1] / 2.55, lab[:, 1:].view(np.int8)], 1), dtype=torch.float32)   # L 0-100, a and b signed
 
-def ground_names(colours: torch.Tensor, candidates: Sequence[str]) -> list[str] | None:
-    "Name each measured colour `[K, 3]` by a different one of `candidates`, the assignment whose colour words are nearest in CIELAB in total; None when fewer candidates name a colour than there are colours."
+def ground_names(colours: torch.Tensor, candidates: Sequence[str], partial: bool = False) -> list[str | None] | None:
+    """Name each measured colour `[K, 3]` by a different one of `candidates`, the assignment whose colour words are nearest in CIELAB in
+    total. When fewer candidates name a colour than there are colours: None, or with `partial` each candidate names a different colour
+    (nearest in total) and the other colours get None."""
     from itertools import permutations
     named = [(c, rgb) for c in dict.fromkeys(candidates) if (rgb := colour_word(c)) is not None]
-    if len(named) < len(colours): return None
-    if not len(colours): return []
+    if len(named) < len(colours) and not partial: return None
+    if not len(colours) or not named: return [None] * len(colours)
     cost = torch.cdist(to_lab(colours), to_lab(torch.tensor([rgb for _, rgb in named]) * 255))   # [K, candidates]
-    best = min(permutations(range(len(named)), len(colours)), key=lambda p: float(cost[range(len(p)), list(p)].sum()))
-    return [named[j][0] for j in best]
+    if len(named) >= len(colours):
+        best = min(permutations(range(len(named)), len(colours)), key=lambda p: float(cost[range(len(p)), list(p)].sum()))
+        return [named[j][0] for j in best]
+    rows = min(permutations(range(len(colours)), len(named)), key=lambda p: float(cost[list(p), range(len(p))].sum()))
+    out: list[str | None] = [None] * len(colours)
+    for j, k in enumerate(rows): out[k] = named[j][0]
+    return out
+
+def _is_colour(words: str) -> bool:
+    from matplotlib import colors
+    return f"xkcd:{words}" in colors.XKCD_COLORS or words in colors.CSS4_COLORS
+
+NOT_A_KIND = {"or", "and", "of", "to", "in", "on", "at", "is", "with", "for", "one", "ones"}
+
+def names_in(text: str) -> list[str]:
+    "The containers a question names ('... the lime pot or the light blue tin?' -> ['lime pot', 'light blue tin']): 'the', a colour word (XKCD or CSS), one more word."
+    out = []
+    for m in re.finditer(r"\bthe\s+(?=([a-z]+(?:\s+[a-z]+){1,2}))", text.lower()):
+        w = m.group(1).split()
+        name = " ".join(w[:3]) if len(w) == 3 and _is_colour(" ".join(w[:2])) else " ".join(w[:2]) if _is_colour(w[0]) else None
+        if name and name.split()[-1] not in NOT_A_KIND and name not in out: out.append(name)
+    return out
+
+def name_containers(colours: torch.Tensor, read: Sequence[tuple[str, str]] | None, vocabulary: Sequence[str], candidates: Sequence[str] = ()) -> list[str] | None:
+    """The names of the K containers whose colours `[K, 3]` were measured: every one from `candidates` when they name K colours
+    (`ground_names`); else the `candidates` there are on the containers their colours match, and each other container the colour
+    of `vocabulary` nearest it (a different one each) with the kind the name reader `read`s there ('container' when the reader
+    counts another number of containers; its colour when the vocabulary is too small). None without a reader."""
+    if candidates and (named := ground_names(colours, candidates)) is not None: return named
+    if read is None: return None
+    same = len(read) == len(colours)
+    measured = ground_names(colours, vocabulary) or [c if same else None for c, _ in read][:len(colours)] + [None] * (len(colours) - len(read))
+    kinds = [k for _, k in read] if same else ["container"] * len(colours)
+    asked = ground_names(colours, candidates, partial=True)
+    return [a or " ".join(x for x in (c, k) if x and x != "none") for a, c, k in zip(asked, measured, kinds)]
 
 # %% ../nbs/03_model.ipynb #67339e15
 class LayoutReader(nn.Module):
@@ -611,17 +648,17 @@ class FramePerception(nn.Module):
 
     @torch.no_grad()
     def containers(self, frames: torch.Tensor, candidates: Sequence[str] | None = None, found: Sequence[int] | None = None) -> list[str] | None:
-        """The containers' names left to right ('red box'). With `candidates` (the names a question offers), each container found
-        (`read`, or its columns `found` if already read) gets the one its colour matches (`ground_names`); else the name reader
-        reads them from all `frames` together (None without a layout head; empty slots are left out)."""
-        if candidates and len(frames):
-            names = ground_names(container_colours(frames.cpu(), self.read(frames)[1] if found is None else found), candidates)
-            if names is not None: return names
-        if self.layout is None: return None
-        self.eval()
-        col, kind = (torch.cat(z).log_softmax(-1).sum(0) for z in zip(*(self.layout_logits(frames[i:i + 128]) for i in range(0, len(frames), 128))))
-        names = [(self.colours[int(c)], self.kinds[int(k)]) for c, k in zip(col.argmax(-1), kind.argmax(-1))]
-        return [" ".join(x for x in (c, k) if x != "none") for c, k in names if c != "none"]
+        """The containers' names left to right ('red box'), by `name_containers`: each container found (`read`, or its columns `found`
+        if already read) named by its measured colour (`container_colours`): after the `candidates` a question offers, else the nearest
+        training colour, with the kind the name reader reads from all `frames` together (None without a layout head and candidates)."""
+        if not len(frames): return None if self.layout is None else []
+        colours = container_colours(frames.cpu(), self.read(frames)[1] if found is None else found)
+        read = None
+        if self.layout is not None:
+            self.eval()
+            col, kind = (torch.cat(z).log_softmax(-1).sum(0) for z in zip(*(self.layout_logits(frames[i:i + 128]) for i in range(0, len(frames), 128))))
+            read = [(self.colours[int(c)], self.kinds[int(k)]) for c, k in zip(col.argmax(-1), kind.argmax(-1)) if self.colours[int(c)] != "none"]
+        return name_containers(colours, read, [c for c in self.colours if c != "none"], candidates or ())
 
 def slot_group_logits(out: dict[str, torch.Tensor], group: str) -> torch.Tensor:
     "A slot group's logits `[B, n_off + W]`: its off-slot values, then one per column of the frame."
@@ -1001,12 +1038,12 @@ def answer(self: VideoLLM, question, video_features: torch.Tensor | None = None,
 # %% ../nbs/03_model.ipynb #1212616d
 @patch
 @torch.no_grad()
-def perceive(self: VideoLLM, frames) -> tuple[torch.Tensor, list[str] | None]:
-    "uint8 frames `[T, H, W, 3]` (side `config.perception_size`) -> the model's video features `[num_frames + 1, D]` and the containers' names."
+def perceive(self: VideoLLM, frames, candidates: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str] | None]:
+    "uint8 frames `[T, H, W, 3]` (side `config.perception_size`) -> the model's video features `[num_frames + 1, D]` and the containers' names (after `candidates` where given: `FramePerception.containers`)."
     if self.perception is None: raise VtomError("This model has no perception (config.perception is ''); its features come from the vision tower "
                                                 f"{self.config.vision_name}.")
     x = torch.as_tensor(frames).to(self.device)
-    probs, names = self.perception.perceive(x)
+    probs, names = self.perception.perceive(x, candidates)
     return observation_rows(probs.cpu(), self.config.num_frames), names
 
 def _real_frames(self: VideoLLM, rows: torch.Tensor) -> int:

@@ -175,8 +175,10 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
     test_ids = [v for v in split_videos(synth_dir, "test") if v in frames]
     acc = perception_accuracy(torch.cat([net.probs(frames[v]) for v in test_ids]), torch.cat([obs(v) for v in test_ids])) if test_ids else {}
     named = [FeatureStore(store).meta(v)["containers"] == true_containers(_events(synth_dir, v)) for v in test_ids]
+    unaided = [net.containers(frames[v]) == true_containers(_events(synth_dir, v)) for v in test_ids]   # as chat names them: no options
     info |= {"colours": colours, "kinds": kinds, "num_frames": num_frames, "size": size, "train videos": len(train_ids),
-             "test accuracy": acc, "test containers named right": float(np.mean(named)) if named else float("nan"), "history": history}
+             "test accuracy": acc, "test containers named right": float(np.mean(named)) if named else float("nan"),
+             "test containers named right without options": float(np.mean(unaided)) if unaided else float("nan"), "history": history}
     with atomic_path(weights) as tmp: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     write_json(report, info)
     return {**info, "store": store, "net": net}
@@ -487,6 +489,7 @@ def mind_markdown(rep: dict) -> str:
     p = rep["perception"]
     lines += ["\n## Parts\n", f"- Perception (`FramePerception`, {rep['perception_steps']} steps on {p['train videos']} train videos): "
               f"test accuracy {p['test accuracy']}; containers named right on {p['test containers named right']:.3f} of test videos"
+              + (f" ({p['test containers named right without options']:.3f} without the options, as in chat)" if "test containers named right without options" in p else "")
               + (f", {p['ood containers named right']:.3f} of OOD videos (their colours and kinds are outside the vocabulary)." if "ood containers named right" in p else "."),
               f"- Tracker (graph, {rep['tracker_steps']} steps): test per-frame accuracy {rep['tracker']['test frame accuracy']}.",
               f"- LM arms ({rep['llm']}): {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr {rep['learning_rate']} each, LoRA r {rep['lora_r']} "
@@ -620,7 +623,8 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
                            "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "rename": rename, "seed": seed, "seconds": {}, "cpu_seconds": {}}
     timed = _timer(rep, get_logger("vtom.study_mind"))
     perc = timed("perception", lambda: perception_stage(synth_dir, out / "perception", num_frames, MIND_SIZE, perception_steps, seed=seed, progress=progress))
-    rep["perception"] = {k: perc[k] for k in ("test accuracy", "test containers named right", "train videos", "colours", "kinds")}
+    rep["perception"] = {k: perc[k] for k in ("test accuracy", "test containers named right", "test containers named right without options",
+                                              "train videos", "colours", "kinds") if k in perc}   # a perception saved before h14 lacks the last
     mind = timed("tracker", lambda: tracker_stage(synth_dir, perc, out / "mind", num_frames, tracker_steps, seed=seed))
     rep["tracker"] = {"test frame accuracy": mind["test frame accuracy"]}
     store = FeatureStore(perc["store"])
