@@ -36,9 +36,9 @@ __all__ = ['MIND_ROUTES', 'VICUNA_SYSTEM', 'VIDEO_CHATGPT_SYSTEM', 'TEMPLATES', 
            'slot_group_logits', 'perception_targets', 'container_heat', 'perception_loss', 'observation_rows',
            'MindTracker', 'MindReading', 'place_name', 'mind_segments', 'false_belief_onset', 'layout_line',
            'onset_line', 'mind_timeline', 'with_mind', 'SocialProjector', 'add_social_tokens', 'VideoLLM',
-           'position_ids_from_mask', 'room_places', 'believed_container', 'save_mind', 'mind_config',
-           'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults', 'checkpoint_values', 'store_values',
-           'resolve_spec', 'build_video_llm']
+           'position_ids_from_mask', 'label_positions', 'keeps_logits', 'room_places', 'believed_container',
+           'save_mind', 'mind_config', 'processor_config', 'SpecError', 'VideoSpec', 'spec_defaults',
+           'checkpoint_values', 'store_values', 'resolve_spec', 'build_video_llm']
 
 # %% ../nbs/03_model.ipynb #63538a4d
 class ModelLoadError(VtomError):
@@ -964,16 +964,32 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     "Positions that skip padding (0 at each row's first real token), so left and right padding agree."
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "The positions `[n]` whose next token is a label in any row of `labels` `[B, L]`, and the labels they predict `[B, n]`: the only logits a training step needs."
+    shift = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    keep = (shift != IGNORE_INDEX).any(0).nonzero().flatten()
+    return keep, shift[:, keep]
+
+def keeps_logits(lm) -> bool:
+    "Whether `lm` (or the model a peft wrapper holds) computes logits at chosen positions only (`logits_to_keep`, transformers' causal LMs)."
+    import inspect
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
 @patch
 def forward(self: VideoLLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
             labels: torch.Tensor | None = None, has_video: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
             social_signals: torch.Tensor | None = None, **kwargs):
-    "Splice video features (+ social offsets) into the input embeddings and run the LM -> `CausalLMOutputWithPast` (loss when `labels`)."
+    """Splice video features (+ social offsets) into the input embeddings and run the LM -> `CausalLMOutputWithPast`. With `labels`:
+    the loss, and logits only where a label is predicted (`label_positions`; pass `logits_to_keep=0` for all of them)."""
     embeds = self.embed_inputs(input_ids, video_features, has_video, social_signals)
     if attention_mask is not None:
         attention_mask = attention_mask.to(self.device)
         if position_ids is None and kwargs.get("past_key_values") is None: position_ids = position_ids_from_mask(attention_mask)
-    if labels is not None: labels = labels.to(self.device)
+    if labels is not None:
+        labels = labels.to(self.device)
+        if "logits_to_keep" not in kwargs and "shift_labels" not in kwargs and keeps_logits(self.lm):
+            kwargs["logits_to_keep"], kwargs["shift_labels"] = label_positions(labels)
     return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, labels=labels, **kwargs)
 
 @patch
