@@ -5,6 +5,7 @@
 # %% ../nbs/08d_study_mind.ipynb #04c0fffe
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -293,7 +294,7 @@ LORA_LAYERS = 10   # LoRA on the last 10 of SmolLM2-135M's 30 decoder layers (ev
 
 def train_arm(name: str, records: str | Path, store: str | Path, mind: str | Path, out: str | Path, llm: str = "embedded",
               steps: int = 150, batch_size: int = 8, learning_rate: float = 1e-3, lora_r: int = 8, device: str = "cpu", seed: int = 0) -> Path:
-    "Train one arm (`ARMS`) of the study with `vtom.train`: the mind as frozen parts, the route's projector(s), LoRA when the arm has it; a finished arm (same settings) is kept."
+    "Train one arm (`ARMS`) of the study with `vtom.train`: the mind as frozen parts, the route's projector(s), LoRA when the arm has it; a finished arm (same settings, same records: their SHA-1 in `records.sha1`) is kept."
     from vtom.train import train
     route, lora, projector = ARMS[name]
     cfg = dict(train_data=str(records), features=str(store), mind=str(mind), mind_route=route, lora=lora, lora_r=lora_r,
@@ -301,9 +302,12 @@ def train_arm(name: str, records: str | Path, store: str | Path, mind: str | Pat
                       batch_size=batch_size, global_batch_size=batch_size,
                       learning_rate=learning_rate, device=device, dtype="fp32", seed=seed, save_steps=max(steps, 1),
                       logging_steps=max(1, steps // 20), resume="never", eval_before=False)
-    done = Path(out) / "train_metrics.json"
-    if done.is_file() and all(json.loads(done.read_text())["config"].get(k) == v for k, v in cfg.items() if k != "resume"): return Path(out)
-    return train(cfg)
+    done, stamp, sha = Path(out) / "train_metrics.json", Path(out) / "records.sha1", hashlib.sha1(Path(records).read_bytes()).hexdigest()
+    if (done.is_file() and stamp.is_file() and stamp.read_text() == sha
+            and all(json.loads(done.read_text())["config"].get(k) == v for k, v in cfg.items() if k != "resume")): return Path(out)
+    trained = train(cfg)
+    stamp.write_text(sha)   # after the arm is whole: an interrupted one is trained again
+    return trained
 
 @torch.no_grad()
 def when_answers(model, moments: Sequence[dict], store, mode: str = "video", seed: int = 0, length: float = 1.0) -> dict[str, dict]:
