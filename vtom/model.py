@@ -546,7 +546,7 @@ def name_containers(colours: torch.Tensor, read: Sequence[tuple[str, str]] | Non
     if candidates and (named := ground_names(colours, candidates)) is not None: return named
     if read is None: return None
     same = len(read) == len(colours)
-    measured = ground_names(colours, vocabulary) or [c if same else None for c, _ in read][:len(colours)] + [None] * (len(colours) - len(read))
+    measured = ground_names(colours, vocabulary) or ([c for c, _ in read] if same else [None] * len(colours))
     kinds = [k for _, k in read] if same else ["container"] * len(colours)
     asked = ground_names(colours, candidates, partial=True)
     return [a or " ".join(x for x in (c, k) if x and x != "none") for a, c, k in zip(asked, measured, kinds)]
