@@ -175,8 +175,9 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
     write_perceived(net, frames, times, store, num_frames, option_names(synth_dir))
     test_ids = [v for v in split_videos(synth_dir, "test") if v in frames]
     acc = perception_accuracy(torch.cat([net.probs(frames[v]) for v in test_ids]), torch.cat([obs(v) for v in test_ids])) if test_ids else {}
-    named = [FeatureStore(store).meta(v)["containers"] == true_containers(_events(synth_dir, v)) for v in test_ids]
-    unaided = [net.containers(frames[v]) == true_containers(_events(synth_dir, v)) for v in test_ids]   # as chat names them: no options
+    truth = {v: true_containers(_events(synth_dir, v)) for v in test_ids}
+    named = [FeatureStore(store).meta(v)["containers"] == truth[v] for v in test_ids]
+    unaided = [net.containers(frames[v]) == truth[v] for v in test_ids]   # as chat names them: no options
     info |= {"colours": colours, "kinds": kinds, "num_frames": num_frames, "size": size, "train videos": len(train_ids),
              "test accuracy": acc, "test containers named right": float(np.mean(named)) if named else float("nan"),
              "test containers named right without options": float(np.mean(unaided)) if unaided else float("nan"), "history": history}
