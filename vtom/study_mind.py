@@ -35,8 +35,8 @@ __all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES
            'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head', 'perception_stage', 'NamedStore',
            'tracker_stage', 'moment_answer', 'parse_moment', 'random_names', 'mind_records', 'train_arm',
            'when_answers', 'tracker_alone', 'letter_counts', 'video_letter_predictions', 'arm_label',
-           'video_predictions', 'moment_candidates', 'when_choices', 'mind_markdown', 'false_belief_clips',
-           'chat_transcripts', 'mind_study', 'mind_main']
+           'video_predictions', 'moment_candidates', 'when_choices', 'twins_both_right', 'mind_markdown',
+           'false_belief_clips', 'chat_transcripts', 'mind_study', 'mind_main']
 
 # %% ../nbs/08d_study_mind.ipynb #0f55d71e
 MIND_SIZE = 112   # frame side of the perception (the object is a few pixels wide at 112 px)
@@ -437,15 +437,25 @@ def when_choices(model, moments: Sequence[dict], store, mode: str = "video", see
 # %% ../nbs/08d_study_mind.ipynb #60a08ad4
 REPORT_QTYPES = ("belief", "second_order", "memory", "reality", "perception", "reaction", "when")
 
+def twins_both_right(right: dict[str, int], qids: Sequence[str], info: dict[str, dict]) -> float | None:
+    """Of the pairs of twins whose two questions are both in `qids` (`vtom.synth.plan_split`: the same frames in another
+    order, different answers), the share answered right on both: an order-free reader scores 0. None without pairs."""
+    by_pair: dict[str, list[int]] = {}
+    for q in qids:
+        if q in right: by_pair.setdefault(info[q]["pair"], []).append(right[q])
+    both = [all(v) for v in by_pair.values() if len(v) == 2]
+    return float(np.mean(both)) if both else None
+
 def _study_table(right: dict, letters: dict, qinfo: dict[str, dict]) -> list[dict]:
-    "One row per (arm, mode, split): belief accuracy with a video-clustered CI, every question type, answer letters on belief questions."
+    "One row per (arm, mode, split): belief accuracy with a CI clustered by pair of twins, both twins right, every question type, answer letters on belief questions."
     rows = []
     for (arm, mode, sp), r in right.items():
         info = qinfo[sp]
         qids = [q for q in r if q in info]
-        videos = {q: info[q]["video"] for q in qids}
-        bel = _acc(r, [q for q in qids if info[q]["qtype"] == "belief"], videos)
-        row = {"split": sp, "arm": arm, "mode": mode, "n belief": bel["n"], "belief": bel["accuracy"], "belief CI": bel["CI"]}
+        belq = [q for q in qids if info[q]["qtype"] == "belief"]
+        bel = _acc(r, belq, {q: info[q]["pair"] for q in qids})
+        row = {"split": sp, "arm": arm, "mode": mode, "n belief": bel["n"], "belief": bel["accuracy"], "belief CI": bel["CI"],
+               "twins both right": twins_both_right(r, belq, info)}
         for qt in REPORT_QTYPES[1:]:
             sel = [r[q] for q in qids if info[q]["qtype"] == qt]
             row[qt] = float(np.mean(sel)) if sel else None
@@ -459,7 +469,7 @@ def _goal(chosen: str, right: dict, letters: dict, qinfo: dict, split: str, targ
     bel = sorted(q for q in model if qinfo[q]["qtype"] == "belief")
     bases = {f"{chosen}, {m}": right[(chosen, m, split)] for m in BASELINE_MODES}
     bases |= {a: r for (a, m, sp), r in right.items() if sp == split and a.startswith("heuristic")}
-    clusters = [qinfo[q]["video"] for q in bel]
+    clusters = [qinfo[q]["pair"] for q in bel]   # twins share their scene: one cluster
     paired = {b: paired_comparison([model[q] for q in bel], [r[q] for q in bel], clusters) for b, r in bases.items()}
     tracker = right.get(("tracker alone", "video", split), {})
     vs_tracker = paired_comparison([model[q] for q in bel], [tracker[q] for q in bel], clusters) if all(q in tracker for q in bel) else None
@@ -468,6 +478,7 @@ def _goal(chosen: str, right: dict, letters: dict, qinfo: dict, split: str, targ
     acc = float(np.mean([model[q] for q in bel])) if bel else float("nan")
     met = acc >= target and all(c["accuracy_b"] <= 0.60 and c["ci95"][0] > 0 for c in paired.values()) and share <= 0.40
     return {"chosen on val": chosen, "split": split, "n": len(bel), "belief accuracy": acc, "target": target, "paired": paired,
+            "twins both right": twins_both_right(model, bel, qinfo), "tracker twins both right": twins_both_right(tracker, bel, qinfo),
             "tracker belief accuracy": float(np.mean([tracker[q] for q in bel])) if vs_tracker else None,
             "vs tracker alone": vs_tracker, "letters": counts, "max letter share": round(share, 3), "met": bool(met)}
 
@@ -477,13 +488,15 @@ def mind_markdown(rep: dict) -> str:
     for sp, g in rep["goals"].items():
         lines.append(f"**{sp}: goal {'met' if g['met'] else 'not met'}.** The arm chosen on val ({g['chosen on val']}) answers "
                      f"{g['belief accuracy']:.3f} of {g['n']} belief questions (goal >= {g['target']}; every baseline <= 0.60 with the paired CI "
-                     f"above 0; no letter above 40%: max {g['max letter share']:.2f}, letters {g['letters']}).\n")
+                     f"above 0; no letter above 40%: max {g['max letter share']:.2f}, letters {g['letters']})"
+                     + (f"; both twins of a pair right: {g['twins both right']:.3f} (tracker alone {g['tracker twins both right']:.3f}; "
+                        "an order-free reader 0)" if g.get("twins both right") is not None and g.get("tracker twins both right") is not None else "") + ".\n")
     lines.append(f"Chat: the right container on {rep['chat containers right']} held-out false-belief clips.\n")
-    cols = ["split", "arm", "mode", "n belief", "belief", "belief CI", *REPORT_QTYPES[1:], "letters (belief)"]
+    cols = ["split", "arm", "mode", "n belief", "belief", "belief CI", "twins both right", *REPORT_QTYPES[1:], "letters (belief)"]
     lines += ["## Accuracy (belief = 'where will A look first?'; when = 'when does A start to believe something false?', a time or never)\n",
               markdown_table(rep["table"], cols)]
     for sp, g in rep["goals"].items():
-        lines.append(f"\n## Paired differences on {sp} belief questions ({g['chosen on val']} minus each; video-clustered bootstrap)\n")
+        lines.append(f"\n## Paired differences on {sp} belief questions ({g['chosen on val']} minus each; bootstrap clustered by pair of twins)\n")
         lines += [f"- {comparison_sentence(g['chosen on val'], b, c)}" for b, c in g["paired"].items()]
         if g["vs tracker alone"]: lines.append(f"- {comparison_sentence(g['chosen on val'], 'the tracker alone', g['vs tracker alone'])}")
     lines.append("\n## Chat on held-out false-belief clips (`vtom chat --checkpoint CK CLIP QUESTION`, greedy)\n")
@@ -506,11 +519,11 @@ def mind_markdown(rep: dict) -> str:
 # %% ../nbs/08d_study_mind.ipynb #caff1c33
 BASELINE_MODES = ("shuffled", "blank", "text")   # the chosen arm's inputs switched off, on belief questions
 
-def _acc(right: dict[str, int], qids: Sequence[str], videos: dict[str, str]) -> dict:
+def _acc(right: dict[str, int], qids: Sequence[str], clusters: dict[str, str]) -> dict:
     sel = [q for q in qids if q in right]
     vals = [right[q] for q in sel]
     return {"n": len(vals), "accuracy": float(np.mean(vals)) if vals else float("nan"),
-            "CI": bootstrap_ci(vals, clusters=[videos[q] for q in sel]) if vals else None}
+            "CI": bootstrap_ci(vals, clusters=[clusters[q] for q in sel]) if vals else None}
 
 def false_belief_clips(synth_dir: str | Path, split: str = "test") -> list[str]:
     "Videos of a split whose A ends with a false belief (the clips on which 'where will A look?' is not 'where it is')."
@@ -537,10 +550,13 @@ def chat_transcripts(checkpoint: str | Path, synth_dir: str | Path, video_ids: S
     return out
 
 def _sample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
-    "The rows of a seeded sample of `n` whole videos (all rows when `n` is None or covers them)."
-    vids = sorted({r["vid_name"] for r in rows})
-    if not n or n >= len(vids): return rows
-    pick = set(np.random.default_rng(seed).permutation(vids)[:n])
+    "The rows of a seeded sample of about `n` whole videos in whole pairs of twins (all rows when `n` is None or covers them)."
+    pair_of = {r["vid_name"]: r.get("pair", r["vid_name"]) for r in rows}
+    if not n or n >= len(pair_of): return rows
+    pick: set[str] = set()
+    for p in np.random.default_rng(seed).permutation(sorted(set(pair_of.values()))):
+        if len(pick) >= n: break
+        pick |= {v for v, q in pair_of.items() if q == p}
     return [r for r in rows if r["vid_name"] in pick]
 
 def _timer(rep: dict, log: Any) -> Callable[[str, Callable[[], Any]], Any]:
@@ -575,11 +591,11 @@ def _mind_questions(synth_dir: Path, srcs: dict[str, tuple], val_videos: int | N
     "Per split of `srcs`: the sampled question rows, qid -> qtype and video ('when' for belief-false moments), MC questions, moments; the moments' length."
     from vtom.data import load_siq2, read_jsonl
     rows = {sp: _sample([r for _, r in read_jsonl(d / f"qa_{s}.json")], val_videos if sp == "val" else test_videos, seed) for sp, (d, s, _) in srcs.items()}
-    qinfo = {sp: {r["qid"]: {"qtype": r["qtype"], "video": r["vid_name"]} for r in rows[sp]} for sp in srcs}
+    qinfo = {sp: {r["qid"]: {"qtype": r["qtype"], "video": r["vid_name"], "pair": r.get("pair", r["vid_name"])} for r in rows[sp]} for sp in srcs}
     mcq = {sp: [q for q in load_siq2(d / f"qa_{s}.json", source="synth") if q.qid in qinfo[sp]] for sp, (d, s, _) in srcs.items()}
     moments = {sp: [m for _, m in read_jsonl(d / f"moments_{s}.jsonl") if m["mtype"] == "belief_false" and m["vid_name"] in {r["vid_name"] for r in rows[sp]}]
                for sp, (d, s, _) in srcs.items()}
-    for sp in srcs: qinfo[sp] |= {m["qid"]: {"qtype": "when", "video": m["vid_name"]} for m in moments[sp]}
+    for sp in srcs: qinfo[sp] |= {m["qid"]: {"qtype": "when", "video": m["vid_name"], "pair": m.get("pair", m["vid_name"])} for m in moments[sp]}
     spans = [m["window"][1] - m["window"][0] for _, m in read_jsonl(synth_dir / "moments_train.jsonl") if m["mtype"] == "belief_false" and m["window"]]
     return {"rows": rows, "qinfo": qinfo, "mcq": mcq, "moments": moments, "length": float(np.median(spans)) if spans else 1.0,
             "asked": {sp: sorted(qinfo[sp]) for sp in srcs}}   # an arm's saved evaluation is reused only for the same questions

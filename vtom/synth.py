@@ -23,23 +23,22 @@ from .data import write_jsonl
 from .social import EXPRESSIONS, timeline_path
 
 # %% auto #0
-__all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'DEAL', 'SITUATIONS', 'DECOY_P', 'QTYPES', 'NAMES', 'AGENT_SHAPES',
+__all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'SITUATIONS', 'DECOY_P', 'QTYPES', 'NAMES', 'AGENT_SHAPES',
            'AGENT_COLOURS', 'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'DOMAINS', 'COLOURS',
            'PERCEPTION_OPTIONS', 'REACTION_OPTIONS', 'MAX_DURATION', 'ORDINALS', 'TAGS', 'DEFAULT_SPLITS', 'RULES',
            'HEURISTICS', 'STUMP_FEATURES', 'STUMP_ANSWERS', 'make_layout', 'Scenario', 'make_scenario',
            'scenario_questions', 'scenario_moments', 'scenario_facts', 'render_frames', 'random_looks', 'plot_scenario',
-           'encode_mp4', 'scenario_record', 'generate_video', 'synth_timeline', 'video_seed', 'plan_split',
-           'assemble_questions', 'assemble_moments', 'balance_table', 'card_configs', 'card_header', 'dataset_card',
-           'best_stump', 'stump_answer', 'heuristic_correct', 'heuristic_accuracies', 'text_only_baselines',
-           'scenario_rows', 'contact_sheet', 'generate_dataset', 'synth_main']
+           'encode_mp4', 'scenario_record', 'generate_video', 'synth_timeline', 'video_seed', 'twin_variant',
+           'plan_split', 'assemble_questions', 'assemble_moments', 'balance_table', 'card_configs', 'card_header',
+           'dataset_card', 'best_stump', 'stump_answer', 'heuristic_correct', 'heuristic_accuracies',
+           'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset', 'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
-GENERATOR_VERSION = "vtom-synth 2.0"   # 2.0: three moves in every video (twins), decoys, no answer on A's face, an OOD domain
+GENERATOR_VERSION = "vtom-synth 2.1"   # 2.0: three moves in every video (twins), decoys, no answer on A's face, an OOD domain; 2.1: matched twins
 FAMILIES = ("away", "lookaway", "window", "second_order")
 # which of the two identical moves (X -> Y, the first and the third) A misses; second order: B notices A at the window or not
 VARIANTS: dict[str, tuple[str, ...]] = {f: ("miss_first", "miss_last") for f in FAMILIES[:3]}
 VARIANTS["second_order"] = ("secret_first", "secret_last", "noticed_first", "noticed_last")
-DEAL = VARIANTS   # the order in which `plan_split` deals variants inside a family (round-robin, then shuffled)
 # A's situation during the move A misses and during the X -> Y move A sees; the middle move (Y -> X) A always watches
 SITUATIONS: dict[str, tuple[str, str]] = {"away": ("away", "watch"), "lookaway": ("lookaway", "watch"),
                                           "window": ("away", "window"), "second_order": ("lookaway", "window")}
@@ -778,25 +777,38 @@ def video_seed(seed: int, split: str, index: int) -> int:
     "The seed of video `index` of `split`: a hash of (seed, split, index), different for every triple."
     return int(np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index)]).generate_state(2, np.uint64)[0]) % 2**63
 
+def twin_variant(variant: str) -> str:
+    "The variant showing the same frames in the other order: A misses the other of the two identical X -> Y moves."
+    base, which = variant.rsplit("_", 1)
+    return f"{base}_{'last' if which == 'first' else 'first'}"
+
 def plan_split(seed: int, split: str, n: int, families: tuple[str, ...] = FAMILIES, domain: str = "standard") -> list[dict]:
-    "Ids, seeds, families and variants of the `n` videos of one split of `domain` (balanced round-robin, shuffled)."
+    """Ids, seeds, families, variants and colours of the `n` videos of one split of `domain`, in matched twins: videos 2k
+    and 2k+1 share seed, family and colours and differ only in which move A misses (`twin_variant`; which twin comes
+    first is random). Families, colours and variants are dealt round-robin over the pairs, then shuffled."""
     key = split if domain == "standard" else f"{domain}-{split}"   # OOD videos never share a seed with a standard split
     rng = _sub_rng(seed, key, "plan")
+    m = (n + 1) // 2   # pairs; an odd n leaves the last video without its twin
     off = int(rng.integers(len(families)))  # so that tiny splits do not all start with the same family
-    fams = [families[(i + off) % len(families)] for i in range(n)]
-    fams = [fams[i] for i in rng.permutation(n)]
-    plan, seen = [], {f: 0 for f in families}
+    fams = [families[(k + off) % len(families)] for k in range(m)]
+    fams = [fams[k] for k in rng.permutation(m)]
     cols = list(DOMAINS[domain]["container_colours"])
     o1 = int(rng.integers(len(cols)))
-    xcols = [cols[(i + o1) % len(cols)] for i in rng.permutation(n)]          # X colour dealt round-robin
-    shifts = [1 + (i + o1) % (len(cols) - 1) for i in rng.permutation(n)]     # Y = X shifted by 1..7: also uniform
-    var_order = {f: [DEAL[f][j] for j in rng.permutation(len(DEAL[f]))] for f in families}
-    for i, fam in enumerate(fams):
-        var = var_order[fam][seen[fam] % len(DEAL[fam])]; seen[fam] += 1
-        plan.append({"vid": f"{'tom' if domain == 'standard' else domain}{seed}-{split}-{i:05d}", "seed": video_seed(seed, key, i),
-                     "family": fam, "variant": var, "split": split, "domain": domain,
-                     "colours": [xcols[i], cols[(cols.index(xcols[i]) + shifts[i]) % len(cols)]]})
+    xcols = [cols[(k + o1) % len(cols)] for k in rng.permutation(m)]          # X colour dealt round-robin
+    shifts = [1 + (k + o1) % (len(cols) - 1) for k in rng.permutation(m)]     # Y = X shifted by 1..7: also uniform
+    bases = {f: list(dict.fromkeys(v.rsplit("_", 1)[0] for v in VARIANTS[f])) for f in families}
+    base_order = {f: [bases[f][j] for j in rng.permutation(len(bases[f]))] for f in families}
+    plan, seen = [], {f: 0 for f in families}
+    vid = lambda i: f"{'tom' if domain == 'standard' else domain}{seed}-{split}-{i:05d}"
+    for k, fam in enumerate(fams):
+        first = f"{base_order[fam][seen[fam] % len(bases[fam])]}_{('first', 'last')[int(rng.integers(2))]}"; seen[fam] += 1
+        colours = [xcols[k], cols[(cols.index(xcols[k]) + shifts[k]) % len(cols)]]
+        for i, var in zip(range(2 * k, min(2 * k + 2, n)), (first, twin_variant(first))):
+            plan.append({"vid": vid(i), "seed": video_seed(seed, key, k), "family": fam, "variant": var, "split": split,
+                         "domain": domain, "colours": colours, "pair": vid(2 * k)})
     return plan
+
+def _pair(record: dict) -> str: return (record.get("plan") or {}).get("pair", record["vid"])   # a video without a plan is its own pair
 
 def assemble_questions(records: list[dict], seed: int, split: str) -> list[dict]:
     "Social-IQ-2.0-style question rows of a split with balanced correct positions per question type."
@@ -819,14 +831,14 @@ def assemble_questions(records: list[dict], seed: int, split: str) -> list[dict]
                    "idx_types": ["corr" if i == p else "distractor" for i in range(4)]}
             row.update({f"a{i}": o for i, o in enumerate(opts)})
             row.update(family=r["family"], qtype=q["qtype"], variant=r["variant"], evidence=q["evidence"],
-                       tags=r.get("facts", {}).get("tags", []), domain=r.get("domain", "standard"))
+                       tags=r.get("facts", {}).get("tags", []), domain=r.get("domain", "standard"), pair=_pair(r))
             rows.append(row)
     return rows
 
 def assemble_moments(records: list[dict]) -> list[dict]:
-    "Moment rows of a split: qid, vid_name, query, window, duration, family, mtype."
+    "Moment rows of a split: qid, vid_name, query, window, duration, family, mtype, pair."
     return [{"qid": f"{r['vid']}_m{k}", "vid_name": r["vid"], "query": m["query"], "window": m["window"],
-             "duration": r["duration"], "family": r["family"], "mtype": m["mtype"]}
+             "duration": r["duration"], "family": r["family"], "mtype": m["mtype"], "pair": _pair(r)}
             for r in records for k, m in enumerate(r["moments"])]
 
 # %% ../nbs/07_synth.ipynb #dccc5ecf
@@ -966,7 +978,7 @@ def stump_answer(stump: dict, f: dict) -> str:
     "The container a stump from `best_stump` answers for a video's facts."
     return RULES[stump["above"] if _stump_value(f, stump["feature"]) > stump["threshold"] else stump["below"]](f)
 
-def _fold(vid: str) -> int: return zlib.crc32(vid.encode()) % 2
+def _fold(row: dict) -> int: return zlib.crc32(row.get("pair", row["vid_name"]).encode()) % 2   # twins fall in the same half
 
 def heuristic_correct(rows: list[dict], facts: dict[str, dict] | None = None, stump: dict | None = None) -> dict[str, dict[str, bool]]:
     """Per heuristic, per question id: is its answer right? Container questions only for the rules (`RULES`, which need each
@@ -982,8 +994,8 @@ def heuristic_correct(rows: list[dict], facts: dict[str, dict] | None = None, st
                for r in rows} for h, rule in rules.items()}
     out["longest option"] = {r["qid"]: max((r[f"a{i}"] for i in range(4)), key=len) == r["ans_corr"] for r in rows}
     if len(rules) == len(RULES):
-        pick = (lambda r: stump) if stump else (lambda r, half={k: best_stump([x for x in rows if _fold(x["vid_name"]) != k], facts)
-                                                                  for k in (0, 1)}: half[_fold(r["vid_name"])])
+        pick = (lambda r: stump) if stump else (lambda r, half={k: best_stump([x for x in rows if _fold(x) != k], facts)
+                                                                  for k in (0, 1)}: half[_fold(r)])
         out["best stump"] = {r["qid"]: pick(r)["feature"] is not None and r["vid_name"] in facts and r["qtype"] not in ("perception", "reaction")
                              and f"the {stump_answer(pick(r), facts[r['vid_name']])}" == r["ans_corr"] for r in rows}
     return out
@@ -1007,7 +1019,7 @@ def heuristic_accuracies(rows: list[dict], facts: dict[str, dict] | None = None)
 
 # %% ../nbs/07_synth.ipynb #bd1e1a80
 def text_only_baselines(train: list[dict], test: list[dict]) -> dict:
-    """Accuracy on `test` of three text-only baselines trained on `train` (95% intervals clustered by video):
+    """Accuracy on `test` of three text-only baselines trained on `train` (95% intervals clustered by pair of twins):
     the majority answer position, the majority answer text (names masked), and a bag-of-words option scorer."""
     import collections
     from vtom.stats import bootstrap_ci
@@ -1028,7 +1040,7 @@ def text_only_baselines(train: list[dict], test: list[dict]) -> dict:
                        ("majority_answer", lambda r: int(np.argmax([texts[(r["qtype"], mask(r, r[f"a{i}"]))] for i in range(4)]))),
                        ("bag_of_words", lambda r: int(np.argmax([score(r, i) for i in range(4)])))):
         ok = [pred(r) == r["answer_idx"] for r in test]
-        res[name] = {"accuracy": round(float(np.mean(ok)) if ok else 0.0, 4), "ci95": [round(v, 4) for v in bootstrap_ci(ok, clusters=[r["vid_name"] for r in test])] if ok else [0.0, 1.0],
+        res[name] = {"accuracy": round(float(np.mean(ok)) if ok else 0.0, 4), "ci95": [round(v, 4) for v in bootstrap_ci(ok, clusters=[r.get("pair", r["vid_name"]) for r in test])] if ok else [0.0, 1.0],
                      "n": len(test)}
     return res
 
@@ -1038,7 +1050,7 @@ def scenario_rows(seed: int, split: str, n: int, fps: float = 4.0, facts: dict |
     for p in plan_split(seed, split, n, domain=domain):
         sc = make_scenario(p["seed"], p["family"], p["variant"], fps, vid=p["vid"], colours=tuple(p["colours"]), domain=domain)
         recs.append({"vid": sc.vid, "seed": sc.seed, "family": sc.family, "variant": sc.variant, "duration": sc.duration,
-                     "questions": scenario_questions(sc), "facts": scenario_facts(sc), "domain": domain})
+                     "questions": scenario_questions(sc), "facts": scenario_facts(sc), "domain": domain, "plan": p})
         if facts is not None: facts[sc.vid] = recs[-1]["facts"]
     return assemble_questions(recs, seed, split)
 
@@ -1089,7 +1101,7 @@ def generate_dataset(out: str | Path, num_videos: int = 20, seed: int = 0, split
     if bad: raise VtomError(f"Unknown families {bad}; choose from {', '.join(FAMILIES)}.")
     counts = _split_counts(num_videos, splits or DEFAULT_SPLITS)
     plans = {sp: plan_split(seed, sp, n, tuple(families), domain) for sp, n in counts.items()}
-    seeds = [p["seed"] for ps in plans.values() for p in ps]
+    seeds = [p["seed"] for ps in plans.values() for p in ps if p["vid"] == p["pair"]]   # one seed per pair of twins
     assert len(set(seeds)) == len(seeds), "video seeds collide across splits"
     records: dict[str, dict] = {}
     todo, failures, made, skipped, t0 = [], [], 0, 0, time.perf_counter()
