@@ -60,9 +60,9 @@ def test_split_counts_and_disjoint_seeds():
     assert synth._split_counts(20, synth.DEFAULT_SPLITS) == {"train": 14, "val": 3, "test": 3}
     assert synth._split_counts(5, {"train": 3, "val": 1, "test": 1}) == {"train": 3, "val": 1, "test": 1}
     plans = {sp: synth.plan_split(0, sp, 50) for sp in ("train", "val", "test")}
-    seeds = [p["seed"] for ps in plans.values() for p in ps[::2]]   # one seed per pair of twins
-    assert len(set(seeds)) == len(seeds)
-    assert all(a["seed"] == b["seed"] and b["variant"] == synth.twin_variant(a["variant"]) for ps in plans.values() for a, b in zip(ps[::2], ps[1::2]))
+    seeds = [p["seed"] for ps in plans.values() for p in ps if p["pair"] == p["vid"]]   # one seed per pair of twins (train: per video)
+    assert len(set(seeds)) == len(seeds) and len({p["seed"] for p in plans["train"]}) == 50
+    assert all(a["seed"] == b["seed"] and b["variant"] == synth.twin_variant(a["variant"]) for sp in ("val", "test") for a, b in zip(plans[sp][::2], plans[sp][1::2]))
     fams = [p["family"] for p in synth.plan_split(0, "train", 48)]
     assert all(fams.count(f) == 12 for f in synth.FAMILIES)
     ood = synth.plan_split(0, "train", 50, domain="ood")

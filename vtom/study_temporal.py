@@ -89,7 +89,7 @@ def study_markdown(rep: dict) -> str:
                   markdown_table(rep["decoys"], ["arm", "mode", *tags])]
     for key, what in (("paired", "goal"), ("paired with oracle perception", "goal with oracle perception")):
         if key in rep:
-            lines.append(f"\n## Paired differences of the arm chosen on val ({what}; same belief questions, video-clustered bootstrap)\n")
+            lines.append(f"\n## Paired differences of the arm chosen on val ({what}; same belief questions, bootstrap clustered by pair of twins)\n")
             lines += [f"- {comparison_sentence(rep[what]['chosen on val'], b, c)}" for b, c in rep[key].items()]
     lines += ["\n## 'When does A start to believe something false?' (test; 'never' included)\n", markdown_table(rep["retrieval"]),
               f"\nVal belief accuracy per arm (the choice): `{ {k: round(v, 3) for k, v in rep['val belief accuracy'].items()} }`\n",
@@ -124,11 +124,11 @@ def _letters(picks: dict[str, int], qids: Sequence[str]) -> str:
     return " ".join(f"{'ABCD'[i]} {n[i]}" for i in range(4))
 
 def _acc_row(arm: str, mode: str, right: dict[str, int], qinfo: dict[str, dict], picks: dict[str, int] | None = None, **extra) -> dict:
-    "One table row: belief accuracy (all families) with a video-clustered CI, per family, second-order accuracy, the letters picked, `extra` columns."
+    "One table row: belief accuracy (all families) with a CI clustered by pair of twins, per family, second-order accuracy, the letters picked, `extra` columns."
     bel = [q for q in right if qinfo[q]["qtype"] == "belief"]
     row = {"arm": arm, "mode": mode, "n belief": len(bel),
            "belief": float(np.mean([right[q] for q in bel])) if bel else float("nan"),
-           "belief CI": bootstrap_ci([right[q] for q in bel], clusters=[qinfo[q]["video"] for q in bel]) if bel else None}
+           "belief CI": bootstrap_ci([right[q] for q in bel], clusters=[qinfo[q]["pair"] for q in bel]) if bel else None}
     for f in STUDY_FAMILIES:
         sel = [right[q] for q in bel if qinfo[q]["family"] == f]
         row[f] = float(np.mean(sel)) if sel else float("nan")
@@ -165,7 +165,7 @@ def _study_goal(arms: Sequence[str], val_right: dict[str, dict[str, int]], right
     bag = f"{BAG_ARM}, {chosen.rsplit(', ', 1)[-1]}"   # the order-free baseline on the chosen arm's input
     if (bag, "video") in right: bases[bag] = right[(bag, "video")]
     model_ok = [right[(chosen, "video")][q] for q in bel]
-    paired = {b: paired_comparison(model_ok, [r[q] for q in bel], [qinfo[q]["video"] for q in bel]) for b, r in bases.items()}
+    paired = {b: paired_comparison(model_ok, [r[q] for q in bel], [qinfo[q]["pair"] for q in bel]) for b, r in bases.items()}   # twins: one cluster
     fair = {b: c for b, c in paired.items() if "blank" not in b}
     fb = [right[(chosen, "video")][q] for q in bel if "false belief" in qinfo[q]["tags"]]
     goal = {"chosen on val": chosen, "belief accuracy": float(np.mean(model_ok)), "n": len(bel), "best heuristic": best_h,
@@ -230,7 +230,7 @@ class TemporalRun:
         return {q: int(c == self.answer[q]) for q, c in picks.items()}
 
 def _question_info(r: dict) -> dict:
-    return {"qtype": r["qtype"], "family": r["family"], "video": r["vid_name"], "tags": r.get("tags", [])}
+    return {"qtype": r["qtype"], "family": r["family"], "video": r["vid_name"], "pair": r.get("pair", r["vid_name"]), "tags": r.get("tags", [])}
 
 def _temporal_inputs(run: TemporalRun, needed: set[str]) -> None:
     "The inputs of every perception source (and the OOD set's, with the perception trained here), the question rows and MC questions."

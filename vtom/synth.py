@@ -782,13 +782,17 @@ def twin_variant(variant: str) -> str:
     base, which = variant.rsplit("_", 1)
     return f"{base}_{'last' if which == 'first' else 'first'}"
 
-def plan_split(seed: int, split: str, n: int, families: tuple[str, ...] = FAMILIES, domain: str = "standard") -> list[dict]:
-    """Ids, seeds, families, variants and colours of the `n` videos of one split of `domain`, in matched twins: videos 2k
-    and 2k+1 share seed, family and colours and differ only in which move A misses (`twin_variant`; which twin comes
-    first is random). Families, colours and variants are dealt round-robin over the pairs, then shuffled."""
+def plan_split(seed: int, split: str, n: int, families: tuple[str, ...] = FAMILIES, domain: str = "standard",
+               twins: bool | None = None) -> list[dict]:
+    """Ids, seeds, families, variants and colours of the `n` videos of one split of `domain`. With `twins` (default: every
+    split but `train`, whose videos stay independent for the variety learning needs) the videos come in matched pairs:
+    videos 2k and 2k+1 share seed, family and colours and differ only in which move A misses (`twin_variant`; which twin
+    comes first is random). Families, colours and variants are dealt round-robin over the pairs (or videos), then shuffled."""
+    twins = split != "train" if twins is None else twins
     key = split if domain == "standard" else f"{domain}-{split}"   # OOD videos never share a seed with a standard split
     rng = _sub_rng(seed, key, "plan")
-    m = (n + 1) // 2   # pairs; an odd n leaves the last video without its twin
+    size = 2 if twins else 1
+    m = -(-n // size)   # pairs (an odd n leaves the last video without its twin), or videos
     off = int(rng.integers(len(families)))  # so that tiny splits do not all start with the same family
     fams = [families[(k + off) % len(families)] for k in range(m)]
     fams = [fams[k] for k in rng.permutation(m)]
@@ -796,16 +800,17 @@ def plan_split(seed: int, split: str, n: int, families: tuple[str, ...] = FAMILI
     o1 = int(rng.integers(len(cols)))
     xcols = [cols[(k + o1) % len(cols)] for k in rng.permutation(m)]          # X colour dealt round-robin
     shifts = [1 + (k + o1) % (len(cols) - 1) for k in rng.permutation(m)]     # Y = X shifted by 1..7: also uniform
-    bases = {f: list(dict.fromkeys(v.rsplit("_", 1)[0] for v in VARIANTS[f])) for f in families}
-    base_order = {f: [bases[f][j] for j in rng.permutation(len(bases[f]))] for f in families}
+    deal = {f: list(dict.fromkeys(v.rsplit("_", 1)[0] for v in VARIANTS[f])) if twins else list(VARIANTS[f]) for f in families}
+    order = {f: [deal[f][j] for j in rng.permutation(len(deal[f]))] for f in families}
     plan, seen = [], {f: 0 for f in families}
     vid = lambda i: f"{'tom' if domain == 'standard' else domain}{seed}-{split}-{i:05d}"
     for k, fam in enumerate(fams):
-        first = f"{base_order[fam][seen[fam] % len(bases[fam])]}_{('first', 'last')[int(rng.integers(2))]}"; seen[fam] += 1
+        var = order[fam][seen[fam] % len(deal[fam])]; seen[fam] += 1
+        if twins: var = f"{var}_{('first', 'last')[int(rng.integers(2))]}"
         colours = [xcols[k], cols[(cols.index(xcols[k]) + shifts[k]) % len(cols)]]
-        for i, var in zip(range(2 * k, min(2 * k + 2, n)), (first, twin_variant(first))):
-            plan.append({"vid": vid(i), "seed": video_seed(seed, key, k), "family": fam, "variant": var, "split": split,
-                         "domain": domain, "colours": colours, "pair": vid(2 * k)})
+        for i, v in zip(range(size * k, min(size * k + size, n)), (var, twin_variant(var))):
+            plan.append({"vid": vid(i), "seed": video_seed(seed, key, k), "family": fam, "variant": v, "split": split,
+                         "domain": domain, "colours": colours, "pair": vid(size * k)})
     return plan
 
 def _pair(record: dict) -> str: return (record.get("plan") or {}).get("pair", record["vid"])   # a video without a plan is its own pair
@@ -890,8 +895,9 @@ def dataset_card(summary: dict) -> str:
              f"{summary['size']}x{summary['size']} px. Every answer and moment is read off a per-frame simulation of who is "
              "present, who attends, where the object is and what each agent believes (see `events/{vid}.json`).", "",
              "## Files", "", "- `videos/{vid}.mp4` H.264 yuv420p", "- `qa_{split}.json` JSON lines, Social-IQ 2.0 fields "
-             "(qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0-a3) plus family, qtype, variant, evidence [start, end] s, tags, domain",
-             "- `moments_{split}.jsonl` {qid, vid_name, query, window [start, end] s or null (\"never\"), duration, family, mtype}",
+             "(qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0-a3) plus family, qtype, variant, evidence [start, end] s, tags, domain, "
+             "pair (the first twin's vid: videos 2k and 2k+1 of a split are matched twins, the same frames in another order)",
+             "- `moments_{split}.jsonl` {qid, vid_name, query, window [start, end] s or null (\"never\"), duration, family, mtype, pair}",
              "- `events/{vid}.json` event log and per-frame state", "",
              "`datasets.load_dataset(FOLDER)` reads the questions (`load_dataset(FOLDER, 'moments')` the moments) through the "
              "`configs:` above; `vtom hub features` adds a stored feature set as another config.", "", "## Counts", "",
@@ -910,7 +916,7 @@ def dataset_card(summary: dict) -> str:
         lines += ["", "## Rules that ignore when things happened (all splits)", "",
                   "Accuracy on the belief question (\"where will A look first?\") of rules that use counts, sets, co-occurrences and "
                   "A's face at the end, never the order of events (`vtom.synth.RULES`; `best stump`: the best one-split rule on "
-                  "order-free features, chosen on half the videos and scored on the other half), overall and per family:", ""]
+                  "order-free features, chosen on half the pairs of twins and scored on the other half), overall and per family:", ""]
         lines += _heuristic_table(summary["heuristics"].get("belief", {}))
         if "best stump rule" in summary["heuristics"].get("belief", {}):
             st = summary["heuristics"]["belief"]["best stump rule"]
@@ -922,7 +928,7 @@ def dataset_card(summary: dict) -> str:
     if summary.get("tags"):
         lines += ["", "Videos with each decoy tag: " + ", ".join(f"{t} {n}" for t, n in summary["tags"].items()) + "."]
     if summary.get("text_only_test"):
-        lines += ["", "Text-only baselines trained on train, accuracy on test (chance 0.25; 95% interval clustered by video):", ""]
+        lines += ["", "Text-only baselines trained on train, accuracy on test (chance 0.25; 95% interval clustered by pair of twins):", ""]
         lines += [f"- {k}: {v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] (n={v['n']})" for k, v in summary["text_only_test"].items()]
     if summary.get("contact_sheet"): lines += ["", f"![contact sheet]({summary['contact_sheet']})"]
     if summary.get("failures"): lines += ["", "## Failures", ""] + [f"- {f['vid']}: {f['error']}" for f in summary["failures"]]
@@ -983,7 +989,7 @@ def _fold(row: dict) -> int: return zlib.crc32(row.get("pair", row["vid_name"]).
 def heuristic_correct(rows: list[dict], facts: dict[str, dict] | None = None, stump: dict | None = None) -> dict[str, dict[str, bool]]:
     """Per heuristic, per question id: is its answer right? Container questions only for the rules (`RULES`, which need each
     video's `facts`; without them: the final place and the first container from the rows); `longest option` everywhere;
-    `best stump`: `stump` (e.g. chosen on a train split), else cross-fitted (chosen on one half of the videos, scored on the other)."""
+    `best stump`: `stump` (e.g. chosen on a train split), else cross-fitted (chosen on one half of the pairs of twins, scored on the other)."""
     if facts is None:
         first = {r["vid_name"]: r["ans_corr"][4:] for r in rows if r["qtype"] == "memory"}
         final = {r["vid_name"]: r["ans_corr"][4:] for r in rows if r["qtype"] == "reality"}
