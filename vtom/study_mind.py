@@ -588,14 +588,14 @@ def _held_out(rep: dict, synth_dir: Path, ood_dir: str | Path | None, out: Path,
     return held
 
 def _mind_questions(synth_dir: Path, srcs: dict[str, tuple], val_videos: int | None, test_videos: int | None, seed: int) -> dict:
-    "Per split of `srcs`: the sampled question rows, qid -> qtype and video ('when' for belief-false moments), MC questions, moments; the moments' length."
+    "Per split of `srcs`: the sampled question rows, qid -> qtype ('when' for belief-false moments) and pair of twins, MC questions, moments; the moments' length."
     from vtom.data import load_siq2, read_jsonl
     rows = {sp: _sample([r for _, r in read_jsonl(d / f"qa_{s}.json")], val_videos if sp == "val" else test_videos, seed) for sp, (d, s, _) in srcs.items()}
-    qinfo = {sp: {r["qid"]: {"qtype": r["qtype"], "video": r["vid_name"], "pair": r.get("pair", r["vid_name"])} for r in rows[sp]} for sp in srcs}
+    qinfo = {sp: {r["qid"]: {"qtype": r["qtype"], "pair": r.get("pair", r["vid_name"])} for r in rows[sp]} for sp in srcs}
     mcq = {sp: [q for q in load_siq2(d / f"qa_{s}.json", source="synth") if q.qid in qinfo[sp]] for sp, (d, s, _) in srcs.items()}
     moments = {sp: [m for _, m in read_jsonl(d / f"moments_{s}.jsonl") if m["mtype"] == "belief_false" and m["vid_name"] in {r["vid_name"] for r in rows[sp]}]
                for sp, (d, s, _) in srcs.items()}
-    for sp in srcs: qinfo[sp] |= {m["qid"]: {"qtype": "when", "video": m["vid_name"], "pair": m.get("pair", m["vid_name"])} for m in moments[sp]}
+    for sp in srcs: qinfo[sp] |= {m["qid"]: {"qtype": "when", "pair": m.get("pair", m["vid_name"])} for m in moments[sp]}
     spans = [m["window"][1] - m["window"][0] for _, m in read_jsonl(synth_dir / "moments_train.jsonl") if m["mtype"] == "belief_false" and m["window"]]
     return {"rows": rows, "qinfo": qinfo, "mcq": mcq, "moments": moments, "length": float(np.median(spans)) if spans else 1.0,
             "asked": {sp: sorted(qinfo[sp]) for sp in srcs}}   # an arm's saved evaluation is reused only for the same questions
