@@ -72,6 +72,8 @@ def test_mind_study_dry_run(dry_run):
     assert ("test", "tracker alone", "video") in rows and any(a.startswith("heuristic") for _, a, _ in rows)
     g = rep["goals"]["test"]
     assert g["chosen on val"] in labels and sum(g["letters"].values()) == g["n"] and "met" in g
+    sh = g["paired"][f"{g['chosen on val']}, shuffled"]   # the shuffled control: each question's share of the frame orders it gets right
+    assert rep["shuffles"] == len(g["shuffled orders"]) == 2 and abs(sh["accuracy_b"] - sum(g["shuffled orders"]) / 2) < 1e-9
     assert all(a["answer"] == "Never." or a["answer"].startswith("At ") for k, w in rep["when answers"].items() if "· cloze" in k for a in w.values())
     assert rep["chat"] and all(len(c["turns"]) == 2 for c in rep["chat"]) and "Chat" in (out / "report.md").read_text()
 

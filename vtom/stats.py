@@ -54,20 +54,22 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> float
 # %% ../nbs/00b_stats.ipynb #5a7e0b0d
 def paired_comparison(correct_a: Sequence[bool], correct_b: Sequence[bool], clusters: Sequence[str] | None,
                       n_boot: int = 2000, seed: int = 0) -> dict:
-    "Accuracy of A and B on the same questions, `diff` = A - B with a paired video-clustered bootstrap 95% CI, exact McNemar p."
+    "Accuracy of A and B on the same questions (1/0 each, or a share), `diff` = A - B with a paired video-clustered bootstrap 95% CI, exact McNemar p (1/0 only)."
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
     if a.shape != b.shape or a.ndim != 1: raise StatsError(f"paired_comparison needs two equally long lists ({a.shape} vs {b.shape}).")
     boot = bootstrap_means(a - b, clusters, n_boot, seed)[:, 0]
     lo, hi = np.quantile(boot, [0.025, 0.975])
+    binary = bool(np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all())
     return {"n": int(len(a)), "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "diff": float(a.mean() - b.mean()),
-            "ci95": [float(lo), float(hi)], "p_mcnemar": mcnemar_exact(a > 0, b > 0)}
+            "ci95": [float(lo), float(hi)], "p_mcnemar": mcnemar_exact(a > 0, b > 0) if binary else None}
 
 # %% ../nbs/00b_stats.ipynb #669e8345
 def comparison_sentence(model: str, base: str, c: dict) -> str:
     "One sentence for a `paired_comparison` result `c` of `model` (A) against `base` (B): better/worse only when the CI excludes 0."
     lo, hi = c["ci95"]
     word = "better than" if lo > 0 else "worse than" if hi < 0 else "not better than"
-    return f"{model} is {word} {base}: {c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={c['n']}, {c['accuracy_a']:.2f} vs {c['accuracy_b']:.2f}, McNemar p={c['p_mcnemar']:.3g})"
+    p = "no McNemar p: a share" if c["p_mcnemar"] is None else f"McNemar p={c['p_mcnemar']:.3g}"
+    return f"{model} is {word} {base}: {c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={c['n']}, {c['accuracy_a']:.2f} vs {c['accuracy_b']:.2f}, {p})"
 
 # %% ../nbs/00b_stats.ipynb #5a7e0b10
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, digits: int = 3) -> str:

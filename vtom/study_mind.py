@@ -27,15 +27,16 @@ from .model import (IGNORE_INDEX, MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TO
 from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, _frame_index, frame_accuracy, observation_vector, perception_accuracy,
                              slot_columns, split_videos, tracker_data, tracker_probs, train_perception, train_tracker, window_success)
 from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
+from .synth import pair_of
 
 # %% auto #0
 __all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT',
            'RENAME_COLOURS', 'RENAME_KINDS', 'RENAME_SHARE', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
-           'BASELINE_MODES', 'DRY_RUN', 'true_containers', 'container_vocab', 'option_names', 'layout_labels',
-           'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head', 'perception_stage', 'NamedStore',
-           'tracker_stage', 'moment_answer', 'parse_moment', 'random_names', 'mind_records', 'train_arm',
-           'when_answers', 'tracker_alone', 'letter_counts', 'video_letter_predictions', 'arm_label',
-           'video_predictions', 'moment_candidates', 'when_choices', 'twins_both_right', 'mind_markdown',
+           'BASELINE_MODES', 'SHUFFLES', 'DRY_RUN', 'true_containers', 'container_vocab', 'option_names',
+           'layout_labels', 'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head',
+           'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer', 'parse_moment', 'random_names',
+           'mind_records', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts', 'video_letter_predictions',
+           'arm_label', 'video_predictions', 'moment_candidates', 'when_choices', 'twins_both_right', 'mind_markdown',
            'false_belief_clips', 'chat_transcripts', 'mind_study', 'mind_main']
 
 # %% ../nbs/08d_study_mind.ipynb #0f55d71e
@@ -439,11 +440,12 @@ REPORT_QTYPES = ("belief", "second_order", "memory", "reality", "perception", "r
 
 def twins_both_right(right: dict[str, int], qids: Sequence[str], info: dict[str, dict]) -> float | None:
     """Of the pairs of twins whose two questions are both in `qids` (`vtom.synth.plan_split`: the same frames in another
-    order, different answers), the share answered right on both: an order-free reader scores 0. None without pairs."""
+    order, different answers), the share answered right on both: an order-free reader scores 0. A question right on a share
+    of frame orders (the shuffled control) counts as the chance both twins are right, their orders drawn apart. None without pairs."""
     by_pair: dict[str, list[int]] = {}
     for q in qids:
         if q in right: by_pair.setdefault(info[q]["pair"], []).append(right[q])
-    both = [all(v) for v in by_pair.values() if len(v) == 2]
+    both = [float(np.prod(v)) for v in by_pair.values() if len(v) == 2]
     return float(np.mean(both)) if both else None
 
 def _study_table(right: dict, letters: dict, qinfo: dict[str, dict]) -> list[dict]:
@@ -463,8 +465,10 @@ def _study_table(right: dict, letters: dict, qinfo: dict[str, dict]) -> list[dic
         rows.append(row)
     return rows
 
-def _goal(chosen: str, right: dict, letters: dict, qinfo: dict, split: str, target: float) -> dict:
-    "The chosen arm on one split's belief questions: accuracy, paired differences to its shuffled/blank/text inputs, every heuristic and the tracker alone, letter shares, the verdict."
+def _goal(chosen: str, right: dict, letters: dict, qinfo: dict, split: str, target: float, orders: dict[str, list[float]]) -> dict:
+    """The chosen arm on one split's belief questions: accuracy, paired differences to its shuffled/blank/text inputs (shuffled:
+    the share of frame orders answered right), every heuristic and the tracker alone, letter shares, the verdict; `orders`:
+    split -> the shuffled control's belief accuracy per frame order."""
     model = right[(chosen, "video", split)]
     bel = sorted(q for q in model if qinfo[q]["qtype"] == "belief")
     bases = {f"{chosen}, {m}": right[(chosen, m, split)] for m in BASELINE_MODES}
@@ -478,6 +482,7 @@ def _goal(chosen: str, right: dict, letters: dict, qinfo: dict, split: str, targ
     acc = float(np.mean([model[q] for q in bel])) if bel else float("nan")
     met = acc >= target and all(c["accuracy_b"] <= 0.60 and c["ci95"][0] > 0 for c in paired.values()) and share <= 0.40
     return {"chosen on val": chosen, "split": split, "n": len(bel), "belief accuracy": acc, "target": target, "paired": paired,
+            "shuffled orders": orders.get(split),
             "twins both right": twins_both_right(model, bel, qinfo), "tracker twins both right": twins_both_right(tracker, bel, qinfo),
             "tracker belief accuracy": float(np.mean([tracker[q] for q in bel])) if vs_tracker else None,
             "vs tracker alone": vs_tracker, "letters": counts, "max letter share": round(share, 3), "met": bool(met)}
@@ -497,6 +502,9 @@ def mind_markdown(rep: dict) -> str:
               markdown_table(rep["table"], cols)]
     for sp, g in rep["goals"].items():
         lines.append(f"\n## Paired differences on {sp} belief questions ({g['chosen on val']} minus each; bootstrap clustered by pair of twins)\n")
+        if g.get("shuffled orders"):
+            lines.append(f"Shuffled: each question's share of {len(g['shuffled orders'])} frame orders answered right; the accuracy per order "
+                         f"{[round(x, 3) for x in g['shuffled orders']]}.\n")
         lines += [f"- {comparison_sentence(g['chosen on val'], b, c)}" for b, c in g["paired"].items()]
         if g["vs tracker alone"]: lines.append(f"- {comparison_sentence(g['chosen on val'], 'the tracker alone', g['vs tracker alone'])}")
     lines.append("\n## Chat on held-out false-belief clips (`vtom chat --checkpoint CK CLIP QUESTION`, greedy)\n")
@@ -518,6 +526,7 @@ def mind_markdown(rep: dict) -> str:
 
 # %% ../nbs/08d_study_mind.ipynb #caff1c33
 BASELINE_MODES = ("shuffled", "blank", "text")   # the chosen arm's inputs switched off, on belief questions
+SHUFFLES = 3   # frame orders of the shuffled control, each belief question scored by the share it gets right (one order: 0.33-0.75 on 24 questions)
 
 def _acc(right: dict[str, int], qids: Sequence[str], clusters: dict[str, str]) -> dict:
     sel = [q for q in qids if q in right]
@@ -551,12 +560,12 @@ def chat_transcripts(checkpoint: str | Path, synth_dir: str | Path, video_ids: S
 
 def _sample(rows: list[dict], n: int | None, seed: int) -> list[dict]:
     "The rows of a seeded sample of about `n` whole videos in whole pairs of twins (all rows when `n` is None or covers them)."
-    pair_of = {r["vid_name"]: r.get("pair", r["vid_name"]) for r in rows}
-    if not n or n >= len(pair_of): return rows
+    pairs = {r["vid_name"]: pair_of(r) for r in rows}
+    if not n or n >= len(pairs): return rows
     pick: set[str] = set()
-    for p in np.random.default_rng(seed).permutation(sorted(set(pair_of.values()))):
+    for p in np.random.default_rng(seed).permutation(sorted(set(pairs.values()))):
         if len(pick) >= n: break
-        pick |= {v for v, q in pair_of.items() if q == p}
+        pick |= {v for v, q in pairs.items() if q == p}
     return [r for r in rows if r["vid_name"] in pick]
 
 def _timer(rep: dict, log: Any) -> Callable[[str, Callable[[], Any]], Any]:
@@ -591,25 +600,28 @@ def _mind_questions(synth_dir: Path, srcs: dict[str, tuple], val_videos: int | N
     "Per split of `srcs`: the sampled question rows, qid -> qtype ('when' for belief-false moments) and pair of twins, MC questions, moments; the moments' length."
     from vtom.data import load_siq2, read_jsonl
     rows = {sp: _sample([r for _, r in read_jsonl(d / f"qa_{s}.json")], val_videos if sp == "val" else test_videos, seed) for sp, (d, s, _) in srcs.items()}
-    qinfo = {sp: {r["qid"]: {"qtype": r["qtype"], "pair": r.get("pair", r["vid_name"])} for r in rows[sp]} for sp in srcs}
+    qinfo = {sp: {r["qid"]: {"qtype": r["qtype"], "pair": pair_of(r)} for r in rows[sp]} for sp in srcs}
     mcq = {sp: [q for q in load_siq2(d / f"qa_{s}.json", source="synth") if q.qid in qinfo[sp]] for sp, (d, s, _) in srcs.items()}
     moments = {sp: [m for _, m in read_jsonl(d / f"moments_{s}.jsonl") if m["mtype"] == "belief_false" and m["vid_name"] in {r["vid_name"] for r in rows[sp]}]
                for sp, (d, s, _) in srcs.items()}
-    for sp in srcs: qinfo[sp] |= {m["qid"]: {"qtype": "when", "pair": m.get("pair", m["vid_name"])} for m in moments[sp]}
+    for sp in srcs: qinfo[sp] |= {m["qid"]: {"qtype": "when", "pair": pair_of(m)} for m in moments[sp]}
     spans = [m["window"][1] - m["window"][0] for _, m in read_jsonl(synth_dir / "moments_train.jsonl") if m["mtype"] == "belief_false" and m["window"]]
     return {"rows": rows, "qinfo": qinfo, "mcq": mcq, "moments": moments, "length": float(np.median(spans)) if spans else 1.0,
             "asked": {sp: sorted(qinfo[sp]) for sp in srcs}}   # an arm's saved evaluation is reused only for the same questions
 
-def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple], store: Any, seed: int, rule: str = "letter") -> dict:
-    """One arm read with one scoring rule on val (belief) and every held-out split: letters and correctness per mode, 'when'
-    answers (generated for `letter`, chosen among the trained answers for `cloze`); saved beside the checkpoint (resumable)."""
+def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple], store: Any, seed: int, rule: str = "letter",
+                  shuffles: int = SHUFFLES) -> dict:
+    """One arm read with one scoring rule on val (belief) and every held-out split: letters and correctness per mode (`shuffled`:
+    each belief question's share of `shuffles` frame orders right, the letters of the first order, the accuracy per order),
+    'when' answers (generated for `letter`, chosen among the trained answers for `cloze`); saved beside the checkpoint (resumable)."""
     saved = Path(ckpt) / ("study_eval.json" if rule == "letter" else f"study_eval-{rule}.json")
-    if saved.is_file() and json.loads(saved.read_text())["asked"] == qs["asked"]: return json.loads(saved.read_text())   # resumable
+    if saved.is_file() and (old := json.loads(saved.read_text()))["asked"] == qs["asked"] and old.get("shuffles", 1) == shuffles: return old   # resumable
     mcq, moments = qs["mcq"], qs["moments"]
-    predict = lambda questions, st, mode: video_predictions(model, questions, st, mode, seed, rule)
+    predict = lambda questions, st, mode, s=seed: video_predictions(model, questions, st, mode, s, rule)
     when = when_answers if rule == "letter" else when_choices
     val = predict([q for q in mcq["val"] if q.qtype == "belief"], store, "video")
-    res = {"asked": qs["asked"], "val belief": float(np.mean([p["correct"] for p in val])) if val else float("nan"), "right": {}, "letters": {}, "answers": {}}
+    res = {"asked": qs["asked"], "shuffles": shuffles, "val belief": float(np.mean([p["correct"] for p in val])) if val else float("nan"),
+           "right": {}, "letters": {}, "answers": {}, "shuffled orders": {}}
     for sp, (_, _, st) in held.items():
         preds = {"video": predict(mcq[sp], st, "video")}
         bel = [q for q in mcq[sp] if q.qtype == "belief"]
@@ -617,6 +629,9 @@ def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple]
         for m, ps in preds.items():
             res["right"][f"{m} | {sp}"] = {p["qid"]: int(p["correct"]) for p in ps}
             res["letters"][f"{m} | {sp}"] = {"belief": letter_counts([p for p in ps if p["qtype"] == "belief"]), "all": letter_counts(ps)}
+        hits = [res["right"][f"shuffled | {sp}"], *({p["qid"]: int(p["correct"]) for p in predict(bel, st, "shuffled", seed + k)} for k in range(1, shuffles))]
+        res["shuffled orders"][sp] = [float(np.mean(list(h.values()))) if h else float("nan") for h in hits]
+        res["right"][f"shuffled | {sp}"] = {q: float(np.mean([h[q] for h in hits])) for q in hits[0]}
         for m in ("video", "shuffled"):
             w = when(model, moments[sp], st, m, seed, qs["length"])
             res["right"][f"{m} | {sp}"] |= {q: a["right"] for q, a in w.items()}
@@ -627,8 +642,8 @@ def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple]
 def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tuple(ARMS), ood_dir: str | Path | None = None, llm: str = "embedded",
                num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = PERCEPTION_STEPS, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
                learning_rate: float = 1e-3, lora_r: int = 8, val_videos: int | None = None, test_videos: int | None = None,
-               chat_clips: int = 10, rules: Sequence[str] = MIND_RULES, rename: float = RENAME_SHARE, device: str = "cpu", seed: int = 0,
-               progress: bool = False) -> dict:
+               chat_clips: int = 10, rules: Sequence[str] = MIND_RULES, rename: float = RENAME_SHARE, shuffles: int = SHUFFLES, device: str = "cpu",
+               seed: int = 0, progress: bool = False) -> dict:
     """The whole model, end to end: perception, tracker, one LM arm per route at the same budget, each read with every scoring
     rule (`rules`); the (arm, rule) pair chosen on val is reported on test (and OOD) with every baseline."""
     from vtom.features import FeatureStore
@@ -637,11 +652,12 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     unknown = [a for a in arms if a not in ARMS]
     if unknown: raise VtomError(f"Unknown arm(s) {unknown}; use {', '.join(ARMS)}.")
     if bad := [r for r in rules if r not in MIND_RULES]: raise VtomError(f"Unknown scoring rule(s) {bad}; use {', '.join(MIND_RULES)}.")
+    if shuffles < 1: raise VtomError(f"shuffles={shuffles}: the shuffled control needs at least one frame order.")
     synth_dir, out = Path(synth_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep: dict[str, Any] = {"synth_dir": str(synth_dir), "ood_dir": str(ood_dir) if ood_dir else None, "arms": list(arms), "rules": list(rules), "llm": llm,
                            "num_frames": num_frames, "perception_steps": perception_steps, "tracker_steps": tracker_steps, "lm_steps": lm_steps,
-                           "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "rename": rename, "seed": seed, "seconds": {}, "cpu_seconds": {}}
+                           "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "rename": rename, "shuffles": shuffles, "seed": seed, "seconds": {}, "cpu_seconds": {}}
     timed = _timer(rep, get_logger("vtom.study_mind"))
     perc = timed("perception", lambda: perception_stage(synth_dir, out / "perception", num_frames, MIND_SIZE, perception_steps, seed=seed, progress=progress))
     rep["perception"] = {k: perc[k] for k in ("test accuracy", "test containers named right", "test containers named right without options",
@@ -661,7 +677,7 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
         facts = {v: _events(d, v).get("facts") for v in {r["vid_name"] for r in rows[sp]}}
         ok = heuristic_correct(rows[sp], facts if all(facts.values()) else None)
         for h, r in ok.items(): right[(f"heuristic: {h}", "text", sp)] = {q: int(v) for q, v in r.items()}
-    ckpts, val_belief, arm_of = {}, {}, {}
+    ckpts, val_belief, arm_of, orders = {}, {}, {}, {}
     for j, arm in enumerate(arms):
         ckpts[arm] = timed(f"train {arm}", lambda: train_arm(arm, records, perc["store"], mind["mind"], out / f"arm-{re.sub(r'[^a-z0-9]+', '-', arm.lower()).strip('-')}",
                                                              llm, lm_steps, lm_batch, learning_rate, lora_r, device, seed))
@@ -671,8 +687,8 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
         for rule in rules:
             label = arm_label(arm, rule)
             arm_of[label] = arm
-            res = timed(f"evaluate {label}", lambda: _evaluate_arm(model, ckpts[arm], qs, held, store, seed, rule))
-            val_belief[label] = res["val belief"]
+            res = timed(f"evaluate {label}", lambda: _evaluate_arm(model, ckpts[arm], qs, held, store, seed, rule, shuffles))
+            val_belief[label], orders[label] = res["val belief"], res["shuffled orders"]
             for k in res["right"]:
                 m, sp = k.split(" | ", 1)
                 right[(label, m, sp)], letters[(label, m, sp)] = res["right"][k], res["letters"][k]
@@ -680,7 +696,7 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     chosen = max(val_belief, key=lambda a: (val_belief[a], a))
     rep["val belief accuracy"], rep["chosen on val"] = val_belief, chosen
     rep["table"] = _study_table(right, letters, qinfo)
-    rep["goals"] = {sp: _goal(chosen, right, letters, qinfo[sp], sp, 0.85 if sp.startswith("test") else 0.75) for sp in held}
+    rep["goals"] = {sp: _goal(chosen, right, letters, qinfo[sp], sp, 0.85 if sp.startswith("test") else 0.75, orders[chosen]) for sp in held}
     clips = false_belief_clips(synth_dir, "test")[:chat_clips]
     rep["chat"] = timed("chat", lambda: chat_transcripts(ckpts[arm_of[chosen]], synth_dir, clips, device, qs["length"]))
     rep["chat containers right"] = f"{sum(c['container right'] for c in rep['chat'])}/{len(rep['chat'])}"
@@ -690,7 +706,7 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     return rep
 
 # %% ../nbs/08d_study_mind.ipynb #b50dd483
-DRY_RUN = dict(num_frames=8, perception_steps=5, tracker_steps=5, lm_steps=2, lm_batch=2, llm="tiny", chat_clips=2)
+DRY_RUN = dict(num_frames=8, perception_steps=5, tracker_steps=5, lm_steps=2, lm_batch=2, llm="tiny", chat_clips=2, shuffles=2)
 
 def mind_main(argv: list[str] | None = None) -> int:
     "`vtom mind SYNTH --out DIR` (`vtom run tom-mind`): the whole model trained and compared route by route; `--dry-run`: a tiny offline check."
@@ -716,12 +732,13 @@ def mind_main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", default=",".join(MIND_RULES), help="scoring rules every arm is read with, comma-separated (default %(default)s): "
                    "`letter` (the answer letter after the listed options), `cloze` (each option's text alone; 'when' chosen among a frame's time or never)")
     p.add_argument("--rename", type=float, default=RENAME_SHARE, help="share of the LM's training records read with the containers renamed (default %(default)s)")
+    p.add_argument("--shuffles", type=int, default=SHUFFLES, help="frame orders of the shuffled control (each belief question scores the share it gets right; default %(default)s)")
     p.add_argument("--chat-clips", type=int, default=10, help="held-out false-belief clips the chosen checkpoint chats about")
     add_options(p, RunOptions, only=("device", "seed"), device="cpu")
     p.add_argument("--dry-run", action="store_true", help="generate 10 tiny videos and run every stage for a few steps with a tiny LM (a minute)")
     a = p.parse_args(argv)
     kw = dict(llm=a.llm, num_frames=a.num_frames, perception_steps=a.perception_steps, tracker_steps=a.tracker_steps, lm_steps=a.lm_steps,
-              lm_batch=a.lm_batch, chat_clips=a.chat_clips, rename=a.rename)
+              lm_batch=a.lm_batch, chat_clips=a.chat_clips, rename=a.rename, shuffles=a.shuffles)
     synth_dir = a.synth_dir
     if a.dry_run:
         from vtom.synth import generate_dataset

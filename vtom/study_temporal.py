@@ -22,7 +22,7 @@ from .perception import (PERCEPTION_SOURCES, STUDY_NUM_FRAMES, bag_features, bel
 from .registry import STUDY_TOWER, ModelOptions
 from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
 from .studies import load_arm, mc_predictions, train_arm
-from .synth import FAMILIES, TAGS
+from .synth import FAMILIES, TAGS, pair_of
 
 
 # %% auto #0
@@ -230,7 +230,7 @@ class TemporalRun:
         return {q: int(c == self.answer[q]) for q, c in picks.items()}
 
 def _question_info(r: dict) -> dict:
-    return {"qtype": r["qtype"], "family": r["family"], "video": r["vid_name"], "pair": r.get("pair", r["vid_name"]), "tags": r.get("tags", [])}
+    return {"qtype": r["qtype"], "family": r["family"], "pair": pair_of(r), "tags": r.get("tags", [])}
 
 def _temporal_inputs(run: TemporalRun, needed: set[str]) -> None:
     "The inputs of every perception source (and the OOD set's, with the perception trained here), the question rows and MC questions."

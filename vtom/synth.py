@@ -29,8 +29,8 @@ __all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'SITUATIONS', 'DECOY_P',
            'HEURISTICS', 'STUMP_FEATURES', 'STUMP_ANSWERS', 'make_layout', 'Scenario', 'make_scenario',
            'scenario_questions', 'scenario_moments', 'scenario_facts', 'render_frames', 'random_looks', 'plot_scenario',
            'encode_mp4', 'scenario_record', 'generate_video', 'synth_timeline', 'video_seed', 'twin_variant',
-           'plan_split', 'assemble_questions', 'assemble_moments', 'balance_table', 'card_configs', 'card_header',
-           'dataset_card', 'best_stump', 'stump_answer', 'heuristic_correct', 'heuristic_accuracies',
+           'plan_split', 'pair_of', 'assemble_questions', 'assemble_moments', 'balance_table', 'card_configs',
+           'card_header', 'dataset_card', 'best_stump', 'stump_answer', 'heuristic_correct', 'heuristic_accuracies',
            'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset', 'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
@@ -815,6 +815,10 @@ def plan_split(seed: int, split: str, n: int, families: tuple[str, ...] = FAMILI
 
 def _pair(record: dict) -> str: return (record.get("plan") or {}).get("pair", record["vid"])   # a video without a plan is its own pair
 
+def pair_of(row: dict) -> str:
+    "The pair of twins a question or moment row belongs to: the cluster of its CIs (a row written before synth 2.1: its own video)."
+    return row.get("pair", row["vid_name"])
+
 def assemble_questions(records: list[dict], seed: int, split: str) -> list[dict]:
     "Social-IQ-2.0-style question rows of a split with balanced correct positions per question type."
     rows, pos_iter = [], {}
@@ -984,7 +988,7 @@ def stump_answer(stump: dict, f: dict) -> str:
     "The container a stump from `best_stump` answers for a video's facts."
     return RULES[stump["above"] if _stump_value(f, stump["feature"]) > stump["threshold"] else stump["below"]](f)
 
-def _fold(row: dict) -> int: return zlib.crc32(row.get("pair", row["vid_name"]).encode()) % 2   # twins fall in the same half
+def _fold(row: dict) -> int: return zlib.crc32(pair_of(row).encode()) % 2   # twins fall in the same half
 
 def heuristic_correct(rows: list[dict], facts: dict[str, dict] | None = None, stump: dict | None = None) -> dict[str, dict[str, bool]]:
     """Per heuristic, per question id: is its answer right? Container questions only for the rules (`RULES`, which need each
@@ -1046,7 +1050,7 @@ def text_only_baselines(train: list[dict], test: list[dict]) -> dict:
                        ("majority_answer", lambda r: int(np.argmax([texts[(r["qtype"], mask(r, r[f"a{i}"]))] for i in range(4)]))),
                        ("bag_of_words", lambda r: int(np.argmax([score(r, i) for i in range(4)])))):
         ok = [pred(r) == r["answer_idx"] for r in test]
-        res[name] = {"accuracy": round(float(np.mean(ok)) if ok else 0.0, 4), "ci95": [round(v, 4) for v in bootstrap_ci(ok, clusters=[r.get("pair", r["vid_name"]) for r in test])] if ok else [0.0, 1.0],
+        res[name] = {"accuracy": round(float(np.mean(ok)) if ok else 0.0, 4), "ci95": [round(v, 4) for v in bootstrap_ci(ok, clusters=[pair_of(r) for r in test])] if ok else [0.0, 1.0],
                      "n": len(test)}
     return res
 
