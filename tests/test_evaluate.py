@@ -294,6 +294,19 @@ def test_surface_baselines_need_no_model():
     assert m["n"] == 8 and m["mode"] == "shortest-option" and "accuracy_letter" not in m
 
 
+def test_twins_of_a_pair_are_one_bootstrap_cluster():
+    "A synth 2.1 question's record carries its pair of matched twins, and the video-clustered CI resamples the pair as one unit."
+    from dataclasses import replace
+    from vtom.evaluate import accuracy_table, pair_records
+    val = load_siq2(SIQ2 / "qa/qa_val.json")
+    assert "pair" not in evaluate_question(None, val[0], "longest-option")   # Social-IQ 2.0: clustered by video
+    twins = [replace(q, raw={**q.raw, "pair": "scene-0"}) for q in val]      # every question: one scene
+    recs = evaluate_questions(None, twins, "longest-option", progress=False)["records"]
+    assert {r["pair"] for r in recs} == {"scene-0"} and set(pair_records(recs, recs)[2]) == {"scene-0"}
+    acc = accuracy_table(recs)
+    assert acc["ci95"] == [acc["accuracy"]] * 2   # one cluster: every resample is the whole set
+
+
 def _vtom(*args, cwd=None):
     import subprocess
     import sys

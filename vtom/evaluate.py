@@ -35,9 +35,9 @@ from .stats import bootstrap_ci, paired_comparison
 
 # %% auto #0
 __all__ = ['EvalSetup', 'cyclic_letter_scores', 'evaluate_question', 'check_timelines', 'sample_videos', 'evaluate_questions',
-           'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize', 'plot_metrics',
-           'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark', 'eval_main', 'load_predictions',
-           'bench_eval_main']
+           'video_cluster', 'pair_records', 'accuracy_table', 'mode_table', 'format_mode_table', 'summarize',
+           'plot_metrics', 'write_submission', 'SocialTexts', 'load_eval_setup', 'load_benchmark', 'eval_main',
+           'load_predictions', 'bench_eval_main']
 
 # %% ../nbs/06_eval.ipynb #e0972b51
 @dataclass
@@ -72,14 +72,18 @@ def cyclic_letter_scores(setup: EvalSetup, q: MCQuestion, mode: str, social: str
         total[(np.arange(n) + s) % n] += rule_scores("letter", lps, answers)
     return total / n
 
+def _record_head(q: MCQuestion) -> dict:
+    "The fields every record of `q` starts with; `pair`: the matched twins a synth 2.1 question belongs to (one scene in two orders)."
+    head = {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question), "answer_idx": q.answer_idx}
+    return head | ({"pair": q.raw["pair"]} if "pair" in q.raw else {})
+
 def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str = DEFAULT_SCORING, seed: int = 0,
                       rules: Sequence[str] | None = None, majority: int = 0) -> dict:
     "Score (or generate an answer to) one question under `mode` (shared-prefix scoring); `rules` adds other scoring rules to the record."
     wanted = _check_rules(scoring, rules)
     if mode in SURFACE_MODES:
         pred = surface_choice(q, mode, majority)
-        return {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question),
-                "answer_idx": q.answer_idx, "pred": pred, "correct": None if q.answer_idx is None else pred == q.answer_idx}
+        return _record_head(q) | {"pred": pred, "correct": None if q.answer_idx is None else pred == q.answer_idx}
     feats = None
     if mode in VIDEO_MODES:
         if setup.features is None: raise EvalError(f"mode {mode!r} needs video features (--features DIR).")
@@ -98,8 +102,7 @@ def evaluate_question(setup: EvalSetup, q: MCQuestion, mode: str, scoring: str =
     notes = None   # a whole model reads its mind text beside the (transformed) video: the tracker runs on what this mode shows
     if feats is not None and hasattr(setup.model, "mind_text"):
         notes = setup.model.mind_text(feats, setup.features.meta(q.video_id) if hasattr(setup.features, "meta") else None)
-    rec = {"qid": q.qid, "video_id": q.video_id, "subset": q.subset, "qtype": q.qtype, "qword": question_word(q.question),
-           "answer_idx": q.answer_idx}
+    rec = _record_head(q)
     if scoring == "generate":
         enc = encode_choices(setup.tokenizer, with_mind(mode_prompt(q, mode, social), notes), [option_continuation(q, 0)], setup.template, nvt, setup.max_length)
         pred, text = generate_choice(setup.model, setup.tokenizer, enc[0], q.options, feats, social_signals=signals)
@@ -185,8 +188,12 @@ def evaluate_questions(setup: EvalSetup, questions: list[MCQuestion], mode: str 
     return out
 
 # %% ../nbs/06_eval.ipynb #9383cee8
+def video_cluster(record: dict) -> str:
+    "What a video-clustered bootstrap resamples as one unit: the record's pair of matched twins (synth 2.1: one scene in two orders), else its video."
+    return record.get("pair") or record["video_id"]
+
 def pair_records(records_a: list[dict], records_b: list[dict], names: tuple[str, str] = ("A", "B")) -> tuple[list, list, list]:
-    "Align two runs' scored records by question id -> (correct_a, correct_b, video ids); an error names the ids that differ."
+    "Align two runs' scored records by question id -> (correct_a, correct_b, clusters: `video_cluster`); an error names the ids that differ."
     def scored(recs, name):
         out = {}
         for r in recs:
@@ -202,14 +209,14 @@ def pair_records(records_a: list[dict], records_b: list[dict], names: tuple[str,
                         "(same --qa, --features, --limit and --seed).")
     if not a: raise EvalError(f"{names[0]} and {names[1]} have no scored question (no answer_idx?).")
     ids = sorted(a)
-    return [a[i]["correct"] for i in ids], [b[i]["correct"] for i in ids], [a[i].get("video_id", i) for i in ids]
+    return [a[i]["correct"] for i in ids], [b[i]["correct"] for i in ids], [video_cluster(a[i]) if "video_id" in a[i] else i for i in ids]
 
 def accuracy_table(records: list[dict], key: str | None = None, clusters: str | None = "video_id", **kw) -> dict:
-    "Accuracy, 95% CI (video-clustered by default) and n overall (`key=None`) or per value of `key` (e.g. 'subset', 'qword')."
+    "Accuracy, 95% CI (video-clustered by default: `video_cluster`, twins together) and n overall (`key=None`) or per value of `key` (e.g. 'subset', 'qword')."
     scored = [r for r in records if r.get("correct") is not None]
     def stats(rs):
         c = [r["correct"] for r in rs]
-        lo, hi = bootstrap_ci(c, clusters=[r[clusters] for r in rs] if clusters else None, **kw)
+        lo, hi = bootstrap_ci(c, clusters=[video_cluster(r) if clusters == "video_id" else r[clusters] for r in rs] if clusters else None, **kw)
         return {"accuracy": float(np.mean(c)), "ci95": [lo, hi], "n": len(c)}
     if key is None: return stats(scored)
     groups = defaultdict(list)

@@ -103,7 +103,7 @@ def probe_table(store: Any, synth_dir: str | Path, train_ids: Sequence[str], tes
 
 # %% ../nbs/08b_experiments.ipynb #14865e19
 def mc_table(preds: Sequence[dict], by: str = "qtype", videos: dict[str, str] | None = None) -> list[dict]:
-    "Accuracy with a 95% bootstrap interval (over whole videos when `videos` maps qid -> video) per mode and group (plus 'all')."
+    "Accuracy with a 95% bootstrap interval (over whole videos when `videos` maps qid -> video, or pair of twins) per mode and group (plus 'all')."
     rows = []
     for mode in dict.fromkeys(p["mode"] for p in preds):
         ps = [p for p in preds if p["mode"] == mode]
@@ -177,10 +177,10 @@ def _goal_data(synth_dir: Path, mc_qtypes: Sequence[str] | None) -> dict:
             "rows": {sp: [r for _, r in read_jsonl(synth_dir / f"qa_{sp}.json")] for sp in ("train", "test")}}
 
 def _goal_paired(data: dict, goal_mc: str, goal_rt: str) -> dict:
-    "The report's `paired` entries before any arm: per goal its metric, qid -> video, and the baselines no model needs (test)."
-    from vtom.synth import heuristic_correct
+    "The report's `paired` entries before any arm: per goal its metric, qid -> video (its pair of twins: one cluster), and the baselines no model needs (test)."
+    from vtom.synth import heuristic_correct, pair_of
     mcq, rows = data["mcq"], data["rows"]
-    videos = {q.qid: q.video_id for q in mcq["test"]} | {m["qid"]: m["vid_name"] for m in data["moments"]["test"]}
+    videos = {q.qid: pair_of(q.raw) for q in mcq["test"]} | {m["qid"]: pair_of(m) for m in data["moments"]["test"]}
     shared_mc = {h: {q.qid: int(ok[q.qid]) for q in mcq["test"]} for h, ok in heuristic_correct(rows["test"]).items()}
     major = int(np.bincount([r["answer_idx"] for r in rows["train"]], minlength=4).argmax())
     shared_mc["majority position"] = {q.qid: int(q.answer_idx == major) for q in mcq["test"]}
@@ -222,6 +222,7 @@ def _goal_model(report: dict, k: str, store: Any, shape: tuple[int, ...], synth_
 
 def _goal_mc(report: dict, k: str, model: nn.Module, store: Any, mcq: dict, goal_mc: str, progress: bool) -> None:
     "Multiple choice of tower `k`'s arm: val (video) and test under every mode, as a paired candidate and rows of `report['mc']`."
+    from vtom.synth import pair_of
     seed, videos = report["seed"], report["paired"][goal_mc]["videos"]
     val = mc_predictions(model, mcq["val"], store, "video", seed, progress)
     test = score_modes(model, mcq["test"], store, MC_MODES, seed, progress)
@@ -231,7 +232,7 @@ def _goal_mc(report: dict, k: str, model: nn.Module, store: Any, mcq: dict, goal
     for preds in test.values():
         report["mc"] += [{"features": k, "split": "test", **r} for r in mc_table(preds, "qtype", videos)]
         report["mc"] += [{"features": k, "split": "test", **r} for r in mc_table(preds, "family", videos) if r["family"] != "all"]
-    report["mc"] += [{"features": k, "split": "val", **r} for r in mc_table(val, "qtype", {q.qid: q.video_id for q in mcq["val"]})]
+    report["mc"] += [{"features": k, "split": "val", **r} for r in mc_table(val, "qtype", {q.qid: pair_of(q.raw) for q in mcq["val"]})]
 
 def _goal_evidence(report: dict, k: str, model: nn.Module, store: Any, questions: dict, progress: bool) -> None:
     "Leave-one-out on the answers of tower `k`'s arm, scored against the window of each answer's evidence (`report['evidence']`)."

@@ -235,6 +235,11 @@ class MomentExample:
     features: torch.Tensor | None = field(default=None, repr=False)   # the full (N + P) x D features, for leave-one-out
     extra: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def cluster(self) -> str:
+        "What a clustered bootstrap resamples as one unit: the query's pair of matched twins (synth 2.1: one scene in two orders), else its video."
+        return self.extra.get("pair") or self.video_id
+
     def labels(self) -> np.ndarray:
         "Per-frame targets: 1 where the frame's time is inside the window (the nearest frame when none is); all 0 for 'never'."
         t = np.asarray(self.timestamps, float)
@@ -516,14 +521,14 @@ def retrieval_table(examples: Sequence[MomentExample], methods: dict[str, dict],
             iou = _ious([m["windows"][j] for j in timed], [examples[index[j]].window for j in timed])
             row = {"method": name, "family": fam, **{f"R1@{t}": float((iou >= t - 1e-9).mean()) if len(iou) else float("nan") for t in thresholds},
                    "mIoU": float(iou.mean()) if len(iou) else float("nan"), "n": len(timed),
-                   "R1@0.5 CI": bootstrap_ci(iou >= 0.5 - 1e-9, clusters=[examples[index[j]].video_id for j in timed])}
+                   "R1@0.5 CI": bootstrap_ci(iou >= 0.5 - 1e-9, clusters=[examples[index[j]].cluster for j in timed])}
             ranked = ranked_of(m)
             row |= {k: v for k, v in qvh_metrics([{"qid": j, "pred_relevant_windows": ranked[j]} for j in timed],
                                                  [{"qid": j, "relevant_windows": [examples[index[j]].window]} for j in timed]).items() if k != "n"}
             if can_be_never:
                 ok = [(m["windows"][j] is None) == (examples[index[j]].window is None) for j in can_be_never]
                 row |= {"never acc": float(np.mean(ok)), "n never": sum(examples[index[j]].window is None for j in can_be_never),
-                        "never acc CI": bootstrap_ci(ok, clusters=[examples[index[j]].video_id for j in can_be_never])}
+                        "never acc CI": bootstrap_ci(ok, clusters=[examples[index[j]].cluster for j in can_be_never])}
             if "scores" in m and timed:
                 row["hit@1"] = float(np.mean([hit_at_k(m["scores"][j], examples[index[j]].timestamps, examples[index[j]].window, 1) for j in timed]))
             rows.append(row)

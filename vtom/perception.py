@@ -22,11 +22,11 @@ from .model import (IGNORE_INDEX, NUM_SLOTS, OBSERVATION_COLUMNS, OBSERVATION_GR
 
 # %% auto #0
 __all__ = ['STUDY_NUM_FRAMES', 'TRACKER_QTYPES', 'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'synth_features',
-           'split_videos', 'tracker_targets', 'tracker_data', 'write_tracker_targets', 'train_tracker', 'tracker_probs',
-           'frame_accuracy', 'container_slots', 'option_of', 'tracker_choices', 'tracker_answers',
-           'belief_false_windows', 'window_success', 'observation_vector', 'slot_columns', 'warp_rows',
-           'augment_frames', 'train_perception', 'perception_accuracy', 'observation_stores', 'bag_features',
-           'pooled_slot_features', 'BagOfFrames', 'fit_bag']
+           'split_videos', 'nearest_frames', 'tracker_targets', 'tracker_data', 'write_tracker_targets',
+           'train_tracker', 'tracker_probs', 'frame_accuracy', 'container_slots', 'option_of', 'tracker_choices',
+           'tracker_answers', 'belief_false_windows', 'window_success', 'observation_vector', 'slot_columns',
+           'warp_rows', 'augment_frames', 'train_perception', 'perception_accuracy', 'observation_stores',
+           'bag_features', 'pooled_slot_features', 'BagOfFrames', 'fit_bag']
 
 # %% ../nbs/08a_perception.ipynb #5d6924b8
 STUDY_NUM_FRAMES = 32   # frames of the synthetic studies: the cartoons are short, and 32 keeps them CPU-sized
@@ -48,7 +48,7 @@ def split_videos(synth_dir: str | Path, split: str) -> list[str]:
     return sorted({r["vid_name"] for _, r in read_jsonl(Path(synth_dir) / f"qa_{split}.json")})
 
 # %% ../nbs/08a_perception.ipynb #96f0c2c4
-def _frame_index(event_t: Sequence[float], timestamps: Sequence[float]) -> np.ndarray:
+def nearest_frames(event_t: Sequence[float], timestamps: Sequence[float]) -> np.ndarray:
     "Index of the nearest event-log frame for every sampled timestamp."
     t, ts = np.asarray(event_t, float), np.asarray(timestamps, float)
     if len(t) < 2: return np.zeros(len(ts), int)
@@ -61,7 +61,7 @@ def tracker_targets(events: dict, timestamps: Sequence[float], num_frames: int) 
     st = events["frames"]
     slots = {c["name"]: f"slot{k}" for k, c in enumerate(sorted(events["layout"]["containers"], key=lambda c: c["x"]))}
     place = lambda v: TRACKER_PLACES.index(slots.get(v, v) if v is not None else "none") if (v is None or slots.get(v, v) in TRACKER_PLACES) else IGNORE_INDEX
-    idx = _frame_index(st["t"], timestamps)
+    idx = nearest_frames(st["t"], timestamps)
     cols = [[place(st[k][i]) for i in idx] for k in ("belief_A", "belief_B", "B_thinks_A_believes")]
     cols += [[int(bool(st[k][i])) for i in idx] for k in ("sees_scene_A", "sees_scene_B", "belief_false_A", "belief_false_B")]
     out = torch.full((num_frames, len(cols)), IGNORE_INDEX, dtype=torch.long)
@@ -179,7 +179,7 @@ AT_CONTAINER_Y = 130   # an agent lower than this (scene coordinates, 224 px hig
 
 def observation_vector(events: dict, timestamps: Sequence[float], num_frames: int) -> torch.Tensor:
     "What one frame shows at each sampled time (one-hot per `OBSERVATION_GROUPS`; no memory, no mental state) -> `[num_frames + 1, D]`, the last row the time mean."
-    st, idx = events["frames"], _frame_index(events["frames"]["t"], timestamps)
+    st, idx = events["frames"], nearest_frames(events["frames"]["t"], timestamps)
     conts = sorted(events["layout"]["containers"], key=lambda c: c["x"])
     slot, xs = {c["name"]: f"slot{k}" for k, c in enumerate(conts)}, np.array([c["x"] for c in conts], float)
     def at(pos): return f"slot{int(np.abs(xs - pos[0]).argmin())}" if pos[1] > AT_CONTAINER_Y else "none"

@@ -24,7 +24,7 @@ from .scoring import cache_kwarg, common_prefix_length
 from .model import (IGNORE_INDEX, MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker, believed_container,
                         false_belief_onset, mind_config, mind_segments, observation_rows, place_name, save_mind,
                         with_mind)
-from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, _frame_index, frame_accuracy, observation_vector, perception_accuracy,
+from .perception import (STUDY_NUM_FRAMES, TRACKER_QTYPES, frame_accuracy, nearest_frames, observation_vector, perception_accuracy,
                              slot_columns, split_videos, tracker_data, tracker_probs, train_perception, train_tracker, window_success)
 from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_comparison
 from .synth import pair_of
@@ -98,7 +98,7 @@ def random_look_frames(synth_dir: str | Path, times: dict[str, list[float]], siz
         if sc.state["t"] != ev["frames"]["t"] or sc.state["location"] != ev["frames"]["location"]:
             raise VtomError(f"{Path(synth_dir) / 'events' / (v + '.json')}: this vtom synth does not replay the video's events (made by another generator?); "
                             "make the dataset again with `vtom synth`, or pass random_looks=False.")
-        out[v] = torch.from_numpy(render_frames(random_looks(sc, zlib.crc32(v.encode()) + seed))[_frame_index(sc.state["t"], ts)])
+        out[v] = torch.from_numpy(render_frames(random_looks(sc, zlib.crc32(v.encode()) + seed))[nearest_frames(sc.state["t"], ts)])
     return out
 
 def write_perceived(net: FramePerception, frames: dict, times: dict, store: str | Path, num_frames: int, candidates: dict[str, list[str]] | None = None) -> Path:
