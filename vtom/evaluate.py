@@ -211,12 +211,13 @@ def pair_records(records_a: list[dict], records_b: list[dict], names: tuple[str,
     ids = sorted(a)
     return [a[i]["correct"] for i in ids], [b[i]["correct"] for i in ids], [video_cluster(a[i]) if "video_id" in a[i] else i for i in ids]
 
-def accuracy_table(records: list[dict], key: str | None = None, clusters: str | None = "video_id", **kw) -> dict:
-    "Accuracy, 95% CI (video-clustered by default: `video_cluster`, twins together) and n overall (`key=None`) or per value of `key` (e.g. 'subset', 'qword')."
+def accuracy_table(records: list[dict], key: str | None = None, cluster: Callable[[dict], str] | None = video_cluster, **kw) -> dict:
+    """Accuracy, 95% CI and n overall (`key=None`) or per value of `key` (e.g. 'subset', 'qword'). The bootstrap resamples the records'
+    `cluster(record)` as units (default `video_cluster`: videos, twins together; None: single questions)."""
     scored = [r for r in records if r.get("correct") is not None]
     def stats(rs):
         c = [r["correct"] for r in rs]
-        lo, hi = bootstrap_ci(c, clusters=[video_cluster(r) if clusters == "video_id" else r[clusters] for r in rs] if clusters else None, **kw)
+        lo, hi = bootstrap_ci(c, clusters=[cluster(r) for r in rs] if cluster else None, **kw)
         return {"accuracy": float(np.mean(c)), "ci95": [lo, hi], "n": len(c)}
     if key is None: return stats(scored)
     groups = defaultdict(list)
@@ -248,11 +249,11 @@ def format_mode_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 # %% ../nbs/06_eval.ipynb #3972d3fe
-def summarize(result: dict, clusters: str | None = "video_id", **info) -> dict:
-    "Metrics of an `evaluate_questions` result: overall/per-subset/per-question-word accuracy with 95% CIs, provenance."
+def summarize(result: dict, cluster: Callable[[dict], str] | None = video_cluster, **info) -> dict:
+    "Metrics of an `evaluate_questions` result: overall/per-subset/per-question-word accuracy with 95% CIs (resampling `cluster`, see `accuracy_table`), provenance."
     recs = result["records"]
     unanswered = [r["qid"] for r in recs if r["answer_idx"] is None]   # counted and listed, never silently dropped
-    overall = accuracy_table(recs, clusters=clusters) if len(unanswered) < len(recs) else {"accuracy": None, "ci95": None, "n": 0}
+    overall = accuracy_table(recs, cluster=cluster) if len(unanswered) < len(recs) else {"accuracy": None, "ci95": None, "n": 0}
     out = {"accuracy": overall["accuracy"], "ci95": overall["ci95"], "n": overall["n"], "skipped": len(result["skipped"]),
            "failed": len(result["failed"]), "unanswered": len(unanswered), "mode": result["mode"], "scoring": result["scoring"],
            "chance": 0.25}
@@ -269,12 +270,12 @@ def summarize(result: dict, clusters: str | None = "video_id", **info) -> dict:
                                              for null in ("uniform", "copy")} for rule in rules}
     elif result["scoring"] == "generate":
         out["unparsed"] = sum(r["pred"] is None for r in recs)
-    out["by_subset"] = accuracy_table(recs, "subset", clusters=clusters)
-    out["by_qword"] = accuracy_table(recs, "qword", clusters=clusters)
-    if any(r["qtype"] != r["qword"] for r in recs): out["by_qtype"] = accuracy_table(recs, "qtype", clusters=clusters)
+    out["by_subset"] = accuracy_table(recs, "subset", cluster=cluster)
+    out["by_qword"] = accuracy_table(recs, "qword", cluster=cluster)
+    if any(r["qtype"] != r["qword"] for r in recs): out["by_qtype"] = accuracy_table(recs, "qtype", cluster=cluster)
     out["pred_positions"] = dict(sorted(Counter(str(r["pred"]) for r in recs).items()))
     out["answer_positions"] = dict(sorted(Counter(str(r["answer_idx"]) for r in recs).items()))
-    out["bootstrap"] = {"n_boot": 2000, "level": 0.95, "resample": "video" if clusters == "video_id" else clusters or "question"}
+    out["bootstrap"] = {"n_boot": 2000, "level": 0.95, "resample": "question" if cluster is None else "video" if cluster is video_cluster else cluster.__name__}
     out["skipped_qids"], out["failures"], out["unanswered_qids"] = result["skipped"][:50], result["failed"][:50], unanswered[:50]
     out.update(info)
     return out
@@ -513,7 +514,7 @@ def _run_eval(args: argparse.Namespace, out: Path | None) -> int:
         raise Interrupted(f"vtom eval was interrupted after {len(done)} questions; {kept()} (no metrics were written); "
                           "rerun the same command to evaluate again.") from None
     except StorageError as e: raise StorageError(f"{e} Of this run, {kept()}.") from e
-    metrics = summarize(result, clusters="video_id" if args.bootstrap == "video" else None, benchmark=args.benchmark,
+    metrics = summarize(result, cluster=video_cluster if args.bootstrap == "video" else None, benchmark=args.benchmark,
                         qa_file=str(args.qa), n_questions=len(questions), seed=args.seed, **setup.info,
                         versions=package_versions(), git_commit=git_commit(Path(__file__).parent if '__file__' in globals() else '.'), seconds=None)
     if args.write_submission:
