@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['positive_int', 'REFERENCE_NUM_FRAMES', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF', 'EMBEDDED_LLM_NAME',
-           'HUB_REPO_ID', 'VtomError', 'StorageError', 'Interrupted', 'storage_error', 'writing', 'int_at_least',
-           'float_at_least', 'option', 'RunOptions', 'add_options', 'data_dir', 'cache_dir', 'runs_dir', 'get_device',
-           'get_dtype', 'seed_everything', 'disable_progress_bars', 'get_logger', 'refuse_link', 'atomic_path',
-           'json_text', 'write_json', 'write_new', 'open_nofollow', 'append_line', 'check_writable', 'FolderLock',
-           'Store', 'has_package', 'package_versions', 'git_commit', 'peak_rss_mb', 'embedded_llm_gguf',
-           'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
+__all__ = ['positive_int', 'REFERENCE_NUM_FRAMES', 'CPU_AUTOCAST_MODES', 'EMBEDDED_LLM_PACKAGE', 'EMBEDDED_LLM_GGUF',
+           'EMBEDDED_LLM_NAME', 'HUB_REPO_ID', 'VtomError', 'StorageError', 'Interrupted', 'storage_error', 'writing',
+           'int_at_least', 'float_at_least', 'option', 'RunOptions', 'add_options', 'data_dir', 'cache_dir', 'runs_dir',
+           'get_device', 'get_dtype', 'cpu_bf16_fast', 'use_cpu_autocast', 'seed_everything', 'disable_progress_bars',
+           'get_logger', 'refuse_link', 'atomic_path', 'json_text', 'write_json', 'write_new', 'open_nofollow',
+           'append_line', 'check_writable', 'FolderLock', 'Store', 'has_package', 'package_versions', 'git_commit',
+           'peak_rss_mb', 'embedded_llm_gguf', 'embedded_llm_path', 'hub_offline', 'resolve_pretrained']
 
 # %% ../nbs/00_core.ipynb #a8b7361f
 class VtomError(RuntimeError):
@@ -162,6 +162,17 @@ def get_dtype(device: str | torch.device | None = "auto", dtype: str | torch.dty
     device = get_device(device)
     if device.type != "cuda": return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+def cpu_bf16_fast() -> bool:
+    "Whether this CPU multiplies bf16 matrices in hardware (AMX tiles), where bf16 autocast is faster than fp32 rather than slower."
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+CPU_AUTOCAST_MODES = ("auto", "on", "off")
+
+def use_cpu_autocast(device: str | torch.device, mode: str = "off", dtype: torch.dtype = torch.float32) -> bool:
+    "Whether fp32 weights on `device` run under bf16 autocast: on a CPU when `mode` is on, or auto and `cpu_bf16_fast()`."
+    if mode not in CPU_AUTOCAST_MODES: raise VtomError(f"cpu_autocast={mode!r}; use one of {', '.join(CPU_AUTOCAST_MODES)}.")
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and (mode == "on" or mode == "auto" and cpu_bf16_fast())
 
 # %% ../nbs/00_core.ipynb #52716eef
 def seed_everything(seed: int = 0) -> int:

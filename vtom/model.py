@@ -709,8 +709,8 @@ class MindTracker(nn.Module):
         self.head = MentalStateTracker(width)
 
     def forward(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        "`{'places': [B, T, 3, 7] logits, 'flags': [B, T, 4] logits}` for the `num_frames` frame rows."
-        return self.head(self.projector(rows.float())[:, :self.num_frames])
+        "`{'places': [B, T, 3, 7] logits, 'flags': [B, T, 4] logits}` for the `num_frames` frame rows, in fp32 under a caller's autocast too (its readings are discrete)."
+        with torch.autocast(rows.device.type, enabled=False): return self.head(self.projector(rows.float())[:, :self.num_frames])
 
     @torch.no_grad()
     def states(self, rows: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .core import RunOptions, VtomError, add_options, atomic_path, get_logger, write_json
+from .core import CPU_AUTOCAST_MODES, RunOptions, VtomError, add_options, atomic_path, get_logger, use_cpu_autocast, write_json
 from .registry import ModelOptions
 from .scoring import cache_kwarg, common_prefix_length
 from .model import (IGNORE_INDEX, MIND_NAME, NUM_SLOTS, TRACKER_PLACES, VIDEO_TOKEN, FramePerception, MindTracker, believed_container,
@@ -295,18 +295,22 @@ ARMS = {   # name -> (mind route, LoRA on the LM, train the video projector)
 LORA_LAYERS = 10   # LoRA on the last 10 of SmolLM2-135M's 30 decoder layers (every layer of a smaller LM)
 
 def train_arm(name: str, records: str | Path, store: str | Path, mind: str | Path, out: str | Path, llm: str = "embedded",
-              steps: int = 150, batch_size: int = 8, learning_rate: float = 1e-3, lora_r: int = 8, device: str = "cpu", seed: int = 0) -> Path:
-    "Train one arm (`ARMS`) of the study with `vtom.train`: the mind as frozen parts, the route's projector(s), LoRA when the arm has it; a finished arm (same settings, same records: their SHA-1 in `records.sha1`) is kept."
+              steps: int = 150, batch_size: int = 8, learning_rate: float = 1e-3, lora_r: int = 8, device: str = "cpu", seed: int = 0,
+              cpu_autocast: str = "auto") -> Path:
+    """Train one arm (`ARMS`) of the study with `vtom.train`: the mind as frozen parts, the route's projector(s), LoRA when the arm has it
+    (bf16 autocast on a CPU that multiplies bf16 in hardware, `cpu_autocast`); a finished arm (same settings, same records: their SHA-1 in
+    `records.sha1`) is kept, and an arm trained again drops the evaluations saved beside its old weights."""
     from vtom.train import train
     route, lora, projector = ARMS[name]
     cfg = dict(train_data=str(records), features=str(store), mind=str(mind), mind_route=route, lora=lora, lora_r=lora_r,
                       lora_alpha=2 * lora_r, lora_layers=LORA_LAYERS, train_projector=projector, output_dir=str(out), llm=llm, max_steps=steps,
                       batch_size=batch_size, global_batch_size=batch_size,
-                      learning_rate=learning_rate, device=device, dtype="fp32", seed=seed, save_steps=max(steps, 1),
+                      learning_rate=learning_rate, device=device, dtype="fp32", cpu_autocast=cpu_autocast, seed=seed, save_steps=max(steps, 1),
                       logging_steps=max(1, steps // 20), resume="never", eval_before=False)
     done, stamp, sha = Path(out) / "train_metrics.json", Path(out) / "records.sha1", hashlib.sha1(Path(records).read_bytes()).hexdigest()
     if (done.is_file() and stamp.is_file() and stamp.read_text() == sha
             and all(json.loads(done.read_text())["config"].get(k) == v for k, v in cfg.items() if k != "resume")): return Path(out)
+    for old in Path(out).glob("study_eval*.json"): old.unlink()   # read off the weights about to be replaced
     trained = train(cfg)
     stamp.write_text(sha)   # after the arm is whole: an interrupted one is trained again
     return trained
@@ -643,9 +647,10 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
                num_frames: int = STUDY_NUM_FRAMES, perception_steps: int = PERCEPTION_STEPS, tracker_steps: int = 300, lm_steps: int = 150, lm_batch: int = 8,
                learning_rate: float = 1e-3, lora_r: int = 8, val_videos: int | None = None, test_videos: int | None = None,
                chat_clips: int = 10, rules: Sequence[str] = MIND_RULES, rename: float = RENAME_SHARE, shuffles: int = SHUFFLES, device: str = "cpu",
-               seed: int = 0, progress: bool = False) -> dict:
+               seed: int = 0, cpu_autocast: str = "auto", progress: bool = False) -> dict:
     """The whole model, end to end: perception, tracker, one LM arm per route at the same budget, each read with every scoring
-    rule (`rules`); the (arm, rule) pair chosen on val is reported on test (and OOD) with every baseline."""
+    rule (`rules`); the (arm, rule) pair chosen on val is reported on test (and OOD) with every baseline. The LM trains and reads
+    under bf16 autocast where `use_cpu_autocast(device, cpu_autocast)` (the tracker's readings stay fp32: `MindTracker`)."""
     from vtom.features import FeatureStore
     from vtom.model import VideoLLM
     from vtom.synth import heuristic_correct
@@ -657,7 +662,8 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     out.mkdir(parents=True, exist_ok=True)
     rep: dict[str, Any] = {"synth_dir": str(synth_dir), "ood_dir": str(ood_dir) if ood_dir else None, "arms": list(arms), "rules": list(rules), "llm": llm,
                            "num_frames": num_frames, "perception_steps": perception_steps, "tracker_steps": tracker_steps, "lm_steps": lm_steps,
-                           "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "rename": rename, "shuffles": shuffles, "seed": seed, "seconds": {}, "cpu_seconds": {}}
+                           "lm_batch": lm_batch, "learning_rate": learning_rate, "lora_r": lora_r, "rename": rename, "shuffles": shuffles, "seed": seed,
+                           "lm autocast": "bf16" if use_cpu_autocast(device, cpu_autocast) else None, "seconds": {}, "cpu_seconds": {}}
     timed = _timer(rep, get_logger("vtom.study_mind"))
     perc = timed("perception", lambda: perception_stage(synth_dir, out / "perception", num_frames, MIND_SIZE, perception_steps, seed=seed, progress=progress))
     rep["perception"] = {k: perc[k] for k in ("test accuracy", "test containers named right", "test containers named right without options",
@@ -680,14 +686,15 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     ckpts, val_belief, arm_of, orders = {}, {}, {}, {}
     for j, arm in enumerate(arms):
         ckpts[arm] = timed(f"train {arm}", lambda: train_arm(arm, records, perc["store"], mind["mind"], out / f"arm-{re.sub(r'[^a-z0-9]+', '-', arm.lower()).strip('-')}",
-                                                             llm, lm_steps, lm_batch, learning_rate, lora_r, device, seed))
+                                                             llm, lm_steps, lm_batch, learning_rate, lora_r, device, seed, cpu_autocast))
         model = VideoLLM.from_pretrained(ckpts[arm], device=device).eval()
         if j == 0:
             for sp, (_, _, st) in held.items(): right[("tracker alone", "video", sp)] = tracker_alone(model, rows[sp], moments[sp], st, qs["length"])
         for rule in rules:
             label = arm_label(arm, rule)
             arm_of[label] = arm
-            res = timed(f"evaluate {label}", lambda: _evaluate_arm(model, ckpts[arm], qs, held, store, seed, rule, shuffles))
+            with torch.autocast("cpu", torch.bfloat16, enabled=rep["lm autocast"] == "bf16"):
+                res = timed(f"evaluate {label}", lambda: _evaluate_arm(model, ckpts[arm], qs, held, store, seed, rule, shuffles))
             val_belief[label], orders[label] = res["val belief"], res["shuffled orders"]
             for k in res["right"]:
                 m, sp = k.split(" | ", 1)
@@ -735,6 +742,8 @@ def mind_main(argv: list[str] | None = None) -> int:
     p.add_argument("--shuffles", type=int, default=SHUFFLES, help="frame orders of the shuffled control (each belief question scores the share it gets right; default %(default)s)")
     p.add_argument("--chat-clips", type=int, default=10, help="held-out false-belief clips the chosen checkpoint chats about")
     add_options(p, RunOptions, only=("device", "seed"), device="cpu")
+    p.add_argument("--cpu-autocast", default="auto", choices=CPU_AUTOCAST_MODES, help="the LM's training and reading under bf16 autocast on a CPU: "
+                   "auto (where the CPU multiplies bf16 in hardware: AMX), on, off (default %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="generate 10 tiny videos and run every stage for a few steps with a tiny LM (a minute)")
     a = p.parse_args(argv)
     kw = dict(llm=a.llm, num_frames=a.num_frames, perception_steps=a.perception_steps, tracker_steps=a.tracker_steps, lm_steps=a.lm_steps,
@@ -750,7 +759,8 @@ def mind_main(argv: list[str] | None = None) -> int:
     if not synth_dir: p.error("give SYNTH_DIR (a `vtom synth` folder) or --dry-run")
     if not (Path(synth_dir) / "videos").is_dir(): raise VtomError(f"{synth_dir} has no videos/ folder; generate it with `vtom synth {synth_dir} --num-videos 600`.")
     rep = mind_study(synth_dir, a.out, ood_dir=a.ood, arms=[x for x in a.arms.split(",") if x], learning_rate=a.learning_rate, lora_r=a.lora_r,
-                     val_videos=a.val_videos, test_videos=a.test_videos, rules=[x for x in a.rules.split(",") if x], device=a.device, seed=a.seed, progress=not a.dry_run, **kw)
+                     val_videos=a.val_videos, test_videos=a.test_videos, rules=[x for x in a.rules.split(",") if x], device=a.device, seed=a.seed,
+                     cpu_autocast=a.cpu_autocast, progress=not a.dry_run, **kw)
     print(json.dumps({"chosen": rep["chosen on val"], "chat": rep["chat containers right"],
                       **{f"{sp} belief": round(g["belief accuracy"], 4) for sp, g in rep["goals"].items()},
                       **{f"{sp} tracker belief": g["tracker belief accuracy"] for sp, g in rep["goals"].items()},

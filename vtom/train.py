@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .core import (REFERENCE_NUM_FRAMES, VtomError, atomic_path, get_device, get_dtype, get_logger, git_commit,
-                       has_package, package_versions, runs_dir, seed_everything, write_json)
+                       has_package, package_versions, runs_dir, seed_everything, use_cpu_autocast, write_json)
 from .data import DataFormatError, convert_videoinstruct, load_siq2, mc_to_conversation, read_jsonl
 from .model import LORA_DIR
 
@@ -222,6 +222,7 @@ class TrainConfig:
     eval_before: bool = _opt(True, "held-out loss of the untrained projector")
     device: str = "auto"
     dtype: str = "auto"
+    cpu_autocast: str = _opt("off", "(CPU, fp32 weights) train under bf16 autocast, the weights and optimizer staying fp32: auto (when the CPU multiplies bf16 in hardware, vtom.core.cpu_bf16_fast; the mind study's choice), on, off")
     seed: int = 0
     resume: str = _opt("auto", "auto (last checkpoint in the output folder), never, or a checkpoint folder")
     deepspeed: str | None = _opt(None, "DeepSpeed JSON config (e.g. data/configs/zero2.json)")
@@ -252,9 +253,10 @@ def resolve_config(config: TrainConfig | dict) -> tuple[TrainConfig, dict]:
     if cfg.deepspeed and not has_package("deepspeed"): raise VtomError("--deepspeed needs `pip install deepspeed` (GPU machines).")
     dtype = get_dtype(device, cfg.dtype)
     if device.type == "cpu" and dtype != torch.float32:
-        get_logger("vtom.train").warning("bf16/fp16 on a CPU is several times slower than fp32 here; consider --dtype fp32.")
-    return cfg, {"preset": preset, "world_size": world, "gradient_accumulation_steps": accum,
-                 "effective_batch_size": accum * cfg.batch_size * world, "device": str(device), "dtype": str(dtype).replace("torch.", "")}
+        get_logger("vtom.train").warning("bf16/fp16 weights on a CPU are several times slower than fp32 here; consider --dtype fp32 (and --cpu-autocast auto).")
+    autocast = use_cpu_autocast(device, cfg.cpu_autocast, dtype)
+    return cfg, {"preset": preset, "world_size": world, "gradient_accumulation_steps": accum, "effective_batch_size": accum * cfg.batch_size * world,
+                 "device": str(device), "dtype": str(dtype).replace("torch.", ""), "autocast": "bf16" if autocast else None}
 
 def load_config_file(path: str | Path) -> dict:
     "Read a YAML or JSON run config (keys are `TrainConfig` fields; dashes or underscores)."
@@ -290,7 +292,7 @@ def training_arguments(cfg: TrainConfig, derived: dict, evaluate: bool = False, 
     return TrainingArguments(
         **{hf: getattr(cfg, name) for name, hfs in HF_FIELDS.items() for hf in hfs},
         gradient_accumulation_steps=derived["gradient_accumulation_steps"], logging_first_step=True, save_strategy="steps",
-        eval_strategy="steps" if evaluate else "no", prediction_loss_only=True, bf16=on_gpu and dtype == torch.bfloat16,
+        eval_strategy="steps" if evaluate else "no", prediction_loss_only=True, bf16=on_gpu and dtype == torch.bfloat16 or derived.get("autocast") == "bf16",
         fp16=on_gpu and dtype == torch.float16, use_cpu=device.type == "cpu", remove_unused_columns=False, label_names=["labels"],
         report_to="none", ddp_backend="gloo" if device.type == "cpu" and derived["world_size"] > 1 else None,
         ddp_find_unused_parameters=text_only, disable_tqdm=not sys.stderr.isatty())
