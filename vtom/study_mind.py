@@ -523,7 +523,8 @@ def mind_markdown(rep: dict) -> str:
               + (f", {p['ood containers named right']:.3f} of OOD videos (their colours and kinds are outside the vocabulary)." if "ood containers named right" in p else "."),
               f"- Tracker (graph, {rep['tracker_steps']} steps): test per-frame accuracy {rep['tracker']['test frame accuracy']}.",
               f"- LM arms ({rep['llm']}): {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr {rep['learning_rate']} each, LoRA r {rep['lora_r']} "
-              f"where the arm has it; each read with the scoring rules {rep.get('rules', ['letter'])}; val belief accuracy {({a: round(v, 3) for a, v in rep['val belief accuracy'].items()})} -> {rep['chosen on val']}.",
+              f"where the arm has it{' (trained and read under bf16 autocast: this CPU multiplies bf16 in hardware)' if rep.get('lm autocast') else ''}; "
+              f"each read with the scoring rules {rep.get('rules', ['letter'])}; val belief accuracy {({a: round(v, 3) for a, v in rep['val belief accuracy'].items()})} -> {rep['chosen on val']}.",
               f"\nSeconds (wall): `{rep['seconds']}`\n\nCPU seconds: `{rep['cpu_seconds']}`\n"]
     return "\n".join(lines)
 
