@@ -80,13 +80,13 @@ def test_bench_list_and_routes(capsys):
 def test_bench_features_one_json_line(capsys):
     "The whole path against the reference-style one; on an AMX CPU also in fp32 (same_dtype_*) with the dtype's cosine."
     from vtom.bench import bench_features_main
-    from vtom.features import cpu_has_amx
+    from vtom.core import cpu_bf16_fast
     assert bench_features_main(["--videos", "carphone", "--num-frames", "4", "--rounds", "1", "--workers", "1"]) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["bench"] == "features" and rec["failed"] == 0 and rec["frames"] == 4 and rec["reference_dtype"] == "float32"
     assert rec["frames_per_s"] > 0 and rec["reference_frames_per_s"] > 0 and rec["speedup_vs_reference"] > 0
-    assert rec["dtype"] == ("bfloat16" if cpu_has_amx() else "float32") and rec["amx_bf16"] == cpu_has_amx()
-    if cpu_has_amx(): assert rec["same_dtype_frames_per_s"] > 0 and rec["cosine_vs_same_dtype_min"] > 0.9999
+    assert rec["dtype"] == ("bfloat16" if cpu_bf16_fast() else "float32") and rec["amx_bf16"] == cpu_bf16_fast()
+    if cpu_bf16_fast(): assert rec["same_dtype_frames_per_s"] > 0 and rec["cosine_vs_same_dtype_min"] > 0.9999
 
 
 def test_bench_train_prints_one_json_line(capsys):

@@ -156,9 +156,10 @@ def test_reference_pickles(tmp_path):
 def test_default_dtype_and_bf16_parity():
     "auto: bf16 for ViT towers on AMX CPUs (else fp32), fp32 for the control towers; bf16 tokens of real frames stay within cosine 0.9999 of fp32."
     from vtom.decode import packaged_video
-    from vtom.features import cpu_has_amx, tower_dtype
+    from vtom.core import cpu_bf16_fast
+    from vtom.features import tower_dtype
     cpu = torch.device("cpu")
-    assert tower_dtype("random", cpu) == (torch.bfloat16 if cpu_has_amx() else torch.float32)
+    assert tower_dtype("random", cpu) == (torch.bfloat16 if cpu_bf16_fast() else torch.float32)
     assert tower_dtype("thumbnail", cpu) == tower_dtype("imagenet", cpu) == torch.float32
     assert tower_dtype("hf", cpu, "fp32") == torch.float32 and tower_dtype("hf", torch.device("cuda"), "auto") == torch.float16
     fp32 = load_vision_tower("random:ViT-B-32", device="cpu", dtype="fp32")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .core import REFERENCE_NUM_FRAMES, RunOptions, add_options, cache_dir, get_device, has_package, package_versions, write_json
+from .core import CPU_AUTOCAST_MODES, REFERENCE_NUM_FRAMES, RunOptions, add_options, cache_dir, cpu_bf16_fast, get_device, has_package, package_versions, write_json
 from .registry import BENCH_TOWER, TEST_TOWER, ModelOptions
 
 # %% auto #0
@@ -27,8 +27,6 @@ __all__ = ['OPTIONAL_PACKAGES', 'PRESET_NEEDS', 'LLAMA_7B', 'LLAMA_TOY', 'VIDEO_
            'gpu_check', 'gpu_check_summary', 'doctor_main']
 
 # %% ../nbs/11_bench.ipynb #5642ea50
-from .features import cpu_has_amx
-
 OPTIONAL_PACKAGES = ("decord", "torchcodec", "PyNvVideoCodec", "flash_attn", "av", "open_clip", "transformers", "peft", "papermill")
 
 def try_import(name: str) -> dict:
@@ -51,7 +49,7 @@ def machine_report() -> dict:
     vm, disk = psutil.virtual_memory(), psutil.disk_usage(str(cache_dir()))
     return {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "cuda": bool(gpus), "gpus": gpus, "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-            "cpu": {"cores": os.cpu_count(), "machine": platform.machine(), "amx_bf16": cpu_has_amx(),
+            "cpu": {"cores": os.cpu_count(), "machine": platform.machine(), "amx_bf16": cpu_bf16_fast(),
                     "torch_threads": torch.get_num_threads()},
             "ram_gib": {"total": round(vm.total / 2**30, 1), "available": round(vm.available / 2**30, 1)},
             "disk_free_gib": round(disk.free / 2**30, 1), "sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention"),
@@ -374,7 +372,7 @@ def bench_features_main(argv: list[str] | None = None) -> int:
             "preprocess_ms_per_frame": round(1000 * pre_ours / sum(map(len, arrs)), 3),
             "reference_preprocess_ms_per_frame": round(1000 * pre_ref / sum(map(len, arrs)), 3),
             "preprocess_speedup": round(pre_ref / pre_ours, 2), "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "amx_bf16": cpu_has_amx(), "machine": platform.machine(), "failed": summary["failed"]}
+            "cpu_count": os.cpu_count(), "amx_bf16": cpu_bf16_fast(), "machine": platform.machine(), "failed": summary["failed"]}
     print(json.dumps(res))
     import shutil; shutil.rmtree(tmp, ignore_errors=True)
     return 0
@@ -459,7 +457,7 @@ def bench_lm_train(shape: dict = LLAMA_7B, device: str = "auto", dtype: str = "b
     return rec
 
 # %% ../nbs/11_bench.ipynb #80168b82
-from .core import peak_rss_mb, seed_everything
+from .core import peak_rss_mb, seed_everything, use_cpu_autocast
 
 def _bench_batch(model, batch_size: int, seed: int = 0) -> dict:
     "A batch of identical-length multiple-choice conversations with random features."
@@ -488,8 +486,9 @@ def _time_steps(model, batch: dict, steps: int, warmup: int = 1, **forward) -> t
 
 def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_frames: int = REFERENCE_NUM_FRAMES, num_spatial_tokens: int = 256,
                 vision_hidden_size: int = 1024, template: str = "chat", device: str = "cpu", dtype: str = "auto",
-                gradient_checkpointing: bool = False, seed: int = 0) -> dict:
-    "Frozen-LM versus naive projector-training speed and memory on `llm` (see above); returns the JSON record."
+                gradient_checkpointing: bool = False, seed: int = 0, cpu_autocast: str = "off") -> dict:
+    """Frozen-LM versus naive projector-training speed and memory on `llm` (see above); where `use_cpu_autocast(device, cpu_autocast)`,
+    the frozen and naive steps also under CPU bf16 autocast (`autocast_speedup`: fp32 seconds over autocast seconds); returns the JSON record."""
     from vtom.model import build_video_llm, load_llm, resolve_spec
     t_load = time.perf_counter()
     lm, tok = load_llm(llm, device=device, dtype=dtype)
@@ -505,10 +504,13 @@ def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_
            "dtype": str(next(model.lm.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
            "batch_size": batch_size, "seq_len": int(batch["input_ids"].shape[1]), "video_tokens": model.num_video_tokens,
            "steps": steps, "gradient_checkpointing": gradient_checkpointing, "load_s": round(load_s, 2)}
-    for mode in ("frozen", "frozen, all logits", "naive"):  # frozen first: peak RSS is a high-water mark
-        model.lm.requires_grad_(mode == "naive")
+    cast = use_cpu_autocast(model.device, cpu_autocast, next(model.lm.parameters()).dtype)
+    modes = ("frozen", "frozen, all logits", "naive", *(("frozen, bf16 autocast", "naive, bf16 autocast") if cast else ()))
+    for mode in modes:  # frozen first: peak RSS is a high-water mark
+        model.lm.requires_grad_(mode.startswith("naive"))
         if model.device.type == "cuda": torch.cuda.reset_peak_memory_stats()
-        secs, cpu = _time_steps(model, batch, steps, **({"logits_to_keep": 0} if mode == "frozen, all logits" else {}))
+        with torch.autocast("cpu", torch.bfloat16, enabled=mode.endswith("autocast")):
+            secs, cpu = _time_steps(model, batch, steps, **({"logits_to_keep": 0} if mode == "frozen, all logits" else {}))
         rec[mode] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3), "samples_per_s": round(steps * batch_size / secs, 3),
                      "tokens_per_s": round(steps * tokens / secs, 1), "peak_rss_mb": peak_rss_mb(),
                      "params_with_grad": sum(p.numel() for p in model.parameters() if p.requires_grad)}
@@ -517,6 +519,7 @@ def bench_train(llm: str = "embedded", steps: int = 3, batch_size: int = 2, num_
     rec["frozen_speedup"] = round(rec["naive"]["seconds"] / rec["frozen"]["seconds"], 3)
     rec["frozen_speedup_cpu_time"] = round(rec["naive"]["cpu_seconds"] / rec["frozen"]["cpu_seconds"], 3)  # robust on a busy machine
     rec["label_logits_speedup"] = round(rec["frozen, all logits"]["cpu_seconds"] / rec["frozen"]["cpu_seconds"], 3)   # logits where labels are (VideoLLM.forward)
+    if cast: rec["autocast_speedup"] = {m: round(rec[m]["seconds"] / rec[f"{m}, bf16 autocast"]["seconds"], 3) for m in ("frozen", "naive")}
     return rec
 
 def bench_train_main(argv: list[str] | None = None) -> int:
@@ -530,9 +533,11 @@ def bench_train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default="chat")
     add_options(p, RunOptions, ("device", "dtype"), device="cpu")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--cpu-autocast", default="off", choices=CPU_AUTOCAST_MODES,
+                   help="also time the frozen and naive steps under CPU bf16 autocast: on, auto (where the CPU multiplies bf16 in hardware), off")
     a = p.parse_args(argv)
     rec = bench_train(a.llm, a.steps, a.batch_size, a.num_frames, a.num_spatial_tokens, a.vision_hidden_size, a.template,
-                      a.device, a.dtype, a.gradient_checkpointing)
+                      a.device, a.dtype, a.gradient_checkpointing, cpu_autocast=a.cpu_autocast)
     rec["versions"] = {k: v for k, v in package_versions(("torch", "transformers")).items()}
     print(json.dumps(rec))
     return 0

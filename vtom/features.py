@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pickle
@@ -20,19 +19,19 @@ import torch
 import torch.nn.functional as F
 
 from .core import (REFERENCE_NUM_FRAMES, Interrupted, RunOptions, Store, VtomError, add_options, atomic_path, check_writable,
-                       disable_progress_bars, get_device, get_dtype, get_logger, positive_int)
+                       cpu_bf16_fast, disable_progress_bars, get_device, get_dtype, get_logger, positive_int)
 from .registry import REFERENCE_TOWER, TEST_TOWER, TOWERS, ModelOptions, parse_tower, register_tower
 
 if TYPE_CHECKING: from vtom.decode import DecodePool   # for a type hint; imported where it is used
 
 # %% auto #0
 __all__ = ['OPENAI_CLIP_MEAN', 'OPENAI_CLIP_STD', 'BF16_CPU_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENET_WEIGHTS',
-           'MAX_NUM_FRAMES', 'VIDEO_SUFFIXES', 'VisionTower', 'cpu_has_amx', 'tower_dtype', 'load_vision_tower',
-           'imagenet_weights', 'tiny_hf_clip', 'thumbnail_tower', 'preprocess_frames', 'reference_preprocess',
-           'pool_features', 'frame_grid', 'graph_rows', 'video_id_of', 'encode_frames', 'features_from_clip',
-           'extract_video_features', 'save_features', 'feature_settings', 'check_feature_file', 'read_meta',
-           'load_features', 'FeatureStore', 'feature_shape', 'list_videos', 'dist_info', 'extract_to_store',
-           'extract_grid_store', 'graph_store', 'features_main']
+           'MAX_NUM_FRAMES', 'VIDEO_SUFFIXES', 'VisionTower', 'tower_dtype', 'load_vision_tower', 'imagenet_weights',
+           'tiny_hf_clip', 'thumbnail_tower', 'preprocess_frames', 'reference_preprocess', 'pool_features',
+           'frame_grid', 'graph_rows', 'video_id_of', 'encode_frames', 'features_from_clip', 'extract_video_features',
+           'save_features', 'feature_settings', 'check_feature_file', 'read_meta', 'load_features', 'FeatureStore',
+           'feature_shape', 'list_videos', 'dist_info', 'extract_to_store', 'extract_grid_store', 'graph_store',
+           'features_main']
 
 # %% ../nbs/02_features.ipynb #449ab0a1
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -152,19 +151,13 @@ register_tower("hf", _load_hf)                    # the kinds, their examples an
 register_tower("open_clip", _open_clip_pretrained)
 register_tower("random", lambda ref, device, dtype, name: _load_open_clip(ref, None, device, dtype, name))
 
-@functools.cache
-def cpu_has_amx() -> bool:
-    "Whether this CPU has bf16 matrix units (Intel AMX: `amx_bf16` among the flags in /proc/cpuinfo)."
-    try: return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
-    except OSError: return False  # not Linux: no way to tell, assume none
-
 BF16_CPU_KINDS = ("hf", "open_clip", "random")  # ViTs, matmul-bound: ~3-4x faster in bf16 on AMX; the cheap control towers stay fp32
 
 def tower_dtype(kind: str, device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:
     "A tower's dtype: as given, or auto: fp16 on CUDA (as the reference), bf16 for ViT towers on CPUs with AMX, else fp32."
     if dtype not in (None, "auto"): return get_dtype(device, dtype)
     if device.type == "cuda": return torch.float16  # 3 more mantissa bits than bf16, and the store keeps fp16 anyway
-    return torch.bfloat16 if device.type == "cpu" and kind in BF16_CPU_KINDS and cpu_has_amx() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and kind in BF16_CPU_KINDS and cpu_bf16_fast() else torch.float32
 
 def load_vision_tower(name: str = TEST_TOWER, device: str | torch.device = "auto",
                       dtype: str | torch.dtype = "auto") -> VisionTower:

@@ -37,7 +37,7 @@ __all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES
            'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer', 'parse_moment', 'random_names',
            'mind_records', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts', 'video_letter_predictions',
            'arm_label', 'video_predictions', 'moment_candidates', 'when_choices', 'twins_both_right', 'mind_markdown',
-           'false_belief_clips', 'chat_transcripts', 'mind_study', 'mind_main']
+           'false_belief_clips', 'chat_transcripts', 'repeated_reads', 'mind_study', 'mind_main']
 
 # %% ../nbs/08d_study_mind.ipynb #0f55d71e
 MIND_SIZE = 112   # frame side of the perception (the object is a few pixels wide at 112 px)
@@ -522,6 +522,8 @@ def mind_markdown(rep: dict) -> str:
               + (f" ({p['test containers named right without options']:.3f} without the options, as in chat)" if "test containers named right without options" in p else "")
               + (f", {p['ood containers named right']:.3f} of OOD videos (their colours and kinds are outside the vocabulary)." if "ood containers named right" in p else "."),
               f"- Tracker (graph, {rep['tracker_steps']} steps): test per-frame accuracy {rep['tracker']['test frame accuracy']}.",
+              *([f"- Names given: where perception named every container of a video right, the LM reads it alike with the names given, so its "
+                 f"answers there are copied from the perceived split, not read twice: {rep['answers copied']}."] if rep.get("answers copied") else []),
               f"- LM arms ({rep['llm']}): {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr {rep['learning_rate']} each, LoRA r {rep['lora_r']} "
               f"where the arm has it{' (trained and read under bf16 autocast: this CPU multiplies bf16 in hardware)' if rep.get('lm autocast') else ''}; "
               f"each read with the scoring rules {rep.get('rules', ['letter'])}; val belief accuracy {({a: round(v, 3) for a, v in rep['val belief accuracy'].items()})} -> {rep['chosen on val']}.",
@@ -614,33 +616,60 @@ def _mind_questions(synth_dir: Path, srcs: dict[str, tuple], val_videos: int | N
     return {"rows": rows, "qinfo": qinfo, "mcq": mcq, "moments": moments, "length": float(np.median(spans)) if spans else 1.0,
             "asked": {sp: sorted(qinfo[sp]) for sp in srcs}}   # an arm's saved evaluation is reused only for the same questions
 
+def repeated_reads(held: dict[str, tuple]) -> dict[str, tuple[str, set[str]]]:
+    """Split -> (the split it repeats, the videos both read alike): a names-given split (`NamedStore` over its split's store) gives
+    the LM the same features and the same metadata wherever perception named every container right, so those answers need no second reading."""
+    out = {}
+    for sp, (_, _, st) in held.items():
+        base = sp.removesuffix(", names given")
+        if base != sp and base in held and isinstance(st, NamedStore) and st.store is held[base][2]:
+            out[sp] = (base, {v for v in st.ids() if st.meta(v) == st.store.meta(v)})
+    return out
+
 def _evaluate_arm(model: Any, ckpt: str | Path, qs: dict, held: dict[str, tuple], store: Any, seed: int, rule: str = "letter",
-                  shuffles: int = SHUFFLES) -> dict:
+                  shuffles: int = SHUFFLES, autocast: str | None = None, repeats: dict[str, tuple[str, set[str]]] | None = None) -> dict:
     """One arm read with one scoring rule on val (belief) and every held-out split: letters and correctness per mode (`shuffled`:
     each belief question's share of `shuffles` frame orders right, the letters of the first order, the accuracy per order),
-    'when' answers (generated for `letter`, chosen among the trained answers for `cloze`); saved beside the checkpoint (resumable)."""
+    'when' answers (generated for `letter`, chosen among the trained answers for `cloze`). A split's answers on the videos it reads
+    like an earlier split (`repeats`, default `repeated_reads(held)`) are copied from it. Saved beside the checkpoint with the
+    precision it was read in (`autocast`), and read back for the same questions, orders and precision (resumable)."""
     saved = Path(ckpt) / ("study_eval.json" if rule == "letter" else f"study_eval-{rule}.json")
-    if saved.is_file() and (old := json.loads(saved.read_text()))["asked"] == qs["asked"] and old.get("shuffles", 1) == shuffles: return old   # resumable
-    mcq, moments = qs["mcq"], qs["moments"]
-    predict = lambda questions, st, mode, s=seed: video_predictions(model, questions, st, mode, s, rule)
-    when = when_answers if rule == "letter" else when_choices
-    val = predict([q for q in mcq["val"] if q.qtype == "belief"], store, "video")
-    res = {"asked": qs["asked"], "shuffles": shuffles, "val belief": float(np.mean([p["correct"] for p in val])) if val else float("nan"),
-           "right": {}, "letters": {}, "answers": {}, "shuffled orders": {}}
-    for sp, (_, _, st) in held.items():
-        preds = {"video": predict(mcq[sp], st, "video")}
+    if (saved.is_file() and (old := json.loads(saved.read_text()))["asked"] == qs["asked"] and old.get("shuffles", 1) == shuffles
+            and old.get("autocast") == autocast): return old   # resumable
+    mcq, moments, repeats = qs["mcq"], qs["moments"], repeated_reads(held) if repeats is None else repeats
+    memo: dict[tuple, dict] = {}   # (split, mode, seed) or (split, 'when', mode) -> qid -> answer
+    def reused(sp: str, key: tuple, items: list, video: Callable) -> tuple[dict, list]:
+        "The answers copied from the split `sp` repeats, and the items left to read."
+        base, alike = repeats.get(sp, (None, set()))
+        old = memo.get((base, *key), {})
+        done = {x: old[x] for x, it in items if video(it) in alike and x in old}
+        return done, [it for x, it in items if x not in done]
+    def predict(sp: str, questions: list, mode: str, s: int = seed) -> list[dict]:
+        done, todo = reused(sp, (mode, s), [(q.qid, q) for q in questions], lambda q: q.video_id)
+        memo[(sp, mode, s)] = got = done | {p["qid"]: p for p in video_predictions(model, todo, held[sp][2], mode, s, rule)}
+        return [got[q.qid] for q in questions]
+    def when(sp: str, mode: str) -> dict[str, dict]:
+        done, todo = reused(sp, ("when", mode), [(m["qid"], m) for m in moments[sp]], lambda m: m["vid_name"])
+        memo[(sp, "when", mode)] = got = done | (when_answers if rule == "letter" else when_choices)(model, todo, held[sp][2], mode, seed, qs["length"])
+        return {m["qid"]: got[m["qid"]] for m in moments[sp]}
+    val = video_predictions(model, [q for q in mcq["val"] if q.qtype == "belief"], store, "video", seed, rule)
+    res = {"asked": qs["asked"], "shuffles": shuffles, "autocast": autocast, "val belief": float(np.mean([p["correct"] for p in val])) if val else float("nan"),
+           "right": {}, "letters": {}, "answers": {}, "shuffled orders": {}, "copied": {}}
+    for sp in held:
+        preds = {"video": predict(sp, mcq[sp], "video")}
         bel = [q for q in mcq[sp] if q.qtype == "belief"]
-        preds |= {m: predict(bel, st, m) for m in BASELINE_MODES}
+        preds |= {m: predict(sp, bel, m) for m in BASELINE_MODES}
         for m, ps in preds.items():
             res["right"][f"{m} | {sp}"] = {p["qid"]: int(p["correct"]) for p in ps}
             res["letters"][f"{m} | {sp}"] = {"belief": letter_counts([p for p in ps if p["qtype"] == "belief"]), "all": letter_counts(ps)}
-        hits = [res["right"][f"shuffled | {sp}"], *({p["qid"]: int(p["correct"]) for p in predict(bel, st, "shuffled", seed + k)} for k in range(1, shuffles))]
+        hits = [res["right"][f"shuffled | {sp}"], *({p["qid"]: int(p["correct"]) for p in predict(sp, bel, "shuffled", seed + k)} for k in range(1, shuffles))]
         res["shuffled orders"][sp] = [float(np.mean(list(h.values()))) if h else float("nan") for h in hits]
         res["right"][f"shuffled | {sp}"] = {q: float(np.mean([h[q] for h in hits])) for q in hits[0]}
         for m in ("video", "shuffled"):
-            w = when(model, moments[sp], st, m, seed, qs["length"])
+            w = when(sp, m)
             res["right"][f"{m} | {sp}"] |= {q: a["right"] for q, a in w.items()}
             res["answers"][f"{m} | {sp}"] = w
+        if sp in repeats: res["copied"][sp] = f"{len(repeats[sp][1] & {q.video_id for q in mcq[sp]})}/{len({q.video_id for q in mcq[sp]})} videos"
     write_json(saved, res)
     return res
 
@@ -695,8 +724,8 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
             label = arm_label(arm, rule)
             arm_of[label] = arm
             with torch.autocast("cpu", torch.bfloat16, enabled=rep["lm autocast"] == "bf16"):
-                res = timed(f"evaluate {label}", lambda: _evaluate_arm(model, ckpts[arm], qs, held, store, seed, rule, shuffles))
-            val_belief[label], orders[label] = res["val belief"], res["shuffled orders"]
+                res = timed(f"evaluate {label}", lambda: _evaluate_arm(model, ckpts[arm], qs, held, store, seed, rule, shuffles, rep["lm autocast"]))
+            val_belief[label], orders[label], rep["answers copied"] = res["val belief"], res["shuffled orders"], res.get("copied", {})
             for k in res["right"]:
                 m, sp = k.split(" | ", 1)
                 right[(label, m, sp)], letters[(label, m, sp)] = res["right"][k], res["letters"][k]
