@@ -38,8 +38,8 @@ __all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES
            'RENAME_COLOURS', 'RENAME_KINDS', 'RENAME_SHARE', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
            'BASELINE_MODES', 'SHUFFLES', 'DRY_RUN', 'true_containers', 'container_vocab', 'option_names',
            'layout_labels', 'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head',
-           'perception_stage', 'NamedStore', 'tracker_stage', 'moment_answer', 'parse_moment', 'random_names',
-           'mind_records', 'train_apart', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts',
+           'perception_stage', 'NamedStore', 'tracker_stage', 'frame_readings', 'moment_answer', 'parse_moment',
+           'random_names', 'mind_records', 'train_apart', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts',
            'video_letter_predictions', 'arm_label', 'video_predictions', 'moment_candidates', 'when_choices',
            'twins_both_right', 'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'repeated_reads',
            'mind_study', 'mind_main']
@@ -232,6 +232,17 @@ def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_
     write_json(done, info)
     return {**info, "mind": folder, "tracker": tracker}
 
+def frame_readings(store: Any, synth_dir: str | Path, tracker: MindTracker, num_frames: int, video_ids: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per-frame accuracy, against the event log, of the perceived rows of `video_ids` (default: every video in `store`;
+    `perception_accuracy`) and of the tracker reading those rows (`frame_accuracy`): whether a split's answers are lost in
+    perception or in the tracker."""
+    ids, feats, targets = tracker_data(store, synth_dir, store.ids() if video_ids is None else video_ids)
+    rows, obs = [], []
+    for v, f in zip(ids, feats):
+        times = store.meta(v)["timestamps"][:num_frames]
+        rows.append(f[:len(times)].float()); obs.append(observation_vector(_events(synth_dir, v), times, num_frames)[:len(times)])
+    return {"videos": len(ids), "perception": perception_accuracy(torch.cat(rows), torch.cat(obs)),
+            "tracker": frame_accuracy(tracker_probs(tracker.projector, tracker.head, feats, num_frames), targets)}
 
 # %% ../nbs/08d_study_mind.ipynb #205b38ec
 CHAT_QUESTIONS = {"belief": "Where will A look for the {obj}?", "second_order": "Where does B think A will look for the {obj}?",
@@ -535,6 +546,9 @@ def mind_markdown(rep: dict) -> str:
               + (f" ({p['test containers named right without options']:.3f} without the options, as in chat)" if "test containers named right without options" in p else "")
               + (f", {p['ood containers named right']:.3f} of OOD videos (their colours and kinds are outside the vocabulary)." if "ood containers named right" in p else "."),
               f"- Tracker (graph, {rep['tracker_steps']} steps): test per-frame accuracy {rep['tracker']['test frame accuracy']}.",
+              *([f"- Per frame, against the event logs (where a split's answers are lost: perception's rows, or the tracker reading them): "
+                 + "; ".join(f"{sp} ({r['videos']} videos): perception {r['perception']}, tracker {r['tracker']}" for sp, r in rep["frame accuracy"].items())]
+                if rep.get("frame accuracy") else []),
               *([f"- Names given: where perception named every container of a video right, the LM reads it alike with the names given, so its "
                  f"answers there are copied from the perceived split, not read twice: {rep['answers copied']}."] if rep.get("answers copied") else []),
               f"- LM arms ({rep['llm']}): {rep['lm_steps']} steps x batch {rep['lm_batch']} at lr {rep['learning_rate']} each, LoRA r {rep['lora_r']} "
@@ -720,6 +734,8 @@ def mind_study(synth_dir: str | Path, out: str | Path, arms: Sequence[str] = tup
     rep["tracker"] = {"test frame accuracy": mind["test frame accuracy"]}
     store = FeatureStore(perc["store"])
     held = _held_out(rep, synth_dir, ood_dir, out, perc, store, num_frames, timed, progress)
+    rep["frame accuracy"] = {sp: frame_readings(st, d, mind["tracker"], num_frames, split_videos(d, s))
+                             for sp, (d, s, st) in held.items() if not isinstance(st, NamedStore)}
     records = out / "records_train.json"
     write_json(records, mind_records(synth_dir, "train", rename, seed))
     qs = _mind_questions(synth_dir, {"val": (synth_dir, "val", store), **held}, val_videos, test_videos, seed)
