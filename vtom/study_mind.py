@@ -38,7 +38,7 @@ __all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES
            'RENAME_COLOURS', 'RENAME_KINDS', 'RENAME_SHARE', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
            'BASELINE_MODES', 'SHUFFLES', 'DRY_RUN', 'true_containers', 'container_vocab', 'option_names',
            'layout_labels', 'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head',
-           'perception_stage', 'NamedStore', 'tracker_stage', 'frame_readings', 'moment_answer', 'parse_moment',
+           'perception_stage', 'NamedStore', 'frame_readings', 'tracker_stage', 'moment_answer', 'parse_moment',
            'random_names', 'mind_records', 'train_apart', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts',
            'video_letter_predictions', 'arm_label', 'video_predictions', 'moment_candidates', 'when_choices',
            'twins_both_right', 'mind_markdown', 'false_belief_clips', 'chat_transcripts', 'repeated_reads',
@@ -201,6 +201,18 @@ class NamedStore:
 
 
 # %% ../nbs/08d_study_mind.ipynb #b7d5155e
+def frame_readings(store: Any, synth_dir: str | Path, tracker: MindTracker, num_frames: int, video_ids: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per-frame accuracy, against the event log, of the perceived rows of `video_ids` (default: every video in `store`;
+    `perception_accuracy`) and of the tracker reading those rows (`frame_accuracy`): whether a split's answers are lost in
+    perception or in the tracker."""
+    ids, feats, targets = tracker_data(store, synth_dir, store.ids() if video_ids is None else video_ids)
+    rows, obs = [], []
+    for v, f in zip(ids, feats):
+        times = store.meta(v)["timestamps"][:num_frames]
+        rows.append(f[:len(times)].float()); obs.append(observation_vector(_events(synth_dir, v), times, num_frames)[:len(times)])
+    return {"videos": len(ids), "perception": perception_accuracy(torch.cat(rows), torch.cat(obs)),
+            "tracker": frame_accuracy(tracker_probs(tracker.projector, tracker.head, feats, num_frames), targets)}
+
 def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, steps: int = 300, batch_size: int = 16,
                   learning_rate: float = 1e-3, width: int = 576, seed: int = 0) -> dict:
     "Train the graph tracker on the train split's perceived rows; save perception + tracker as a mind folder (`out`) for `vtom train --mind`; a finished stage (same settings) is read back."
@@ -220,10 +232,7 @@ def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_
     tracker = MindTracker(feats.shape[-1], num_frames, "graph", width, cells=1)
     tracker.projector.load_state_dict(proj.state_dict()); tracker.head.load_state_dict(head.state_dict())
     test_ids = [v for v in split_videos(synth_dir, "test") if v in store]
-    acc = {}
-    if test_ids:
-        _, tf, tt = tracker_data(store, synth_dir, test_ids)
-        acc = frame_accuracy(tracker_probs(tracker.projector, tracker.head, tf, num_frames), tt)
+    acc = frame_readings(store, synth_dir, tracker, num_frames, test_ids)["tracker"] if test_ids else {}
     config = {"perception": "frame", "perception_size": perception["size"], "container_colours": perception["colours"],
               "container_kinds": perception["kinds"], "tracker": "graph", "tracker_width": width, "tracker_cells": 1,
               "num_frames": num_frames, "vision_hidden_size": feats.shape[-1]}
@@ -231,18 +240,6 @@ def tracker_stage(synth_dir: str | Path, perception: dict, out: str | Path, num_
     info = {"test frame accuracy": acc, "history": history, "steps": steps, "settings": settings}
     write_json(done, info)
     return {**info, "mind": folder, "tracker": tracker}
-
-def frame_readings(store: Any, synth_dir: str | Path, tracker: MindTracker, num_frames: int, video_ids: Sequence[str] | None = None) -> dict[str, dict]:
-    """Per-frame accuracy, against the event log, of the perceived rows of `video_ids` (default: every video in `store`;
-    `perception_accuracy`) and of the tracker reading those rows (`frame_accuracy`): whether a split's answers are lost in
-    perception or in the tracker."""
-    ids, feats, targets = tracker_data(store, synth_dir, store.ids() if video_ids is None else video_ids)
-    rows, obs = [], []
-    for v, f in zip(ids, feats):
-        times = store.meta(v)["timestamps"][:num_frames]
-        rows.append(f[:len(times)].float()); obs.append(observation_vector(_events(synth_dir, v), times, num_frames)[:len(times)])
-    return {"videos": len(ids), "perception": perception_accuracy(torch.cat(rows), torch.cat(obs)),
-            "tracker": frame_accuracy(tracker_probs(tracker.projector, tracker.head, feats, num_frames), targets)}
 
 # %% ../nbs/08d_study_mind.ipynb #205b38ec
 CHAT_QUESTIONS = {"belief": "Where will A look for the {obj}?", "second_order": "Where does B think A will look for the {obj}?",
