@@ -131,17 +131,19 @@ def test_tom_mind_preset_dry_run_is_clean_offline():
 
 
 def test_random_looks_replay_the_event_log(tmp_path):
-    "Each train video is redrawn from its event log with random looks (the labels stay true); a log this generator cannot replay is an error naming the file."
+    "Each train video is redrawn from its event log with random looks on a random shelf, its labels read from the redrawn places; a log this generator cannot replay is an error naming the file."
     from vtom.core import VtomError
+    from vtom.perception import observation_vector
     from vtom.study_mind import random_look_frames
     from vtom.synth import generate_dataset
     generate_dataset(tmp_path, num_videos=2, seed=3, size=64, splits={"train": 2}, progress=False, sheet=False)
     vid, log = next((p.stem, p) for p in sorted((tmp_path / "events").glob("*.json")))
     times = [0.0, 0.5, 1.0]
-    frames = random_look_frames(tmp_path, {vid: times}, size=64)[vid]
+    frames, obs = random_look_frames(tmp_path, {vid: times}, 4, size=64)[vid]
     assert frames.shape == (3, 64, 64, 3) and frames.dtype == torch.uint8
-    assert not torch.equal(frames, random_look_frames(tmp_path, {vid: times}, size=64, seed=1)[vid])   # another seed, other looks
     ev = json.loads(log.read_text())
+    assert torch.equal(obs[:, :7], observation_vector(ev, times, 4)[:3, :7])   # where the object is seen: the log's, wherever the shelf is
+    assert not torch.equal(frames, random_look_frames(tmp_path, {vid: times}, 4, size=64, seed=1)[vid][0])   # another seed, other looks
     log.write_text(json.dumps(ev | {"seed": ev["seed"] + 1}))   # a log whose video this seed does not make
     with pytest.raises(VtomError, match=vid):
-        random_look_frames(tmp_path, {vid: times}, size=64)
+        random_look_frames(tmp_path, {vid: times}, 4, size=64)

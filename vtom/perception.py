@@ -21,7 +21,7 @@ from .model import (IGNORE_INDEX, NUM_SLOTS, OBSERVATION_COLUMNS, OBSERVATION_GR
                         observation_slices, off_slot, perception_loss, perception_targets)
 
 # %% auto #0
-__all__ = ['STUDY_NUM_FRAMES', 'TRACKER_QTYPES', 'AT_CONTAINER_Y', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'synth_features',
+__all__ = ['STUDY_NUM_FRAMES', 'TRACKER_QTYPES', 'AT_CONTAINER_DY', 'PERCEPTION_SOURCES', 'PERCEPTION_SIZE', 'synth_features',
            'split_videos', 'nearest_frames', 'tracker_targets', 'tracker_data', 'write_tracker_targets',
            'train_tracker', 'tracker_probs', 'frame_accuracy', 'container_slots', 'option_of', 'tracker_choices',
            'tracker_answers', 'belief_false_windows', 'window_success', 'observation_vector', 'slot_columns',
@@ -175,14 +175,14 @@ def window_success(pred: list[float] | None, truth: list[float] | None) -> int:
     return int(float(temporal_iou(np.asarray(pred, float), np.asarray(truth, float))) >= 0.5 - 1e-9)
 
 # %% ../nbs/08a_perception.ipynb #bd163f41
-AT_CONTAINER_Y = 130   # an agent lower than this (scene coordinates, 224 px high) stands at the row of containers
+AT_CONTAINER_DY = 56   # an agent less than this far above the containers' row (scene coordinates, 224 px high) stands at a container
 
 def observation_vector(events: dict, timestamps: Sequence[float], num_frames: int) -> torch.Tensor:
     "What one frame shows at each sampled time (one-hot per `OBSERVATION_GROUPS`; no memory, no mental state) -> `[num_frames + 1, D]`, the last row the time mean."
     st, idx = events["frames"], nearest_frames(events["frames"]["t"], timestamps)
     conts = sorted(events["layout"]["containers"], key=lambda c: c["x"])
     slot, xs = {c["name"]: f"slot{k}" for k, c in enumerate(conts)}, np.array([c["x"] for c in conts], float)
-    def at(pos): return f"slot{int(np.abs(xs - pos[0]).argmin())}" if pos[1] > AT_CONTAINER_Y else "none"
+    def at(pos): return f"slot{int(np.abs(xs - pos[0]).argmin())}" if pos[1] > conts[0]["y"] - AT_CONTAINER_DY else "none"
     rows = []
     for i in idx:
         seen = {"object": slot.get(st["location"][i], st["location"][i]) if st["visible"][i] else "hidden"}

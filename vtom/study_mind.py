@@ -34,7 +34,7 @@ from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_com
 from .synth import pair_of
 
 # %% auto #0
-__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT',
+__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'SHELF_ROWS', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT',
            'RENAME_COLOURS', 'RENAME_KINDS', 'RENAME_SHARE', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
            'BASELINE_MODES', 'SHUFFLES', 'DRY_RUN', 'true_containers', 'container_vocab', 'option_names',
            'layout_labels', 'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head',
@@ -48,6 +48,7 @@ __all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'CONTAINER_QTYPES
 MIND_SIZE = 112   # frame side of the perception (the object is a few pixels wide at 112 px)
 PERCEPTION_STEPS = 1600   # the perception's training steps (the study's, the CLI's and the tom-mind preset's default)
 PERCEPTION_WARP = 0.08    # how far `vtom.perception.warp_rows` moves a training frame's rows (a fraction of its height)
+SHELF_ROWS = (160.0, 192.0)   # the containers' row (design y) of a redrawn training video is drawn from this range (synth 2.1 rooms: 186, OOD: 172)
 CONTAINER_QTYPES = ("memory", "reality", "belief", "second_order")   # questions whose answer is a container
 
 def _events(synth_dir: str | Path, vid: str) -> dict:
@@ -92,9 +93,12 @@ def read_frames(synth_dir: str | Path, num_frames: int, size: int = MIND_SIZE, p
         frames[video_id_of(p)], times[video_id_of(p)] = torch.from_numpy(np.asarray(clip.frames)), [float(t) for t in clip.timestamps]
     return frames, times
 
-def random_look_frames(synth_dir: str | Path, times: dict[str, list[float]], size: int = MIND_SIZE, seed: int = 0) -> dict[str, torch.Tensor]:
-    "Each video of `times` redrawn with random looks (`vtom.synth.random_looks`, seeded by its id and `seed`) at `size` px, at the frames nearest its sampled times: the same events, so the event log's labels hold."
-    from vtom.synth import make_scenario, random_looks, render_frames
+def random_look_frames(synth_dir: str | Path, times: dict[str, list[float]], num_frames: int = STUDY_NUM_FRAMES, size: int = MIND_SIZE,
+                       seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each video of `times` redrawn with random looks (`vtom.synth.random_looks`) on a random shelf (`vtom.synth.moved_shelf`, a row
+    in `SHELF_ROWS`), seeded by its id and `seed`, at `size` px, at the frames nearest its sampled times: its frames and their
+    observation rows `[len(times), D]`, read from the redrawn places (the events are the log's)."""
+    from vtom.synth import make_scenario, moved_shelf, random_looks, render_frames
     out = {}
     for v, ts in times.items():
         ev = _events(synth_dir, v)
@@ -103,7 +107,10 @@ def random_look_frames(synth_dir: str | Path, times: dict[str, list[float]], siz
         if sc.state["t"] != ev["frames"]["t"] or sc.state["location"] != ev["frames"]["location"]:
             raise VtomError(f"{Path(synth_dir) / 'events' / (v + '.json')}: this vtom synth does not replay the video's events (made by another generator?); "
                             "make the dataset again with `vtom synth`, or pass random_looks=False.")
-        out[v] = torch.from_numpy(render_frames(random_looks(sc, zlib.crc32(v.encode()) + seed))[nearest_frames(sc.state["t"], ts)])
+        key = zlib.crc32(v.encode()) + seed
+        sc = random_looks(moved_shelf(sc, float(np.random.default_rng(key).uniform(*SHELF_ROWS))), key)
+        obs = observation_vector({"layout": sc.layout, "frames": sc.state}, ts, num_frames)[:len(ts)]
+        out[v] = (torch.from_numpy(render_frames(sc)[nearest_frames(sc.state["t"], ts)]), obs)
     return out
 
 def write_perceived(net: FramePerception, frames: dict, times: dict, store: str | Path, num_frames: int, candidates: dict[str, list[str]] | None = None) -> Path:
@@ -166,9 +173,10 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
     cols = lambda v: slot_columns(_events(synth_dir, v), size)[None].expand(len(times[v]), -1)
     train_frames, train_layout = torch.cat([frames[v] for v in train_ids]), torch.cat([lay(v) for v in train_ids])
     if net is None:
-        redrawn = random_look_frames(synth_dir, {v: times[v] for v in train_ids}, size) if random_looks else {}   # same videos, same frames
+        redrawn = random_look_frames(synth_dir, {v: times[v] for v in train_ids}, num_frames, size) if random_looks else {}   # same videos, same frames
         copies = 1 + bool(redrawn)
-        net, history = train_perception(torch.cat([train_frames, *redrawn.values()]), torch.cat([obs(v) for v in train_ids]).repeat(copies, 1),
+        net, history = train_perception(torch.cat([train_frames, *(f for f, _ in redrawn.values())]),
+                                        torch.cat([obs(v) for v in train_ids] + [o for _, o in redrawn.values()]),
                                         torch.cat([cols(v) for v in train_ids]).repeat(copies, 1), steps, batch_size, learning_rate, seed,
                                         colours=colours, kinds=kinds, warp=PERCEPTION_WARP,
                                         layout=torch.cat([train_layout] + [torch.full_like(train_layout, IGNORE_INDEX)] * (copies - 1)))

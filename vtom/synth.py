@@ -25,13 +25,14 @@ from .social import EXPRESSIONS, timeline_path
 # %% auto #0
 __all__ = ['GENERATOR_VERSION', 'FAMILIES', 'VARIANTS', 'SITUATIONS', 'DECOY_P', 'QTYPES', 'NAMES', 'AGENT_SHAPES',
            'AGENT_COLOURS', 'CONTAINER_COLOURS', 'CONTAINER_KINDS', 'OBJECTS', 'DOMAINS', 'COLOURS',
-           'PERCEPTION_OPTIONS', 'REACTION_OPTIONS', 'MAX_DURATION', 'ORDINALS', 'TAGS', 'DEFAULT_SPLITS', 'RULES',
-           'HEURISTICS', 'STUMP_FEATURES', 'STUMP_ANSWERS', 'make_layout', 'Scenario', 'make_scenario',
-           'scenario_questions', 'scenario_moments', 'scenario_facts', 'render_frames', 'random_looks', 'plot_scenario',
-           'encode_mp4', 'scenario_record', 'generate_video', 'synth_timeline', 'video_seed', 'twin_variant',
-           'plan_split', 'pair_of', 'assemble_questions', 'assemble_moments', 'balance_table', 'card_configs',
-           'card_header', 'dataset_card', 'best_stump', 'stump_answer', 'heuristic_correct', 'heuristic_accuracies',
-           'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset', 'synth_main']
+           'PERCEPTION_OPTIONS', 'REACTION_OPTIONS', 'STAND_DY', 'MAX_DURATION', 'ORDINALS', 'TAGS', 'DEFAULT_SPLITS',
+           'RULES', 'HEURISTICS', 'STUMP_FEATURES', 'STUMP_ANSWERS', 'make_layout', 'Scenario', 'make_scenario',
+           'scenario_questions', 'scenario_moments', 'scenario_facts', 'render_frames', 'random_looks', 'moved_shelf',
+           'plot_scenario', 'encode_mp4', 'scenario_record', 'generate_video', 'synth_timeline', 'video_seed',
+           'twin_variant', 'plan_split', 'pair_of', 'assemble_questions', 'assemble_moments', 'balance_table',
+           'card_configs', 'card_header', 'dataset_card', 'best_stump', 'stump_answer', 'heuristic_correct',
+           'heuristic_accuracies', 'text_only_baselines', 'scenario_rows', 'contact_sheet', 'generate_dataset',
+           'synth_main']
 
 # %% ../nbs/07_synth.ipynb #4496481f
 GENERATOR_VERSION = "vtom-synth 2.1"   # 2.0: three moves in every video (twins), decoys, no answer on A's face, an OOD domain; 2.1: matched twins
@@ -223,7 +224,9 @@ def make_layout(rng: np.random.Generator, colours: tuple[str, str] | None = None
     }
 
 # %% ../nbs/07_synth.ipynb #af332a52
-def _container_at(L: dict, name: str, dy: float = -34.0) -> tuple[float, float]:
+STAND_DY = -34.0   # an agent reaching into a container stands this far above the containers' row (design px)
+
+def _container_at(L: dict, name: str, dy: float = STAND_DY) -> tuple[float, float]:
     c = next(c for c in L["containers"] if c["name"] == name)
     return (c["x"], c["y"] + dy)
 
@@ -667,6 +670,16 @@ def random_looks(sc: Scenario, seed: int) -> Scenario:
     L["floor"] = [int(max(v - rng.integers(20, 80), 0)) for v in L["wall"]]
     return replace(sc, layout=L)
 
+
+# %% ../nbs/07_synth.ipynb #9f5842e6
+def moved_shelf(sc: Scenario, row: float) -> Scenario:
+    "A copy of `sc` with its containers on row `row` (design y) and each agent's steps below its home row stretched to meet them: the same events and times, other places."
+    L, st = json.loads(json.dumps(sc.layout)), dict(sc.state)
+    old, home = L["containers"][0]["y"], max(p[1] for p in L["home"].values())
+    for c in L["containers"]: c["y"] = float(row)
+    reach = lambda y: min(max((y - home) / (old + STAND_DY - home), 0.0), 1.0)   # 0 at home, 1 standing at a container
+    for r in "AB": st[f"pos_{r}"] = [[x, y + (row - old) * reach(y)] for x, y in sc.state[f"pos_{r}"]]
+    return replace(sc, layout=L, state=st)
 
 # %% ../nbs/07_synth.ipynb #f78ae182
 def plot_scenario(sc: Scenario, n_frames: int = 8, fig=None):
