@@ -34,10 +34,10 @@ from .stats import bootstrap_ci, comparison_sentence, markdown_table, paired_com
 from .synth import pair_of
 
 # %% auto #0
-__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'SHELF_ROWS', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS', 'WHEN_CHAT',
-           'RENAME_COLOURS', 'RENAME_KINDS', 'RENAME_SHARE', 'ARMS', 'LORA_LAYERS', 'MIND_RULES', 'REPORT_QTYPES',
-           'BASELINE_MODES', 'SHUFFLES', 'DRY_RUN', 'true_containers', 'container_vocab', 'option_names',
-           'layout_labels', 'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head',
+__all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'REDRAWS', 'SHELF_ROWS', 'CONTAINER_QTYPES', 'CHAT_QUESTIONS',
+           'WHEN_CHAT', 'RENAME_COLOURS', 'RENAME_KINDS', 'RENAME_SHARE', 'ARMS', 'LORA_LAYERS', 'MIND_RULES',
+           'REPORT_QTYPES', 'BASELINE_MODES', 'SHUFFLES', 'DRY_RUN', 'true_containers', 'container_vocab',
+           'option_names', 'layout_labels', 'read_frames', 'random_look_frames', 'write_perceived', 'train_name_head',
            'perception_stage', 'NamedStore', 'frame_readings', 'tracker_stage', 'moment_answer', 'parse_moment',
            'random_names', 'mind_records', 'train_apart', 'train_arm', 'when_answers', 'tracker_alone', 'letter_counts',
            'video_letter_predictions', 'arm_label', 'video_predictions', 'moment_candidates', 'when_choices',
@@ -48,6 +48,7 @@ __all__ = ['MIND_SIZE', 'PERCEPTION_STEPS', 'PERCEPTION_WARP', 'SHELF_ROWS', 'CO
 MIND_SIZE = 112   # frame side of the perception (the object is a few pixels wide at 112 px)
 PERCEPTION_STEPS = 1600   # the perception's training steps (the study's, the CLI's and the tom-mind preset's default)
 PERCEPTION_WARP = 0.08    # how far `vtom.perception.warp_rows` moves a training frame's rows (a fraction of its height)
+REDRAWS = 1   # how many times the perception sees each training video redrawn (`random_look_frames`), besides as it is (README: 2 measured no better)
 SHELF_ROWS = (160.0, 192.0)   # the containers' row (design y) of a redrawn training video is drawn from this range (synth 2.1 rooms: 186, OOD: 172)
 CONTAINER_QTYPES = ("memory", "reality", "belief", "second_order")   # questions whose answer is a container
 
@@ -106,7 +107,7 @@ def random_look_frames(synth_dir: str | Path, times: dict[str, list[float]], num
                            domain=ev.get("domain", "standard"))
         if sc.state["t"] != ev["frames"]["t"] or sc.state["location"] != ev["frames"]["location"]:
             raise VtomError(f"{Path(synth_dir) / 'events' / (v + '.json')}: this vtom synth does not replay the video's events (made by another generator?); "
-                            "make the dataset again with `vtom synth`, or pass random_looks=False.")
+                            "make the dataset again with `vtom synth`, or pass redraws=0.")
         key = zlib.crc32(v.encode()) + seed
         sc = random_looks(moved_shelf(sc, float(np.random.default_rng(key).uniform(*SHELF_ROWS))), key)
         obs = observation_vector({"layout": sc.layout, "frames": sc.state}, ts, num_frames)[:len(ts)]
@@ -144,9 +145,9 @@ def train_name_head(net: FramePerception, frames: torch.Tensor, layout: torch.Te
     return history
 
 def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = STUDY_NUM_FRAMES, size: int = MIND_SIZE, steps: int = PERCEPTION_STEPS,
-                     batch_size: int = 64, learning_rate: float = 2e-3, seed: int = 0, progress: bool = False, random_looks: bool = True) -> dict:
-    """Train `FramePerception` (observations + container names) on the train split's frames (and, with `random_looks`, on each train video
-    redrawn with random looks, `random_look_frames`: observations only); write every video's rows, times and the containers
+                     batch_size: int = 64, learning_rate: float = 2e-3, seed: int = 0, progress: bool = False, redraws: int = REDRAWS) -> dict:
+    """Train `FramePerception` (observations + container names) on the train split's frames (and on each train video redrawn `redraws`
+    times with random looks on a random shelf, `random_look_frames`: observations only); write every video's rows, times and the containers
     it finds, named by the video's options (`option_names`), to `out/features`. Resumable: saved weights are reused (delete `features/` to read
     the videos again with them); a saved perception whose name head does not load (an older head) keeps its trunk and observation head, and
     only the name head is trained over the frozen trunk (`train_name_head`)."""
@@ -173,10 +174,9 @@ def perception_stage(synth_dir: str | Path, out: str | Path, num_frames: int = S
     cols = lambda v: slot_columns(_events(synth_dir, v), size)[None].expand(len(times[v]), -1)
     train_frames, train_layout = torch.cat([frames[v] for v in train_ids]), torch.cat([lay(v) for v in train_ids])
     if net is None:
-        redrawn = random_look_frames(synth_dir, {v: times[v] for v in train_ids}, num_frames, size) if random_looks else {}   # same videos, same frames
-        copies = 1 + bool(redrawn)
-        net, history = train_perception(torch.cat([train_frames, *(f for f, _ in redrawn.values())]),
-                                        torch.cat([obs(v) for v in train_ids] + [o for _, o in redrawn.values()]),
+        redrawn = [f_o for r in range(redraws) for f_o in random_look_frames(synth_dir, {v: times[v] for v in train_ids}, num_frames, size, r).values()]
+        copies = 1 + redraws   # the same videos at the same frames, drawn 1 + redraws times
+        net, history = train_perception(torch.cat([train_frames, *(f for f, _ in redrawn)]), torch.cat([obs(v) for v in train_ids] + [o for _, o in redrawn]),
                                         torch.cat([cols(v) for v in train_ids]).repeat(copies, 1), steps, batch_size, learning_rate, seed,
                                         colours=colours, kinds=kinds, warp=PERCEPTION_WARP,
                                         layout=torch.cat([train_layout] + [torch.full_like(train_layout, IGNORE_INDEX)] * (copies - 1)))
